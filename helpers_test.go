@@ -1,0 +1,66 @@
+package queuepublish
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
+)
+
+// newCluster starts an in-process Kafka-protocol broker (kfake) that is
+// closed when the test ends.
+func newCluster(t testing.TB, opts ...kfake.Opt) *kfake.Cluster {
+	t.Helper()
+	c, err := kfake.NewCluster(opts...)
+	if err != nil {
+		t.Fatalf("starting kfake: %v", err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+// stored reads every record of topic, up to what the brokers report as
+// written, with franz-go's client: a Kafka client independent of ours.
+func stored(t testing.TB, c *kfake.Cluster, topic string) []*kgo.Record {
+	t.Helper()
+	want := int64(0)
+	for _, p := range c.PartitionInfos(topic) {
+		want += p.HighWatermark - p.LogStartOffset
+	}
+	if want == 0 {
+		return nil
+	}
+	cl, err := kgo.NewClient(
+		kgo.SeedBrokers(c.ListenAddrs()...),
+		kgo.ConsumeTopics(topic),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
+	)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var recs []*kgo.Record
+	for int64(len(recs)) < want {
+		fetches := cl.PollFetches(ctx)
+		if ctx.Err() != nil {
+			t.Fatalf("read %d of %d records of %s: %v", len(recs), want, topic, ctx.Err())
+		}
+		fetches.EachError(func(_ string, _ int32, err error) { t.Fatalf("consuming: %v", err) })
+		recs = append(recs, fetches.Records()...)
+	}
+	return recs
+}
+
+// observedLogger returns a logger whose entries, at debug level and above,
+// the test can inspect.
+func observedLogger() (*zap.Logger, *observer.ObservedLogs) {
+	core, logs := observer.New(zapcore.DebugLevel)
+	return zap.New(core), logs
+}

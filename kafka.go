@@ -1,0 +1,850 @@
+package queuepublish
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/protocol"
+	"go.uber.org/zap"
+)
+
+// The producer is built on kafka-go's protocol-level client (kafka.Client
+// over a kafka.Transport) rather than on kafka.Writer. The Writer batches on
+// a timer, keeps one request in flight per partition and, under many
+// concurrent synchronous callers, spends about 24 us of CPU per message; it
+// also cannot say whether a failed write ever reached the broker, nor give
+// the offset of a record. Here each partition has a queue and at most one
+// produce request in flight: a request is sent as soon as the partition is
+// idle, and whatever piles up while it is in flight goes out in the next one
+// (group commit). Every record knows whether it may have been written, so a
+// failure is answered either "safe to retry" or "outcome unknown".
+
+const (
+	// dialTimeout bounds establishing a broker connection.
+	dialTimeout = 5 * time.Second
+	// metadataTTL bounds how long the transport trusts cached cluster
+	// metadata before asking the brokers again.
+	metadataTTL = 5 * time.Second
+	// topicMetadataTTL is how long a topic's partition list is used before
+	// it is read again from the transport's cache.
+	topicMetadataTTL = time.Second
+	// refreshInterval rate-limits forced metadata refreshes (after a
+	// leadership change or while no broker is reachable).
+	refreshInterval = 200 * time.Millisecond
+	// retryBackoffMin and retryBackoffMax bound the pause between two
+	// attempts of a batch that failed with a retriable error.
+	retryBackoffMin = 20 * time.Millisecond
+	retryBackoffMax = 500 * time.Millisecond
+	// maxBatchRecords and maxBatchBytes bound one produce request. The byte
+	// bound stays below Kafka's default message.max.bytes (1048588), which
+	// applies to a whole batch.
+	maxBatchRecords = 1000
+	maxBatchBytes   = 1000000
+	// recordOverhead approximates the bytes a record adds to a batch besides
+	// its value.
+	recordOverhead = 24
+	// clientID identifies this producer to the brokers.
+	clientID = "caddy-queue-publish"
+	// devBrokerApp is the module ID of the in-memory development broker.
+	devBrokerApp = "queue_publish_dev_broker"
+)
+
+// producers holds one producer per distinct connection setting, shared by
+// every handler (across config reloads) that uses the same settings.
+var producers = caddy.NewUsagePool()
+
+// producerConfig is everything that shapes a connection to a Kafka cluster.
+// Handlers whose producerConfig is equal share one producer.
+type producerConfig struct {
+	Brokers []string           `json:"brokers"`
+	Acks    kafka.RequiredAcks `json:"acks"`
+}
+
+// key is the canonical identity of the settings in the producer pool. It is
+// a digest, so that credentials added to the settings never sit in a key.
+func (c producerConfig) key() string {
+	c.Brokers = slices.Clone(c.Brokers)
+	slices.Sort(c.Brokers)
+	c.Brokers = slices.Compact(c.Brokers)
+	b, err := json.Marshal(c)
+	if err != nil {
+		panic(err) // plain data; cannot fail
+	}
+	sum := sha256.Sum256(b)
+	return "queue_publish.producer." + hex.EncodeToString(sum[:])
+}
+
+// acquireProducer returns the shared producer for cfg, creating it if no
+// loaded config uses these settings yet. Every successful call must be
+// matched by one releaseProducer(key).
+func acquireProducer(cfg producerConfig, logger *zap.Logger) (p *producer, key string, err error) {
+	key = cfg.key()
+	val, _, err := producers.LoadOrNew(key, func() (caddy.Destructor, error) {
+		return newProducer(cfg, logger), nil
+	})
+	if err != nil {
+		return nil, "", err
+	}
+	return val.(*producer), key, nil
+}
+
+// releaseProducer gives back one use of a shared producer; the last release
+// flushes and closes it.
+func releaseProducer(key string) error {
+	_, err := producers.Delete(key)
+	return err
+}
+
+// outcome says what a failed publish means for the client.
+type outcome uint8
+
+const (
+	// outcomeRetry: the record was not written; retrying is safe (503).
+	outcomeRetry outcome = iota + 1
+	// outcomeUnknown: the record may or may not have been written (504).
+	outcomeUnknown
+	// outcomeTooLarge: the broker will never take a record this large (413).
+	outcomeTooLarge
+	// outcomeRejected: the broker refused for a reason retrying does not
+	// fix, such as an unknown topic or missing authorization (500).
+	outcomeRejected
+)
+
+func (o outcome) String() string {
+	switch o {
+	case outcomeRetry:
+		return "retriable"
+	case outcomeUnknown:
+		return "timeout"
+	case outcomeTooLarge:
+		return "too_large"
+	case outcomeRejected:
+		return "permanent"
+	}
+	return "unknown"
+}
+
+// publishError is why a record was not acknowledged.
+type publishError struct {
+	outcome outcome
+	// reason is short and safe to show to clients.
+	reason string
+	// err carries the details, for the log only.
+	err error
+}
+
+func (e *publishError) Error() string {
+	if e.err == nil {
+		return e.reason
+	}
+	return e.reason + ": " + e.err.Error()
+}
+
+func (e *publishError) Unwrap() error { return e.err }
+
+var (
+	errShuttingDown = &publishError{outcome: outcomeRetry, reason: "shutting down"}
+	errNotSent      = errors.New("no acknowledgement within the timeout; the record was not sent")
+	// errNotConnected says that a produce attempt never had a connection
+	// to the partition leader, so it cannot have written anything.
+	errNotConnected = errors.New("no connection to the partition leader")
+)
+
+// stage is where a record is in its life.
+type stage uint8
+
+const (
+	stageQueued   stage = iota // waiting for its partition to be idle
+	stageInFlight              // part of a produce request being sent
+	stageBackoff               // waiting to be retried
+	stageDone                  // acknowledged or failed for good; done is closed
+)
+
+// record is one Kafka record on its way to the broker, and the answer for
+// the request that is waiting for it.
+type record struct {
+	value    []byte
+	time     time.Time
+	deadline time.Time
+	done     chan struct{}
+
+	// q is the partition the record was queued on; its mu guards the
+	// fields below until done is closed.
+	q            *partitionQueue
+	stage        stage
+	abandoned    bool
+	mayBeWritten bool
+	attempts     int
+	lastErr      error
+	attempt      *attempt
+
+	// Set before done is closed.
+	partition int
+	offset    int64
+	err       *publishError
+}
+
+func newRecord(value []byte, now time.Time, timeout time.Duration) *record {
+	return &record{
+		value:    value,
+		time:     now,
+		deadline: now.Add(timeout),
+		done:     make(chan struct{}),
+	}
+}
+
+func (r *record) size() int { return len(r.value) + recordOverhead }
+
+// attemptKey carries the current *attempt in a produce request's context, so
+// that the dialer can tell which attempt a connection is being opened for.
+type attemptKey struct{}
+
+// States of an attempt's connection. Only a dial made for the attempt
+// moves it out of attemptIdle; an attempt that reuses an open connection
+// stays idle, and then nothing proves that it wrote nothing.
+const (
+	attemptIdle       int32 = iota // no dial for this attempt (yet)
+	attemptConnecting              // dialing: nothing can have been written
+	attemptConnected               // dialed: the request may be written
+	attemptDialFailed              // the dial failed: nothing was written
+	attemptVoided                  // given up while dialing: the dial must fail
+)
+
+// attempt is one produce request for a batch.
+type attempt struct {
+	state  atomic.Int32
+	cancel context.CancelFunc
+}
+
+// producer publishes records to Kafka; see the comment at the top of this
+// file. It is safe for concurrent use.
+type producer struct {
+	cfg    producerConfig
+	logger *zap.Logger
+	// dialContext opens network connections; tests replace it.
+	dialContext func(ctx context.Context, network, address string) (net.Conn, error)
+	transport   *kafka.Transport
+	client      *kafka.Client
+
+	topics sync.Map // topic name -> *topicState
+
+	mu       sync.Mutex
+	closed   bool
+	senders  sync.WaitGroup // running partition senders
+	watchers sync.WaitGroup // running reachability watches
+
+	lastRefresh atomic.Int64 // UnixNano of the last forced metadata refresh
+	watching    atomic.Bool
+	ctx         context.Context // cancelled when the producer is closed
+	cancel      context.CancelFunc
+}
+
+func newProducer(cfg producerConfig, logger *zap.Logger) *producer {
+	p := makeProducer(cfg, logger)
+	p.start()
+	return p
+}
+
+// makeProducer builds a producer that start sets going.
+func makeProducer(cfg producerConfig, logger *zap.Logger) *producer {
+	p := &producer{
+		cfg:    cfg,
+		logger: logger,
+		dialContext: (&net.Dialer{
+			Timeout:   dialTimeout,
+			KeepAlive: 30 * time.Second,
+		}).DialContext,
+	}
+	p.ctx, p.cancel = context.WithCancel(context.Background())
+	p.transport = &kafka.Transport{
+		Dial:        p.dial,
+		DialTimeout: dialTimeout,
+		MetadataTTL: metadataTTL,
+		ClientID:    clientID,
+	}
+	p.client = &kafka.Client{
+		Addr:      kafka.TCP(cfg.Brokers...),
+		Transport: p.transport,
+		// The broker-side timeout of a produce request is half of what
+		// is left of the request's deadline (or of this, if smaller).
+		Timeout: 10 * time.Minute,
+	}
+	return p
+}
+
+// start looks for a reachable broker, and warns if none answers.
+func (p *producer) start() {
+	p.watch("no Kafka broker reachable at start; requests are answered 503 until one is")
+}
+
+// dial opens broker connections. A connection opened for a produce
+// attempt moves the attempt's state, which can then prove that the attempt
+// wrote nothing: while it dials, or once its dial failed.
+func (p *producer) dial(ctx context.Context, network, address string) (net.Conn, error) {
+	a, _ := ctx.Value(attemptKey{}).(*attempt)
+	if a == nil {
+		return p.dialContext(ctx, network, address)
+	}
+	if !a.state.CompareAndSwap(attemptIdle, attemptConnecting) {
+		return nil, errNotConnected
+	}
+	conn, err := p.dialContext(ctx, network, address)
+	if err != nil {
+		a.state.CompareAndSwap(attemptConnecting, attemptDialFailed)
+		return nil, err
+	}
+	if !a.state.CompareAndSwap(attemptConnecting, attemptConnected) {
+		conn.Close() // voided meanwhile
+		return nil, errNotConnected
+	}
+	return conn, nil
+}
+
+// unconnected reports whether attempt a provably wrote nothing. An attempt
+// still dialing is voided, so that its dial fails.
+func (a *attempt) unconnected() bool {
+	if a.state.CompareAndSwap(attemptConnecting, attemptVoided) {
+		return true
+	}
+	st := a.state.Load()
+	return st == attemptDialFailed || st == attemptVoided
+}
+
+// Destruct stops taking records, waits until every queued record is
+// acknowledged or has failed (each within its own deadline), and closes the
+// connections. It implements caddy.Destructor for the producer pool.
+func (p *producer) Destruct() error {
+	p.mu.Lock()
+	p.closed = true
+	p.mu.Unlock()
+	p.senders.Wait()
+	p.cancel()
+	p.watchers.Wait()
+	p.transport.CloseIdleConnections()
+	return nil
+}
+
+// watch makes sure that one goroutine keeps looking for a reachable broker
+// until one answers; if none answers at once, it logs warning.
+func (p *producer) watch(warning string) {
+	if !p.watching.CompareAndSwap(false, true) {
+		return
+	}
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		p.watching.Store(false)
+		return
+	}
+	p.watchers.Add(1)
+	p.mu.Unlock()
+	go func() {
+		defer p.watchers.Done()
+		defer p.watching.Store(false)
+		backoff := refreshInterval
+		warned := false
+		for {
+			ctx, cancel := context.WithTimeout(p.ctx, dialTimeout)
+			_, err := p.client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{}})
+			cancel()
+			if err == nil {
+				if warned {
+					p.logger.Info("Kafka broker reachable", zap.Strings("brokers", p.cfg.Brokers))
+				}
+				p.expireTopics()
+				return
+			}
+			if !warned {
+				p.logger.Warn(warning, zap.Strings("brokers", p.cfg.Brokers), zap.Error(err))
+				warned = true
+			}
+			t := time.NewTimer(backoff)
+			select {
+			case <-p.ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+			backoff = min(backoff*2, 2*time.Second)
+			p.refreshMetadata(true)
+		}
+	}()
+}
+
+// refreshMetadata makes the transport forget its cached cluster metadata,
+// so that the next request reads it afresh. kafka.Transport refreshes on a
+// timer only; dropping its connection pools is its one way to refresh at
+// once. Calls are rate-limited unless force is set.
+func (p *producer) refreshMetadata(force bool) {
+	now := time.Now().UnixNano()
+	last := p.lastRefresh.Load()
+	if !force && now-last < int64(refreshInterval) {
+		return
+	}
+	if !p.lastRefresh.CompareAndSwap(last, now) {
+		return
+	}
+	p.transport.CloseIdleConnections()
+	p.expireTopics()
+}
+
+func (p *producer) expireTopics() {
+	p.topics.Range(func(_, v any) bool {
+		v.(*topicState).expire()
+		return true
+	})
+}
+
+// send publishes rec to topic and waits until it is acknowledged or has
+// failed, its deadline passes or ctx is done (the client left).
+func (p *producer) send(ctx context.Context, topic string, rec *record) *publishError {
+	if perr := p.publish(ctx, topic, rec); perr != nil {
+		return perr
+	}
+	timer := time.NewTimer(time.Until(rec.deadline))
+	defer timer.Stop()
+	select {
+	case <-rec.done:
+		return rec.err
+	case <-timer.C:
+	case <-ctx.Done():
+	}
+	return p.abandon(rec)
+}
+
+// publish queues rec for topic. It fails at once, without queueing, when
+// the topic's partitions cannot be known.
+func (p *producer) publish(ctx context.Context, topic string, rec *record) *publishError {
+	parts, perr := p.topic(topic).partitions(ctx, p, rec.deadline)
+	if perr != nil {
+		return perr
+	}
+	return parts.pick().push(rec)
+}
+
+// abandon is called when the caller stops waiting for rec (its deadline
+// passed or its client left). It returns why rec was not acknowledged; a
+// record that is not written yet is taken out so that it never will be.
+func (p *producer) abandon(rec *record) *publishError {
+	q := rec.q
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if rec.stage == stageDone {
+		return rec.err
+	}
+	rec.abandoned = true
+	if rec.stage == stageInFlight {
+		if !rec.attempt.unconnected() {
+			return &publishError{outcome: outcomeUnknown, reason: reasonUnknown, err: context.DeadlineExceeded}
+		}
+		// The request never had a connection, and now never will.
+		rec.attempt.cancel()
+		return &publishError{outcome: outcomeRetry, reason: "no Kafka broker reachable", err: errNotConnected}
+	} else if rec.mayBeWritten {
+		return &publishError{outcome: outcomeUnknown, reason: reasonUnknown, err: rec.lastErr}
+	}
+	if rec.lastErr == nil {
+		return &publishError{outcome: outcomeRetry, reason: "no acknowledgement from Kafka within the timeout; the record was not sent", err: errNotSent}
+	}
+	return &publishError{outcome: outcomeRetry, reason: describe(rec.lastErr), err: rec.lastErr}
+}
+
+const reasonUnknown = "no acknowledgement from Kafka within the timeout; the record may or may not have been written"
+
+func (p *producer) topic(name string) *topicState {
+	if v, ok := p.topics.Load(name); ok {
+		return v.(*topicState)
+	}
+	v, _ := p.topics.LoadOrStore(name, &topicState{name: name})
+	return v.(*topicState)
+}
+
+// topicState caches what the producer knows of one topic.
+type topicState struct {
+	name       string
+	current    atomic.Pointer[partitionSet]
+	refreshing atomic.Bool
+	mu         sync.Mutex // guards queues
+	queues     []*partitionQueue
+}
+
+// partitionSet is a topic's partitions as of one metadata read, or the
+// error that read gave.
+type partitionSet struct {
+	queues    []*partitionQueue // by partition ID
+	available []*partitionQueue // those with a leader
+	err       *publishError
+	expires   atomic.Int64 // UnixNano
+	rr        atomic.Uint32
+}
+
+// pick returns the partition for a record without a key: round robin over
+// the partitions that have a leader.
+func (s *partitionSet) pick() *partitionQueue {
+	list := s.available
+	if len(list) == 0 {
+		list = s.queues
+	}
+	return list[int(s.rr.Add(1)-1)%len(list)]
+}
+
+func (ts *topicState) expire() {
+	if cur := ts.current.Load(); cur != nil {
+		cur.expires.Store(0)
+	}
+}
+
+// partitions returns the topic's partitions, reading metadata when the
+// cached list is missing or old. One caller reads; meanwhile the others go
+// on with what was known.
+func (ts *topicState) partitions(ctx context.Context, p *producer, deadline time.Time) (*partitionSet, *publishError) {
+	cur := ts.current.Load()
+	if cur != nil && (time.Now().UnixNano() < cur.expires.Load() || !ts.refreshing.CompareAndSwap(false, true)) {
+		return cur, cur.err
+	}
+	if cur != nil {
+		defer ts.refreshing.Store(false)
+	}
+	ctx, cancel := context.WithDeadline(ctx, deadline)
+	meta, err := p.client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{ts.name}})
+	cancel()
+
+	set := &partitionSet{}
+	ttl := topicMetadataTTL
+	switch {
+	case err != nil:
+		p.watch("no Kafka broker reachable; requests are answered 503 until one is")
+		set.err = &publishError{outcome: outcomeRetry, reason: "no Kafka broker reachable", err: err}
+		ttl = refreshInterval
+	case len(meta.Topics) != 1:
+		set.err = &publishError{outcome: outcomeRetry, reason: "no metadata for the topic", err: fmt.Errorf("metadata answer lists %d topics", len(meta.Topics))}
+		ttl = refreshInterval
+	case meta.Topics[0].Error == nil && len(meta.Topics[0].Partitions) == 0,
+		errors.Is(meta.Topics[0].Error, kafka.UnknownTopicOrPartition):
+		set.err = &publishError{outcome: outcomeRejected, reason: "unknown topic", err: fmt.Errorf("topic %q does not exist", ts.name)}
+	case meta.Topics[0].Error != nil:
+		set.err = classify(meta.Topics[0].Error)
+		ttl = refreshInterval
+	default:
+		ts.fill(set, meta.Topics[0].Partitions, p)
+	}
+	if cur != nil {
+		set.rr.Store(cur.rr.Load())
+	}
+	set.expires.Store(time.Now().Add(ttl).UnixNano())
+	if !ts.current.CompareAndSwap(cur, set) {
+		// Another caller read the metadata meanwhile: use its list,
+		// whose round robin is already under way.
+		set = ts.current.Load()
+	}
+	return set, set.err
+}
+
+// fill gives set a queue for every partition, keeping the queues that exist.
+func (ts *topicState) fill(set *partitionSet, parts []kafka.Partition, p *producer) {
+	n := 0
+	for _, part := range parts {
+		n = max(n, part.ID+1)
+	}
+	ts.mu.Lock()
+	for len(ts.queues) < n {
+		ts.queues = append(ts.queues, &partitionQueue{p: p, topic: ts.name, id: len(ts.queues)})
+	}
+	set.queues = ts.queues[:n:n]
+	ts.mu.Unlock()
+	for _, part := range parts {
+		if part.Error == nil && part.Leader.Host != "" {
+			set.available = append(set.available, set.queues[part.ID])
+		}
+	}
+}
+
+// partitionQueue holds the records waiting for one partition and runs at
+// most one sender for it.
+type partitionQueue struct {
+	p     *producer
+	topic string
+	id    int
+
+	mu      sync.Mutex
+	queue   []*record
+	sending bool
+}
+
+func (q *partitionQueue) push(rec *record) *publishError {
+	rec.q = q
+	q.mu.Lock()
+	start := !q.sending
+	if start {
+		// Checked under both locks so that Destruct cannot miss a sender.
+		q.p.mu.Lock()
+		closed := q.p.closed
+		if !closed {
+			q.p.senders.Add(1)
+		}
+		q.p.mu.Unlock()
+		if closed {
+			q.mu.Unlock()
+			return errShuttingDown
+		}
+		q.sending = true
+	}
+	q.queue = append(q.queue, rec)
+	q.mu.Unlock()
+	if start {
+		go q.run()
+	}
+	return nil
+}
+
+// run sends batches until the queue is empty.
+func (q *partitionQueue) run() {
+	defer q.p.senders.Done()
+	var batch []*record
+	for {
+		q.mu.Lock()
+		batch = q.take(batch[:0])
+		if len(batch) == 0 {
+			q.sending = false
+			q.queue = nil
+			q.mu.Unlock()
+			return
+		}
+		q.mu.Unlock()
+		q.deliver(batch)
+		clear(batch)
+	}
+}
+
+// take moves the next batch out of the queue. Records whose caller stopped
+// waiting are dropped: they were never sent and never will be.
+func (q *partitionQueue) take(batch []*record) []*record {
+	bytes, n := 0, 0
+	for ; n < len(q.queue); n++ {
+		rec := q.queue[n]
+		if rec.abandoned {
+			continue
+		}
+		if len(batch) == maxBatchRecords || (len(batch) > 0 && bytes+rec.size() > maxBatchBytes) {
+			break
+		}
+		bytes += rec.size()
+		batch = append(batch, rec)
+	}
+	rest := copy(q.queue, q.queue[n:])
+	clear(q.queue[rest:])
+	q.queue = q.queue[:rest]
+	return batch
+}
+
+// deliver sends batch until each record is acknowledged, fails for good, or
+// is no longer waited for.
+func (q *partitionQueue) deliver(batch []*record) {
+	p := q.p
+	backoff := retryBackoffMin
+	for {
+		a := &attempt{}
+		batch, deadline := q.begin(batch, a)
+		if len(batch) == 0 {
+			return
+		}
+		ctx, cancel := context.WithDeadline(context.WithValue(context.Background(), attemptKey{}, a), deadline)
+		a.cancel = cancel
+		records := make([]kafka.Record, len(batch))
+		for i, rec := range batch {
+			records[i] = kafka.Record{Time: rec.time, Value: kafka.NewBytes(rec.value)}
+		}
+		res, err := p.client.Produce(ctx, &kafka.ProduceRequest{
+			Topic:        q.topic,
+			Partition:    q.id,
+			RequiredAcks: p.cfg.Acks,
+			Records:      kafka.NewRecordReader(records...),
+		})
+		cancel()
+		if err == nil && res != nil {
+			err = res.Error
+		}
+		if err == nil {
+			base := int64(-1)
+			if res != nil {
+				base = res.BaseOffset
+			}
+			q.finish(batch, base, nil)
+			return
+		}
+
+		if a.unconnected() && !isDialError(err) {
+			err = fmt.Errorf("%w: %w", errNotConnected, err)
+		}
+		perr := classify(err)
+		switch {
+		case perr.outcome == outcomeTooLarge && len(batch) > 1:
+			// The broker's limit applies to the whole batch: halve
+			// it until each part fits or one record alone is too
+			// large.
+			q.requeue(batch, err, false)
+			half := len(batch) / 2
+			q.deliver(batch[:half])
+			q.deliver(batch[half:])
+			return
+		case perr.outcome == outcomeTooLarge, perr.outcome == outcomeRejected:
+			q.finish(batch, 0, perr)
+			return
+		}
+		// Retriable, or the request timed out: try again while some
+		// record's caller still waits.
+		q.requeue(batch, err, mayBeWritten(err))
+		if needsMetadata(err) {
+			p.refreshMetadata(false)
+		}
+		if wait := min(backoff, time.Until(deadline)); wait > 0 {
+			time.Sleep(wait)
+		}
+		backoff = min(backoff*2, retryBackoffMax)
+	}
+}
+
+// begin keeps the records of batch whose caller still waits and whose
+// deadline has not passed, marks them in flight under attempt a, and
+// returns them with the latest of their deadlines.
+func (q *partitionQueue) begin(batch []*record, a *attempt) ([]*record, time.Time) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	now := time.Now()
+	var latest time.Time
+	live := batch[:0]
+	for _, rec := range batch {
+		if rec.abandoned || !now.Before(rec.deadline) {
+			continue
+		}
+		rec.stage = stageInFlight
+		rec.attempt = a
+		rec.attempts++
+		if rec.deadline.After(latest) {
+			latest = rec.deadline
+		}
+		live = append(live, rec)
+	}
+	return live, latest
+}
+
+// requeue records a failed attempt on each record of the batch.
+func (q *partitionQueue) requeue(batch []*record, err error, written bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for _, rec := range batch {
+		rec.stage = stageBackoff
+		rec.attempt = nil
+		rec.lastErr = err
+		rec.mayBeWritten = rec.mayBeWritten || written
+	}
+}
+
+// finish completes every record of the batch: with offsets base, base+1, ...
+// if err is nil (-1 when the broker does not say).
+func (q *partitionQueue) finish(batch []*record, base int64, err *publishError) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for i, rec := range batch {
+		rec.stage = stageDone
+		rec.attempt = nil
+		rec.partition = q.id
+		rec.err = err
+		rec.offset = -1
+		if err == nil && base >= 0 {
+			rec.offset = base + int64(i)
+		}
+		close(rec.done)
+	}
+}
+
+// classify maps an error from kafka-go to what it means for the client.
+func classify(err error) *publishError {
+	var kerr kafka.Error
+	switch {
+	case errors.As(err, &kerr):
+		switch kerr {
+		case kafka.MessageSizeTooLarge, kafka.RecordListTooLarge:
+			return &publishError{outcome: outcomeTooLarge, reason: "record too large for the Kafka broker", err: err}
+		case kafka.TopicAuthorizationFailed, kafka.ClusterAuthorizationFailed:
+			return &publishError{outcome: outcomeRejected, reason: "not authorized to write to the topic", err: err}
+		case kafka.RequestTimedOut:
+			return &publishError{outcome: outcomeUnknown, reason: "Kafka broker timed out", err: err}
+		}
+		if kerr.Temporary() {
+			return &publishError{outcome: outcomeRetry, reason: "Kafka broker not ready: " + kerr.Title(), err: err}
+		}
+		return &publishError{outcome: outcomeRejected, reason: "Kafka broker refused the record: " + kerr.Title(), err: err}
+	case errors.Is(err, protocol.ErrNoTopic), errors.Is(err, protocol.ErrNoLeader), errors.Is(err, protocol.ErrNoPartition):
+		// The transport's cached layout lacks the partition or its
+		// leader: the cluster is not known yet, or is changing.
+		return &publishError{outcome: outcomeRetry, reason: "Kafka partition has no known leader", err: err}
+	case isDialError(err):
+		return &publishError{outcome: outcomeRetry, reason: "no Kafka broker reachable", err: err}
+	case errors.Is(err, context.DeadlineExceeded):
+		return &publishError{outcome: outcomeUnknown, reason: reasonUnknown, err: err}
+	}
+	return &publishError{outcome: outcomeRetry, reason: "Kafka connection failed", err: err}
+}
+
+// describe is the short reason for err that clients may see.
+func describe(err error) string {
+	return classify(err).reason
+}
+
+// mayBeWritten reports whether a failed attempt may have reached the broker
+// and been written. Only errors that prove the contrary return false: the
+// broker answering with an error code that means it did not append, or no
+// connection at all.
+func mayBeWritten(err error) bool {
+	var kerr kafka.Error
+	if errors.As(err, &kerr) {
+		switch kerr {
+		case kafka.NotEnoughReplicasAfterAppend, kafka.RequestTimedOut,
+			kafka.NetworkException, kafka.KafkaStorageError:
+			return true
+		}
+		return false
+	}
+	if errors.Is(err, protocol.ErrNoTopic) || errors.Is(err, protocol.ErrNoLeader) ||
+		errors.Is(err, protocol.ErrNoPartition) {
+		return false
+	}
+	return !isDialError(err)
+}
+
+// needsMetadata reports whether err suggests the cached cluster layout is
+// stale (the leader moved, a broker went away).
+func needsMetadata(err error) bool {
+	var kerr kafka.Error
+	if errors.As(err, &kerr) {
+		switch kerr {
+		case kafka.NotLeaderForPartition, kafka.LeaderNotAvailable,
+			kafka.UnknownTopicOrPartition, kafka.FencedLeaderEpoch,
+			kafka.UnknownLeaderEpoch, kafka.KafkaStorageError:
+			return true
+		}
+		return false
+	}
+	return !errors.Is(err, context.DeadlineExceeded)
+}
+
+func isDialError(err error) bool {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" {
+		return true
+	}
+	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, errNotConnected)
+}

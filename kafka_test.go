@@ -1,0 +1,357 @@
+package queuepublish
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kmsg"
+	"go.uber.org/zap"
+)
+
+// testProducer returns a started producer for c's brokers, destructed when
+// the test ends.
+func testProducer(t testing.TB, c *kfake.Cluster) *producer {
+	t.Helper()
+	p := newProducer(producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll}, zap.NewNop())
+	t.Cleanup(func() { p.Destruct() })
+	return p
+}
+
+// sendOne publishes value and waits for its outcome.
+func sendOne(p *producer, topic string, value []byte, timeout time.Duration) (*record, *publishError) {
+	rec := newRecord(value, time.Now(), timeout)
+	return rec, p.send(context.Background(), topic, rec)
+}
+
+func TestProducerStoresExactBytesOnPartitionsLedByDifferentBrokers(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(3), kfake.SeedTopics(6, "events"))
+	leaders := map[int32]bool{}
+	for _, pi := range c.PartitionInfos("events") {
+		leaders[pi.Leader] = true
+	}
+	if len(leaders) < 2 {
+		t.Fatalf("want partition leaders on several brokers, got %v", leaders)
+	}
+	p := testProducer(t, c)
+
+	const n = 120
+	recs := make([]*record, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// Bytes a re-encoding would change: spacing, key order,
+			// escapes, a number with many digits.
+			value := fmt.Appendf(nil, `{ "id" : %d,"z":1, "a" : "\u00e9\n", "n": 1.50000000000000000001 }`, i)
+			rec, perr := sendOne(p, "events", value, 5*time.Second)
+			if perr != nil {
+				t.Errorf("record %d: %v", i, perr)
+			}
+			recs[i] = rec
+		}()
+	}
+	wg.Wait()
+
+	got := stored(t, c, "events")
+	if len(got) != n {
+		t.Fatalf("topic holds %d records, want %d", len(got), n)
+	}
+	at := map[string][]byte{}
+	partitions := map[int32]bool{}
+	for _, r := range got {
+		at[fmt.Sprint(r.Partition, "/", r.Offset)] = r.Value
+		partitions[r.Partition] = true
+		if r.Key != nil {
+			t.Errorf("record at %d/%d has key %q, want none", r.Partition, r.Offset, r.Key)
+		}
+	}
+	for i, rec := range recs {
+		v, ok := at[fmt.Sprint(rec.partition, "/", rec.offset)]
+		if !ok || !bytes.Equal(v, rec.value) {
+			t.Errorf("record %d: at %d/%d the topic holds %q, want %q", i, rec.partition, rec.offset, v, rec.value)
+		}
+	}
+	if len(partitions) != 6 {
+		t.Errorf("records landed on %d partitions, want all 6", len(partitions))
+	}
+}
+
+func TestProducerRetriesRetriableErrors(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	p := testProducer(t, c)
+	faults := c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "events", Err: kerr.NotEnoughReplicas, Count: 3})
+
+	rec, perr := sendOne(p, "events", []byte(`{"retry":1}`), 5*time.Second)
+	if perr != nil {
+		t.Fatalf("want success after retries, got %v", perr)
+	}
+	if rec.attempts != 4 {
+		t.Errorf("attempts = %d, want 4 (3 refused, 1 taken)", rec.attempts)
+	}
+	if hits := faults.Hits(); hits != 3 {
+		t.Errorf("broker refused %d times, want 3", hits)
+	}
+	if got := stored(t, c, "events"); len(got) != 1 || string(got[0].Value) != `{"retry":1}` {
+		t.Errorf("topic holds %v, want the one record", got)
+	}
+}
+
+func TestProducerRetriableErrorUntilTimeoutIsNotWritten(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	p := testProducer(t, c)
+	c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "events", Err: kerr.NotEnoughReplicas, Count: -1})
+
+	start := time.Now()
+	rec, perr := sendOne(p, "events", []byte(`{}`), 300*time.Millisecond)
+	took := time.Since(start)
+	if perr == nil || perr.outcome != outcomeRetry {
+		t.Fatalf("want a retriable failure, got %v", perr)
+	}
+	if took > 300*time.Millisecond+200*time.Millisecond {
+		t.Errorf("answered after %v, want within the 300ms timeout", took)
+	}
+	if rec.attempts < 2 {
+		t.Errorf("attempts = %d, want retries", rec.attempts)
+	}
+	if perr.reason != "Kafka broker not ready: Not Enough Replicas" {
+		t.Errorf("reason = %q", perr.reason)
+	}
+	if got := stored(t, c, "events"); len(got) != 0 {
+		t.Errorf("topic holds %d records, want none", len(got))
+	}
+}
+
+func TestProducerNoAcknowledgementIsUnknownOutcome(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	p := testProducer(t, c)
+	release := make(chan struct{})
+	c.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
+		c.SleepControl(func() { <-release })
+		return nil, nil, false // then handle the request normally
+	})
+
+	start := time.Now()
+	_, perr := sendOne(p, "events", []byte(`{"slow":1}`), 300*time.Millisecond)
+	took := time.Since(start)
+	if perr == nil || perr.outcome != outcomeUnknown {
+		t.Fatalf("want outcome unknown, got %v", perr)
+	}
+	if took > 300*time.Millisecond+200*time.Millisecond {
+		t.Errorf("answered after %v, want within the 300ms timeout", took)
+	}
+	// The answer was honest: the record was sent and does land.
+	close(release)
+	waitFor(t, 5*time.Second, func() bool { return c.PartitionInfo("events", 0).HighWatermark == 1 })
+	if got := stored(t, c, "events"); len(got) != 1 {
+		t.Errorf("topic holds %d records, want the one whose outcome was unknown", len(got))
+	}
+}
+
+func TestProducerSplitsBatchesTheBrokerFindsTooLarge(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"),
+		kfake.BrokerConfigs(map[string]string{"message.max.bytes": "1000"}))
+	p := testProducer(t, c)
+
+	// Hold the first produce request so that the next records pile up
+	// into one batch, larger than the broker accepts.
+	release := make(chan struct{})
+	c.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
+		c.SleepControl(func() { <-release })
+		return nil, nil, false
+	})
+	value := func(i int) []byte { return fmt.Appendf(nil, `{"i":%d,"pad":"%0200d"}`, i, 0) }
+	first := newRecord(value(0), time.Now(), 5*time.Second)
+	if perr := p.publish(context.Background(), "events", first); perr != nil {
+		t.Fatal(perr)
+	}
+	recs := []*record{first}
+	for i := 1; i < 20; i++ {
+		rec := newRecord(value(i), time.Now(), 5*time.Second)
+		if perr := p.publish(context.Background(), "events", rec); perr != nil {
+			t.Fatal(perr)
+		}
+		recs = append(recs, rec)
+	}
+	close(release)
+	for i, rec := range recs {
+		<-rec.done
+		if rec.err != nil {
+			t.Errorf("record %d: %v", i, rec.err)
+		}
+	}
+	if got := stored(t, c, "events"); len(got) != 20 {
+		t.Errorf("topic holds %d records, want 20", len(got))
+	}
+
+	// One record alone over the limit is refused for good.
+	_, perr := sendOne(p, "events", fmt.Appendf(nil, `"%01000d"`, 0), 5*time.Second)
+	if perr == nil || perr.outcome != outcomeTooLarge {
+		t.Errorf("want too large, got %v", perr)
+	}
+}
+
+func TestProducerPermanentErrors(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	p := testProducer(t, c)
+
+	_, perr := sendOne(p, "nope", []byte(`{}`), 2*time.Second)
+	if perr == nil || perr.outcome != outcomeRejected || perr.reason != "unknown topic" {
+		t.Errorf("unknown topic: got %v", perr)
+	}
+
+	c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "events", Err: kerr.TopicAuthorizationFailed})
+	rec, perr := sendOne(p, "events", []byte(`{}`), 2*time.Second)
+	if perr == nil || perr.outcome != outcomeRejected || perr.reason != "not authorized to write to the topic" {
+		t.Errorf("not authorized: got %v", perr)
+	}
+	if rec.attempts != 1 {
+		t.Errorf("a permanent error was tried %d times, want once", rec.attempts)
+	}
+}
+
+// closedPort returns a local address where nothing listens.
+func closedPort(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
+func TestProducerWithoutBrokerAnswers503AndRecoversWhenOneComesUp(t *testing.T) {
+	addr := closedPort(t)
+	logger, logs := observedLogger()
+	p := newProducer(producerConfig{Brokers: []string{addr}, Acks: kafka.RequireAll}, logger)
+	t.Cleanup(func() { p.Destruct() })
+
+	start := time.Now()
+	_, perr := sendOne(p, "events", []byte(`{}`), 2*time.Second)
+	if perr == nil || perr.outcome != outcomeRetry || perr.reason != "no Kafka broker reachable" {
+		t.Fatalf("want 'no Kafka broker reachable', got %v", perr)
+	}
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("answered after %v; an unreachable cluster should fail fast", took)
+	}
+	waitFor(t, 5*time.Second, func() bool {
+		return logs.FilterMessageSnippet("no Kafka broker reachable at start").Len() == 1
+	})
+
+	_, port, _ := net.SplitHostPort(addr)
+	portNum, _ := strconv.Atoi(port)
+	c := newCluster(t, kfake.Ports(portNum), kfake.SeedTopics(1, "events"))
+	waitFor(t, 10*time.Second, func() bool {
+		_, perr := sendOne(p, "events", []byte(`{"up":1}`), time.Second)
+		return perr == nil
+	})
+	if got := stored(t, c, "events"); len(got) != 1 {
+		t.Errorf("topic holds %d records, want 1", len(got))
+	}
+	if logs.FilterMessage("Kafka broker reachable").Len() != 1 {
+		t.Errorf("want one info line when the broker became reachable")
+	}
+}
+
+func TestAbandonWhileConnectingIsNotWritten(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	p := makeProducer(producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll}, zap.NewNop())
+	real := p.dialContext
+	var dials sync.WaitGroup
+	p.dialContext = func(ctx context.Context, network, address string) (net.Conn, error) {
+		if ctx.Value(attemptKey{}) == nil {
+			return real(ctx, network, address) // metadata
+		}
+		// A broker whose host drops our packets: the dial hangs.
+		dials.Add(1)
+		defer dials.Done()
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	p.start()
+	t.Cleanup(func() { p.Destruct() })
+
+	rec, perr := sendOne(p, "events", []byte(`{}`), 300*time.Millisecond)
+	if perr == nil || perr.outcome != outcomeRetry {
+		t.Fatalf("want not written (safe to retry), got %v", perr)
+	}
+	if rec.attempts != 1 {
+		t.Errorf("attempts = %d, want 1", rec.attempts)
+	}
+	dials.Wait()
+	if got := stored(t, c, "events"); len(got) != 0 {
+		t.Errorf("topic holds %d records, want none", len(got))
+	}
+}
+
+func TestDestructFlushesQueuedRecords(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	p := newProducer(producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll}, zap.NewNop())
+
+	release := make(chan struct{})
+	c.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
+		c.SleepControl(func() { <-release })
+		return nil, nil, false
+	})
+	var recs []*record
+	for i := range 10 {
+		rec := newRecord(fmt.Appendf(nil, `{"i":%d}`, i), time.Now(), 5*time.Second)
+		if perr := p.publish(context.Background(), "events", rec); perr != nil {
+			t.Fatal(perr)
+		}
+		recs = append(recs, rec)
+	}
+	destructed := make(chan struct{})
+	go func() {
+		p.Destruct()
+		close(destructed)
+	}()
+	select {
+	case <-destructed:
+		t.Fatal("Destruct returned while records were queued")
+	case <-recs[0].done:
+		t.Fatal("a record completed while the broker held the request")
+	default:
+	}
+	close(release)
+	<-destructed
+	for i, rec := range recs {
+		select {
+		case <-rec.done:
+			if rec.err != nil {
+				t.Errorf("record %d: %v", i, rec.err)
+			}
+		default:
+			t.Errorf("record %d not completed when Destruct returned", i)
+		}
+	}
+	if got := stored(t, c, "events"); len(got) != 10 {
+		t.Errorf("topic holds %d records, want 10", len(got))
+	}
+	if _, perr := sendOne(p, "events", []byte(`{}`), time.Second); perr != errShuttingDown {
+		t.Errorf("after Destruct: got %v, want %v", perr, errShuttingDown)
+	}
+}
+
+// waitFor polls cond until it holds, failing the test after limit.
+func waitFor(t testing.TB, limit time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met within %v", limit)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
