@@ -359,6 +359,9 @@ func (p *producer) watch(warning string) {
 			ctx, cancel := context.WithTimeout(p.ctx, dialTimeout)
 			_, err := p.client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{}})
 			cancel()
+			if p.ctx.Err() != nil {
+				return // closed
+			}
 			if err == nil {
 				if warned {
 					p.logger.Info("Kafka broker reachable", zap.Strings("brokers", p.cfg.Brokers))

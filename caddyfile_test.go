@@ -1,0 +1,115 @@
+package queuepublish
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddytest"
+
+	_ "github.com/queuepublish/caddy-queue-publish/devbroker"
+)
+
+func TestUnmarshalCaddyfile(t *testing.T) {
+	tests := []struct {
+		name    string
+		input   string
+		want    Handler
+		wantErr string
+	}{
+		{
+			name: "every option",
+			input: `queue_publish {
+				brokers a:9092 b:9092
+				brokers c:9092
+				topic my-queue
+				secret {env.QUEUE_AUTH_SECRET}
+				max_size 256KB
+				timeout 1500ms
+				acks leader
+			}`,
+			want: Handler{
+				Brokers: []string{"a:9092", "b:9092", "c:9092"},
+				Topic:   "my-queue",
+				Secret:  "{env.QUEUE_AUTH_SECRET}",
+				MaxSize: 256000,
+				Timeout: caddy.Duration(1500 * time.Millisecond),
+				Acks:    "leader",
+			},
+		},
+		{
+			name:  "required options only",
+			input: block("brokers a:9092", "topic t", "secret {file./run/secret}"),
+			want:  Handler{Brokers: []string{"a:9092"}, Topic: "t", Secret: "{file./run/secret}"},
+		},
+		{name: "max_size in MiB", input: block("max_size 1MiB"), want: Handler{MaxSize: 1 << 20}},
+		{name: "timeout in days", input: block("timeout 1d"), want: Handler{Timeout: caddy.Duration(24 * time.Hour)}},
+		{name: "argument on the directive", input: `queue_publish my-queue`, wantErr: "wrong argument count"},
+		{name: "brokers without address", input: block("brokers"), wantErr: "wrong argument count"},
+		{name: "topic twice on a line", input: block("topic a b"), wantErr: "wrong argument count"},
+		{name: "secret without value", input: block("secret"), wantErr: "wrong argument count"},
+		{name: "bad size", input: block("max_size lots"), wantErr: `max_size: invalid size "lots"`},
+		{name: "zero size", input: block("max_size 0"), wantErr: `max_size: invalid size "0"`},
+		{name: "bad duration", input: block("timeout soon"), wantErr: `timeout: invalid duration "soon"`},
+		{name: "negative duration", input: block("timeout -1s"), wantErr: `timeout: invalid duration "-1s"`},
+		{name: "bad acks", input: block("acks some"), wantErr: `acks: "some" is not all, leader or none`},
+		{name: "unknown subdirective", input: block("partitions 3"), wantErr: `unrecognized subdirective "partitions"`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var got Handler
+			err := got.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tt.input))
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("error = %v, want one containing %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !equalConfig(got, tt.want) {
+				t.Errorf("got %+v, want %+v", got, tt.want)
+			}
+		})
+	}
+}
+
+// block is a queue_publish directive with the given lines in its block.
+func block(lines ...string) string {
+	return "queue_publish {\n" + strings.Join(lines, "\n") + "\n}"
+}
+
+func equalConfig(a, b Handler) bool {
+	return strings.Join(a.Brokers, " ") == strings.Join(b.Brokers, " ") &&
+		a.Topic == b.Topic && a.Secret == b.Secret && a.MaxSize == b.MaxSize &&
+		a.Timeout == b.Timeout && a.Acks == b.Acks
+}
+
+// TestExamplesAdapt adapts every Caddyfile under examples/ and compares the
+// result with the JSON config beside it, so the JSON examples cannot drift
+// from the Caddyfiles.
+func TestExamplesAdapt(t *testing.T) {
+	pairs := map[string]string{
+		"examples/Caddyfile":              "examples/caddy.json",
+		"examples/production.Caddyfile":   "examples/production.json",
+		"examples/tls-internal.Caddyfile": "examples/tls-internal.json",
+	}
+	for caddyfilePath, jsonPath := range pairs {
+		t.Run(filepath.Base(caddyfilePath), func(t *testing.T) {
+			cf, err := os.ReadFile(caddyfilePath)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, err := os.ReadFile(jsonPath)
+			if err != nil {
+				t.Fatal(err)
+			}
+			caddytest.AssertAdapt(t, string(cf), "caddyfile", strings.TrimSpace(string(want)))
+		})
+	}
+}
