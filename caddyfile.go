@@ -1,6 +1,9 @@
 package queuepublish
 
 import (
+	"fmt"
+	"strconv"
+
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
@@ -30,77 +33,101 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_size <size>
 //		timeout  <duration>
 //		acks     all|leader|none
+//		linger            <duration>
+//		max_batch_records <count>
+//		max_batch_bytes   <size>
+//		max_in_flight     <count>
 //	}
 //
 // brokers is required and may repeat; topic and secret are required. The
 // secret should be a placeholder, {env.NAME} or {file.PATH}, which is
 // resolved when the config loads; {$NAME} would be written into the
 // adapted JSON config. max_size defaults to 1MB, timeout to 5s, acks to all.
+// The last four tune the producer's batching: linger defaults to 0,
+// max_batch_records to 1000, max_batch_bytes to 1MB, max_in_flight to 1.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // directive name
 	if d.NextArg() {
 		return d.ArgErr()
 	}
 	for d.NextBlock(0) {
-		switch d.Val() {
-		case "brokers":
+		name := d.Val()
+		if name == "brokers" {
 			addrs := d.RemainingArgs()
 			if len(addrs) == 0 {
 				return d.ArgErr()
 			}
 			h.Brokers = append(h.Brokers, addrs...)
+			continue
+		}
+		if !d.NextArg() {
+			return d.ArgErr()
+		}
+		val := d.Val()
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+		var err error
+		switch name {
 		case "topic":
-			if err := singleArg(d, &h.Topic); err != nil {
-				return err
-			}
+			h.Topic = val
 		case "secret":
-			if err := singleArg(d, &h.Secret); err != nil {
-				return err
+			h.Secret = val
+		case "acks":
+			h.Acks = val
+			if _, ok := acksValues[val]; !ok {
+				err = fmt.Errorf("%q is not all, leader or none", val)
 			}
 		case "max_size":
-			var s string
-			if err := singleArg(d, &s); err != nil {
-				return err
-			}
-			size, err := humanize.ParseBytes(s)
-			if err != nil || size == 0 || size > 1<<40 {
-				return d.Errf("max_size: invalid size %q", s)
-			}
-			h.MaxSize = int64(size)
+			h.MaxSize, err = parseSize(val, 1<<40)
+		case "max_batch_bytes":
+			var n int64
+			n, err = parseSize(val, 1<<30)
+			h.MaxBatchBytes = int(n)
 		case "timeout":
-			var s string
-			if err := singleArg(d, &s); err != nil {
-				return err
-			}
-			dur, err := caddy.ParseDuration(s)
-			if err != nil || dur <= 0 {
-				return d.Errf("timeout: invalid duration %q", s)
-			}
-			h.Timeout = caddy.Duration(dur)
-		case "acks":
-			if err := singleArg(d, &h.Acks); err != nil {
-				return err
-			}
-			if _, ok := acksValues[h.Acks]; !ok {
-				return d.Errf("acks: %q is not all, leader or none", h.Acks)
-			}
+			h.Timeout, err = parseDuration(val, false)
+		case "linger":
+			h.Linger, err = parseDuration(val, true)
+		case "max_batch_records":
+			h.MaxBatchRecords, err = parseCount(val)
+		case "max_in_flight":
+			h.MaxInFlight, err = parseCount(val)
 		default:
-			return d.Errf("unrecognized subdirective %q", d.Val())
+			return d.Errf("unrecognized subdirective %q", name)
+		}
+		if err != nil {
+			return d.Errf("%s: %v", name, err)
 		}
 	}
 	return nil
 }
 
-// singleArg reads the one argument of the current subdirective into dst.
-func singleArg(d *caddyfile.Dispenser, dst *string) error {
-	if !d.NextArg() {
-		return d.ArgErr()
+// parseSize parses a size such as 256KB or 1MiB, from 1 byte to limit.
+func parseSize(s string, limit uint64) (int64, error) {
+	n, err := humanize.ParseBytes(s)
+	if err != nil || n == 0 || n > limit {
+		return 0, fmt.Errorf("invalid size %q", s)
 	}
-	*dst = d.Val()
-	if d.NextArg() {
-		return d.ArgErr()
+	return int64(n), nil
+}
+
+// parseDuration parses a duration such as 500ms or 5s; zero is allowed
+// only if zeroOK.
+func parseDuration(s string, zeroOK bool) (caddy.Duration, error) {
+	dur, err := caddy.ParseDuration(s)
+	if err != nil || dur < 0 || (dur == 0 && !zeroOK) {
+		return 0, fmt.Errorf("invalid duration %q", s)
 	}
-	return nil
+	return caddy.Duration(dur), nil
+}
+
+// parseCount parses a positive whole number.
+func parseCount(s string) (int, error) {
+	n, err := strconv.Atoi(s)
+	if err != nil || n <= 0 {
+		return 0, fmt.Errorf("%q is not a positive number", s)
+	}
+	return n, nil
 }
 
 // Interface guard

@@ -31,6 +31,10 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 				max_size 256KB
 				timeout 1500ms
 				acks leader
+				linger 2ms
+				max_batch_records 200
+				max_batch_bytes 64KiB
+				max_in_flight 2
 			}`,
 			want: Handler{
 				Brokers: []string{"a:9092", "b:9092", "c:9092"},
@@ -39,6 +43,11 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 				MaxSize: 256000,
 				Timeout: caddy.Duration(1500 * time.Millisecond),
 				Acks:    "leader",
+
+				Linger:          caddy.Duration(2 * time.Millisecond),
+				MaxBatchRecords: 200,
+				MaxBatchBytes:   65536,
+				MaxInFlight:     2,
 			},
 		},
 		{
@@ -57,6 +66,12 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{name: "bad duration", input: block("timeout soon"), wantErr: `timeout: invalid duration "soon"`},
 		{name: "negative duration", input: block("timeout -1s"), wantErr: `timeout: invalid duration "-1s"`},
 		{name: "bad acks", input: block("acks some"), wantErr: `acks: "some" is not all, leader or none`},
+		{name: "zero linger", input: block("linger 0"), want: Handler{}},
+		{name: "zero timeout", input: block("timeout 0s"), wantErr: `timeout: invalid duration "0s"`},
+		{name: "negative linger", input: block("linger -1ms"), wantErr: `linger: invalid duration "-1ms"`},
+		{name: "zero max_batch_records", input: block("max_batch_records 0"), wantErr: `max_batch_records: "0" is not a positive number`},
+		{name: "bad max_in_flight", input: block("max_in_flight two"), wantErr: `max_in_flight: "two" is not a positive number`},
+		{name: "bad max_batch_bytes", input: block("max_batch_bytes 2GB"), wantErr: `max_batch_bytes: invalid size "2GB"`},
 		{name: "unknown subdirective", input: block("partitions 3"), wantErr: `unrecognized subdirective "partitions"`},
 	}
 	for _, tt := range tests {
@@ -87,7 +102,9 @@ func block(lines ...string) string {
 func equalConfig(a, b Handler) bool {
 	return strings.Join(a.Brokers, " ") == strings.Join(b.Brokers, " ") &&
 		a.Topic == b.Topic && a.Secret == b.Secret && a.MaxSize == b.MaxSize &&
-		a.Timeout == b.Timeout && a.Acks == b.Acks
+		a.Timeout == b.Timeout && a.Acks == b.Acks && a.Linger == b.Linger &&
+		a.MaxBatchRecords == b.MaxBatchRecords && a.MaxBatchBytes == b.MaxBatchBytes &&
+		a.MaxInFlight == b.MaxInFlight
 }
 
 // TestExamplesAdapt adapts every Caddyfile under examples/ and compares the

@@ -1,12 +1,14 @@
 package queuepublish
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"slices"
 	"sync"
@@ -47,11 +49,12 @@ const (
 	// attempts of a batch that failed with a retriable error.
 	retryBackoffMin = 20 * time.Millisecond
 	retryBackoffMax = 500 * time.Millisecond
-	// maxBatchRecords and maxBatchBytes bound one produce request. The byte
-	// bound stays below Kafka's default message.max.bytes (1048588), which
-	// applies to a whole batch.
-	maxBatchRecords = 1000
-	maxBatchBytes   = 1000000
+	// defaultMaxBatchRecords and defaultMaxBatchBytes bound one produce
+	// request. The byte bound stays below Kafka's default
+	// message.max.bytes (1048588), which applies to a whole batch.
+	defaultMaxBatchRecords = 1000
+	defaultMaxBatchBytes   = 1000000
+	defaultMaxInFlight     = 1
 	// recordOverhead approximates the bytes a record adds to a batch besides
 	// its value.
 	recordOverhead = 24
@@ -70,6 +73,29 @@ var producers = caddy.NewUsagePool()
 type producerConfig struct {
 	Brokers []string           `json:"brokers"`
 	Acks    kafka.RequiredAcks `json:"acks"`
+	// Linger is how long a sender waits, after its previous request
+	// started, before sending the next one, when the previous one held
+	// more than one record. Zero sends as soon as a sender is free.
+	Linger          time.Duration `json:"linger"`
+	MaxBatchRecords int           `json:"max_batch_records"`
+	MaxBatchBytes   int           `json:"max_batch_bytes"`
+	// MaxInFlight is the number of produce requests a partition may have
+	// in flight; above 1, a retried batch may land after a later one.
+	MaxInFlight int `json:"max_in_flight"`
+}
+
+// withDefaults fills in the batching settings left at zero.
+func (c producerConfig) withDefaults() producerConfig {
+	if c.MaxBatchRecords == 0 {
+		c.MaxBatchRecords = defaultMaxBatchRecords
+	}
+	if c.MaxBatchBytes == 0 {
+		c.MaxBatchBytes = defaultMaxBatchBytes
+	}
+	if c.MaxInFlight == 0 {
+		c.MaxInFlight = defaultMaxInFlight
+	}
+	return c
 }
 
 // key is the canonical identity of the settings in the producer pool. It is
@@ -90,6 +116,7 @@ func (c producerConfig) key() string {
 // loaded config uses these settings yet. Every successful call must be
 // matched by one releaseProducer(key).
 func acquireProducer(cfg producerConfig, logger *zap.Logger) (p *producer, key string, err error) {
+	cfg = cfg.withDefaults()
 	key = cfg.key()
 	val, _, err := producers.LoadOrNew(key, func() (caddy.Destructor, error) {
 		return newProducer(cfg, logger), nil
@@ -242,8 +269,11 @@ type producer struct {
 
 	mu       sync.Mutex
 	closed   bool
-	senders  sync.WaitGroup // running partition senders
+	senders  sync.WaitGroup // partition senders
 	watchers sync.WaitGroup // running reachability watches
+
+	batches atomic.Int64 // produce requests sent
+	records atomic.Int64 // records in them
 
 	lastRefresh atomic.Int64 // UnixNano of the last forced metadata refresh
 	watching    atomic.Bool
@@ -260,7 +290,7 @@ func newProducer(cfg producerConfig, logger *zap.Logger) *producer {
 // makeProducer builds a producer that start sets going.
 func makeProducer(cfg producerConfig, logger *zap.Logger) *producer {
 	p := &producer{
-		cfg:    cfg,
+		cfg:    cfg.withDefaults(),
 		logger: logger,
 		dialContext: (&net.Dialer{
 			Timeout:   dialTimeout,
@@ -329,6 +359,15 @@ func (p *producer) Destruct() error {
 	p.mu.Lock()
 	p.closed = true
 	p.mu.Unlock()
+	p.topics.Range(func(_, v any) bool {
+		ts := v.(*topicState)
+		ts.mu.Lock()
+		for _, q := range ts.queues {
+			q.close()
+		}
+		ts.mu.Unlock()
+		return true
+	})
 	p.senders.Wait()
 	p.cancel()
 	p.watchers.Wait()
@@ -563,7 +602,7 @@ func (ts *topicState) fill(set *partitionSet, parts []kafka.Partition, p *produc
 	}
 	ts.mu.Lock()
 	for len(ts.queues) < n {
-		ts.queues = append(ts.queues, &partitionQueue{p: p, topic: ts.name, id: len(ts.queues)})
+		ts.queues = append(ts.queues, p.newQueue(ts.name, len(ts.queues)))
 	}
 	set.queues = ts.queues[:n:n]
 	ts.mu.Unlock()
@@ -574,73 +613,114 @@ func (ts *topicState) fill(set *partitionSet, parts []kafka.Partition, p *produc
 	}
 }
 
-// partitionQueue holds the records waiting for one partition and runs at
-// most one sender for it.
+// newQueue returns the queue of a partition with its sender running, or
+// closed if the producer is.
+func (p *producer) newQueue(topic string, id int) *partitionQueue {
+	q := &partitionQueue{p: p, topic: topic, id: id, wake: make(chan struct{}, p.cfg.MaxInFlight)}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		q.closed = true
+		return q
+	}
+	for range p.cfg.MaxInFlight {
+		p.senders.Add(1)
+		go q.run()
+	}
+	return q
+}
+
+// partitionQueue holds the records waiting for one partition. It has one
+// sender per request it may have in flight (max_in_flight).
 type partitionQueue struct {
 	p     *producer
 	topic string
 	id    int
 
-	mu      sync.Mutex
-	queue   []*record
-	sending bool
+	wake chan struct{} // senders sleep on it while idle
+
+	mu     sync.Mutex
+	queue  []*record
+	idle   int // senders asleep, to be woken
+	closed bool
 }
 
 func (q *partitionQueue) push(rec *record) *publishError {
 	rec.q = q
 	q.mu.Lock()
-	start := !q.sending
-	if start {
-		// Checked under both locks so that Destruct cannot miss a sender.
-		q.p.mu.Lock()
-		closed := q.p.closed
-		if !closed {
-			q.p.senders.Add(1)
-		}
-		q.p.mu.Unlock()
-		if closed {
-			q.mu.Unlock()
-			return errShuttingDown
-		}
-		q.sending = true
+	if q.closed {
+		q.mu.Unlock()
+		return errShuttingDown
 	}
 	q.queue = append(q.queue, rec)
-	q.mu.Unlock()
-	if start {
-		go q.run()
+	if q.idle > 0 {
+		q.idle--
+		q.wake <- struct{}{}
 	}
+	q.mu.Unlock()
 	return nil
 }
 
-// run sends batches until the queue is empty.
+// run is one of the partition's senders: it sends batches while records
+// wait, and sleeps while none do. It ends once the queue is closed and
+// empty. With linger set, a sender whose previous request carried more
+// than one record (so requests arrive concurrently) waits until linger
+// after that request started, to send a larger batch; a lone record is
+// always sent at once.
 func (q *partitionQueue) run() {
 	defer q.p.senders.Done()
+	linger := q.p.cfg.Linger
 	var batch []*record
+	var prevStart time.Time
+	prevLen := 0
 	for {
+		if linger > 0 && prevLen > 1 {
+			if wait := time.Until(prevStart.Add(linger)); wait > 0 {
+				time.Sleep(wait)
+			}
+		}
 		q.mu.Lock()
 		batch = q.take(batch[:0])
 		if len(batch) == 0 {
-			q.sending = false
-			q.queue = nil
+			if q.closed {
+				q.mu.Unlock()
+				return
+			}
+			q.idle++
 			q.mu.Unlock()
-			return
+			<-q.wake
+			prevLen = 0
+			continue
 		}
 		q.mu.Unlock()
+		prevStart, prevLen = time.Now(), len(batch)
 		q.deliver(batch)
 		clear(batch)
 	}
 }
 
+// close stops the queue from taking records; its sender ends once it has
+// sent those it holds.
+func (q *partitionQueue) close() {
+	q.mu.Lock()
+	q.closed = true
+	for ; q.idle > 0; q.idle-- {
+		q.wake <- struct{}{}
+	}
+	q.mu.Unlock()
+}
+
 // take moves the next batch out of the queue. Records whose caller stopped
 // waiting are dropped: they were never sent and never will be.
 func (q *partitionQueue) take(batch []*record) []*record {
+	maxRecords, maxBytes := q.p.cfg.MaxBatchRecords, q.p.cfg.MaxBatchBytes
 	bytes, n := 0, 0
 	for ; n < len(q.queue); n++ {
 		rec := q.queue[n]
 		if rec.abandoned {
 			continue
 		}
-		if len(batch) == maxBatchRecords || (len(batch) > 0 && bytes+rec.size() > maxBatchBytes) {
+		if len(batch) == maxRecords || (len(batch) > 0 && bytes+rec.size() > maxBytes) {
 			break
 		}
 		bytes += rec.size()
@@ -665,15 +745,13 @@ func (q *partitionQueue) deliver(batch []*record) {
 		}
 		ctx, cancel := context.WithDeadline(context.WithValue(context.Background(), attemptKey{}, a), deadline)
 		a.cancel = cancel
-		records := make([]kafka.Record, len(batch))
-		for i, rec := range batch {
-			records[i] = kafka.Record{Time: rec.time, Value: kafka.NewBytes(rec.value)}
-		}
+		p.batches.Add(1)
+		p.records.Add(int64(len(batch)))
 		res, err := p.client.Produce(ctx, &kafka.ProduceRequest{
 			Topic:        q.topic,
 			Partition:    q.id,
 			RequiredAcks: p.cfg.Acks,
-			Records:      kafka.NewRecordReader(records...),
+			Records:      newAttemptRecords(batch),
 		})
 		cancel()
 		if err == nil && res != nil {
@@ -717,6 +795,44 @@ func (q *partitionQueue) deliver(batch []*record) {
 		}
 		backoff = min(backoff*2, retryBackoffMax)
 	}
+}
+
+// attemptRecords feeds one attempt's batch to kafka-go's encoder with a
+// few allocations per batch rather than two per record (kafka.NewBytes and
+// kafka.NewRecordReader). Each attempt has its own readers: an encoder of an
+// attempt that timed out may still be reading when the next one starts.
+type attemptRecords struct {
+	records []kafka.Record
+	values  []recordBytes
+	next    int
+}
+
+// recordBytes is a record value as kafka-go reads it (kafka.Bytes). It
+// keeps bytes.Reader's WriteTo, so that the encoder copies without a
+// buffer of its own.
+type recordBytes struct{ bytes.Reader }
+
+func (*recordBytes) Close() error { return nil }
+
+func newAttemptRecords(batch []*record) *attemptRecords {
+	r := &attemptRecords{
+		records: make([]kafka.Record, len(batch)),
+		values:  make([]recordBytes, len(batch)),
+	}
+	for i, rec := range batch {
+		r.values[i].Reset(rec.value)
+		r.records[i] = kafka.Record{Time: rec.time, Value: &r.values[i]}
+	}
+	return r
+}
+
+// ReadRecord implements kafka.RecordReader.
+func (r *attemptRecords) ReadRecord() (*kafka.Record, error) {
+	if r.next == len(r.records) {
+		return nil, io.EOF
+	}
+	r.next++
+	return &r.records[r.next-1], nil
 }
 
 // begin keeps the records of batch whose caller still waits and whose

@@ -7,6 +7,7 @@ import (
 	"net"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -353,5 +354,106 @@ func waitFor(t testing.TB, limit time.Duration, cond func() bool) {
 			t.Fatalf("condition not met within %v", limit)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// holdProduce makes the broker hold every produce request until release
+// is closed, and counts the requests it received.
+func holdProduce(c *kfake.Cluster, release <-chan struct{}) *atomic.Int32 {
+	var received atomic.Int32
+	c.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
+		received.Add(1)
+		c.SleepControl(func() { <-release })
+		return nil, nil, false
+	})
+	return &received
+}
+
+func TestMaxInFlightSendsConcurrentRequests(t *testing.T) {
+	for _, inFlight := range []int{1, 2} {
+		t.Run(fmt.Sprint("max_in_flight=", inFlight), func(t *testing.T) {
+			c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+			p := newProducer(producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll, MaxInFlight: inFlight}, zap.NewNop())
+			t.Cleanup(func() { p.Destruct() })
+			release := make(chan struct{})
+			received := holdProduce(c, release)
+
+			first := newRecord([]byte(`1`), time.Now(), 5*time.Second)
+			if perr := p.publish(context.Background(), "events", first); perr != nil {
+				t.Fatal(perr)
+			}
+			waitFor(t, 5*time.Second, func() bool { return received.Load() == 1 })
+			second := newRecord([]byte(`2`), time.Now(), 5*time.Second)
+			if perr := p.publish(context.Background(), "events", second); perr != nil {
+				t.Fatal(perr)
+			}
+			if inFlight == 2 {
+				// A second sender takes it while the first request is held.
+				waitFor(t, 5*time.Second, func() bool { return received.Load() == 2 })
+			}
+			close(release)
+			<-first.done
+			<-second.done
+			if first.err != nil || second.err != nil {
+				t.Fatal(first.err, second.err)
+			}
+			if got := received.Load(); got != 2 {
+				t.Errorf("broker received %d produce requests, want 2", got)
+			}
+		})
+	}
+}
+
+func TestLingerOnlyUnderConcurrentLoad(t *testing.T) {
+	const linger = 300 * time.Millisecond
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	p := newProducer(producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll, Linger: linger}, zap.NewNop())
+	t.Cleanup(func() { p.Destruct() })
+
+	// An idle partition sends a lone record at once, again and again.
+	for range 3 {
+		start := time.Now()
+		if _, perr := sendOne(p, "events", []byte(`{}`), 5*time.Second); perr != nil {
+			t.Fatal(perr)
+		}
+		if took := time.Since(start); took >= linger {
+			t.Fatalf("a lone record took %v: it waited for linger", took)
+		}
+	}
+
+	// Under load (the previous request carried several records) the
+	// sender waits for linger after that request started.
+	release := make(chan struct{})
+	holdProduce(c, release)
+	var recs []*record
+	for i := range 3 {
+		rec := newRecord(fmt.Appendf(nil, `%d`, i), time.Now(), 5*time.Second)
+		if perr := p.publish(context.Background(), "events", rec); perr != nil {
+			t.Fatal(perr)
+		}
+		recs = append(recs, rec)
+	}
+	close(release)
+	for _, rec := range recs {
+		<-rec.done
+	}
+	// recs[0] went alone; recs[1:] together in a second request.
+	if recs[1].offset != recs[2].offset-1 {
+		t.Fatalf("offsets %d, %d", recs[1].offset, recs[2].offset)
+	}
+	secondBatch := time.Now()
+	late := newRecord([]byte(`"late"`), time.Now(), 5*time.Second)
+	if perr := p.publish(context.Background(), "events", late); perr != nil {
+		t.Fatal(perr)
+	}
+	<-late.done
+	if late.err != nil {
+		t.Fatal(late.err)
+	}
+	// The second request started before secondBatch; the late record
+	// waited until linger after that start, so at least linger minus
+	// the second request's round trip.
+	if waited := time.Since(secondBatch); waited < linger/2 {
+		t.Errorf("the record after a batch of 2 waited %v, want about linger (%v)", waited, linger)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+	"unsafe"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -67,6 +68,25 @@ type Handler struct {
 	// sent). Default: "all".
 	Acks string `json:"acks,omitempty"`
 
+	// How long a partition's sender waits, under concurrent load, for
+	// more records before sending the next produce request, counted from
+	// the start of the previous one. A record arriving at an idle
+	// partition is always sent at once. Default: 0 (send as soon as the
+	// previous request is answered).
+	Linger caddy.Duration `json:"linger,omitempty"`
+
+	// The most records in one produce request. Default: 1000.
+	MaxBatchRecords int `json:"max_batch_records,omitempty"`
+
+	// The most bytes of records in one produce request; keep it at or
+	// below the brokers' message.max.bytes. Default: 1000000.
+	MaxBatchBytes int `json:"max_batch_bytes,omitempty"`
+
+	// How many produce requests each partition may have in flight.
+	// Above 1, a retried request may land after a later one, so records
+	// of a partition may be stored out of order. Default: 1.
+	MaxInFlight int `json:"max_in_flight,omitempty"`
+
 	brokers      []string
 	secretDigest [sha256.Size]byte
 	producer     *producer
@@ -95,6 +115,15 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	if h.Acks == "" {
 		h.Acks = "all"
+	}
+	if h.MaxBatchRecords == 0 {
+		h.MaxBatchRecords = defaultMaxBatchRecords
+	}
+	if h.MaxBatchBytes == 0 {
+		h.MaxBatchBytes = defaultMaxBatchBytes
+	}
+	if h.MaxInFlight == 0 {
+		h.MaxInFlight = defaultMaxInFlight
 	}
 	if err := h.Validate(); err != nil {
 		return err
@@ -134,8 +163,12 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 
 	h.producer, h.producerKey, err = acquireProducer(producerConfig{
-		Brokers: h.brokers,
-		Acks:    acksValues[h.Acks],
+		Brokers:         h.brokers,
+		Acks:            acksValues[h.Acks],
+		Linger:          time.Duration(h.Linger),
+		MaxBatchRecords: h.MaxBatchRecords,
+		MaxBatchBytes:   h.MaxBatchBytes,
+		MaxInFlight:     h.MaxInFlight,
 	}, h.logger)
 	return err
 }
@@ -168,6 +201,12 @@ func (h *Handler) Validate() error {
 	}
 	if _, ok := acksValues[h.Acks]; !ok {
 		return fmt.Errorf("acks: %q is not all, leader or none", h.Acks)
+	}
+	if h.Linger < 0 {
+		return errors.New("linger: must not be negative")
+	}
+	if h.MaxBatchRecords < 0 || h.MaxBatchBytes < 0 || h.MaxInFlight < 0 {
+		return errors.New("max_batch_records, max_batch_bytes, max_in_flight: must be positive")
 	}
 	return nil
 }
@@ -253,10 +292,16 @@ func (h *Handler) authorized(header string) bool {
 	if len(header) > 7 && strings.EqualFold(header[:7], "Bearer ") {
 		token = header[7:]
 	}
-	whole := sha256.Sum256([]byte(header))
-	bare := sha256.Sum256([]byte(token))
+	whole := sha256.Sum256(stringBytes(header))
+	bare := sha256.Sum256(stringBytes(token))
 	return subtle.ConstantTimeCompare(whole[:], h.secretDigest[:])|
 		subtle.ConstantTimeCompare(bare[:], h.secretDigest[:]) == 1
+}
+
+// stringBytes is s as a byte slice without a copy; the slice must not be
+// written to. sha256.Sum256 only reads it.
+func stringBytes(s string) []byte {
+	return unsafe.Slice(unsafe.StringData(s), len(s))
 }
 
 // readBody reads the whole body, but never more than max_size+1 bytes. It
@@ -265,45 +310,23 @@ func (h *Handler) readBody(r *http.Request) ([]byte, int) {
 	if r.ContentLength > h.MaxSize {
 		return nil, http.StatusRequestEntityTooLarge
 	}
-	limited := io.LimitReader(r.Body, h.MaxSize+1)
-	var body []byte
-	var err error
 	if r.ContentLength >= 0 {
-		// The length is known: read into a buffer of that size, plus
-		// one byte to notice a body longer than announced.
-		body = make([]byte, r.ContentLength+1)
-		var n int
-		n, err = readFull(limited, body)
-		body = body[:n]
-	} else {
-		var buf bytes.Buffer
-		_, err = buf.ReadFrom(limited)
-		body = buf.Bytes()
+		// The length is known, and net/http never gives more than
+		// it: read exactly that, usually in a single Read.
+		body := make([]byte, r.ContentLength)
+		if _, err := io.ReadFull(r.Body, body); err != nil {
+			return nil, http.StatusBadRequest
+		}
+		return body, http.StatusOK
 	}
-	switch {
-	case err != nil:
+	var buf bytes.Buffer
+	if _, err := buf.ReadFrom(io.LimitReader(r.Body, h.MaxSize+1)); err != nil {
 		return nil, http.StatusBadRequest
-	case int64(len(body)) > h.MaxSize:
+	}
+	if int64(buf.Len()) > h.MaxSize {
 		return nil, http.StatusRequestEntityTooLarge
 	}
-	return body, http.StatusOK
-}
-
-// readFull reads into buf until it is full or the reader ends; unlike
-// io.ReadFull, an end before buf is full is not an error.
-func readFull(r io.Reader, buf []byte) (int, error) {
-	n := 0
-	for n < len(buf) {
-		m, err := r.Read(buf[n:])
-		n += m
-		if err == io.EOF {
-			return n, nil
-		}
-		if err != nil {
-			return n, err
-		}
-	}
-	return n, nil
+	return buf.Bytes(), http.StatusOK
 }
 
 // validJSON reports whether body is exactly one JSON value, in valid UTF-8.

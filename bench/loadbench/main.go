@@ -1,0 +1,442 @@
+// Command loadbench is the load benchmark of queue_publish; bench/run.sh
+// runs it from the repository root. It builds Caddy with xcaddy, starts the
+// in-memory broker in a process of its own and Caddy in another, and drives
+// both of Caddy's endpoints, Caddy's respond (the HTTP ceiling) and
+// queue_publish, with the same wrk load in alternating rounds. It reads
+// each process's CPU time from /proc/<pid>/stat around every run, checks
+// with kcat that every acknowledged record is in the topic, runs a bare
+// kafka-go producer with the same number of callers for comparison, and
+// prints a Markdown report with the ratios.
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+const (
+	respondURL = "http://127.0.0.1:18080/"
+	publishURL = "http://127.0.0.1:18081/"
+	brokerAddr = "127.0.0.1:19092"
+	topic      = "bench"
+	seedBody   = `{"messages": [{"msg":"hello world"}]}`
+)
+
+var (
+	duration   = flag.Duration("duration", 10*time.Second, "length of each measured run")
+	rounds     = flag.Int("rounds", 3, "alternating rounds of respond and queue_publish")
+	conns      = flag.Int("conns", 64, "wrk connections (and kafka-go callers)")
+	partitions = flag.Int("partitions", 1, "partitions of the benchmark topic")
+	latencyDur = flag.Duration("latency-duration", 5*time.Second, "length of each run at 1 connection")
+	linger     = flag.String("linger", "0", "queue_publish linger")
+	inFlight   = flag.Int("max-in-flight", 1, "queue_publish max_in_flight")
+	caddyBin   = flag.String("caddy", "", "a Caddy binary with queue_publish and the dev broker; built with xcaddy if empty")
+	out        = flag.String("out", "", "also write the report to this file")
+)
+
+func main() {
+	flag.Parse()
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "loadbench:", err)
+		os.Exit(1)
+	}
+}
+
+// sample is one measured wrk run.
+type sample struct {
+	Requests   int64 `json:"requests"`
+	DurationUS int64 `json:"duration_us"`
+	P50US      int64 `json:"p50_us"`
+	P99US      int64 `json:"p99_us"`
+	Non2xx     int64 `json:"non2xx"`
+	SocketErrs int64 `json:"socket_errors"`
+	caddyCPU   time.Duration
+	brokerCPU  time.Duration
+}
+
+type procs struct {
+	caddy, broker *exec.Cmd
+}
+
+func run() error {
+	for _, tool := range []string{"wrk", "kcat"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return fmt.Errorf("%s is needed (apt-get install %s)", tool, tool)
+		}
+	}
+	tmp, err := os.MkdirTemp("", "loadbench")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+
+	bin := *caddyBin
+	if bin == "" {
+		bin = filepath.Join(tmp, "caddy")
+		if err := buildCaddy(bin); err != nil {
+			return err
+		}
+	}
+	kafkago := filepath.Join(tmp, "kafkago")
+	if err := runCmd(exec.Command("go", "build", "-o", kafkago, "./bench/kafkago")); err != nil {
+		return err
+	}
+
+	secret := make([]byte, 32)
+	rand.Read(secret)
+	env := append(os.Environ(),
+		"QUEUE_AUTH_SECRET="+hex.EncodeToString(secret),
+		"BENCH_PARTITIONS="+strconv.Itoa(*partitions),
+		"BENCH_LINGER="+*linger,
+		"BENCH_MAX_IN_FLIGHT="+strconv.Itoa(*inFlight),
+		"XDG_DATA_HOME="+filepath.Join(tmp, "data"),
+		"XDG_CONFIG_HOME="+filepath.Join(tmp, "config"),
+	)
+	for _, addr := range []string{brokerAddr, "127.0.0.1:18080", "127.0.0.1:18081"} {
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+			return fmt.Errorf("something already listens on %s", addr)
+		}
+	}
+	var p procs
+	defer p.stop()
+	if p.broker, err = start(bin, "bench/broker.Caddyfile", filepath.Join(tmp, "broker.log"), env); err != nil {
+		return err
+	}
+	if err := waitPort(brokerAddr); err != nil {
+		return err
+	}
+	if p.caddy, err = start(bin, "bench/caddy.Caddyfile", filepath.Join(tmp, "caddy.log"), env); err != nil {
+		return err
+	}
+	for _, u := range []string{respondURL, publishURL} {
+		if err := waitPort(strings.TrimSuffix(strings.TrimPrefix(u, "http://"), "/")); err != nil {
+			return err
+		}
+	}
+
+	acked := int64(0)
+	measure := func(url string, c int, d time.Duration) (sample, error) {
+		s, err := p.measure(url, c, d, env)
+		if url == publishURL {
+			acked += s.Requests - s.Non2xx
+		}
+		return s, err
+	}
+	// Warm up both endpoints (connections, metadata, JIT of nothing).
+	for _, u := range []string{respondURL, publishURL} {
+		if _, err := measure(u, *conns, 2*time.Second); err != nil {
+			return err
+		}
+	}
+	var respond, publish, respond1, publish1 []sample
+	for range *rounds {
+		s, err := measure(respondURL, *conns, *duration)
+		if err != nil {
+			return err
+		}
+		respond = append(respond, s)
+		if s, err = measure(publishURL, *conns, *duration); err != nil {
+			return err
+		}
+		publish = append(publish, s)
+	}
+	for range *rounds {
+		s, err := measure(respondURL, 1, *latencyDur)
+		if err != nil {
+			return err
+		}
+		respond1 = append(respond1, s)
+		if s, err = measure(publishURL, 1, *latencyDur); err != nil {
+			return err
+		}
+		publish1 = append(publish1, s)
+	}
+
+	// The bare kafka-go producer, against the same broker process.
+	b0 := cpuTime(p.broker.Process.Pid)
+	var kg struct {
+		Records    int64   `json:"records"`
+		Failed     int64   `json:"failed"`
+		Seconds    float64 `json:"seconds"`
+		CPUSeconds float64 `json:"cpu_seconds"`
+	}
+	kgOut, err := exec.Command(kafkago, "-brokers", brokerAddr, "-topic", topic,
+		"-callers", strconv.Itoa(*conns), "-duration", duration.String(), "-body", seedBody).Output()
+	if err != nil {
+		return fmt.Errorf("kafka-go baseline: %v", err)
+	}
+	if err := json.Unmarshal(kgOut, &kg); err != nil {
+		return fmt.Errorf("kafka-go baseline: %v: %s", err, kgOut)
+	}
+	kgBroker := cpuTime(p.broker.Process.Pid) - b0
+	expected := acked + kg.Records + 1 // +1: the baseline's warm-up record
+
+	inTopic, err := countRecords()
+	if err != nil {
+		return err
+	}
+
+	report := renderReport(respond, publish, respond1, publish1, kg.Records, kg.Failed, kg.Seconds, kg.CPUSeconds, kgBroker, expected, inTopic)
+	fmt.Print(report)
+	if *out != "" {
+		if err := os.WriteFile(*out, []byte(report), 0o644); err != nil {
+			return err
+		}
+	}
+	for _, s := range slices.Concat(publish, publish1) {
+		if s.Non2xx > 0 || s.SocketErrs > 0 {
+			return fmt.Errorf("queue_publish answered %d non-2xx, %d socket errors", s.Non2xx, s.SocketErrs)
+		}
+	}
+	if inTopic < expected {
+		return fmt.Errorf("%d records acknowledged, only %d in the topic", expected, inTopic)
+	}
+	return nil
+}
+
+func buildCaddy(bin string) error {
+	if err := runCmd(exec.Command("go", "mod", "download")); err != nil {
+		return err
+	}
+	cmd := exec.Command("xcaddy", "build", "v2.11.9", "--output", bin,
+		"--with", "github.com/queuepublish/caddy-queue-publish@v0.0.0=.",
+		"--with", "github.com/queuepublish/caddy-queue-publish/devbroker")
+	// The dev broker is a package of this module: with the module cache
+	// filled, GOPROXY=off lets the go command find it in the replaced
+	// module instead of asking the proxy for a module of that path.
+	cmd.Env = append(os.Environ(), "GOPROXY=off")
+	return runCmd(cmd)
+}
+
+func runCmd(cmd *exec.Cmd) error {
+	var buf bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &buf, &buf
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("%s: %v\n%s", strings.Join(cmd.Args, " "), err, buf.Bytes())
+	}
+	return nil
+}
+
+func start(bin, config, logFile string, env []string) (*exec.Cmd, error) {
+	f, err := os.Create(logFile)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(bin, "run", "--config", config)
+	cmd.Env = env
+	cmd.Stdout, cmd.Stderr = f, f
+	return cmd, cmd.Start()
+}
+
+func (p *procs) stop() {
+	for _, c := range []*exec.Cmd{p.caddy, p.broker} {
+		if c != nil && c.Process != nil {
+			c.Process.Kill()
+			c.Wait()
+		}
+	}
+}
+
+func waitPort(addr string) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+			return nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Errorf("nothing listens on %s", addr)
+}
+
+// measure runs wrk once against url and reads the CPU time that Caddy and
+// the broker used meanwhile.
+func (p *procs) measure(url string, c int, d time.Duration, env []string) (sample, error) {
+	c0, b0 := cpuTime(p.caddy.Process.Pid), cpuTime(p.broker.Process.Pid)
+	cmd := exec.Command("wrk", "-t1", "-c"+strconv.Itoa(c), "-d"+strconv.Itoa(int(d.Seconds()))+"s",
+		"--latency", "-s", "bench/wrk.lua", url)
+	cmd.Env = env
+	outb, err := cmd.CombinedOutput()
+	if err != nil {
+		return sample{}, fmt.Errorf("wrk: %v\n%s", err, outb)
+	}
+	var s sample
+	sc := bufio.NewScanner(bytes.NewReader(outb))
+	found := false
+	for sc.Scan() {
+		if line, ok := strings.CutPrefix(sc.Text(), "BENCH "); ok {
+			if err := json.Unmarshal([]byte(line), &s); err != nil {
+				return s, err
+			}
+			found = true
+		}
+	}
+	if !found {
+		return s, fmt.Errorf("no result from wrk:\n%s", outb)
+	}
+	s.caddyCPU = cpuTime(p.caddy.Process.Pid) - c0
+	s.brokerCPU = cpuTime(p.broker.Process.Pid) - b0
+	return s, nil
+}
+
+var clockTick = func() float64 {
+	out, err := exec.Command("getconf", "CLK_TCK").Output()
+	if err != nil {
+		return 100
+	}
+	n, err := strconv.ParseFloat(strings.TrimSpace(string(out)), 64)
+	if err != nil || n <= 0 {
+		return 100
+	}
+	return n
+}()
+
+// cpuTime is the user plus system CPU time of a process so far.
+func cpuTime(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after "(comm) ": state is the 3rd field of the line;
+	// utime and stime are the 14th and 15th.
+	rest := string(b[bytes.LastIndexByte(b, ')')+2:])
+	f := strings.Fields(rest)
+	utime, _ := strconv.ParseFloat(f[11], 64)
+	stime, _ := strconv.ParseFloat(f[12], 64)
+	return time.Duration((utime + stime) / clockTick * float64(time.Second))
+}
+
+// countRecords counts the records in the topic with kcat, an independent
+// Kafka client.
+func countRecords() (int64, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "kcat", "-b", brokerAddr, "-C", "-t", topic, "-o", "beginning", "-e", "-q", "-f", "\n")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return 0, err
+	}
+	if err := cmd.Start(); err != nil {
+		return 0, err
+	}
+	n, err := countLines(stdout)
+	if werr := cmd.Wait(); werr != nil {
+		return n, fmt.Errorf("kcat: %v", werr)
+	}
+	return n, err
+}
+
+func countLines(r io.Reader) (int64, error) {
+	buf := make([]byte, 1<<16)
+	var n int64
+	for {
+		m, err := r.Read(buf)
+		n += int64(bytes.Count(buf[:m], []byte{'\n'}))
+		if err == io.EOF {
+			return n, nil
+		}
+		if err != nil {
+			return n, err
+		}
+	}
+}
+
+// summary aggregates the runs of one endpoint: throughput and CPU over all
+// of them, latency percentiles as the median of the runs.
+type summary struct {
+	reqPerSec, p50ms, p99ms, caddyUS, brokerUS float64
+	non2xx                                     int64
+}
+
+func summarize(runs []sample) summary {
+	var req, non2xx int64
+	var us int64
+	var caddy, broker time.Duration
+	var p50, p99 []float64
+	for _, s := range runs {
+		req += s.Requests
+		non2xx += s.Non2xx + s.SocketErrs
+		us += s.DurationUS
+		caddy += s.caddyCPU
+		broker += s.brokerCPU
+		p50 = append(p50, float64(s.P50US)/1000)
+		p99 = append(p99, float64(s.P99US)/1000)
+	}
+	return summary{
+		reqPerSec: float64(req) / (float64(us) / 1e6),
+		p50ms:     median(p50),
+		p99ms:     median(p99),
+		caddyUS:   float64(caddy.Microseconds()) / float64(req),
+		brokerUS:  float64(broker.Microseconds()) / float64(req),
+		non2xx:    non2xx,
+	}
+}
+
+func median(v []float64) float64 {
+	slices.Sort(v)
+	if len(v) == 0 {
+		return 0
+	}
+	if len(v)%2 == 1 {
+		return v[len(v)/2]
+	}
+	return (v[len(v)/2-1] + v[len(v)/2]) / 2
+}
+
+func machine() string {
+	model := "unknown CPU"
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for line := range strings.Lines(string(b)) {
+			if v, ok := strings.CutPrefix(line, "model name"); ok {
+				model = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
+				break
+			}
+		}
+	}
+	return fmt.Sprintf("%s, %d cores, %s/%s, %s", model, runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, runtime.Version())
+}
+
+func renderReport(respond, publish, respond1, publish1 []sample, kgRecords, kgFailed int64, kgSeconds, kgCPU float64, kgBroker time.Duration, expected, inTopic int64) string {
+	r, q := summarize(respond), summarize(publish)
+	r1, q1 := summarize(respond1), summarize(publish1)
+	kgRate := float64(kgRecords) / kgSeconds
+	kgUS := kgCPU * 1e6 / float64(kgRecords)
+	kgBrokerUS := float64(kgBroker.Microseconds()) / float64(kgRecords)
+
+	var b strings.Builder
+	fmt.Fprintf(&b, "Machine: %s. Caddy v2.11.9 built with xcaddy; broker: the in-memory dev broker (kfake) in its own process, %d partition(s).\n", machine(), *partitions)
+	fmt.Fprintf(&b, "Load: wrk -t1 -c%d, %s runs, %d alternating rounds, POST of the seed payload (%d bytes), acks=all, linger %s, max_in_flight %d.\n\n", *conns, *duration, *rounds, len(seedBody), *linger, *inFlight)
+	fmt.Fprintf(&b, "| at %d connections | req/s | p50 | p99 | Caddy CPU/req | broker CPU/msg | non-2xx |\n", *conns)
+	b.WriteString("|---|---:|---:|---:|---:|---:|---:|\n")
+	fmt.Fprintf(&b, "| Caddy `respond` | %.0f | %.2f ms | %.2f ms | %.1f us | - | %d |\n", r.reqPerSec, r.p50ms, r.p99ms, r.caddyUS, r.non2xx)
+	fmt.Fprintf(&b, "| `queue_publish` | %.0f | %.2f ms | %.2f ms | %.1f us | %.1f us | %d |\n", q.reqPerSec, q.p50ms, q.p99ms, q.caddyUS, q.brokerUS, q.non2xx)
+	fmt.Fprintf(&b, "| bare kafka-go `Writer`, %d callers (msg/s) | %.0f | - | - | %.1f us (client) | %.1f us | %d failed |\n\n", *conns, kgRate, kgUS, kgBrokerUS, kgFailed)
+	fmt.Fprintf(&b, "| at 1 connection | req/s | p50 | p99 |\n|---|---:|---:|---:|\n")
+	fmt.Fprintf(&b, "| Caddy `respond` | %.0f | %.3f ms | %.3f ms |\n", r1.reqPerSec, r1.p50ms, r1.p99ms)
+	fmt.Fprintf(&b, "| `queue_publish` | %.0f | %.3f ms | %.3f ms |\n\n", q1.reqPerSec, q1.p50ms, q1.p99ms)
+	fmt.Fprintf(&b, "Ratios at %d connections: throughput queue_publish/respond = %.2f; Caddy CPU per request queue_publish/respond = %.2f; p99 queue_publish - respond = %+.2f ms; throughput queue_publish/bare kafka-go = %.2f.\n", *conns, q.reqPerSec/r.reqPerSec, q.caddyUS/r.caddyUS, q.p99ms-r.p99ms, q.reqPerSec/kgRate)
+	fmt.Fprintf(&b, "At 1 connection: p50 queue_publish - respond = %+.3f ms.\n", q1.p50ms-r1.p50ms)
+	check := "ok"
+	if inTopic < expected {
+		check = "MISSING RECORDS"
+	}
+	fmt.Fprintf(&b, "Records: %d acknowledged (queue_publish 2xx and kafka-go writes), %d in the topic (read back with kcat): %s.\n", expected, inTopic, check)
+	return b.String()
+}

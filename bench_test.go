@@ -1,0 +1,146 @@
+package queuepublish
+
+import (
+	"bytes"
+	"context"
+	"net/http/httptest"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"go.uber.org/zap"
+)
+
+// The hot path without the network: each stage on its own, then the
+// producer and the whole handler against an in-process broker. Run with
+//
+//	go test -run '^$' -bench . -benchmem
+//
+// allocs/op of the producer and handler benchmarks must not grow with the
+// number of concurrent callers.
+
+func BenchmarkAuthorized(b *testing.B) {
+	h := handlerForUnitTest(1000)
+	header := "Bearer " + testSecret
+	for b.Loop() {
+		if !h.authorized(header) {
+			b.Fatal("refused")
+		}
+	}
+}
+
+func BenchmarkReadBodyAndValidate(b *testing.B) {
+	h := handlerForUnitTest(1000000)
+	body := []byte(seedBody)
+	req := httptest.NewRequest("POST", "/", nil)
+	b.SetBytes(int64(len(body)))
+	for b.Loop() {
+		req.Body = bodyReader(body)
+		req.ContentLength = int64(len(body))
+		got, status := h.readBody(req)
+		if status != 200 || !validJSON(got) {
+			b.Fatal("rejected")
+		}
+	}
+}
+
+type nopCloser struct{ *bytes.Reader }
+
+func (nopCloser) Close() error { return nil }
+
+func bodyReader(b []byte) nopCloser { return nopCloser{bytes.NewReader(b)} }
+
+func BenchmarkNewRecord(b *testing.B) {
+	body := []byte(seedBody)
+	for b.Loop() {
+		_ = newRecord(body, time.Now(), time.Second)
+	}
+}
+
+// benchCluster is one broker with the topic "bench" of the given number of
+// partitions.
+func benchCluster(b *testing.B, partitions int32) *kfake.Cluster {
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(partitions, "bench"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(c.Close)
+	return c
+}
+
+// BenchmarkProducerSend measures the producer from enqueue to
+// acknowledgement, with acks=all, from 1 and from 64 concurrent callers.
+// It reports the records per produce request that group commit achieved.
+func BenchmarkProducerSend(b *testing.B) {
+	for _, callers := range []int{1, 64} {
+		b.Run("callers="+strconv.Itoa(callers), func(b *testing.B) {
+			c := benchCluster(b, 1)
+			p := newProducer(producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll}, zap.NewNop())
+			defer p.Destruct()
+			body := []byte(seedBody)
+			// Warm up: metadata and connections.
+			if _, perr := sendOne(p, "bench", body, 5*time.Second); perr != nil {
+				b.Fatal(perr)
+			}
+			batches0, records0 := p.batches.Load(), p.records.Load()
+			b.ReportAllocs()
+			b.SetParallelism((callers + 1) / 2) // GOMAXPROCS is 2 here
+			if callers == 1 {
+				b.SetParallelism(1)
+			}
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					rec := newRecord(body, time.Now(), 5*time.Second)
+					if perr := p.send(context.Background(), "bench", rec); perr != nil {
+						b.Error(perr)
+						return
+					}
+				}
+			})
+			b.StopTimer()
+			if n := p.batches.Load() - batches0; n > 0 {
+				b.ReportMetric(float64(p.records.Load()-records0)/float64(n), "records/batch")
+			}
+		})
+	}
+}
+
+// BenchmarkHandler runs the handler's ServeHTTP, from the method check to
+// the answer, against the in-process broker (without Caddy's server and
+// without the network on the HTTP side).
+func BenchmarkHandler(b *testing.B) {
+	for _, callers := range []int{1, 64} {
+		b.Run("callers="+strconv.Itoa(callers), func(b *testing.B) {
+			c := benchCluster(b, 1)
+			h := handlerForUnitTest(1000000)
+			h.Topic = "bench"
+			h.producer = newProducer(producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll}, zap.NewNop())
+			h.logger = zap.NewNop()
+			defer h.producer.Destruct()
+			body := []byte(seedBody)
+			serve := func() {
+				req := httptest.NewRequest("POST", "/", bodyReader(body))
+				req.Header.Set("Authorization", testSecret)
+				w := httptest.NewRecorder()
+				if err := h.ServeHTTP(w, req, nil); err != nil || w.Code != 200 {
+					b.Errorf("%d %s %v", w.Code, w.Body, err)
+				}
+			}
+			serve() // warm up
+			b.ReportAllocs()
+			b.SetParallelism((callers + 1) / 2)
+			if callers == 1 {
+				b.SetParallelism(1)
+			}
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					serve()
+				}
+			})
+		})
+	}
+}
