@@ -30,8 +30,10 @@ import (
 // the offset of a record. Here each partition has a queue and at most one
 // produce request in flight: a request is sent as soon as the partition is
 // idle, and whatever piles up while it is in flight goes out in the next one
-// (group commit). Every record knows whether it may have been written, so a
-// failure is answered either "safe to retry" or "outcome unknown".
+// (group commit). A record is claimed at the moment kafka-go encodes it into
+// a request; a caller that gives up first takes it back, and the encoder
+// skips it. So every failure is answered either "not written, safe to
+// retry" or "outcome unknown", never by guessing.
 
 const (
 	// dialTimeout bounds establishing a broker connection.
@@ -184,19 +186,13 @@ func (e *publishError) Unwrap() error { return e.err }
 var (
 	errShuttingDown = &publishError{outcome: outcomeRetry, reason: "shutting down"}
 	errNotSent      = errors.New("no acknowledgement within the timeout; the record was not sent")
-	// errNotConnected says that a produce attempt never had a connection
-	// to the partition leader, so it cannot have written anything.
-	errNotConnected = errors.New("no connection to the partition leader")
 )
 
-// stage is where a record is in its life.
-type stage uint8
-
+// Values of record.sent.
 const (
-	stageQueued   stage = iota // waiting for its partition to be idle
-	stageInFlight              // part of a produce request being sent
-	stageBackoff               // waiting to be retried
-	stageDone                  // acknowledged or failed for good; done is closed
+	recordUnsent    int32 = iota // never encoded into a request
+	recordSent                   // encoded into a request: it may be written
+	recordAbandoned              // taken back by its caller: never to be sent
 )
 
 // record is one Kafka record on its way to the broker, and the answer for
@@ -207,15 +203,21 @@ type record struct {
 	deadline time.Time
 	done     chan struct{}
 
+	// sent is claimed by the encoder (recordUnsent to recordSent) or by
+	// the caller giving up (recordUnsent to recordAbandoned), whichever
+	// comes first.
+	sent atomic.Int32
+
 	// q is the partition the record was queued on; its mu guards the
 	// fields below until done is closed.
-	q            *partitionQueue
-	stage        stage
-	abandoned    bool
+	q *partitionQueue
+	// abandoned: the caller stopped waiting; the record is not retried.
+	abandoned bool
+	// mayBeWritten: some request that carried it may have written it.
 	mayBeWritten bool
+	completed    bool
 	attempts     int
 	lastErr      error
-	attempt      *attempt
 
 	// Set before done is closed.
 	partition int
@@ -234,27 +236,6 @@ func newRecord(value []byte, now time.Time, timeout time.Duration) *record {
 
 func (r *record) size() int { return len(r.value) + recordOverhead }
 
-// attemptKey carries the current *attempt in a produce request's context, so
-// that the dialer can tell which attempt a connection is being opened for.
-type attemptKey struct{}
-
-// States of an attempt's connection. Only a dial made for the attempt
-// moves it out of attemptIdle; an attempt that reuses an open connection
-// stays idle, and then nothing proves that it wrote nothing.
-const (
-	attemptIdle       int32 = iota // no dial for this attempt (yet)
-	attemptConnecting              // dialing: nothing can have been written
-	attemptConnected               // dialed: the request may be written
-	attemptDialFailed              // the dial failed: nothing was written
-	attemptVoided                  // given up while dialing: the dial must fail
-)
-
-// attempt is one produce request for a batch.
-type attempt struct {
-	state  atomic.Int32
-	cancel context.CancelFunc
-}
-
 // producer publishes records to Kafka; see the comment at the top of this
 // file. It is safe for concurrent use.
 type producer struct {
@@ -268,7 +249,8 @@ type producer struct {
 	topics sync.Map // topic name -> *topicState
 
 	mu       sync.Mutex
-	closed   bool
+	closed   bool           // guarded by mu
+	stopped  atomic.Bool    // closed, readable without the lock
 	senders  sync.WaitGroup // partition senders
 	watchers sync.WaitGroup // running reachability watches
 
@@ -303,6 +285,8 @@ func makeProducer(cfg producerConfig, logger *zap.Logger) *producer {
 		DialTimeout: dialTimeout,
 		MetadataTTL: metadataTTL,
 		ClientID:    clientID,
+		// Ends the transport's background goroutines on Destruct.
+		Context: p.ctx,
 	}
 	p.client = &kafka.Client{
 		Addr:      kafka.TCP(cfg.Brokers...),
@@ -319,37 +303,9 @@ func (p *producer) start() {
 	p.watch("no Kafka broker reachable at start; requests are answered 503 until one is")
 }
 
-// dial opens broker connections. A connection opened for a produce
-// attempt moves the attempt's state, which can then prove that the attempt
-// wrote nothing: while it dials, or once its dial failed.
+// dial opens broker connections for the transport.
 func (p *producer) dial(ctx context.Context, network, address string) (net.Conn, error) {
-	a, _ := ctx.Value(attemptKey{}).(*attempt)
-	if a == nil {
-		return p.dialContext(ctx, network, address)
-	}
-	if !a.state.CompareAndSwap(attemptIdle, attemptConnecting) {
-		return nil, errNotConnected
-	}
-	conn, err := p.dialContext(ctx, network, address)
-	if err != nil {
-		a.state.CompareAndSwap(attemptConnecting, attemptDialFailed)
-		return nil, err
-	}
-	if !a.state.CompareAndSwap(attemptConnecting, attemptConnected) {
-		conn.Close() // voided meanwhile
-		return nil, errNotConnected
-	}
-	return conn, nil
-}
-
-// unconnected reports whether attempt a provably wrote nothing. An attempt
-// still dialing is voided, so that its dial fails.
-func (a *attempt) unconnected() bool {
-	if a.state.CompareAndSwap(attemptConnecting, attemptVoided) {
-		return true
-	}
-	st := a.state.Load()
-	return st == attemptDialFailed || st == attemptVoided
+	return p.dialContext(ctx, network, address)
 }
 
 // Destruct stops taking records, waits until every queued record is
@@ -358,6 +314,7 @@ func (a *attempt) unconnected() bool {
 func (p *producer) Destruct() error {
 	p.mu.Lock()
 	p.closed = true
+	p.stopped.Store(true)
 	p.mu.Unlock()
 	p.topics.Range(func(_, v any) bool {
 		ts := v.(*topicState)
@@ -469,6 +426,9 @@ func (p *producer) send(ctx context.Context, topic string, rec *record) *publish
 // publish queues rec for topic. It fails at once, without queueing, when
 // the topic's partitions cannot be known.
 func (p *producer) publish(ctx context.Context, topic string, rec *record) *publishError {
+	if p.stopped.Load() {
+		return errShuttingDown
+	}
 	parts, perr := p.topic(topic).partitions(ctx, p, rec.deadline)
 	if perr != nil {
 		return perr
@@ -477,24 +437,17 @@ func (p *producer) publish(ctx context.Context, topic string, rec *record) *publ
 }
 
 // abandon is called when the caller stops waiting for rec (its deadline
-// passed or its client left). It returns why rec was not acknowledged; a
-// record that is not written yet is taken out so that it never will be.
+// passed or its client left). It returns why rec was not acknowledged. A
+// record that no request carried yet is taken back, so that none will.
 func (p *producer) abandon(rec *record) *publishError {
 	q := rec.q
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if rec.stage == stageDone {
+	if rec.completed {
 		return rec.err
 	}
 	rec.abandoned = true
-	if rec.stage == stageInFlight {
-		if !rec.attempt.unconnected() {
-			return &publishError{outcome: outcomeUnknown, reason: reasonUnknown, err: context.DeadlineExceeded}
-		}
-		// The request never had a connection, and now never will.
-		rec.attempt.cancel()
-		return &publishError{outcome: outcomeRetry, reason: "no Kafka broker reachable", err: errNotConnected}
-	} else if rec.mayBeWritten {
+	if !rec.sent.CompareAndSwap(recordUnsent, recordAbandoned) || rec.mayBeWritten {
 		return &publishError{outcome: outcomeUnknown, reason: reasonUnknown, err: rec.lastErr}
 	}
 	if rec.lastErr == nil {
@@ -559,7 +512,9 @@ func (ts *topicState) partitions(ctx context.Context, p *producer, deadline time
 	if cur != nil {
 		defer ts.refreshing.Store(false)
 	}
-	ctx, cancel := context.WithDeadline(ctx, deadline)
+	// The caller's deadline, but not its cancellation: a client that left
+	// must not make the answer an error for everyone else.
+	ctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), deadline)
 	meta, err := p.client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{ts.name}})
 	cancel()
 
@@ -738,55 +693,57 @@ func (q *partitionQueue) deliver(batch []*record) {
 	p := q.p
 	backoff := retryBackoffMin
 	for {
-		a := &attempt{}
-		batch, deadline := q.begin(batch, a)
+		batch, deadline := q.begin(batch)
 		if len(batch) == 0 {
 			return
 		}
-		ctx, cancel := context.WithDeadline(context.WithValue(context.Background(), attemptKey{}, a), deadline)
-		a.cancel = cancel
-		p.batches.Add(1)
-		p.records.Add(int64(len(batch)))
+		ctx, cancel := context.WithDeadline(context.Background(), deadline)
+		records := newAttemptRecords(batch)
 		res, err := p.client.Produce(ctx, &kafka.ProduceRequest{
 			Topic:        q.topic,
 			Partition:    q.id,
 			RequiredAcks: p.cfg.Acks,
-			Records:      newAttemptRecords(batch),
+			Records:      records,
 		})
 		cancel()
 		if err == nil && res != nil {
 			err = res.Error
 		}
 		if err == nil {
+			// The records encoded are those whose caller had not
+			// given up; an empty request is not sent at all.
+			sent := records.sent
+			if len(sent) == 0 {
+				continue
+			}
+			p.batches.Add(1)
+			p.records.Add(int64(len(sent)))
 			base := int64(-1)
 			if res != nil {
 				base = res.BaseOffset
 			}
-			q.finish(batch, base, nil)
+			q.finish(sent, base, nil)
 			return
 		}
 
-		if a.unconnected() && !isDialError(err) {
-			err = fmt.Errorf("%w: %w", errNotConnected, err)
-		}
 		perr := classify(err)
-		switch {
-		case perr.outcome == outcomeTooLarge && len(batch) > 1:
+		if perr.outcome == outcomeTooLarge && len(batch) > 1 {
 			// The broker's limit applies to the whole batch: halve
 			// it until each part fits or one record alone is too
 			// large.
-			q.requeue(batch, err, false)
+			q.failed(batch, err)
 			half := len(batch) / 2
 			q.deliver(batch[:half])
 			q.deliver(batch[half:])
 			return
-		case perr.outcome == outcomeTooLarge, perr.outcome == outcomeRejected:
+		}
+		q.failed(batch, err)
+		if perr.outcome == outcomeTooLarge || perr.outcome == outcomeRejected {
 			q.finish(batch, 0, perr)
 			return
 		}
 		// Retriable, or the request timed out: try again while some
 		// record's caller still waits.
-		q.requeue(batch, err, mayBeWritten(err))
 		if needsMetadata(err) {
 			p.refreshMetadata(false)
 		}
@@ -797,14 +754,17 @@ func (q *partitionQueue) deliver(batch []*record) {
 	}
 }
 
-// attemptRecords feeds one attempt's batch to kafka-go's encoder with a
-// few allocations per batch rather than two per record (kafka.NewBytes and
-// kafka.NewRecordReader). Each attempt has its own readers: an encoder of an
-// attempt that timed out may still be reading when the next one starts.
+// attemptRecords feeds one request's records to kafka-go's encoder. It
+// claims each record as it encodes it and skips those whose caller gave up
+// first, so that a record is either in the request or abandoned, never
+// both. Each request has its own readers: an encoder of a request that
+// timed out may still be running when the next request starts.
 type attemptRecords struct {
-	records []kafka.Record
-	values  []recordBytes
-	next    int
+	batch  []*record
+	values []recordBytes
+	cur    kafka.Record
+	next   int
+	sent   []*record // the records encoded, in order
 }
 
 // recordBytes is a record value as kafka-go reads it (kafka.Bytes). It
@@ -815,30 +775,34 @@ type recordBytes struct{ bytes.Reader }
 func (*recordBytes) Close() error { return nil }
 
 func newAttemptRecords(batch []*record) *attemptRecords {
-	r := &attemptRecords{
-		records: make([]kafka.Record, len(batch)),
-		values:  make([]recordBytes, len(batch)),
+	return &attemptRecords{
+		batch:  slices.Clone(batch),
+		values: make([]recordBytes, len(batch)),
+		sent:   make([]*record, 0, len(batch)),
 	}
-	for i, rec := range batch {
-		r.values[i].Reset(rec.value)
-		r.records[i] = kafka.Record{Time: rec.time, Value: &r.values[i]}
-	}
-	return r
 }
 
 // ReadRecord implements kafka.RecordReader.
 func (r *attemptRecords) ReadRecord() (*kafka.Record, error) {
-	if r.next == len(r.records) {
-		return nil, io.EOF
+	for r.next < len(r.batch) {
+		i := r.next
+		r.next++
+		rec := r.batch[i]
+		if !rec.sent.CompareAndSwap(recordUnsent, recordSent) && rec.sent.Load() != recordSent {
+			continue // abandoned
+		}
+		r.sent = append(r.sent, rec)
+		r.values[i].Reset(rec.value)
+		r.cur = kafka.Record{Time: rec.time, Value: &r.values[i]}
+		return &r.cur, nil
 	}
-	r.next++
-	return &r.records[r.next-1], nil
+	return nil, io.EOF
 }
 
 // begin keeps the records of batch whose caller still waits and whose
-// deadline has not passed, marks them in flight under attempt a, and
-// returns them with the latest of their deadlines.
-func (q *partitionQueue) begin(batch []*record, a *attempt) ([]*record, time.Time) {
+// deadline has not passed, and returns them with the latest of their
+// deadlines.
+func (q *partitionQueue) begin(batch []*record) ([]*record, time.Time) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	now := time.Now()
@@ -848,8 +812,6 @@ func (q *partitionQueue) begin(batch []*record, a *attempt) ([]*record, time.Tim
 		if rec.abandoned || !now.Before(rec.deadline) {
 			continue
 		}
-		rec.stage = stageInFlight
-		rec.attempt = a
 		rec.attempts++
 		if rec.deadline.After(latest) {
 			latest = rec.deadline
@@ -859,31 +821,41 @@ func (q *partitionQueue) begin(batch []*record, a *attempt) ([]*record, time.Tim
 	return live, latest
 }
 
-// requeue records a failed attempt on each record of the batch.
-func (q *partitionQueue) requeue(batch []*record, err error, written bool) {
+// failed records a failed request on the records it may have carried.
+// Those it carried stay "may be written" unless the broker's answer proves
+// that it appended nothing and no earlier request may have written them.
+func (q *partitionQueue) failed(batch []*record, err error) {
+	written := mayBeWritten(err)
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	for _, rec := range batch {
-		rec.stage = stageBackoff
-		rec.attempt = nil
 		rec.lastErr = err
-		rec.mayBeWritten = rec.mayBeWritten || written
+		switch {
+		case rec.sent.Load() != recordSent:
+		case written:
+			rec.mayBeWritten = true
+		case !rec.mayBeWritten:
+			rec.sent.Store(recordUnsent)
+		}
 	}
 }
 
-// finish completes every record of the batch: with offsets base, base+1, ...
-// if err is nil (-1 when the broker does not say).
-func (q *partitionQueue) finish(batch []*record, base int64, err *publishError) {
+// finish completes the records: with offsets base, base+1, ... if err is
+// nil (-1 when the broker does not say); otherwise with err, which becomes
+// "outcome unknown" for a record some request may have written.
+func (q *partitionQueue) finish(recs []*record, base int64, err *publishError) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	for i, rec := range batch {
-		rec.stage = stageDone
-		rec.attempt = nil
+	for i, rec := range recs {
+		rec.completed = true
 		rec.partition = q.id
 		rec.err = err
 		rec.offset = -1
-		if err == nil && base >= 0 {
+		switch {
+		case err == nil && base >= 0:
 			rec.offset = base + int64(i)
+		case err != nil && rec.mayBeWritten:
+			rec.err = &publishError{outcome: outcomeUnknown, reason: err.reason + "; an earlier attempt may have written the record", err: err.err}
 		}
 		close(rec.done)
 	}
@@ -901,6 +873,9 @@ func classify(err error) *publishError {
 			return &publishError{outcome: outcomeRejected, reason: "not authorized to write to the topic", err: err}
 		case kafka.RequestTimedOut:
 			return &publishError{outcome: outcomeUnknown, reason: "Kafka broker timed out", err: err}
+		case kafka.BrokerNotAvailable:
+			// kafka-go's own answer while its cluster layout changes.
+			return &publishError{outcome: outcomeRetry, reason: "Kafka broker not available", err: err}
 		}
 		if kerr.Temporary() {
 			return &publishError{outcome: outcomeRetry, reason: "Kafka broker not ready: " + kerr.Title(), err: err}
@@ -923,19 +898,24 @@ func describe(err error) string {
 	return classify(err).reason
 }
 
-// mayBeWritten reports whether a failed attempt may have reached the broker
-// and been written. Only errors that prove the contrary return false: the
-// broker answering with an error code that means it did not append, or no
-// connection at all.
+// mayBeWritten reports whether a failed request, if it reached the
+// broker, may have written its records. It is false only for broker
+// answers that Kafka gives before appending anything, and for failures to
+// connect. (A broker can answer NOT_LEADER_FOR_PARTITION or a timeout
+// after appending, when it loses leadership while waiting for replicas.)
 func mayBeWritten(err error) bool {
 	var kerr kafka.Error
 	if errors.As(err, &kerr) {
 		switch kerr {
-		case kafka.NotEnoughReplicasAfterAppend, kafka.RequestTimedOut,
-			kafka.NetworkException, kafka.KafkaStorageError:
-			return true
+		case kafka.NotEnoughReplicas, kafka.MessageSizeTooLarge, kafka.RecordListTooLarge,
+			kafka.InvalidMessage, kafka.InvalidRecord, kafka.InvalidRequiredAcks,
+			kafka.TopicAuthorizationFailed, kafka.ClusterAuthorizationFailed,
+			kafka.TransactionalIDAuthorizationFailed, kafka.InvalidTimestamp,
+			kafka.UnsupportedForMessageFormat, kafka.UnsupportedVersion,
+			kafka.BrokerNotAvailable, kafka.SASLAuthenticationFailed:
+			return false
 		}
-		return false
+		return true
 	}
 	if errors.Is(err, protocol.ErrNoTopic) || errors.Is(err, protocol.ErrNoLeader) ||
 		errors.Is(err, protocol.ErrNoPartition) {
@@ -952,7 +932,7 @@ func needsMetadata(err error) bool {
 		switch kerr {
 		case kafka.NotLeaderForPartition, kafka.LeaderNotAvailable,
 			kafka.UnknownTopicOrPartition, kafka.FencedLeaderEpoch,
-			kafka.UnknownLeaderEpoch, kafka.KafkaStorageError:
+			kafka.UnknownLeaderEpoch, kafka.KafkaStorageError, kafka.BrokerNotAvailable:
 			return true
 		}
 		return false
@@ -965,5 +945,5 @@ func isDialError(err error) bool {
 	if errors.As(err, &op) && op.Op == "dial" {
 		return true
 	}
-	return errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, errNotConnected)
+	return errors.Is(err, syscall.ECONNREFUSED)
 }

@@ -91,6 +91,7 @@ type Handler struct {
 	secretDigest [sha256.Size]byte
 	producer     *producer
 	producerKey  string
+	released     bool
 	logger       *zap.Logger
 }
 
@@ -229,11 +230,15 @@ func validTopic(name string) error {
 
 // Cleanup releases the handler's use of its producer; the last config that
 // uses a producer flushes and closes it. It is safe after a failed Provision.
+//
+// Requests of the unloaded config may still be running (Caddy does not wait
+// for them on a reload), so the handler keeps its producer: if no config
+// uses it any more, they are answered 503.
 func (h *Handler) Cleanup() error {
-	if h.producer == nil {
+	if h.producer == nil || h.released {
 		return nil
 	}
-	h.producer = nil
+	h.released = true
 	return releaseProducer(h.producerKey)
 }
 

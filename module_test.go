@@ -78,7 +78,7 @@ func do(t *testing.T, method, path string, header map[string]string, body io.Rea
 	for k, v := range header {
 		req.Header.Set(k, v)
 	}
-	res, err := http.DefaultClient.Do(req)
+	res, err := testClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,6 +89,11 @@ func do(t *testing.T, method, path string, header map[string]string, body io.Rea
 	}
 	return answerT{res.StatusCode, res.Header, string(b)}
 }
+
+// testClient opens a connection per request: a config reload closes the
+// server's idle connections, which a kept-alive connection would meet as
+// an EOF.
+var testClient = &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
 
 func auth(v string) map[string]string { return map[string]string{"Authorization": v} }
 
@@ -290,6 +295,55 @@ func TestProducerSharedAcrossReload(t *testing.T) {
 	}
 	if len(stored(t, c1, "a")) != 1 || len(stored(t, c1, "b")) != 1 || len(stored(t, c2, "a")) != 1 {
 		t.Error("each config's record should be in its own cluster and topic")
+	}
+}
+
+// TestRequestAcrossReload sends a request whose body is still arriving
+// while the config is reloaded with the same brokers: the unloaded handler
+// still answers it, with the shared producer.
+func TestRequestAcrossReload(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "a", "b"))
+	t.Setenv("QP_TEST_SECRET", testSecret)
+	logFile := filepath.Join(t.TempDir(), "caddy.log")
+	site := func(topic string) string {
+		return fmt.Sprintf(`	queue_publish {
+		brokers %s
+		topic %s
+		secret {env.QP_TEST_SECRET}
+	}`, c.ListenAddrs()[0], topic)
+	}
+	startCaddy(t, logFile, site("a"))
+
+	body, bodyWriter := io.Pipe()
+	req, err := http.NewRequest("POST", baseURL+"/", body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", testSecret)
+	answered := make(chan answerT, 1)
+	go func() {
+		res, err := testClient.Do(req)
+		if err != nil {
+			answered <- answerT{body: err.Error()}
+			return
+		}
+		b, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		answered <- answerT{status: res.StatusCode, body: string(b)}
+	}()
+	// The write returns once the client took the bytes: the request
+	// is on its way to the first config's handler.
+	bodyWriter.Write([]byte(`{"across":`))
+	startCaddy(t, logFile, site("b"))
+	bodyWriter.Write([]byte(`"reload"}`))
+	bodyWriter.Close()
+	got := <-answered
+	if got.status != 200 || got.body != `{"success":true}` {
+		t.Fatalf("request across the reload: %d %s", got.status, got.body)
+	}
+	logs, _ := os.ReadFile(logFile)
+	if bytes.Contains(logs, []byte("panic")) {
+		t.Errorf("Caddy logged a panic:\n%s", logs)
 	}
 }
 
