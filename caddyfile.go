@@ -33,6 +33,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_size <size>
 //		timeout  <duration>
 //		acks     all|leader|none
+//		compression       none|gzip|snappy|lz4|zstd
 //		linger            <duration>
 //		max_batch_records <count>
 //		max_batch_bytes   <size>
@@ -43,7 +44,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 // secret should be a placeholder, {env.NAME} or {file.PATH}, which is
 // resolved when the config loads; {$NAME} would be written into the
 // adapted JSON config. max_size defaults to 1MB, timeout to 5s, acks to all.
-// The last four tune the producer's batching: linger defaults to 0,
+// compression defaults to none. The last four tune the producer's
+// batching: linger defaults to 0,
 // max_batch_records to 1000, max_batch_bytes to 1MB, max_in_flight to 1.
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // directive name
@@ -77,6 +79,11 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.Acks = val
 			if _, ok := acksValues[val]; !ok {
 				err = fmt.Errorf("%q is not all, leader or none", val)
+			}
+		case "compression":
+			h.Compression = val
+			if _, ok := compressionCodes[val]; !ok {
+				err = fmt.Errorf("%q is not none, gzip, snappy, lz4 or zstd", val)
 			}
 		case "max_size":
 			h.MaxSize, err = parseSize(val, 1<<40)

@@ -31,6 +31,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 				max_size 256KB
 				timeout 1500ms
 				acks leader
+				compression zstd
 				linger 2ms
 				max_batch_records 200
 				max_batch_bytes 64KiB
@@ -44,6 +45,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 				Timeout: caddy.Duration(1500 * time.Millisecond),
 				Acks:    "leader",
 
+				Compression:     "zstd",
 				Linger:          caddy.Duration(2 * time.Millisecond),
 				MaxBatchRecords: 200,
 				MaxBatchBytes:   65536,
@@ -72,6 +74,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{name: "zero max_batch_records", input: block("max_batch_records 0"), wantErr: `max_batch_records: "0" is not a positive number`},
 		{name: "bad max_in_flight", input: block("max_in_flight two"), wantErr: `max_in_flight: "two" is not a positive number`},
 		{name: "bad max_batch_bytes", input: block("max_batch_bytes 2GB"), wantErr: `max_batch_bytes: invalid size "2GB"`},
+		{name: "bad compression", input: block("compression brotli"), wantErr: `compression: "brotli" is not none, gzip, snappy, lz4 or zstd`},
 		{name: "unknown subdirective", input: block("partitions 3"), wantErr: `unrecognized subdirective "partitions"`},
 	}
 	for _, tt := range tests {
@@ -103,6 +106,7 @@ func equalConfig(a, b Handler) bool {
 	return strings.Join(a.Brokers, " ") == strings.Join(b.Brokers, " ") &&
 		a.Topic == b.Topic && a.Secret == b.Secret && a.MaxSize == b.MaxSize &&
 		a.Timeout == b.Timeout && a.Acks == b.Acks && a.Linger == b.Linger &&
+		a.Compression == b.Compression &&
 		a.MaxBatchRecords == b.MaxBatchRecords && a.MaxBatchBytes == b.MaxBatchBytes &&
 		a.MaxInFlight == b.MaxInFlight
 }

@@ -73,8 +73,9 @@ var producers = caddy.NewUsagePool()
 // producerConfig is everything that shapes a connection to a Kafka cluster.
 // Handlers whose producerConfig is equal share one producer.
 type producerConfig struct {
-	Brokers []string           `json:"brokers"`
-	Acks    kafka.RequiredAcks `json:"acks"`
+	Brokers     []string           `json:"brokers"`
+	Acks        kafka.RequiredAcks `json:"acks"`
+	Compression kafka.Compression  `json:"compression"`
 	// Linger is how long a sender waits, after its previous request
 	// started, before sending the next one, when the previous one held
 	// more than one record. Zero sends as soon as a sender is free.
@@ -703,6 +704,7 @@ func (q *partitionQueue) deliver(batch []*record) {
 			Topic:        q.topic,
 			Partition:    q.id,
 			RequiredAcks: p.cfg.Acks,
+			Compression:  p.cfg.Compression,
 			Records:      records,
 		})
 		cancel()

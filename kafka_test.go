@@ -652,3 +652,51 @@ func TestLingerOnlyUnderConcurrentLoad(t *testing.T) {
 		t.Errorf("the record after a batch of 2 waited %v, want about linger (%v)", waited, linger)
 	}
 }
+
+func TestLeaderMoveIsFollowed(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(3), kfake.SeedTopics(1, "events"))
+	p := testProducer(t, c)
+	if _, perr := sendOne(p, "events", []byte(`"before"`), 5*time.Second); perr != nil {
+		t.Fatal(perr)
+	}
+	from := c.LeaderFor("events", 0)
+	to := (from + 1) % 3
+	if err := c.MoveTopicPartition("events", 0, to); err != nil {
+		t.Fatal(err)
+	}
+	rec, perr := sendOne(p, "events", []byte(`"after"`), 5*time.Second)
+	if perr != nil {
+		t.Fatalf("after the leader moved from %d to %d: %v", from, to, perr)
+	}
+	if rec.attempts < 2 {
+		t.Errorf("attempts = %d; the old leader should have refused the first", rec.attempts)
+	}
+	var values []string
+	for _, r := range stored(t, c, "events") {
+		values = append(values, string(r.Value))
+	}
+	if strings.Join(values, ",") != `"before","after"` {
+		t.Errorf("topic holds %v", values)
+	}
+}
+
+func TestCompressedRecordsReadBack(t *testing.T) {
+	for _, codec := range []string{"gzip", "snappy", "lz4", "zstd"} {
+		t.Run(codec, func(t *testing.T) {
+			c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+			p := newProducer(producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll, Compression: compressionCodes[codec]}, zap.NewNop())
+			t.Cleanup(func() { p.Destruct() })
+			value := []byte(`{"text":"` + strings.Repeat("compressible ", 100) + `"}`)
+			if _, perr := sendOne(p, "events", value, 5*time.Second); perr != nil {
+				t.Fatal(perr)
+			}
+			got := stored(t, c, "events")
+			if len(got) != 1 || !bytes.Equal(got[0].Value, value) {
+				t.Fatalf("read back %d records", len(got))
+			}
+			if info := c.PartitionInfo("events", 0); info.NumBytes >= int64(len(value)) {
+				t.Errorf("the broker stores %d bytes for a %d-byte value: not compressed", info.NumBytes, len(value))
+			}
+		})
+	}
+}

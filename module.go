@@ -68,6 +68,10 @@ type Handler struct {
 	// sent). Default: "all".
 	Acks string `json:"acks,omitempty"`
 
+	// How record batches are compressed on the way to the brokers:
+	// "none", "gzip", "snappy", "lz4" or "zstd". Default: "none".
+	Compression string `json:"compression,omitempty"`
+
 	// How long a partition's sender waits, under concurrent load, for
 	// more records before sending the next produce request, counted from
 	// the start of the previous one. A record arriving at an idle
@@ -116,6 +120,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	if h.Acks == "" {
 		h.Acks = "all"
+	}
+	if h.Compression == "" {
+		h.Compression = "none"
 	}
 	if h.MaxBatchRecords == 0 {
 		h.MaxBatchRecords = defaultMaxBatchRecords
@@ -166,12 +173,21 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.producer, h.producerKey, err = acquireProducer(producerConfig{
 		Brokers:         h.brokers,
 		Acks:            acksValues[h.Acks],
+		Compression:     compressionCodes[h.Compression],
 		Linger:          time.Duration(h.Linger),
 		MaxBatchRecords: h.MaxBatchRecords,
 		MaxBatchBytes:   h.MaxBatchBytes,
 		MaxInFlight:     h.MaxInFlight,
 	}, h.logger)
 	return err
+}
+
+var compressionCodes = map[string]kafka.Compression{
+	"none":   0,
+	"gzip":   kafka.Gzip,
+	"snappy": kafka.Snappy,
+	"lz4":    kafka.Lz4,
+	"zstd":   kafka.Zstd,
 }
 
 var acksValues = map[string]kafka.RequiredAcks{
@@ -202,6 +218,9 @@ func (h *Handler) Validate() error {
 	}
 	if _, ok := acksValues[h.Acks]; !ok {
 		return fmt.Errorf("acks: %q is not all, leader or none", h.Acks)
+	}
+	if _, ok := compressionCodes[h.Compression]; !ok && h.Compression != "" {
+		return fmt.Errorf("compression: %q is not none, gzip, snappy, lz4 or zstd", h.Compression)
 	}
 	if h.Linger < 0 {
 		return errors.New("linger: must not be negative")
