@@ -29,7 +29,13 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	queue_publish [<matcher>] {
 //		brokers  <host:port> [<host:port>...]
 //		topic    <name>
+//		allow_topics <name> [<name>...]
 //		secret   <value>
+//		signature_header <name>
+//		mode     body|records
+//		max_records <count>
+//		key      <value>
+//		header   <name> <value>
 //		max_size <size>
 //		timeout  <duration>
 //		acks     all|leader|none
@@ -40,10 +46,13 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_in_flight     <count>
 //	}
 //
-// brokers is required and may repeat; topic and secret are required. The
-// secret should be a placeholder, {env.NAME} or {file.PATH}, which is
-// resolved when the config loads; {$NAME} would be written into the
-// adapted JSON config. max_size defaults to 1MB, timeout to 5s, acks to all.
+// brokers is required and may repeat; topic and secret are required, and
+// secret may repeat (any of the secrets is accepted). A secret should be a
+// placeholder, {env.NAME} or {file.PATH}, which is resolved when the config
+// loads; {$NAME} would be written into the adapted JSON config. topic may
+// hold request placeholders if allow_topics lists the topics allowed.
+// header may repeat; key and header values take request placeholders. mode
+// defaults to body, max_records to 500. max_size defaults to 1MB, timeout to 5s, acks to all.
 // compression defaults to none. The last four tune the producer's
 // batching: linger defaults to 0,
 // max_batch_records to 1000, max_batch_bytes to 1MB, max_in_flight to 1.
@@ -54,12 +63,27 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 	for d.NextBlock(0) {
 		name := d.Val()
-		if name == "brokers" {
-			addrs := d.RemainingArgs()
-			if len(addrs) == 0 {
+		switch name {
+		case "brokers", "allow_topics":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
 				return d.ArgErr()
 			}
-			h.Brokers = append(h.Brokers, addrs...)
+			if name == "brokers" {
+				h.Brokers = append(h.Brokers, args...)
+			} else {
+				h.AllowTopics = append(h.AllowTopics, args...)
+			}
+			continue
+		case "header":
+			args := d.RemainingArgs()
+			if len(args) != 2 {
+				return d.ArgErr()
+			}
+			if h.Headers == nil {
+				h.Headers = make(map[string]string)
+			}
+			h.Headers[args[0]] = args[1]
 			continue
 		}
 		if !d.NextArg() {
@@ -74,7 +98,18 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "topic":
 			h.Topic = val
 		case "secret":
-			h.Secret = val
+			h.Secrets = append(h.Secrets, val)
+		case "signature_header":
+			h.SignatureHeader = val
+		case "mode":
+			h.Mode = val
+			if val != modeBody && val != modeRecords {
+				err = fmt.Errorf("%q is not body or records", val)
+			}
+		case "max_records":
+			h.MaxRecords, err = parseCount(val)
+		case "key":
+			h.Key = val
 		case "acks":
 			h.Acks = val
 			if _, ok := acksValues[val]; !ok {

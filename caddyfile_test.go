@@ -1,6 +1,7 @@
 package queuepublish
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -40,7 +41,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			want: Handler{
 				Brokers: []string{"a:9092", "b:9092", "c:9092"},
 				Topic:   "my-queue",
-				Secret:  "{env.QUEUE_AUTH_SECRET}",
+				Secrets: []string{"{env.QUEUE_AUTH_SECRET}"},
 				MaxSize: 256000,
 				Timeout: caddy.Duration(1500 * time.Millisecond),
 				Acks:    "leader",
@@ -55,8 +56,41 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{
 			name:  "required options only",
 			input: block("brokers a:9092", "topic t", "secret {file./run/secret}"),
-			want:  Handler{Brokers: []string{"a:9092"}, Topic: "t", Secret: "{file./run/secret}"},
+			want:  Handler{Brokers: []string{"a:9092"}, Topic: "t", Secrets: []string{"{file./run/secret}"}},
 		},
+		{
+			name: "records mode, topics from the request, rotation, webhooks",
+			input: `queue_publish {
+				brokers a:9092
+				topic {http.request.uri.path.1}
+				allow_topics orders clicks
+				allow_topics views
+				secret {env.NEW}
+				secret {env.OLD}
+				signature_header X-Hub-Signature-256
+				mode records
+				max_records 100
+			}`,
+			want: Handler{
+				Brokers: []string{"a:9092"}, Topic: "{http.request.uri.path.1}",
+				AllowTopics: []string{"orders", "clicks", "views"},
+				Secrets:     []string{"{env.NEW}", "{env.OLD}"}, SignatureHeader: "X-Hub-Signature-256",
+				Mode: "records", MaxRecords: 100,
+			},
+		},
+		{
+			name: "key and headers from the request",
+			input: `queue_publish {
+				key {http.request.header.X-Message-Key}
+				header source {http.request.header.X-Source}
+				header kind order
+			}`,
+			want: Handler{Key: "{http.request.header.X-Message-Key}", Headers: map[string]string{"source": "{http.request.header.X-Source}", "kind": "order"}},
+		},
+		{name: "header without value", input: block("header source"), wantErr: "wrong argument count"},
+		{name: "allow_topics without topic", input: block("allow_topics"), wantErr: "wrong argument count"},
+		{name: "bad mode", input: block("mode lines"), wantErr: `mode: "lines" is not body or records`},
+		{name: "bad max_records", input: block("max_records -5"), wantErr: `max_records: "-5" is not a positive number`},
 		{name: "max_size in MiB", input: block("max_size 1MiB"), want: Handler{MaxSize: 1 << 20}},
 		{name: "timeout in days", input: block("timeout 1d"), want: Handler{Timeout: caddy.Duration(24 * time.Hour)}},
 		{name: "argument on the directive", input: `queue_publish my-queue`, wantErr: "wrong argument count"},
@@ -104,9 +138,12 @@ func block(lines ...string) string {
 
 func equalConfig(a, b Handler) bool {
 	return strings.Join(a.Brokers, " ") == strings.Join(b.Brokers, " ") &&
-		a.Topic == b.Topic && a.Secret == b.Secret && a.MaxSize == b.MaxSize &&
+		a.Topic == b.Topic && strings.Join(a.Secrets, " ") == strings.Join(b.Secrets, " ") && a.MaxSize == b.MaxSize &&
 		a.Timeout == b.Timeout && a.Acks == b.Acks && a.Linger == b.Linger &&
-		a.Compression == b.Compression &&
+		a.Compression == b.Compression && a.Mode == b.Mode && a.MaxRecords == b.MaxRecords &&
+		a.Key == b.Key && fmt.Sprint(a.Headers) == fmt.Sprint(b.Headers) &&
+		strings.Join(a.AllowTopics, " ") == strings.Join(b.AllowTopics, " ") &&
+		a.SignatureHeader == b.SignatureHeader &&
 		a.MaxBatchRecords == b.MaxBatchRecords && a.MaxBatchBytes == b.MaxBatchBytes &&
 		a.MaxInFlight == b.MaxInFlight
 }

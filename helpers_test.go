@@ -64,3 +64,13 @@ func observedLogger() (*zap.Logger, *observer.ObservedLogs) {
 	core, logs := observer.New(zapcore.DebugLevel)
 	return zap.New(core), logs
 }
+
+// publishNoWait queues rec without waiting for its outcome; the test
+// waits on rec.done.
+func publishNoWait(p *producer, ctx context.Context, topic string, rec *record) *publishError {
+	set, perr := p.partitionsOf(ctx, topic, rec.deadline)
+	if perr != nil {
+		return perr
+	}
+	return set.queueFor(rec).push(rec)
+}

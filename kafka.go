@@ -199,10 +199,17 @@ const (
 // record is one Kafka record on its way to the broker, and the answer for
 // the request that is waiting for it.
 type record struct {
+	key      []byte // nil: no key
 	value    []byte
+	headers  []kafka.Header
+	want     int // the partition asked for, or -1 to let the partitioner choose
 	time     time.Time
 	deadline time.Time
 	done     chan struct{}
+
+	// failure is the waiter's answer once it stopped waiting: nil if
+	// the record was acknowledged. Only the waiter touches it.
+	failure *publishError
 
 	// sent is claimed by the encoder (recordUnsent to recordSent) or by
 	// the caller giving up (recordUnsent to recordAbandoned), whichever
@@ -229,13 +236,27 @@ type record struct {
 func newRecord(value []byte, now time.Time, timeout time.Duration) *record {
 	return &record{
 		value:    value,
+		want:     -1,
 		time:     now,
 		deadline: now.Add(timeout),
 		done:     make(chan struct{}),
 	}
 }
 
-func (r *record) size() int { return len(r.value) + recordOverhead }
+// progress is the partition of a queued record and the requests tried.
+func (r *record) progress() (partition, attempts int) {
+	r.q.mu.Lock()
+	defer r.q.mu.Unlock()
+	return r.partition, r.attempts
+}
+
+func (r *record) size() int {
+	n := len(r.key) + len(r.value) + recordOverhead
+	for _, h := range r.headers {
+		n += len(h.Key) + len(h.Value) + 2
+	}
+	return n
+}
 
 // producer publishes records to Kafka; see the comment at the top of this
 // file. It is safe for concurrent use.
@@ -410,36 +431,57 @@ func (p *producer) expireTopics() {
 // send publishes rec to topic and waits until it is acknowledged or has
 // failed, its deadline passes or ctx is done (the client left).
 func (p *producer) send(ctx context.Context, topic string, rec *record) *publishError {
-	if perr := p.publish(ctx, topic, rec); perr != nil {
-		return perr
-	}
-	timer := time.NewTimer(time.Until(rec.deadline))
-	defer timer.Stop()
-	select {
-	case <-rec.done:
-		return rec.err
-	case <-timer.C:
-	case <-ctx.Done():
-	}
-	return p.abandon(rec)
-}
-
-// publish queues rec for topic. It fails at once, without queueing, when
-// the topic's partitions cannot be known.
-func (p *producer) publish(ctx context.Context, topic string, rec *record) *publishError {
-	if p.stopped.Load() {
-		return errShuttingDown
-	}
-	parts, perr := p.topic(topic).partitions(ctx, p, rec.deadline)
+	set, perr := p.partitionsOf(ctx, topic, rec.deadline)
 	if perr != nil {
 		return perr
 	}
-	return parts.pick().push(rec)
+	p.sendAll(ctx, set, []*record{rec})
+	return rec.failure
 }
 
-// abandon is called when the caller stops waiting for rec (its deadline
-// passed or its client left). It returns why rec was not acknowledged. A
-// record that no request carried yet is taken back, so that none will.
+// partitionsOf returns the partitions of topic. It fails when they cannot
+// be known: the topic does not exist, no broker answers, or the producer
+// is closed.
+func (p *producer) partitionsOf(ctx context.Context, topic string, deadline time.Time) (*partitionSet, *publishError) {
+	if p.stopped.Load() {
+		return nil, errShuttingDown
+	}
+	return p.topic(topic).partitions(ctx, p, deadline)
+}
+
+// sendAll queues the records on their partitions of set and waits until
+// each is acknowledged or has failed, their deadline passes or ctx is done
+// (the client left); then each record's failure says how it ended. The
+// records share one deadline, and a record's want must be a partition of
+// set.
+func (p *producer) sendAll(ctx context.Context, set *partitionSet, recs []*record) {
+	for _, rec := range recs {
+		rec.failure = set.queueFor(rec).push(rec)
+	}
+	timer := time.NewTimer(time.Until(recs[0].deadline))
+	defer timer.Stop()
+	waiting := true
+	for _, rec := range recs {
+		if rec.failure != nil {
+			continue // not queued
+		}
+		if waiting {
+			select {
+			case <-rec.done:
+			case <-timer.C:
+				waiting = false
+			case <-ctx.Done():
+				waiting = false
+			}
+		}
+		rec.failure = p.abandon(rec)
+	}
+}
+
+// abandon is called when the caller stops waiting for rec: it completed,
+// its deadline passed or its client left. It returns why rec was not
+// acknowledged, or nil if it was. A record that no request carried yet is
+// taken back, so that none will.
 func (p *producer) abandon(rec *record) *publishError {
 	q := rec.q
 	q.mu.Lock()
@@ -480,11 +522,31 @@ type topicState struct {
 // error that read gave.
 type partitionSet struct {
 	queues    []*partitionQueue // by partition ID
+	ids       []int             // 0 .. len(queues)-1, for the key partitioner
 	available []*partitionQueue // those with a leader
 	err       *publishError
 	expires   atomic.Int64 // UnixNano
 	rr        atomic.Uint32
 }
+
+// count is the number of partitions.
+func (s *partitionSet) count() int { return len(s.queues) }
+
+// queueFor returns the partition rec goes to: the one it asks for; for a
+// keyed record the one Kafka's Java client would choose (murmur2 of the
+// key over all partitions); otherwise the next in round robin.
+func (s *partitionSet) queueFor(rec *record) *partitionQueue {
+	switch {
+	case rec.want >= 0:
+		return s.queues[rec.want]
+	case rec.key != nil:
+		return s.queues[keyPartitioner.Balance(kafka.Message{Key: rec.key}, s.ids...)]
+	}
+	return s.pick()
+}
+
+// keyPartitioner places keyed records as Kafka's Java client does.
+var keyPartitioner = kafka.Murmur2Balancer{Consistent: true}
 
 // pick returns the partition for a record without a key: round robin over
 // the partitions that have a leader.
@@ -562,6 +624,10 @@ func (ts *topicState) fill(set *partitionSet, parts []kafka.Partition, p *produc
 	}
 	set.queues = ts.queues[:n:n]
 	ts.mu.Unlock()
+	set.ids = make([]int, n)
+	for i := range set.ids {
+		set.ids[i] = i
+	}
 	for _, part := range parts {
 		if part.Error == nil && part.Leader.Host != "" {
 			set.available = append(set.available, set.queues[part.ID])
@@ -603,6 +669,7 @@ type partitionQueue struct {
 
 func (q *partitionQueue) push(rec *record) *publishError {
 	rec.q = q
+	rec.partition = q.id
 	q.mu.Lock()
 	if q.closed {
 		q.mu.Unlock()
@@ -795,7 +862,10 @@ func (r *attemptRecords) ReadRecord() (*kafka.Record, error) {
 		}
 		r.sent = append(r.sent, rec)
 		r.values[i].Reset(rec.value)
-		r.cur = kafka.Record{Time: rec.time, Value: &r.values[i]}
+		r.cur = kafka.Record{Time: rec.time, Value: &r.values[i], Headers: rec.headers}
+		if rec.key != nil {
+			r.cur.Key = kafka.NewBytes(rec.key)
+		}
 		return &r.cur, nil
 	}
 	return nil, io.EOF
@@ -850,7 +920,6 @@ func (q *partitionQueue) finish(recs []*record, base int64, err *publishError) {
 	defer q.mu.Unlock()
 	for i, rec := range recs {
 		rec.completed = true
-		rec.partition = q.id
 		rec.err = err
 		rec.offset = -1
 		switch {

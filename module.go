@@ -6,16 +6,16 @@ package queuepublish
 import (
 	"bytes"
 	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
-	"unsafe"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -30,6 +30,8 @@ func init() {
 const (
 	defaultMaxSize = 1000000 // 1MB
 	defaultTimeout = 5 * time.Second
+
+	defaultMaxRecords = 500
 )
 
 // Handler checks a shared secret, validates that the request body is one
@@ -43,15 +45,48 @@ type Handler struct {
 	// by commas. Required.
 	Brokers []string `json:"brokers,omitempty"`
 
-	// The topic that records are produced to. It must exist. Required.
+	// The topic that records are produced to. It must exist. It may
+	// hold request placeholders, such as {http.request.uri.path.1}; then
+	// allow_topics lists the topics a request may name. Required.
 	Topic string `json:"topic,omitempty"`
 
-	// The shared secret that clients send in the Authorization header,
-	// either as the whole value or after "Bearer ". Use a placeholder,
-	// {env.NAME} or {file.PATH}, so that the secret stays out of the
-	// config; it is resolved once when the config loads, and a secret
-	// that resolves empty stops the config from loading. Required.
-	Secret string `json:"secret,omitempty"`
+	// The topics a topic with placeholders may resolve to; a request
+	// naming another is answered 404 without touching Kafka. Required
+	// when topic holds placeholders.
+	AllowTopics []string `json:"allow_topics,omitempty"`
+
+	// The shared secrets; a request with any of them is accepted, so
+	// that a secret can be rotated without downtime. Clients send one in
+	// the Authorization header, as the whole value or after "Bearer ",
+	// unless signature_header is set. Use placeholders, {env.NAME} or
+	// {file.PATH}, so that secrets stay out of the config; they are
+	// resolved once when the config loads, and a secret that resolves
+	// empty stops the config from loading. At least one is required.
+	Secrets []string `json:"secrets,omitempty"`
+
+	// If set, requests are authenticated by this header instead of
+	// Authorization: it must hold "sha256=" and the hex HMAC-SHA256 of
+	// the raw body keyed with a secret, as GitHub signs webhooks
+	// (X-Hub-Signature-256).
+	SignatureHeader string `json:"signature_header,omitempty"`
+
+	// How a request body becomes records: "body" (the whole body is one
+	// record) or "records" ({"records":[{"value":..., "key":"...",
+	// "headers":{...}, "partition":N}, ...]}). Default: "body".
+	Mode string `json:"mode,omitempty"`
+
+	// The most records one request may carry in records mode.
+	// Default: 500.
+	MaxRecords int `json:"max_records,omitempty"`
+
+	// In body mode, the record key, usually from a placeholder such as
+	// {http.request.header.X-Message-Key}; empty means no key. Keyed
+	// records go to the partition Kafka's Java client would choose.
+	Key string `json:"key,omitempty"`
+
+	// In body mode, record headers by name; values may hold
+	// placeholders, and a header whose value is empty is left out.
+	Headers map[string]string `json:"headers,omitempty"`
 
 	// The largest request body accepted, in bytes; larger bodies are
 	// answered 413 without being read. Default: 1000000 (1MB).
@@ -91,12 +126,15 @@ type Handler struct {
 	// of a partition may be stored out of order. Default: 1.
 	MaxInFlight int `json:"max_in_flight,omitempty"`
 
-	brokers      []string
-	secretDigest [sha256.Size]byte
-	producer     *producer
-	producerKey  string
-	released     bool
-	logger       *zap.Logger
+	brokers       []string
+	secrets       [][]byte
+	secretDigests [][sha256.Size]byte
+	headerNames   []string
+	allowTopics   map[string]bool
+	producer      *producer
+	producerKey   string
+	released      bool
+	logger        *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -124,6 +162,12 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.Compression == "" {
 		h.Compression = "none"
 	}
+	if h.Mode == "" {
+		h.Mode = modeBody
+	}
+	if h.MaxRecords == 0 {
+		h.MaxRecords = defaultMaxRecords
+	}
 	if h.MaxBatchRecords == 0 {
 		h.MaxBatchRecords = defaultMaxBatchRecords
 	}
@@ -138,14 +182,27 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 
 	repl := caddy.NewReplacer()
-	secret, err := repl.ReplaceOrErr(h.Secret, true, true)
-	if err != nil {
-		return fmt.Errorf("secret: %v", err)
+	h.secrets, h.secretDigests = nil, nil
+	for i, s := range h.Secrets {
+		field := "secret"
+		if len(h.Secrets) > 1 {
+			field = fmt.Sprintf("secret %d", i+1)
+		}
+		secret, err := repl.ReplaceOrErr(s, true, true)
+		if err != nil {
+			return fmt.Errorf("%s: %v", field, err)
+		}
+		if secret == "" {
+			return fmt.Errorf("%s: resolves to an empty value", field)
+		}
+		h.secrets = append(h.secrets, []byte(secret))
+		h.secretDigests = append(h.secretDigests, sha256.Sum256([]byte(secret)))
 	}
-	if secret == "" {
-		return errors.New("secret: resolves to an empty value")
+	h.headerNames = slices.Sorted(maps.Keys(h.Headers))
+	h.allowTopics = make(map[string]bool, len(h.AllowTopics))
+	for _, t := range h.AllowTopics {
+		h.allowTopics[t] = true
 	}
-	h.secretDigest = sha256.Sum256([]byte(secret))
 
 	h.brokers = h.brokers[:0]
 	for _, b := range h.Brokers {
@@ -170,6 +227,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 
+	var err error
 	h.producer, h.producerKey, err = acquireProducer(producerConfig{
 		Brokers:         h.brokers,
 		Acks:            acksValues[h.Acks],
@@ -204,11 +262,29 @@ func (h *Handler) Validate() error {
 	if h.Topic == "" {
 		return errors.New("topic: required")
 	}
-	if err := validTopic(h.Topic); err != nil {
+	if strings.ContainsAny(h.Topic, "{}") {
+		if len(h.AllowTopics) == 0 {
+			return errors.New("allow_topics: required when topic holds placeholders")
+		}
+	} else if err := validTopic(h.Topic); err != nil {
 		return fmt.Errorf("topic: %v", err)
 	}
-	if h.Secret == "" {
+	for _, t := range h.AllowTopics {
+		if err := validTopic(t); err != nil {
+			return fmt.Errorf("allow_topics: %v", err)
+		}
+	}
+	if len(h.Secrets) == 0 {
 		return errors.New("secret: required; use {env.NAME} or {file.PATH}")
+	}
+	if h.Mode != modeBody && h.Mode != modeRecords {
+		return fmt.Errorf("mode: %q is not body or records", h.Mode)
+	}
+	if h.MaxRecords < 0 {
+		return errors.New("max_records: must be positive")
+	}
+	if h.Mode == modeRecords && (h.Key != "" || len(h.Headers) > 0) {
+		return errors.New("key, header: apply to mode body only; in mode records each record carries its own")
 	}
 	if h.MaxSize < 0 {
 		return errors.New("max_size: must be positive")
@@ -263,11 +339,11 @@ func (h *Handler) Cleanup() error {
 
 // Answers with a fixed body.
 var (
-	bodySuccess      = []byte(`{"success":true}`)
 	bodyForbidden    = []byte(`{"err":"invalid auth token provided"}`)
 	bodyInvalidJSON  = []byte(`{"err":"payload not valid JSON"}`)
 	bodyTooLarge     = []byte(`{"err":"payload too large"}`)
 	bodyNotAllowed   = []byte(`{"err":"method not allowed"}`)
+	bodyUnknownTopic = []byte(`{"err":"unknown topic"}`)
 	headerJSON       = []string{"application/json"}
 	headerAllowPost  = []string{"POST"}
 	headerRetryAfter = []string{"1"}
@@ -280,7 +356,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		w.Header()["Allow"] = headerAllowPost
 		return answer(w, http.StatusMethodNotAllowed, bodyNotAllowed)
 	}
-	if !h.authorized(r.Header.Get("Authorization")) {
+	if h.SignatureHeader == "" && !h.authorized(r.Header.Get("Authorization")) {
 		return answer(w, http.StatusForbidden, bodyForbidden)
 	}
 	body, status := h.readBody(r)
@@ -290,42 +366,89 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	case http.StatusBadRequest:
 		return answer(w, status, bodyInvalidJSON)
 	}
+	if h.SignatureHeader != "" && !h.signed(r.Header.Get(h.SignatureHeader), body) {
+		return answer(w, http.StatusForbidden, bodyForbidden)
+	}
 	if !validJSON(body) {
 		return answer(w, http.StatusBadRequest, bodyInvalidJSON)
 	}
+	topic, ok := h.topicFor(r)
+	if !ok {
+		return answer(w, http.StatusNotFound, bodyUnknownTopic)
+	}
 
 	start := time.Now()
-	rec := newRecord(body, start, time.Duration(h.Timeout))
-	if perr := h.producer.send(r.Context(), h.Topic, rec); perr != nil {
-		h.logger.Error("publish failed",
-			zap.String("topic", h.Topic),
-			zap.String("kind", perr.outcome.String()),
-			zap.Int("attempts", rec.attempts),
-			zap.Duration("duration", time.Since(start)),
-			zap.Error(perr))
+	var recs []*record
+	if h.Mode == modeRecords {
+		var cerr *clientError
+		if recs, cerr = h.parseEnvelope(body, start); cerr != nil {
+			return answer(w, cerr.status, cerr.body)
+		}
+	} else {
+		recs = []*record{h.bodyRecord(r, body, start)}
+	}
+	if key := r.Header.Get("Idempotency-Key"); key != "" {
+		for _, rec := range recs {
+			rec.headers = append(rec.headers, kafka.Header{Key: idempotencyHeader, Value: []byte(key)})
+		}
+	}
+
+	set, perr := h.producer.partitionsOf(r.Context(), topic, recs[0].deadline)
+	if perr != nil {
+		h.logFailure(topic, recs, perr, start)
 		return answerError(w, perr)
 	}
-	return answer(w, http.StatusOK, bodySuccess)
-}
-
-// authorized compares the Authorization header, whole and without a
-// "Bearer " prefix, with the secret. It compares SHA-256 digests in constant
-// time, so neither the secret's content nor its length shows in the timing.
-func (h *Handler) authorized(header string) bool {
-	token := header
-	if len(header) > 7 && strings.EqualFold(header[:7], "Bearer ") {
-		token = header[7:]
+	if cerr := checkPartitions(recs, set.count()); cerr != nil {
+		return answer(w, cerr.status, cerr.body)
 	}
-	whole := sha256.Sum256(stringBytes(header))
-	bare := sha256.Sum256(stringBytes(token))
-	return subtle.ConstantTimeCompare(whole[:], h.secretDigest[:])|
-		subtle.ConstantTimeCompare(bare[:], h.secretDigest[:]) == 1
+	h.producer.sendAll(r.Context(), set, recs)
+	for _, rec := range recs {
+		if rec.failure != nil {
+			h.logFailure(topic, recs, rec.failure, start)
+			break
+		}
+	}
+	if h.Mode == modeRecords {
+		return answerRecords(w, recs)
+	}
+	return answerBody(w, recs[0])
 }
 
-// stringBytes is s as a byte slice without a copy; the slice must not be
-// written to. sha256.Sum256 only reads it.
-func stringBytes(s string) []byte {
-	return unsafe.Slice(unsafe.StringData(s), len(s))
+// logFailure logs a request whose records were not all acknowledged: one
+// line at error level.
+func (h *Handler) logFailure(topic string, recs []*record, perr *publishError, start time.Time) {
+	failed := 0
+	for _, rec := range recs {
+		if rec.failure != nil {
+			failed++
+		}
+	}
+	fields := []zap.Field{
+		zap.String("topic", topic),
+		zap.String("kind", perr.outcome.String()),
+		zap.Int("records", len(recs)),
+		zap.Int("failed", max(failed, 1)),
+		zap.Duration("duration", time.Since(start)),
+		zap.Error(perr),
+	}
+	if recs[0].q != nil {
+		partition, attempts := recs[0].progress()
+		fields = append(fields, zap.Int("partition", partition), zap.Int("attempts", attempts))
+	}
+	h.logger.Error("publish failed", fields...)
+}
+
+// topicFor resolves the request's topic; false if it is not allowed.
+func (h *Handler) topicFor(r *http.Request) (string, bool) {
+	if len(h.allowTopics) == 0 {
+		return h.Topic, true
+	}
+	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if repl == nil {
+		return "", false
+	}
+	topic := repl.ReplaceAll(h.Topic, "")
+	return topic, h.allowTopics[topic]
 }
 
 // readBody reads the whole body, but never more than max_size+1 bytes. It
@@ -368,15 +491,9 @@ func answer(w http.ResponseWriter, status int, body []byte) error {
 // answerError answers a failed publish: the status says whether retrying is
 // safe (503), the outcome is unknown (504) or it will never work (413, 500).
 func answerError(w http.ResponseWriter, perr *publishError) error {
-	status := http.StatusInternalServerError
-	switch perr.outcome {
-	case outcomeRetry:
-		status = http.StatusServiceUnavailable
+	status := statusOf(perr.outcome)
+	if status == http.StatusServiceUnavailable {
 		w.Header()["Retry-After"] = headerRetryAfter
-	case outcomeUnknown:
-		status = http.StatusGatewayTimeout
-	case outcomeTooLarge:
-		status = http.StatusRequestEntityTooLarge
 	}
 	body, err := json.Marshal(struct {
 		Error   string `json:"error"`
@@ -386,6 +503,19 @@ func answerError(w http.ResponseWriter, perr *publishError) error {
 		return caddyhttp.Error(http.StatusInternalServerError, err)
 	}
 	return answer(w, status, body)
+}
+
+// statusOf is the HTTP status for a failed publish.
+func statusOf(o outcome) int {
+	switch o {
+	case outcomeRetry:
+		return http.StatusServiceUnavailable
+	case outcomeUnknown:
+		return http.StatusGatewayTimeout
+	case outcomeTooLarge:
+		return http.StatusRequestEntityTooLarge
+	}
+	return http.StatusInternalServerError
 }
 
 // outcomeWord tells a client whether the record may have been written.

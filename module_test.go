@@ -154,10 +154,10 @@ func TestHTTPContract(t *testing.T) {
 		wantHeader map[string]string
 		within     time.Duration
 	}{
-		{"seed request", "POST", "/q", ok, strings.NewReader(seedBody), 200, `{"success":true}`, nil, 0},
-		{"bearer token", "POST", "/q", auth("Bearer " + testSecret), strings.NewReader(`[1,2,3]`), 200, `{"success":true}`, nil, 0},
-		{"bearer scheme in lower case", "POST", "/q", auth("bearer " + testSecret), strings.NewReader(`"text"`), 200, `{"success":true}`, nil, 0},
-		{"chunked body", "POST", "/q", ok, onlyBody{strings.NewReader(`{"chunked":true}`)}, 200, `{"success":true}`, nil, 0},
+		{"seed request", "POST", "/q", ok, strings.NewReader(seedBody), 200, `{"success":true,"partition":0,"offset":0}`, nil, 0},
+		{"bearer token", "POST", "/q", auth("Bearer " + testSecret), strings.NewReader(`[1,2,3]`), 200, `{"success":true,"partition":0,"offset":1}`, nil, 0},
+		{"bearer scheme in lower case", "POST", "/q", auth("bearer " + testSecret), strings.NewReader(`"text"`), 200, `{"success":true,"partition":0,"offset":2}`, nil, 0},
+		{"chunked body", "POST", "/q", ok, onlyBody{strings.NewReader(`{"chunked":true}`)}, 200, `{"success":true,"partition":0,"offset":3}`, nil, 0},
 		{"no authorization", "POST", "/q", nil, strings.NewReader(`{}`), 403, `{"err":"invalid auth token provided"}`, nil, 0},
 		{"wrong secret", "POST", "/q", auth(strings.Repeat("0", 64)), strings.NewReader(`{}`), 403, `{"err":"invalid auth token provided"}`, nil, 0},
 		{"prefix of the secret", "POST", "/q", auth(testSecret[:63]), strings.NewReader(`{}`), 403, `{"err":"invalid auth token provided"}`, nil, 0},
@@ -338,7 +338,7 @@ func TestRequestAcrossReload(t *testing.T) {
 	bodyWriter.Write([]byte(`"reload"}`))
 	bodyWriter.Close()
 	got := <-answered
-	if got.status != 200 || got.body != `{"success":true}` {
+	if got.status != 200 || !strings.HasPrefix(got.body, `{"success":true,`) {
 		t.Fatalf("request across the reload: %d %s", got.status, got.body)
 	}
 	logs, _ := os.ReadFile(logFile)
@@ -484,9 +484,10 @@ func TestStartsWhileBrokersAreDown(t *testing.T) {
 // producer: enough for the answers that never reach Kafka.
 func handlerForUnitTest(maxSize int64) *Handler {
 	return &Handler{
-		MaxSize:      maxSize,
-		Timeout:      caddy.Duration(time.Second),
-		secretDigest: sha256.Sum256([]byte(testSecret)),
+		MaxSize:       maxSize,
+		Timeout:       caddy.Duration(time.Second),
+		secretDigests: [][sha256.Size]byte{sha256.Sum256([]byte(testSecret))},
+		secrets:       [][]byte{[]byte(testSecret)},
 	}
 }
 
@@ -512,7 +513,7 @@ func TestAuthorized(t *testing.T) {
 		}
 	}
 	// A secret that itself starts with "Bearer " is accepted whole.
-	h.secretDigest = sha256.Sum256([]byte("Bearer xyz"))
+	h.secretDigests = [][sha256.Size]byte{sha256.Sum256([]byte("Bearer xyz"))}
 	if !h.authorized("Bearer xyz") || !h.authorized("Bearer Bearer xyz") || h.authorized("xyz") {
 		t.Error("a secret starting with \"Bearer \" should match as sent, with or without a Bearer prefix")
 	}
@@ -581,7 +582,7 @@ func TestProvisionErrors(t *testing.T) {
 	t.Setenv("QP_TEST_SECRET", testSecret)
 	before := len(pooledProducers(t))
 	valid := func() *Handler {
-		return &Handler{Brokers: []string{"127.0.0.1:1"}, Topic: "t", Secret: "{env.QP_TEST_SECRET}"}
+		return &Handler{Brokers: []string{"127.0.0.1:1"}, Topic: "t", Secrets: []string{"{env.QP_TEST_SECRET}"}}
 	}
 	tests := []struct {
 		name    string
@@ -592,10 +593,16 @@ func TestProvisionErrors(t *testing.T) {
 		{"brokers resolve to nothing", func(h *Handler) { h.Brokers = []string{" , "} }, "brokers: resolves to no address"},
 		{"no topic", func(h *Handler) { h.Topic = "" }, "topic: required"},
 		{"bad topic", func(h *Handler) { h.Topic = "a/b" }, `topic: "a/b" holds '/'`},
-		{"no secret", func(h *Handler) { h.Secret = "" }, "secret: required"},
-		{"unset secret", func(h *Handler) { h.Secret = "{env.QP_UNSET_SECRET}" }, "secret: evaluated placeholder {env.QP_UNSET_SECRET} is empty"},
+		{"no secret", func(h *Handler) { h.Secrets = nil }, "secret: required"},
+		{"unset secret", func(h *Handler) { h.Secrets = []string{"{env.QP_UNSET_SECRET}"} }, "secret: evaluated placeholder {env.QP_UNSET_SECRET} is empty"},
 		{"bad acks", func(h *Handler) { h.Acks = "most" }, `acks: "most" is not all, leader or none`},
 		{"negative timeout", func(h *Handler) { h.Timeout = -1 }, "timeout: must be positive"},
+		{"topic placeholder without allow_topics", func(h *Handler) { h.Topic = "{http.request.uri.path.1}" }, "allow_topics: required when topic holds placeholders"},
+		{"bad allowed topic", func(h *Handler) { h.Topic = "{x}"; h.AllowTopics = []string{"ok", "not ok"} }, `allow_topics: "not ok" holds ' '`},
+		{"bad mode", func(h *Handler) { h.Mode = "lines" }, `mode: "lines" is not body or records`},
+		{"key in records mode", func(h *Handler) { h.Mode = "records"; h.Key = "{http.request.header.K}" }, "key, header: apply to mode body only"},
+		{"second secret unset", func(h *Handler) { h.Secrets = append(h.Secrets, "{env.QP_UNSET_SECRET}") }, "secret 2: evaluated placeholder {env.QP_UNSET_SECRET} is empty"},
+		{"bad compression", func(h *Handler) { h.Compression = "brotli" }, `compression: "brotli" is not none, gzip, snappy, lz4 or zstd`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -621,7 +628,7 @@ func TestProvisionErrors(t *testing.T) {
 func TestProvisionDefaultsAndBrokerPlaceholders(t *testing.T) {
 	t.Setenv("QP_TEST_SECRET", testSecret)
 	t.Setenv("QP_TEST_BROKERS", "127.0.0.1:1, 127.0.0.1:2")
-	h := &Handler{Brokers: []string{"{env.QP_TEST_BROKERS}", "127.0.0.1:3"}, Topic: "t", Secret: "{env.QP_TEST_SECRET}"}
+	h := &Handler{Brokers: []string{"{env.QP_TEST_BROKERS}", "127.0.0.1:3"}, Topic: "t", Secrets: []string{"{env.QP_TEST_SECRET}"}}
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: t.Context()})
 	defer cancel()
 	if err := h.Provision(ctx); err != nil {
@@ -634,7 +641,7 @@ func TestProvisionDefaultsAndBrokerPlaceholders(t *testing.T) {
 	if got := strings.Join(h.brokers, " "); got != "127.0.0.1:1 127.0.0.1:2 127.0.0.1:3" {
 		t.Errorf("brokers = %q", got)
 	}
-	if h.secretDigest != sha256.Sum256([]byte(testSecret)) {
+	if len(h.secretDigests) != 1 || h.secretDigests[0] != sha256.Sum256([]byte(testSecret)) {
 		t.Error("the secret was not resolved from the environment")
 	}
 }

@@ -1,0 +1,278 @@
+package queuepublish
+
+import (
+	"encoding/json"
+	"fmt"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
+)
+
+// javaMurmur2 holds the murmur2 hashes that Kafka's Java client computes
+// (org.apache.kafka.common.utils.UtilsTest#testMurmur2).
+var javaMurmur2 = map[string]int32{
+	"21":                         -973932308,
+	"foobar":                     -790332482,
+	"a-little-bit-long-string":   -985981536,
+	"a-little-bit-longer-string": -1486304829,
+	"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8": -58897971,
+	"abc": 479470107,
+}
+
+// javaPartition is where the Java client's default partitioner puts a
+// keyed record: toPositive(murmur2(key)) % partitions.
+func javaPartition(key string, partitions int) int32 {
+	return (javaMurmur2[key] & 0x7fffffff) % int32(partitions)
+}
+
+func TestKeyPartitionerMatchesJavaClient(t *testing.T) {
+	for _, n := range []int{1, 3, 7, 12, 1000003} {
+		set := &partitionSet{queues: make([]*partitionQueue, n), ids: make([]int, n)}
+		for i := range n {
+			set.queues[i] = &partitionQueue{id: i}
+			set.ids[i] = i
+		}
+		for key := range javaMurmur2 {
+			rec := newRecord(nil, time.Now(), time.Second)
+			rec.key = []byte(key)
+			if got, want := set.queueFor(rec).id, int(javaPartition(key, n)); got != want {
+				t.Errorf("key %q over %d partitions: partition %d, the Java client says %d", key, n, got, want)
+			}
+		}
+	}
+}
+
+// records reads topic back with kgo, by value.
+func recordsByValue(t *testing.T, c *kfake.Cluster, topic string) map[string]*kgo.Record {
+	t.Helper()
+	m := map[string]*kgo.Record{}
+	for _, r := range stored(t, c, topic) {
+		m[string(r.Value)] = r
+	}
+	return m
+}
+
+func headerMap(r *kgo.Record) map[string]string {
+	m := map[string]string{}
+	for _, h := range r.Headers {
+		m[h.Key] = string(h.Value)
+	}
+	return m
+}
+
+func TestRecordsMode(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(2), kfake.SeedTopics(3, "events"))
+	t.Setenv("QP_TEST_SECRET", testSecret)
+	startCaddy(t, filepath.Join(t.TempDir(), "caddy.log"), fmt.Sprintf(`	queue_publish {
+		brokers %s
+		topic events
+		secret {env.QP_TEST_SECRET}
+		mode records
+		max_records 6
+		timeout 1s
+	}`, c.ListenAddrs()[0]))
+	post := func(body string, header map[string]string) answerT {
+		h := map[string]string{"Authorization": testSecret}
+		for k, v := range header {
+			h[k] = v
+		}
+		return do(t, "POST", "/", h, strings.NewReader(body))
+	}
+
+	t.Run("accepted", func(t *testing.T) {
+		body := `{"records":[
+			{"value": { "spaced" : [1, 2] ,"k":"v"}},
+			{"value":"text","key":"foobar"},
+			{"value":42,"key":"abc","headers":{"source":"test","trace":"t-1"}},
+			{"value":null,"partition":2},
+			{"value":[],"key":""}
+		]}`
+		got := post(body, map[string]string{"Idempotency-Key": "req-1"})
+		if got.status != 200 {
+			t.Fatalf("%d %s", got.status, got.body)
+		}
+		var ans struct {
+			Success bool
+			Offsets []struct{ Partition, Offset int64 }
+		}
+		if err := json.Unmarshal([]byte(got.body), &ans); err != nil || !ans.Success || len(ans.Offsets) != 5 {
+			t.Fatalf("answer %s", got.body)
+		}
+		stored := recordsByValue(t, c, "events")
+		values := []string{`{ "spaced" : [1, 2] ,"k":"v"}`, `"text"`, `42`, `null`, `[]`}
+		for i, v := range values {
+			r := stored[v]
+			if r == nil {
+				t.Fatalf("value %s not stored as sent; the topic holds %v", v, slices.Collect(func(yield func(string) bool) {
+					for k := range stored {
+						if !yield(k) {
+							return
+						}
+					}
+				}))
+			}
+			if int64(r.Partition) != ans.Offsets[i].Partition || r.Offset != ans.Offsets[i].Offset {
+				t.Errorf("record %d: answer says %d/%d, stored at %d/%d", i, ans.Offsets[i].Partition, ans.Offsets[i].Offset, r.Partition, r.Offset)
+			}
+			if headerMap(r)["idempotency-key"] != "req-1" {
+				t.Errorf("record %d: headers %v lack the idempotency key", i, headerMap(r))
+			}
+		}
+		if r := stored[`"text"`]; string(r.Key) != "foobar" || r.Partition != javaPartition("foobar", 3) {
+			t.Errorf("keyed record: key %q on partition %d, want foobar on %d", r.Key, r.Partition, javaPartition("foobar", 3))
+		}
+		if r := stored[`42`]; r.Partition != javaPartition("abc", 3) || headerMap(r)["source"] != "test" || headerMap(r)["trace"] != "t-1" {
+			t.Errorf("record with headers: partition %d, headers %v", r.Partition, headerMap(r))
+		}
+		if r := stored[`null`]; r.Partition != 2 || r.Key != nil {
+			t.Errorf("record for partition 2 is on %d with key %q", r.Partition, r.Key)
+		}
+		if r := stored[`[]`]; r.Key == nil || len(r.Key) != 0 {
+			t.Errorf("an empty key should be stored as an empty key, got %v", r.Key)
+		}
+		if r := stored[`{ "spaced" : [1, 2] ,"k":"v"}`]; r.Key != nil {
+			t.Errorf("record without key has key %q", r.Key)
+		}
+	})
+
+	t.Run("malformed", func(t *testing.T) {
+		before := len(stored(t, c, "events"))
+		for _, tt := range []struct{ body, want string }{
+			{`[1,2]`, `body must be an object {\"records\":[...]}: not a JSON object`},
+			{`{}`, `body has no \"records\" list`},
+			{`{"records":[]}`, `\"records\" is empty`},
+			{`{"records":{}}`, `body must be an object {\"records\":[...]}: \"records\" has the wrong type (object)`},
+			{`{"records":[{"value":1}],"extra":1}`, `body must be an object {\"records\":[...]}: unknown field \"extra\"`},
+			{`{"records":[{"value":1},{"key":"k"}]}`, `record 1: no \"value\"`},
+			{`{"records":[{"value":1},{"value":2,"headers":{"a":1}}]}`, `record 1: header \"a\" is not a string`},
+			{`{"records":[{"value":1,"key":5}]}`, `record 0: \"key\" has the wrong type (number)`},
+			{`{"records":[{"value":1,"partition":-1}]}`, `record 0: \"partition\" must not be negative`},
+			{`{"records":[{"value":1,"partition":3}]}`, `record 0: partition 3 does not exist (the topic has 3)`},
+			{`{"records":[{"value":1,"valeu":2}]}`, `record 0: unknown field \"valeu\"`},
+			{`{"records":[1]}`, `record 0: not a JSON object`},
+			{`{"records":[{"value":1},{"value":1},{"value":1},{"value":1},{"value":1},{"value":1},{"value":1}]}`, `\"records\" holds 7 records, more than max_records (6)`},
+		} {
+			got := post(tt.body, nil)
+			if want := `{"err":"` + tt.want + `"}`; got.status != 400 || got.body != want {
+				t.Errorf("%s: got %d %s, want 400 %s", tt.body, got.status, got.body, want)
+			}
+		}
+		if after := len(stored(t, c, "events")); after != before {
+			t.Errorf("malformed requests produced %d records", after-before)
+		}
+	})
+
+	t.Run("partial failure", func(t *testing.T) {
+		retry := c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "events", Partitions: []int32{1}, Err: kerr.NotEnoughReplicas, Count: -1})
+		got := post(`{"records":[{"value":"ok","partition":0},{"value":"no","partition":1}]}`, map[string]string{})
+		retry.Remove()
+		if got.status != 503 || got.header.Get("Retry-After") == "" {
+			t.Fatalf("got %d %s, want 503 with Retry-After", got.status, got.body)
+		}
+		var ans struct {
+			Success bool
+			Error   string
+			Results []struct {
+				Partition *int
+				Offset    *int64
+				Error     string
+				Outcome   string
+			}
+		}
+		if err := json.Unmarshal([]byte(got.body), &ans); err != nil || ans.Success || len(ans.Results) != 2 {
+			t.Fatalf("answer %s", got.body)
+		}
+		if ans.Results[0].Partition == nil || *ans.Results[0].Partition != 0 || ans.Results[0].Offset == nil {
+			t.Errorf("the acknowledged record's result: %s", got.body)
+		}
+		if ans.Results[1].Outcome != "not_written" || ans.Results[1].Error == "" {
+			t.Errorf("the failed record's result: %s", got.body)
+		}
+		stored := recordsByValue(t, c, "events")
+		if stored[`"ok"`] == nil || stored[`"no"`] != nil {
+			t.Errorf("want the acknowledged record stored and the failed one not")
+		}
+
+		c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "events", Partitions: []int32{2}, Err: kerr.TopicAuthorizationFailed, Count: 1})
+		got = post(`{"records":[{"value":"fine","partition":0},{"value":"never","partition":2}]}`, nil)
+		if got.status != 500 || !strings.Contains(got.body, `"error":"not authorized to write to the topic","outcome":"not_written"`) {
+			t.Errorf("a record refused for good: got %d %s, want 500", got.status, got.body)
+		}
+	})
+}
+
+func TestBodyModeKeyAndHeadersFromRequest(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(4, "events"))
+	t.Setenv("QP_TEST_SECRET", testSecret)
+	startCaddy(t, filepath.Join(t.TempDir(), "caddy.log"), fmt.Sprintf(`	queue_publish {
+		brokers %s
+		topic events
+		secret {env.QP_TEST_SECRET}
+		key {http.request.header.X-Message-Key}
+		header source {http.request.header.X-Source}
+		header route {http.request.uri.path}
+	}`, c.ListenAddrs()[0]))
+
+	got := do(t, "POST", "/in", map[string]string{"Authorization": testSecret, "X-Message-Key": "foobar", "X-Source": "billing", "Idempotency-Key": "k-7"}, strings.NewReader(`{"n":1}`))
+	if got.status != 200 || got.body != fmt.Sprintf(`{"success":true,"partition":%d,"offset":0}`, javaPartition("foobar", 4)) {
+		t.Fatalf("keyed request: %d %s", got.status, got.body)
+	}
+	got = do(t, "POST", "/in", map[string]string{"Authorization": testSecret}, strings.NewReader(`{"n":2}`))
+	if got.status != 200 {
+		t.Fatalf("plain request: %d %s", got.status, got.body)
+	}
+
+	stored := recordsByValue(t, c, "events")
+	keyed, plain := stored[`{"n":1}`], stored[`{"n":2}`]
+	if string(keyed.Key) != "foobar" || keyed.Partition != javaPartition("foobar", 4) {
+		t.Errorf("keyed record: key %q partition %d", keyed.Key, keyed.Partition)
+	}
+	if h := headerMap(keyed); h["source"] != "billing" || h["route"] != "/in" || h["idempotency-key"] != "k-7" || len(h) != 3 {
+		t.Errorf("keyed record headers: %v", h)
+	}
+	if plain.Key != nil {
+		t.Errorf("an empty key placeholder should give no key, got %q", plain.Key)
+	}
+	if h := headerMap(plain); h["route"] != "/in" || len(h) != 1 {
+		t.Errorf("an empty header placeholder should leave the header out: %v", h)
+	}
+}
+
+func TestTopicFromRequest(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "orders", "clicks", "secret-stuff"))
+	t.Setenv("QP_TEST_SECRET", testSecret)
+	startCaddy(t, filepath.Join(t.TempDir(), "caddy.log"), fmt.Sprintf(`	queue_publish /topics/* {
+		brokers %s
+		topic {http.request.uri.path.1}
+		allow_topics orders clicks
+		secret {env.QP_TEST_SECRET}
+	}`, c.ListenAddrs()[0]))
+	ok := map[string]string{"Authorization": testSecret}
+	for _, topic := range []string{"orders", "clicks"} {
+		if got := do(t, "POST", "/topics/"+topic, ok, strings.NewReader(`"to `+topic+`"`)); got.status != 200 {
+			t.Errorf("%s: %d %s", topic, got.status, got.body)
+		}
+		if got := stored(t, c, topic); len(got) != 1 || string(got[0].Value) != `"to `+topic+`"` {
+			t.Errorf("%s holds %v", topic, got)
+		}
+	}
+	for _, path := range []string{"/topics/secret-stuff", "/topics/nope", "/topics/"} {
+		if got := do(t, "POST", path, ok, strings.NewReader(`{}`)); got.status != 404 || got.body != `{"err":"unknown topic"}` {
+			t.Errorf("%s: got %d %s, want 404", path, got.status, got.body)
+		}
+	}
+	if got := stored(t, c, "secret-stuff"); len(got) != 0 {
+		t.Error("a topic outside allow_topics was written")
+	}
+	// Authentication comes first: no topic is revealed to a stranger.
+	if got := do(t, "POST", "/topics/nope", nil, strings.NewReader(`{}`)); got.status != 403 {
+		t.Errorf("without the secret: %d, want 403", got.status)
+	}
+}
