@@ -33,6 +33,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		secret   <value>
 //		signature_header <name>
 //		mode     body|records
+//		schema   <file>
 //		max_records <count>
 //		key      <value>
 //		header   <name> <value>
@@ -99,6 +100,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.Topic = val
 		case "secret":
 			h.Secrets = append(h.Secrets, val)
+		case "schema":
+			h.Schema = val
 		case "signature_header":
 			h.SignatureHeader = val
 		case "mode":

@@ -70,12 +70,13 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 				signature_header X-Hub-Signature-256
 				mode records
 				max_records 100
+				schema /etc/caddy/order.json
 			}`,
 			want: Handler{
 				Brokers: []string{"a:9092"}, Topic: "{http.request.uri.path.1}",
 				AllowTopics: []string{"orders", "clicks", "views"},
 				Secrets:     []string{"{env.NEW}", "{env.OLD}"}, SignatureHeader: "X-Hub-Signature-256",
-				Mode: "records", MaxRecords: 100,
+				Mode: "records", MaxRecords: 100, Schema: "/etc/caddy/order.json",
 			},
 		},
 		{
@@ -143,7 +144,7 @@ func equalConfig(a, b Handler) bool {
 		a.Compression == b.Compression && a.Mode == b.Mode && a.MaxRecords == b.MaxRecords &&
 		a.Key == b.Key && fmt.Sprint(a.Headers) == fmt.Sprint(b.Headers) &&
 		strings.Join(a.AllowTopics, " ") == strings.Join(b.AllowTopics, " ") &&
-		a.SignatureHeader == b.SignatureHeader &&
+		a.SignatureHeader == b.SignatureHeader && a.Schema == b.Schema &&
 		a.MaxBatchRecords == b.MaxBatchRecords && a.MaxBatchBytes == b.MaxBatchBytes &&
 		a.MaxInFlight == b.MaxInFlight
 }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/santhosh-tekuri/jsonschema/v6"
 	"github.com/segmentio/kafka-go"
 	"go.uber.org/zap"
 )
@@ -75,6 +76,13 @@ type Handler struct {
 	// "headers":{...}, "partition":N}, ...]}). Default: "body".
 	Mode string `json:"mode,omitempty"`
 
+	// A file holding a JSON Schema (draft 2020-12 or an earlier draft,
+	// as its $schema says) that every body (mode body) or every record
+	// value (mode records) must match; a request that does not is
+	// answered 400 listing the issues, and nothing of it is produced. It
+	// is compiled when the config loads.
+	Schema string `json:"schema,omitempty"`
+
 	// The most records one request may carry in records mode.
 	// Default: 500.
 	MaxRecords int `json:"max_records,omitempty"`
@@ -127,6 +135,7 @@ type Handler struct {
 	MaxInFlight int `json:"max_in_flight,omitempty"`
 
 	brokers       []string
+	schema        *jsonschema.Schema
 	secrets       [][]byte
 	secretDigests [][sha256.Size]byte
 	headerNames   []string
@@ -197,6 +206,14 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 		h.secrets = append(h.secrets, []byte(secret))
 		h.secretDigests = append(h.secretDigests, sha256.Sum256([]byte(secret)))
+	}
+	h.schema = nil
+	if h.Schema != "" {
+		sch, err := compileSchema(h.Schema)
+		if err != nil {
+			return fmt.Errorf("schema: %v", err)
+		}
+		h.schema = sch
 	}
 	h.headerNames = slices.Sorted(maps.Keys(h.Headers))
 	h.allowTopics = make(map[string]bool, len(h.AllowTopics))
@@ -386,6 +403,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		}
 	} else {
 		recs = []*record{h.bodyRecord(r, body, start)}
+	}
+	if h.schema != nil {
+		if cerr := h.checkSchema(recs); cerr != nil {
+			return answer(w, cerr.status, cerr.body)
+		}
 	}
 	if key := r.Header.Get("Idempotency-Key"); key != "" {
 		for _, rec := range recs {
