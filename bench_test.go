@@ -77,7 +77,7 @@ func BenchmarkProducerSend(b *testing.B) {
 	for _, callers := range []int{1, 64} {
 		b.Run("callers="+strconv.Itoa(callers), func(b *testing.B) {
 			c := benchCluster(b, 1)
-			p := newProducer(producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll}, zap.NewNop())
+			p := mustProducer(b, producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll}, zap.NewNop())
 			defer p.Destruct()
 			body := []byte(seedBody)
 			// Warm up: metadata and connections.
@@ -117,7 +117,7 @@ func BenchmarkHandler(b *testing.B) {
 			c := benchCluster(b, 1)
 			h := handlerForUnitTest(1000000)
 			h.Topic = "bench"
-			h.producer = newProducer(producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll}, zap.NewNop())
+			h.producer = mustProducer(b, producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll}, zap.NewNop())
 			h.logger = zap.NewNop()
 			defer h.producer.Destruct()
 			body := []byte(seedBody)

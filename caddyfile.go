@@ -41,6 +41,16 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		timeout  <duration>
 //		acks     all|leader|none
 //		compression       none|gzip|snappy|lz4|zstd
+//		client_id         <id>
+//		sasl              plain|scram-sha-256|scram-sha-512 <user> <password>
+//		tls
+//		tls {
+//			ca                   <file>
+//			cert                 <file>
+//			key                  <file>
+//			server_name          <name>
+//			insecure_skip_verify
+//		}
 //		linger            <duration>
 //		max_batch_records <count>
 //		max_batch_bytes   <size>
@@ -76,6 +86,50 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.AllowTopics = append(h.AllowTopics, args...)
 			}
 			continue
+		case "tls":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			h.TLS = new(BrokerTLS)
+			for nesting := d.Nesting(); d.NextBlock(nesting); {
+				opt := d.Val()
+				if opt == "insecure_skip_verify" {
+					if d.NextArg() {
+						return d.ArgErr()
+					}
+					h.TLS.InsecureSkipVerify = true
+					continue
+				}
+				if !d.NextArg() {
+					return d.ArgErr()
+				}
+				switch opt {
+				case "ca":
+					h.TLS.CA = d.Val()
+				case "cert":
+					h.TLS.Cert = d.Val()
+				case "key":
+					h.TLS.Key = d.Val()
+				case "server_name":
+					h.TLS.ServerName = d.Val()
+				default:
+					return d.Errf("tls: unrecognized option %q", opt)
+				}
+				if d.NextArg() {
+					return d.ArgErr()
+				}
+			}
+			continue
+		case "sasl":
+			args := d.RemainingArgs()
+			if len(args) != 3 {
+				return d.ArgErr()
+			}
+			if !saslMechanisms[args[0]] {
+				return d.Errf("sasl: %q is not plain, scram-sha-256 or scram-sha-512", args[0])
+			}
+			h.SASL = &BrokerSASL{Mechanism: args[0], Username: args[1], Password: args[2]}
+			continue
 		case "header":
 			args := d.RemainingArgs()
 			if len(args) != 2 {
@@ -100,6 +154,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.Topic = val
 		case "secret":
 			h.Secrets = append(h.Secrets, val)
+		case "client_id":
+			h.ClientID = val
 		case "schema":
 			h.Schema = val
 		case "signature_header":

@@ -88,6 +88,29 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			}`,
 			want: Handler{Key: "{http.request.header.X-Message-Key}", Headers: map[string]string{"source": "{http.request.header.X-Source}", "kind": "order"}},
 		},
+		{
+			name: "secure brokers",
+			input: `queue_publish {
+				client_id checkout
+				sasl scram-sha-512 producer {env.KAFKA_PASSWORD}
+				tls {
+					ca /etc/kafka/ca.pem
+					cert /etc/kafka/client.pem
+					key /etc/kafka/client-key.pem
+					server_name kafka.internal
+					insecure_skip_verify
+				}
+			}`,
+			want: Handler{ClientID: "checkout",
+				SASL: &BrokerSASL{Mechanism: "scram-sha-512", Username: "producer", Password: "{env.KAFKA_PASSWORD}"},
+				TLS: &BrokerTLS{CA: "/etc/kafka/ca.pem", Cert: "/etc/kafka/client.pem", Key: "/etc/kafka/client-key.pem",
+					ServerName: "kafka.internal", InsecureSkipVerify: true}},
+		},
+		{name: "tls with system roots", input: block("tls"), want: Handler{TLS: &BrokerTLS{}}},
+		{name: "tls with an argument", input: block("tls on"), wantErr: "wrong argument count"},
+		{name: "unknown tls option", input: "queue_publish {\ntls {\nverify no\n}\n}", wantErr: `tls: unrecognized option "verify"`},
+		{name: "sasl without password", input: block("sasl plain user"), wantErr: "wrong argument count"},
+		{name: "unknown sasl mechanism", input: block("sasl gssapi user pass"), wantErr: `sasl: "gssapi" is not plain, scram-sha-256 or scram-sha-512`},
 		{name: "header without value", input: block("header source"), wantErr: "wrong argument count"},
 		{name: "allow_topics without topic", input: block("allow_topics"), wantErr: "wrong argument count"},
 		{name: "bad mode", input: block("mode lines"), wantErr: `mode: "lines" is not body or records`},
@@ -145,6 +168,7 @@ func equalConfig(a, b Handler) bool {
 		a.Key == b.Key && fmt.Sprint(a.Headers) == fmt.Sprint(b.Headers) &&
 		strings.Join(a.AllowTopics, " ") == strings.Join(b.AllowTopics, " ") &&
 		a.SignatureHeader == b.SignatureHeader && a.Schema == b.Schema &&
+		a.ClientID == b.ClientID && fmt.Sprint(a.TLS) == fmt.Sprint(b.TLS) && fmt.Sprint(a.SASL) == fmt.Sprint(b.SASL) &&
 		a.MaxBatchRecords == b.MaxBatchRecords && a.MaxBatchBytes == b.MaxBatchBytes &&
 		a.MaxInFlight == b.MaxInFlight
 }

@@ -2,6 +2,8 @@ package queuepublish
 
 import (
 	"context"
+	"io"
+	"net/http"
 	"testing"
 	"time"
 
@@ -73,4 +75,43 @@ func publishNoWait(p *producer, ctx context.Context, topic string, rec *record) 
 		return perr
 	}
 	return set.queueFor(rec).push(rec)
+}
+
+// mustProducer is a started producer for cfg; the caller destructs it.
+func mustProducer(t testing.TB, cfg producerConfig, logger *zap.Logger) *producer {
+	t.Helper()
+	p, err := newProducer(cfg, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// mustMake is a producer for cfg, not started.
+func mustMake(t testing.TB, cfg producerConfig, logger *zap.Logger) *producer {
+	t.Helper()
+	p, err := makeProducer(cfg, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func contextWithTimeout(d time.Duration) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), d)
+}
+
+// adminConfig is the config Caddy runs, from its admin API.
+func adminConfig(t *testing.T) string {
+	t.Helper()
+	res, err := http.Get("http://" + adminAddr + "/config/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	b, err := io.ReadAll(res.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -11,6 +13,7 @@ import (
 	"io"
 	"net"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -19,6 +22,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/segmentio/kafka-go"
 	"github.com/segmentio/kafka-go/protocol"
+	"github.com/segmentio/kafka-go/sasl"
 	"go.uber.org/zap"
 )
 
@@ -76,6 +80,9 @@ type producerConfig struct {
 	Brokers     []string           `json:"brokers"`
 	Acks        kafka.RequiredAcks `json:"acks"`
 	Compression kafka.Compression  `json:"compression"`
+	ClientID    string             `json:"client_id"`
+	TLS         *tlsMaterial       `json:"tls,omitempty"`
+	SASL        *saslCredentials   `json:"sasl,omitempty"`
 	// Linger is how long a sender waits, after its previous request
 	// started, before sending the next one, when the previous one held
 	// more than one record. Zero sends as soon as a sender is free.
@@ -98,11 +105,14 @@ func (c producerConfig) withDefaults() producerConfig {
 	if c.MaxInFlight == 0 {
 		c.MaxInFlight = defaultMaxInFlight
 	}
+	if c.ClientID == "" {
+		c.ClientID = clientID
+	}
 	return c
 }
 
 // key is the canonical identity of the settings in the producer pool. It is
-// a digest, so that credentials added to the settings never sit in a key.
+// a digest, so that the credentials in the settings never sit in a key.
 func (c producerConfig) key() string {
 	c.Brokers = slices.Clone(c.Brokers)
 	slices.Sort(c.Brokers)
@@ -122,7 +132,7 @@ func acquireProducer(cfg producerConfig, logger *zap.Logger) (p *producer, key s
 	cfg = cfg.withDefaults()
 	key = cfg.key()
 	val, _, err := producers.LoadOrNew(key, func() (caddy.Destructor, error) {
-		return newProducer(cfg, logger), nil
+		return newProducer(cfg, logger)
 	})
 	if err != nil {
 		return nil, "", err
@@ -279,20 +289,38 @@ type producer struct {
 	batches atomic.Int64 // produce requests sent
 	records atomic.Int64 // records in them
 
+	saslConns sync.Map // connections being opened, for trackedMechanism
+
 	lastRefresh atomic.Int64 // UnixNano of the last forced metadata refresh
 	watching    atomic.Bool
 	ctx         context.Context // cancelled when the producer is closed
 	cancel      context.CancelFunc
 }
 
-func newProducer(cfg producerConfig, logger *zap.Logger) *producer {
-	p := makeProducer(cfg, logger)
+func newProducer(cfg producerConfig, logger *zap.Logger) (*producer, error) {
+	p, err := makeProducer(cfg, logger)
+	if err != nil {
+		return nil, err
+	}
 	p.start()
-	return p
+	return p, nil
 }
 
 // makeProducer builds a producer that start sets going.
-func makeProducer(cfg producerConfig, logger *zap.Logger) *producer {
+func makeProducer(cfg producerConfig, logger *zap.Logger) (*producer, error) {
+	var tlsConfig *tls.Config
+	var mechanism sasl.Mechanism
+	var err error
+	if cfg.TLS != nil {
+		if tlsConfig, err = cfg.TLS.config(); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.SASL != nil {
+		if mechanism, err = cfg.SASL.mechanism(); err != nil {
+			return nil, err
+		}
+	}
 	p := &producer{
 		cfg:    cfg.withDefaults(),
 		logger: logger,
@@ -306,9 +334,13 @@ func makeProducer(cfg producerConfig, logger *zap.Logger) *producer {
 		Dial:        p.dial,
 		DialTimeout: dialTimeout,
 		MetadataTTL: metadataTTL,
-		ClientID:    clientID,
+		ClientID:    p.cfg.ClientID,
+		TLS:         tlsConfig,
 		// Ends the transport's background goroutines on Destruct.
 		Context: p.ctx,
+	}
+	if mechanism != nil {
+		p.transport.SASL = trackedMechanism{Mechanism: mechanism, conns: &p.saslConns}
 	}
 	p.client = &kafka.Client{
 		Addr:      kafka.TCP(cfg.Brokers...),
@@ -317,7 +349,7 @@ func makeProducer(cfg producerConfig, logger *zap.Logger) *producer {
 		// is left of the request's deadline (or of this, if smaller).
 		Timeout: 10 * time.Minute,
 	}
-	return p
+	return p, nil
 }
 
 // start looks for a reachable broker, and warns if none answers.
@@ -327,7 +359,11 @@ func (p *producer) start() {
 
 // dial opens broker connections for the transport.
 func (p *producer) dial(ctx context.Context, network, address string) (net.Conn, error) {
-	return p.dialContext(ctx, network, address)
+	conn, err := p.dialContext(ctx, network, address)
+	if err != nil || p.cfg.SASL == nil {
+		return conn, err
+	}
+	return trackSASL(&p.saslConns, ctx, conn), nil
 }
 
 // Destruct stops taking records, waits until every queued record is
@@ -388,7 +424,12 @@ func (p *producer) watch(warning string) {
 				return
 			}
 			if !warned {
-				p.logger.Warn(warning, zap.Strings("brokers", p.cfg.Brokers), zap.Error(err))
+				if refused := refusedConnection(err); refused != nil {
+					p.logger.Error("the Kafka brokers refuse the connection: "+refused.reason+"; check the settings",
+						zap.Strings("brokers", p.cfg.Brokers), zap.Error(err))
+				} else {
+					p.logger.Warn(warning, zap.Strings("brokers", p.cfg.Brokers), zap.Error(err))
+				}
 				warned = true
 			}
 			t := time.NewTimer(backoff)
@@ -586,7 +627,10 @@ func (ts *topicState) partitions(ctx context.Context, p *producer, deadline time
 	switch {
 	case err != nil:
 		p.watch("no Kafka broker reachable; requests are answered 503 until one is")
-		set.err = &publishError{outcome: outcomeRetry, reason: "no Kafka broker reachable", err: err}
+		set.err = refusedConnection(err)
+		if set.err == nil {
+			set.err = &publishError{outcome: outcomeRetry, reason: "no Kafka broker reachable", err: err}
+		}
 		ttl = refreshInterval
 	case len(meta.Topics) != 1:
 		set.err = &publishError{outcome: outcomeRetry, reason: "no metadata for the topic", err: fmt.Errorf("metadata answer lists %d topics", len(meta.Topics))}
@@ -934,6 +978,9 @@ func (q *partitionQueue) finish(recs []*record, base int64, err *publishError) {
 
 // classify maps an error from kafka-go to what it means for the client.
 func classify(err error) *publishError {
+	if perr := refusedConnection(err); perr != nil {
+		return perr
+	}
 	var kerr kafka.Error
 	switch {
 	case errors.As(err, &kerr):
@@ -962,6 +1009,33 @@ func classify(err error) *publishError {
 		return &publishError{outcome: outcomeUnknown, reason: reasonUnknown, err: err}
 	}
 	return &publishError{outcome: outcomeRetry, reason: "Kafka connection failed", err: err}
+}
+
+// refusedConnection recognises a connection the brokers refuse for a
+// reason retrying does not fix: SASL authentication or TLS failed. These
+// are configuration errors, not an unreachable broker.
+func refusedConnection(err error) *publishError {
+	var kerr kafka.Error
+	if errors.As(err, &kerr) {
+		switch kerr {
+		case kafka.SASLAuthenticationFailed, kafka.IllegalSASLState, kafka.UnsupportedSASLMechanism:
+			return &publishError{outcome: outcomeRejected, reason: "Kafka authentication failed", err: err}
+		}
+		return nil
+	}
+	if errors.Is(err, errSASLRejected) {
+		return &publishError{outcome: outcomeRejected, reason: "Kafka authentication failed", err: err}
+	}
+	var verr *tls.CertificateVerificationError
+	var recErr tls.RecordHeaderError
+	var alert tls.AlertError
+	var unknownCA x509.UnknownAuthorityError
+	var hostErr x509.HostnameError
+	if errors.As(err, &verr) || errors.As(err, &recErr) || errors.As(err, &alert) ||
+		errors.As(err, &unknownCA) || errors.As(err, &hostErr) || strings.Contains(err.Error(), "remote error: tls:") {
+		return &publishError{outcome: outcomeRejected, reason: "TLS with the Kafka broker failed", err: err}
+	}
+	return nil
 }
 
 // describe is the short reason for err that clients may see.

@@ -25,7 +25,7 @@ import (
 // the test ends.
 func testProducer(t testing.TB, c *kfake.Cluster) *producer {
 	t.Helper()
-	p := newProducer(producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll}, zap.NewNop())
+	p := mustProducer(t, producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll}, zap.NewNop())
 	t.Cleanup(func() { p.Destruct() })
 	return p
 }
@@ -238,7 +238,7 @@ func closedPort(t testing.TB) string {
 func TestProducerWithoutBrokerAnswers503AndRecoversWhenOneComesUp(t *testing.T) {
 	addr := closedPort(t)
 	logger, logs := observedLogger()
-	p := newProducer(producerConfig{Brokers: []string{addr}, Acks: kafka.RequireAll}, logger)
+	p := mustProducer(t, producerConfig{Brokers: []string{addr}, Acks: kafka.RequireAll}, logger)
 	t.Cleanup(func() { p.Destruct() })
 
 	start := time.Now()
@@ -279,7 +279,7 @@ func hookedProducer(t *testing.T, c *kfake.Cluster, leaderDial func(ctx context.
 		_, port, _ := net.SplitHostPort(a)
 		brokers = append(brokers, "localhost:"+port)
 	}
-	p := makeProducer(producerConfig{Brokers: brokers, Acks: kafka.RequireAll}, zap.NewNop())
+	p := mustMake(t, producerConfig{Brokers: brokers, Acks: kafka.RequireAll}, zap.NewNop())
 	real := p.dialContext
 	p.dialContext = func(ctx context.Context, network, address string) (net.Conn, error) {
 		if strings.HasPrefix(address, "127.0.0.1:") {
@@ -474,7 +474,7 @@ func TestNothingRunsAfterDestruct(t *testing.T) {
 	}
 	before := discoverers()
 	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
-	p := newProducer(producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll}, zap.NewNop())
+	p := mustProducer(t, producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll}, zap.NewNop())
 	if _, perr := sendOne(p, "events", []byte(`{}`), 2*time.Second); perr != nil {
 		t.Fatal(perr)
 	}
@@ -490,7 +490,7 @@ func TestNothingRunsAfterDestruct(t *testing.T) {
 
 func TestDestructFlushesQueuedRecords(t *testing.T) {
 	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
-	p := newProducer(producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll}, zap.NewNop())
+	p := mustProducer(t, producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll}, zap.NewNop())
 
 	release := make(chan struct{})
 	c.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
@@ -565,7 +565,7 @@ func TestMaxInFlightSendsConcurrentRequests(t *testing.T) {
 	for _, inFlight := range []int{1, 2} {
 		t.Run(fmt.Sprint("max_in_flight=", inFlight), func(t *testing.T) {
 			c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
-			p := newProducer(producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll, MaxInFlight: inFlight}, zap.NewNop())
+			p := mustProducer(t, producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll, MaxInFlight: inFlight}, zap.NewNop())
 			t.Cleanup(func() { p.Destruct() })
 			release := make(chan struct{})
 			received := holdProduce(c, release)
@@ -599,7 +599,7 @@ func TestMaxInFlightSendsConcurrentRequests(t *testing.T) {
 func TestLingerOnlyUnderConcurrentLoad(t *testing.T) {
 	const linger = 300 * time.Millisecond
 	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
-	p := newProducer(producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll, Linger: linger}, zap.NewNop())
+	p := mustProducer(t, producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll, Linger: linger}, zap.NewNop())
 	t.Cleanup(func() { p.Destruct() })
 
 	// An idle partition sends a lone record at once, again and again.
@@ -685,7 +685,7 @@ func TestCompressedRecordsReadBack(t *testing.T) {
 	for _, codec := range []string{"gzip", "snappy", "lz4", "zstd"} {
 		t.Run(codec, func(t *testing.T) {
 			c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
-			p := newProducer(producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll, Compression: compressionCodes[codec]}, zap.NewNop())
+			p := mustProducer(t, producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll, Compression: compressionCodes[codec]}, zap.NewNop())
 			t.Cleanup(func() { p.Destruct() })
 			value := []byte(`{"text":"` + strings.Repeat("compressible ", 100) + `"}`)
 			if _, perr := sendOne(p, "events", value, 5*time.Second); perr != nil {

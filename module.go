@@ -115,6 +115,16 @@ type Handler struct {
 	// "none", "gzip", "snappy", "lz4" or "zstd". Default: "none".
 	Compression string `json:"compression,omitempty"`
 
+	// An identifier the brokers see for this producer, in their logs
+	// and quotas. Default: caddy-queue-publish.
+	ClientID string `json:"client_id,omitempty"`
+
+	// TLS for broker connections; absent means plaintext.
+	TLS *BrokerTLS `json:"tls,omitempty"`
+
+	// SASL authentication to the brokers.
+	SASL *BrokerSASL `json:"sasl,omitempty"`
+
 	// How long a partition's sender waits, under concurrent load, for
 	// more records before sending the next produce request, counted from
 	// the start of the previous one. A record arriving at an idle
@@ -244,8 +254,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 
-	var err error
-	h.producer, h.producerKey, err = acquireProducer(producerConfig{
+	cfg := producerConfig{
 		Brokers:         h.brokers,
 		Acks:            acksValues[h.Acks],
 		Compression:     compressionCodes[h.Compression],
@@ -253,7 +262,20 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		MaxBatchRecords: h.MaxBatchRecords,
 		MaxBatchBytes:   h.MaxBatchBytes,
 		MaxInFlight:     h.MaxInFlight,
-	}, h.logger)
+		ClientID:        h.ClientID,
+	}
+	var err error
+	if h.TLS != nil {
+		if cfg.TLS, err = h.TLS.material(repl); err != nil {
+			return err
+		}
+	}
+	if h.SASL != nil {
+		if cfg.SASL, err = h.SASL.credentials(repl); err != nil {
+			return err
+		}
+	}
+	h.producer, h.producerKey, err = acquireProducer(cfg, h.logger)
 	return err
 }
 
@@ -314,6 +336,9 @@ func (h *Handler) Validate() error {
 	}
 	if _, ok := compressionCodes[h.Compression]; !ok && h.Compression != "" {
 		return fmt.Errorf("compression: %q is not none, gzip, snappy, lz4 or zstd", h.Compression)
+	}
+	if h.SASL != nil && !saslMechanisms[h.SASL.Mechanism] {
+		return fmt.Errorf("sasl: %q is not plain, scram-sha-256 or scram-sha-512", h.SASL.Mechanism)
 	}
 	if h.Linger < 0 {
 		return errors.New("linger: must not be negative")

@@ -421,12 +421,7 @@ func TestSecretNeverLogged(t *testing.T) {
 			fmt.Fprintln(&answers, got.status, got.header, got.body)
 		}
 	}
-	res, err := http.Get("http://" + adminAddr + "/config/")
-	if err != nil {
-		t.Fatal(err)
-	}
-	running, _ := io.ReadAll(res.Body)
-	res.Body.Close()
+	running := []byte(adminConfig(t))
 
 	logs, _ := os.ReadFile(logFile)
 	access, _ := os.ReadFile(accessLog)

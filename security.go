@@ -1,0 +1,224 @@
+package queuepublish
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/segmentio/kafka-go/sasl"
+	"github.com/segmentio/kafka-go/sasl/plain"
+	"github.com/segmentio/kafka-go/sasl/scram"
+)
+
+// BrokerTLS is how connections to the brokers use TLS. The zero value
+// verifies the brokers' certificates against the system's roots.
+type BrokerTLS struct {
+	// A PEM file of the CA certificates that sign the brokers'
+	// certificates, instead of the system's roots.
+	CA string `json:"ca,omitempty"`
+
+	// PEM files of a client certificate and its key, for brokers that
+	// authenticate clients by certificate (mutual TLS).
+	Cert string `json:"cert,omitempty"`
+	Key  string `json:"key,omitempty"`
+
+	// The name the brokers' certificates must hold, if not the host
+	// name each broker is reached by.
+	ServerName string `json:"server_name,omitempty"`
+
+	// Accept any broker certificate. Insecure: for tests only.
+	InsecureSkipVerify bool `json:"insecure_skip_verify,omitempty"`
+}
+
+// BrokerSASL is how the producer authenticates to the brokers.
+type BrokerSASL struct {
+	// "plain", "scram-sha-256" or "scram-sha-512".
+	Mechanism string `json:"mechanism,omitempty"`
+	// The user name; it may hold {env.*} or {file.*} placeholders.
+	Username string `json:"username,omitempty"`
+	// The password; give it as {env.NAME} or {file.PATH}, resolved when
+	// the config loads.
+	Password string `json:"password,omitempty"`
+}
+
+var saslMechanisms = map[string]bool{"plain": true, "scram-sha-256": true, "scram-sha-512": true}
+
+// tlsMaterial is BrokerTLS with its files read, part of a producer's
+// identity in the pool: a changed file makes a new producer.
+type tlsMaterial struct {
+	CA                 []byte `json:"ca,omitempty"`
+	Cert               []byte `json:"cert,omitempty"`
+	Key                []byte `json:"key,omitempty"`
+	ServerName         string `json:"server_name,omitempty"`
+	InsecureSkipVerify bool   `json:"insecure_skip_verify,omitempty"`
+}
+
+// saslCredentials is BrokerSASL with its placeholders resolved.
+type saslCredentials struct {
+	Mechanism string `json:"mechanism"`
+	Username  string `json:"username"`
+	Password  string `json:"password"`
+}
+
+// material reads the files and resolves the placeholders of the TLS
+// settings.
+func (t *BrokerTLS) material(repl *caddy.Replacer) (*tlsMaterial, error) {
+	m := &tlsMaterial{ServerName: t.ServerName, InsecureSkipVerify: t.InsecureSkipVerify}
+	for _, f := range []struct {
+		name, path string
+		dst        *[]byte
+	}{{"ca", t.CA, &m.CA}, {"cert", t.Cert, &m.Cert}, {"key", t.Key, &m.Key}} {
+		if f.path == "" {
+			continue
+		}
+		path, err := repl.ReplaceOrErr(f.path, true, true)
+		if err != nil {
+			return nil, fmt.Errorf("tls %s: %v", f.name, err)
+		}
+		if *f.dst, err = os.ReadFile(path); err != nil {
+			return nil, fmt.Errorf("tls %s: %v", f.name, err)
+		}
+	}
+	if (m.Cert == nil) != (m.Key == nil) {
+		return nil, errors.New("tls: cert and key go together")
+	}
+	_, err := m.config()
+	return m, err
+}
+
+// config builds the TLS configuration for broker connections.
+func (m *tlsMaterial) config() (*tls.Config, error) {
+	cfg := &tls.Config{
+		MinVersion:         tls.VersionTLS12,
+		ServerName:         m.ServerName,
+		InsecureSkipVerify: m.InsecureSkipVerify, //nolint:gosec // the user asked for it, for tests
+	}
+	if m.CA != nil {
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(m.CA) {
+			return nil, errors.New("tls ca: no PEM certificate in the file")
+		}
+		cfg.RootCAs = pool
+	}
+	if m.Cert != nil {
+		pair, err := tls.X509KeyPair(m.Cert, m.Key)
+		if err != nil {
+			return nil, fmt.Errorf("tls cert, key: %v", err)
+		}
+		cfg.Certificates = []tls.Certificate{pair}
+	}
+	return cfg, nil
+}
+
+// credentials resolves the placeholders of the SASL settings.
+func (s *BrokerSASL) credentials(repl *caddy.Replacer) (*saslCredentials, error) {
+	user, err := repl.ReplaceOrErr(s.Username, true, true)
+	if err != nil {
+		return nil, fmt.Errorf("sasl username: %v", err)
+	}
+	password, err := repl.ReplaceOrErr(s.Password, true, true)
+	if err != nil {
+		return nil, fmt.Errorf("sasl password: %v", err)
+	}
+	if user == "" || password == "" {
+		return nil, errors.New("sasl: username and password are required")
+	}
+	c := &saslCredentials{Mechanism: s.Mechanism, Username: user, Password: password}
+	_, err = c.mechanism()
+	return c, err
+}
+
+// mechanism builds kafka-go's SASL mechanism.
+func (c *saslCredentials) mechanism() (sasl.Mechanism, error) {
+	switch c.Mechanism {
+	case "plain":
+		return plain.Mechanism{Username: c.Username, Password: c.Password}, nil
+	case "scram-sha-256":
+		return scram.Mechanism(scram.SHA256, c.Username, c.Password)
+	case "scram-sha-512":
+		return scram.Mechanism(scram.SHA512, c.Username, c.Password)
+	}
+	return nil, fmt.Errorf("sasl: %q is not plain, scram-sha-256 or scram-sha-512", c.Mechanism)
+}
+
+// errSASLRejected is what a connection reports when the broker closed it
+// during SASL authentication.
+var errSASLRejected = errors.New("the broker closed the connection during SASL authentication")
+
+// Some brokers (kfake among them) answer bad credentials by closing the
+// connection. kafka-go then reports an unexpected EOF, the same as a
+// network fault, and a wrong password would look like a broker that is
+// down. The types below tell the two apart: the producer's dialer wraps
+// each connection in a saslConn and registers it under its connect
+// context; the mechanism, whose context derives from that one (same Done
+// channel), marks the connection as authenticating until the exchange
+// completes. A read that fails meanwhile reports errSASLRejected.
+
+// saslConn is a broker connection that knows whether SASL authentication
+// is under way on it.
+type saslConn struct {
+	net.Conn
+	authenticating atomic.Bool
+}
+
+func (c *saslConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if err != nil && c.authenticating.Load() {
+		// Not wrapping err: kafka-go turns anything that is an io.EOF
+		// into a bare io.ErrUnexpectedEOF.
+		return n, fmt.Errorf("%w (%v)", errSASLRejected, err)
+	}
+	return n, err
+}
+
+// trackedMechanism is a SASL mechanism that marks the connection it
+// authenticates.
+type trackedMechanism struct {
+	sasl.Mechanism
+	conns *sync.Map // connect context's Done channel -> *saslConn
+}
+
+func (m trackedMechanism) Start(ctx context.Context) (sasl.StateMachine, []byte, error) {
+	sess, ir, err := m.Mechanism.Start(ctx)
+	if err != nil {
+		return sess, ir, err
+	}
+	c, _ := m.conns.Load(ctx.Done())
+	conn, _ := c.(*saslConn)
+	if conn != nil {
+		conn.authenticating.Store(true)
+	}
+	return trackedSession{StateMachine: sess, conn: conn}, ir, nil
+}
+
+type trackedSession struct {
+	sasl.StateMachine
+	conn *saslConn
+}
+
+func (s trackedSession) Next(ctx context.Context, challenge []byte) (bool, []byte, error) {
+	done, resp, err := s.StateMachine.Next(ctx, challenge)
+	if done && err == nil && s.conn != nil {
+		s.conn.authenticating.Store(false)
+	}
+	return done, resp, err
+}
+
+// trackSASL registers conn, opened under ctx, for the SASL mechanism.
+func trackSASL(conns *sync.Map, ctx context.Context, conn net.Conn) net.Conn {
+	done := ctx.Done()
+	if done == nil {
+		return conn
+	}
+	c := &saslConn{Conn: conn}
+	conns.Store(done, c)
+	context.AfterFunc(ctx, func() { conns.Delete(done) })
+	return c
+}
