@@ -37,6 +37,10 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_records <count>
 //		key      <value>
 //		header   <name> <value>
+//		delivery sync|async
+//		queue_size <count>
+//		idempotency_window   <duration>
+//		idempotency_max_keys <count>
 //		max_size <size>
 //		timeout  <duration>
 //		acks     all|leader|none
@@ -154,6 +158,17 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.Topic = val
 		case "secret":
 			h.Secrets = append(h.Secrets, val)
+		case "delivery":
+			h.Delivery = val
+			if val != deliverySync && val != deliveryAsync {
+				err = fmt.Errorf("%q is not sync or async", val)
+			}
+		case "queue_size":
+			h.QueueSize, err = parseCount(val)
+		case "idempotency_window":
+			h.IdempotencyWindow, err = parseDuration(val, false)
+		case "idempotency_max_keys":
+			h.IdempotencyMaxKeys, err = parseCount(val)
 		case "client_id":
 			h.ClientID = val
 		case "schema":

@@ -106,6 +106,18 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 				TLS: &BrokerTLS{CA: "/etc/kafka/ca.pem", Cert: "/etc/kafka/client.pem", Key: "/etc/kafka/client-key.pem",
 					ServerName: "kafka.internal", InsecureSkipVerify: true}},
 		},
+		{
+			name: "delivery and idempotency",
+			input: `queue_publish {
+				delivery async
+				queue_size 5000
+				idempotency_window 10m
+				idempotency_max_keys 20000
+			}`,
+			want: Handler{Delivery: "async", QueueSize: 5000, IdempotencyWindow: caddy.Duration(10 * time.Minute), IdempotencyMaxKeys: 20000},
+		},
+		{name: "bad delivery", input: block("delivery later"), wantErr: `delivery: "later" is not sync or async`},
+		{name: "zero idempotency window", input: block("idempotency_window 0s"), wantErr: `idempotency_window: invalid duration "0s"`},
 		{name: "tls with system roots", input: block("tls"), want: Handler{TLS: &BrokerTLS{}}},
 		{name: "tls with an argument", input: block("tls on"), wantErr: "wrong argument count"},
 		{name: "unknown tls option", input: "queue_publish {\ntls {\nverify no\n}\n}", wantErr: `tls: unrecognized option "verify"`},
@@ -168,7 +180,8 @@ func equalConfig(a, b Handler) bool {
 		a.Key == b.Key && fmt.Sprint(a.Headers) == fmt.Sprint(b.Headers) &&
 		strings.Join(a.AllowTopics, " ") == strings.Join(b.AllowTopics, " ") &&
 		a.SignatureHeader == b.SignatureHeader && a.Schema == b.Schema &&
-		a.ClientID == b.ClientID && fmt.Sprint(a.TLS) == fmt.Sprint(b.TLS) && fmt.Sprint(a.SASL) == fmt.Sprint(b.SASL) &&
+		a.ClientID == b.ClientID && a.Delivery == b.Delivery && a.QueueSize == b.QueueSize &&
+		a.IdempotencyWindow == b.IdempotencyWindow && a.IdempotencyMaxKeys == b.IdempotencyMaxKeys && fmt.Sprint(a.TLS) == fmt.Sprint(b.TLS) && fmt.Sprint(a.SASL) == fmt.Sprint(b.SASL) &&
 		a.MaxBatchRecords == b.MaxBatchRecords && a.MaxBatchBytes == b.MaxBatchBytes &&
 		a.MaxInFlight == b.MaxInFlight
 }

@@ -214,12 +214,21 @@ type record struct {
 	headers  []kafka.Header
 	want     int // the partition asked for, or -1 to let the partitioner choose
 	time     time.Time
-	deadline time.Time
-	done     chan struct{}
+	deadline time.Time // after it, no new request carries the record
+	// ackBy, if later than deadline, is how long a request carrying the
+	// record waits for the broker's answer, to learn whether a record
+	// answered "outcome unknown" landed after all.
+	ackBy time.Time
+	done  chan struct{}
 
 	// failure is the waiter's answer once it stopped waiting: nil if
 	// the record was acknowledged. Only the waiter touches it.
 	failure *publishError
+
+	// onDone, if set, is called (with the queue locked) when the record
+	// is acknowledged or fails for good. A record with onDone has no
+	// waiter: the producer itself gives up on it at its deadline.
+	onDone func(*record)
 
 	// sent is claimed by the encoder (recordUnsent to recordSent) or by
 	// the caller giving up (recordUnsent to recordAbandoned), whichever
@@ -916,8 +925,8 @@ func (r *attemptRecords) ReadRecord() (*kafka.Record, error) {
 }
 
 // begin keeps the records of batch whose caller still waits and whose
-// deadline has not passed, and returns them with the latest of their
-// deadlines.
+// deadline has not passed, and returns them with the time until which the
+// request may wait for its answer: the latest deadline or ackBy.
 func (q *partitionQueue) begin(batch []*record) ([]*record, time.Time) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
@@ -925,16 +934,27 @@ func (q *partitionQueue) begin(batch []*record) ([]*record, time.Time) {
 	var latest time.Time
 	live := batch[:0]
 	for _, rec := range batch {
-		if rec.abandoned || !now.Before(rec.deadline) {
+		if rec.abandoned {
+			continue
+		}
+		if !now.Before(rec.deadline) {
+			if rec.onDone != nil && !rec.completed {
+				q.complete(rec, giveUp(rec))
+			}
 			continue
 		}
 		rec.attempts++
-		if rec.deadline.After(latest) {
-			latest = rec.deadline
-		}
+		latest = later(latest, later(rec.deadline, rec.ackBy))
 		live = append(live, rec)
 	}
 	return live, latest
+}
+
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
 }
 
 // failed records a failed request on the records it may have carried.
@@ -963,17 +983,39 @@ func (q *partitionQueue) finish(recs []*record, base int64, err *publishError) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	for i, rec := range recs {
-		rec.completed = true
-		rec.err = err
 		rec.offset = -1
+		recErr := err
 		switch {
 		case err == nil && base >= 0:
 			rec.offset = base + int64(i)
 		case err != nil && rec.mayBeWritten:
-			rec.err = &publishError{outcome: outcomeUnknown, reason: err.reason + "; an earlier attempt may have written the record", err: err.err}
+			recErr = &publishError{outcome: outcomeUnknown, reason: err.reason + "; an earlier attempt may have written the record", err: err.err}
 		}
-		close(rec.done)
+		q.complete(rec, recErr)
 	}
+}
+
+// complete ends rec's life with err (nil: acknowledged). q.mu is held.
+func (q *partitionQueue) complete(rec *record, err *publishError) {
+	rec.completed = true
+	rec.err = err
+	// The bytes are sent or never will be: let them go.
+	rec.key, rec.value, rec.headers = nil, nil, nil
+	close(rec.done)
+	if rec.onDone != nil {
+		rec.onDone(rec)
+	}
+}
+
+// giveUp is why a record without a waiter failed at its deadline.
+func giveUp(rec *record) *publishError {
+	if rec.mayBeWritten || rec.sent.Load() == recordSent {
+		return &publishError{outcome: outcomeUnknown, reason: reasonUnknown, err: rec.lastErr}
+	}
+	if rec.lastErr == nil {
+		return &publishError{outcome: outcomeRetry, reason: "not sent within the timeout", err: errNotSent}
+	}
+	return &publishError{outcome: outcomeRetry, reason: describe(rec.lastErr), err: rec.lastErr}
 }
 
 // classify maps an error from kafka-go to what it means for the client.

@@ -61,6 +61,7 @@ func TestProducerStoresExactBytesOnPartitionsLedByDifferentBrokers(t *testing.T)
 			if perr != nil {
 				t.Errorf("record %d: %v", i, perr)
 			}
+			rec.value = value // the producer let go of it
 			recs[i] = rec
 		}()
 	}

@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -32,7 +33,17 @@ const (
 	defaultMaxSize = 1000000 // 1MB
 	defaultTimeout = 5 * time.Second
 
-	defaultMaxRecords = 500
+	defaultMaxRecords         = 500
+	defaultQueueSize          = 10000
+	defaultIdempotencyMaxKeys = 100000
+
+	// lateAckWait is how long, past a request's timeout, the producer
+	// still waits for the broker's answer on a record with an
+	// Idempotency-Key, so that a repeat learns whether it landed.
+	lateAckWait = 30 * time.Second
+
+	deliverySync  = "sync"
+	deliveryAsync = "async"
 )
 
 // Handler checks a shared secret, validates that the request body is one
@@ -115,6 +126,29 @@ type Handler struct {
 	// "none", "gzip", "snappy", "lz4" or "zstd". Default: "none".
 	Compression string `json:"compression,omitempty"`
 
+	// "sync": a request is answered 200 once the broker acknowledged its
+	// records. "async": it is answered 202 as soon as its records are
+	// in the in-memory queue (queue_size), before the broker has them;
+	// queued records are lost if the process dies, and failures are
+	// only logged. Default: "sync".
+	Delivery string `json:"delivery,omitempty"`
+
+	// With delivery async, the most records waiting for the broker; a
+	// request that would exceed it is answered 503. Default: 10000.
+	QueueSize int `json:"queue_size,omitempty"`
+
+	// How long an Idempotency-Key is remembered. A repeat of a request
+	// with the same key and body within the window is answered from the
+	// first (same partitions and offsets) without producing again; the
+	// same key with another body is answered 422; a repeat while the
+	// first is still being handled is answered 409. Zero (the default)
+	// turns this off; the key is still stored as a record header.
+	IdempotencyWindow caddy.Duration `json:"idempotency_window,omitempty"`
+
+	// The most Idempotency-Keys remembered at once; beyond it the oldest
+	// are forgotten before their window ends. Default: 100000.
+	IdempotencyMaxKeys int `json:"idempotency_max_keys,omitempty"`
+
 	// An identifier the brokers see for this producer, in their logs
 	// and quotas. Default: caddy-queue-publish.
 	ClientID string `json:"client_id,omitempty"`
@@ -145,6 +179,9 @@ type Handler struct {
 	MaxInFlight int `json:"max_in_flight,omitempty"`
 
 	brokers       []string
+	idem          *idempotencyStore
+	asyncPending  *atomic.Int64 // records queued by delivery async, not yet done
+	asyncDone     func(*record)
 	schema        *jsonschema.Schema
 	secrets       [][]byte
 	secretDigests [][sha256.Size]byte
@@ -183,6 +220,15 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	if h.Mode == "" {
 		h.Mode = modeBody
+	}
+	if h.Delivery == "" {
+		h.Delivery = deliverySync
+	}
+	if h.QueueSize == 0 {
+		h.QueueSize = defaultQueueSize
+	}
+	if h.IdempotencyMaxKeys == 0 {
+		h.IdempotencyMaxKeys = defaultIdempotencyMaxKeys
 	}
 	if h.MaxRecords == 0 {
 		h.MaxRecords = defaultMaxRecords
@@ -226,6 +272,12 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.schema = sch
 	}
 	h.headerNames = slices.Sorted(maps.Keys(h.Headers))
+	h.idem = nil
+	if h.IdempotencyWindow > 0 {
+		h.idem = newIdempotencyStore(time.Duration(h.IdempotencyWindow), h.IdempotencyMaxKeys)
+	}
+	h.asyncPending = new(atomic.Int64)
+	h.asyncDone = h.onAsyncDone
 	h.allowTopics = make(map[string]bool, len(h.AllowTopics))
 	for _, t := range h.AllowTopics {
 		h.allowTopics[t] = true
@@ -322,6 +374,12 @@ func (h *Handler) Validate() error {
 	if h.MaxRecords < 0 {
 		return errors.New("max_records: must be positive")
 	}
+	if h.Delivery != deliverySync && h.Delivery != deliveryAsync {
+		return fmt.Errorf("delivery: %q is not sync or async", h.Delivery)
+	}
+	if h.QueueSize < 0 || h.IdempotencyMaxKeys < 0 || h.IdempotencyWindow < 0 {
+		return errors.New("queue_size, idempotency_max_keys, idempotency_window: must be positive")
+	}
 	if h.Mode == modeRecords && (h.Key != "" || len(h.Headers) > 0) {
 		return errors.New("key, header: apply to mode body only; in mode records each record carries its own")
 	}
@@ -381,14 +439,19 @@ func (h *Handler) Cleanup() error {
 
 // Answers with a fixed body.
 var (
-	bodyForbidden    = []byte(`{"err":"invalid auth token provided"}`)
-	bodyInvalidJSON  = []byte(`{"err":"payload not valid JSON"}`)
-	bodyTooLarge     = []byte(`{"err":"payload too large"}`)
-	bodyNotAllowed   = []byte(`{"err":"method not allowed"}`)
-	bodyUnknownTopic = []byte(`{"err":"unknown topic"}`)
-	headerJSON       = []string{"application/json"}
-	headerAllowPost  = []string{"POST"}
-	headerRetryAfter = []string{"1"}
+	bodyForbidden     = []byte(`{"err":"invalid auth token provided"}`)
+	bodyInvalidJSON   = []byte(`{"err":"payload not valid JSON"}`)
+	bodyTooLarge      = []byte(`{"err":"payload too large"}`)
+	bodyNotAllowed    = []byte(`{"err":"method not allowed"}`)
+	bodyUnknownTopic  = []byte(`{"err":"unknown topic"}`)
+	bodyAccepted      = []byte(`{"success":true}`)
+	bodyQueueFull     = []byte(`{"error":"queue full","outcome":"not_written"}`)
+	bodyKeyReused     = []byte(`{"err":"Idempotency-Key already used with another request"}`)
+	bodyKeyInProgress = []byte(`{"err":"a request with this Idempotency-Key is in progress"}`)
+	headerTrue        = []string{"true"}
+	headerJSON        = []string{"application/json"}
+	headerAllowPost   = []string{"POST"}
+	headerRetryAfter  = []string{"1"}
 )
 
 // ServeHTTP answers every request itself, always with a JSON body; it never
@@ -434,31 +497,123 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 			return answer(w, cerr.status, cerr.body)
 		}
 	}
-	if key := r.Header.Get("Idempotency-Key"); key != "" {
+	idemKey := r.Header.Get("Idempotency-Key")
+	if idemKey != "" {
 		for _, rec := range recs {
-			rec.headers = append(rec.headers, kafka.Header{Key: idempotencyHeader, Value: []byte(key)})
+			rec.headers = append(rec.headers, kafka.Header{Key: idempotencyHeader, Value: []byte(idemKey)})
 		}
+	}
+	if h.idem == nil || idemKey == "" {
+		return h.publish(w, r, topic, recs, recs, start)
 	}
 
-	set, perr := h.producer.partitionsOf(r.Context(), topic, recs[0].deadline)
-	if perr != nil {
-		h.logFailure(topic, recs, perr, start)
-		return answerError(w, perr)
-	}
-	if cerr := checkPartitions(recs, set.count()); cerr != nil {
-		return answer(w, cerr.status, cerr.body)
-	}
-	h.producer.sendAll(r.Context(), set, recs)
 	for _, rec := range recs {
-		if rec.failure != nil {
-			h.logFailure(topic, recs, rec.failure, start)
-			break
+		rec.ackBy = rec.deadline.Add(lateAckWait)
+	}
+	entry, st := h.idem.begin(idemKey, idemDigest(topic, body), start)
+	switch st {
+	case idemOtherBody:
+		return answer(w, http.StatusUnprocessableEntity, bodyKeyReused)
+	case idemInProgress:
+		return answer(w, http.StatusConflict, bodyKeyInProgress)
+	}
+	if h.idem.evictedOnce() {
+		h.logger.Warn("more Idempotency-Keys than idempotency_max_keys within idempotency_window: the oldest are forgotten early",
+			zap.Int("idempotency_max_keys", h.IdempotencyMaxKeys))
+	}
+	final, send := recs, recs
+	if st == idemRepeat {
+		final, send = entry.reuse(r.Context(), recs, recs[0].deadline, h.Delivery == deliverySync)
+		if len(send) == 0 {
+			w.Header()["Idempotent-Replayed"] = headerTrue
 		}
 	}
-	if h.Mode == modeRecords {
-		return answerRecords(w, recs)
+	var stored []*record
+	defer func() { h.idem.end(entry, stored) }()
+	err := h.publish(w, r, topic, final, send, start)
+	if send == nil || send[0].q != nil {
+		stored = final // the records were queued
 	}
-	return answerBody(w, recs[0])
+	return err
+}
+
+// publish produces the records of send and answers with final, the
+// records that stand for the request: send and, for a repeated request,
+// those of the first attempt that stand.
+func (h *Handler) publish(w http.ResponseWriter, r *http.Request, topic string, final, send []*record, start time.Time) error {
+	if len(send) > 0 {
+		if h.Delivery == deliveryAsync {
+			if cerr := h.enqueue(r, topic, send); cerr != nil {
+				return answer(w, cerr.status, cerr.body)
+			}
+			return answer(w, http.StatusAccepted, bodyAccepted)
+		}
+		set, perr := h.producer.partitionsOf(r.Context(), topic, send[0].deadline)
+		if perr != nil {
+			h.logFailure(topic, send, perr, start)
+			return answerError(w, perr)
+		}
+		if cerr := checkPartitions(send, set.count()); cerr != nil {
+			return answer(w, cerr.status, cerr.body)
+		}
+		h.producer.sendAll(r.Context(), set, send)
+		for _, rec := range send {
+			if rec.failure != nil {
+				h.logFailure(topic, send, rec.failure, start)
+				break
+			}
+		}
+	} else if h.Delivery == deliveryAsync {
+		return answer(w, http.StatusAccepted, bodyAccepted)
+	}
+	if h.Mode == modeRecords {
+		return answerRecords(w, final)
+	}
+	return answerBody(w, final[0])
+}
+
+// enqueue queues the records for delivery async, if they fit in
+// queue_size, without waiting for the broker.
+func (h *Handler) enqueue(r *http.Request, topic string, recs []*record) *clientError {
+	n := int64(len(recs))
+	if h.asyncPending.Add(n) > int64(h.QueueSize) {
+		h.asyncPending.Add(-n)
+		return &clientError{status: http.StatusServiceUnavailable, body: bodyQueueFull}
+	}
+	set, perr := h.producer.partitionsOf(r.Context(), topic, recs[0].deadline)
+	if perr != nil {
+		h.asyncPending.Add(-n)
+		h.logFailure(topic, recs, perr, recs[0].time)
+		return errorAnswer(perr)
+	}
+	if cerr := checkPartitions(recs, set.count()); cerr != nil {
+		h.asyncPending.Add(-n)
+		return cerr
+	}
+	for i, rec := range recs {
+		rec.onDone = h.asyncDone
+		if perr := set.queueFor(rec).push(rec); perr != nil {
+			// Shutting down: the records before were queued.
+			h.asyncPending.Add(-int64(len(recs) - i))
+			return errorAnswer(perr)
+		}
+	}
+	return nil
+}
+
+// onAsyncDone accounts for a record of delivery async that is done, and
+// logs it if it failed. The record's queue is locked.
+func (h *Handler) onAsyncDone(rec *record) {
+	h.asyncPending.Add(-1)
+	if rec.err != nil {
+		h.logger.Error("asynchronous publish failed",
+			zap.String("topic", rec.q.topic),
+			zap.Int("partition", rec.partition),
+			zap.String("kind", rec.err.outcome.String()),
+			zap.Int("attempts", rec.attempts),
+			zap.Duration("duration", time.Since(rec.time)),
+			zap.Error(rec.err))
+	}
 }
 
 // logFailure logs a request whose records were not all acknowledged: one
@@ -530,6 +685,9 @@ func validJSON(body []byte) bool {
 
 func answer(w http.ResponseWriter, status int, body []byte) error {
 	w.Header()["Content-Type"] = headerJSON
+	if status == http.StatusServiceUnavailable {
+		w.Header()["Retry-After"] = headerRetryAfter
+	}
 	w.WriteHeader(status)
 	_, err := w.Write(body)
 	return err
@@ -538,18 +696,17 @@ func answer(w http.ResponseWriter, status int, body []byte) error {
 // answerError answers a failed publish: the status says whether retrying is
 // safe (503), the outcome is unknown (504) or it will never work (413, 500).
 func answerError(w http.ResponseWriter, perr *publishError) error {
-	status := statusOf(perr.outcome)
-	if status == http.StatusServiceUnavailable {
-		w.Header()["Retry-After"] = headerRetryAfter
-	}
-	body, err := json.Marshal(struct {
+	cerr := errorAnswer(perr)
+	return answer(w, cerr.status, cerr.body)
+}
+
+// errorAnswer is the answer for a failed publish.
+func errorAnswer(perr *publishError) *clientError {
+	body, _ := json.Marshal(struct {
 		Error   string `json:"error"`
 		Outcome string `json:"outcome,omitempty"`
 	}{perr.reason, outcomeWord(perr.outcome)})
-	if err != nil {
-		return caddyhttp.Error(http.StatusInternalServerError, err)
-	}
-	return answer(w, status, body)
+	return &clientError{status: statusOf(perr.outcome), body: body}
 }
 
 // statusOf is the HTTP status for a failed publish.

@@ -211,11 +211,7 @@ func answerRecords(w http.ResponseWriter, recs []*record) error {
 	if worst == nil {
 		return answer(w, http.StatusOK, b)
 	}
-	status := statusOf(worst.outcome)
-	if status == http.StatusServiceUnavailable {
-		w.Header()["Retry-After"] = headerRetryAfter
-	}
-	return answer(w, status, b)
+	return answer(w, statusOf(worst.outcome), b)
 }
 
 // severity orders outcomes from "retry is safe" to "never works".

@@ -1,0 +1,231 @@
+package queuepublish
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kmsg"
+)
+
+func TestIdempotencyStoreWindowAndBound(t *testing.T) {
+	s := newIdempotencyStore(time.Minute, 2)
+	d := idemDigest("t", []byte(`{}`))
+	now := time.Now()
+	e, st := s.begin("a", d, now)
+	if st != idemNew {
+		t.Fatalf("first use: %v", st)
+	}
+	if _, st := s.begin("a", d, now); st != idemInProgress {
+		t.Errorf("while in use: %v, want in progress", st)
+	}
+	s.end(e, []*record{{}})
+	if _, st := s.begin("a", idemDigest("t", []byte(`[]`)), now); st != idemOtherBody {
+		t.Errorf("another body: %v", st)
+	}
+	if _, st := s.begin("a", idemDigest("u", []byte(`{}`)), now); st != idemOtherBody {
+		t.Errorf("another topic: %v", st)
+	}
+	e, st = s.begin("a", d, now.Add(59*time.Second))
+	if st != idemRepeat {
+		t.Fatalf("within the window: %v", st)
+	}
+	s.end(e, nil) // keeps what the first request stored
+	if e, st = s.begin("a", d, now.Add(61*time.Second)); st != idemNew {
+		t.Errorf("after the window: %v, want new", st)
+	}
+	s.end(e, []*record{{}})
+
+	// The bound: a third key forgets the oldest.
+	for _, k := range []string{"b", "c"} {
+		e, _ := s.begin(k, d, now.Add(62*time.Second))
+		s.end(e, []*record{{}})
+	}
+	if len(s.entries) != 2 || !s.evictedOnce() || s.evictedOnce() {
+		t.Errorf("entries %d, want 2 and one eviction reported once", len(s.entries))
+	}
+	if _, st := s.begin("a", d, now.Add(62*time.Second)); st != idemNew {
+		t.Errorf("the evicted key: %v, want new", st)
+	}
+	// A request that produced nothing leaves no entry.
+	e, _ = s.begin("nothing", d, now.Add(62*time.Second))
+	s.end(e, nil)
+	if _, ok := s.entries["nothing"]; ok {
+		t.Error("an entry without records was kept")
+	}
+}
+
+// idemServer runs queue_publish with an idempotency window on topic
+// "events" of c.
+func idemServer(t *testing.T, c *kfake.Cluster, extra string) {
+	t.Helper()
+	t.Setenv("QP_TEST_SECRET", testSecret)
+	startCaddy(t, filepath.Join(t.TempDir(), "caddy.log"), fmt.Sprintf(`	handle /one {
+		queue_publish {
+			brokers %[1]s
+			topic events
+			secret {env.QP_TEST_SECRET}
+			idempotency_window 1m
+			timeout 400ms
+			%[2]s
+		}
+	}
+	handle /many {
+		queue_publish {
+			brokers %[1]s
+			topic events
+			secret {env.QP_TEST_SECRET}
+			mode records
+			idempotency_window 1m
+			timeout 400ms
+			%[2]s
+		}
+	}`, c.ListenAddrs()[0], extra))
+}
+
+func withKey(key string) map[string]string {
+	return map[string]string{"Authorization": testSecret, "Idempotency-Key": key}
+}
+
+func TestIdempotentRepeats(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(2, "events"))
+	idemServer(t, c, "")
+
+	first := do(t, "POST", "/one", withKey("k1"), strings.NewReader(`{"order":1}`))
+	if first.status != 200 || first.header.Get("Idempotent-Replayed") != "" {
+		t.Fatalf("first: %d %s", first.status, first.body)
+	}
+	again := do(t, "POST", "/one", withKey("k1"), strings.NewReader(`{"order":1}`))
+	if again.status != 200 || again.body != first.body || again.header.Get("Idempotent-Replayed") != "true" {
+		t.Errorf("repeat: %d %s (replayed %q), want the first answer %s", again.status, again.body, again.header.Get("Idempotent-Replayed"), first.body)
+	}
+	other := do(t, "POST", "/one", withKey("k1"), strings.NewReader(`{"order":2}`))
+	if other.status != 422 || other.body != `{"err":"Idempotency-Key already used with another request"}` {
+		t.Errorf("same key, other body: %d %s", other.status, other.body)
+	}
+	if got := do(t, "POST", "/one", withKey("k2"), strings.NewReader(`{"order":1}`)); got.status != 200 || got.body == first.body {
+		t.Errorf("another key produces again: %d %s", got.status, got.body)
+	}
+	if got := stored(t, c, "events"); len(got) != 2 {
+		t.Errorf("the topic holds %d records, want 2 (k1 once, k2 once)", len(got))
+	}
+}
+
+func TestIdempotencyAfterUnknownOutcome(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	idemServer(t, c, "")
+	release := make(chan struct{})
+	received := holdProduce(c, release)
+
+	// The broker holds the request past the timeout: 504, outcome unknown.
+	answered := make(chan answerT, 1)
+	go func() { answered <- do(t, "POST", "/one", withKey("slow"), strings.NewReader(`{"slow":1}`)) }()
+	waitFor(t, 5*time.Second, func() bool { return received.Load() == 1 })
+	// A repeat while the first is still waiting is refused, not produced.
+	if got := do(t, "POST", "/one", withKey("slow"), strings.NewReader(`{"slow":1}`)); got.status != 409 {
+		t.Errorf("repeat in progress: %d %s, want 409", got.status, got.body)
+	}
+	if got := <-answered; got.status != 504 {
+		t.Fatalf("first: %d %s, want 504", got.status, got.body)
+	}
+	// The record lands after all; the repeat gets its offset.
+	close(release)
+	waitFor(t, 5*time.Second, func() bool { return c.PartitionInfo("events", 0).HighWatermark == 1 })
+	got := do(t, "POST", "/one", withKey("slow"), strings.NewReader(`{"slow":1}`))
+	if got.status != 200 || got.body != `{"success":true,"partition":0,"offset":0}` || got.header.Get("Idempotent-Replayed") != "true" {
+		t.Errorf("repeat after the record landed: %d %s", got.status, got.body)
+	}
+	if got := stored(t, c, "events"); len(got) != 1 {
+		t.Errorf("the topic holds %d records, want 1", len(got))
+	}
+}
+
+func TestIdempotencyAfterNotWritten(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(2, "events"))
+	idemServer(t, c, "")
+
+	fault := c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "events", Partitions: []int32{1}, Err: kerr.NotEnoughReplicas, Count: -1})
+	body := `{"records":[{"value":"a","partition":0},{"value":"b","partition":1}]}`
+	first := do(t, "POST", "/many", withKey("batch"), strings.NewReader(body))
+	if first.status != 503 || !strings.Contains(first.body, `"outcome":"not_written"`) {
+		t.Fatalf("first: %d %s, want 503 with b not written", first.status, first.body)
+	}
+	fault.Remove()
+	again := do(t, "POST", "/many", withKey("batch"), strings.NewReader(body))
+	if again.status != 200 {
+		t.Fatalf("repeat: %d %s", again.status, again.body)
+	}
+	var ans struct {
+		Offsets []struct{ Partition, Offset int }
+	}
+	json.Unmarshal([]byte(again.body), &ans)
+	if len(ans.Offsets) != 2 || ans.Offsets[0].Partition != 0 || ans.Offsets[1].Partition != 1 {
+		t.Errorf("repeat answer %s", again.body)
+	}
+	if !strings.Contains(first.body, fmt.Sprintf(`{"partition":0,"offset":%d}`, ans.Offsets[0].Offset)) {
+		t.Errorf("record a should keep the offset of the first attempt: first %s, repeat %s", first.body, again.body)
+	}
+	values := recordsByValue(t, c, "events")
+	if len(values) != 2 || len(stored(t, c, "events")) != 2 {
+		t.Errorf("the topic holds %d records, want a and b once each", len(stored(t, c, "events")))
+	}
+}
+
+func TestAsyncDelivery(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events", "forbidden"))
+	t.Setenv("QP_TEST_SECRET", testSecret)
+	logFile := filepath.Join(t.TempDir(), "caddy.log")
+	startCaddy(t, logFile, fmt.Sprintf(`	handle /events {
+		queue_publish {
+			brokers %[1]s
+			topic events
+			secret {env.QP_TEST_SECRET}
+			delivery async
+			queue_size 2
+		}
+	}
+	handle /forbidden {
+		queue_publish {
+			brokers %[1]s
+			topic forbidden
+			secret {env.QP_TEST_SECRET}
+			delivery async
+		}
+	}`, c.ListenAddrs()[0]))
+	release := make(chan struct{})
+	holdProduce(c, release)
+
+	for i := range 2 {
+		got := do(t, "POST", "/events", auth(testSecret), strings.NewReader(fmt.Sprintf(`{"n":%d}`, i)))
+		if got.status != 202 || got.body != `{"success":true}` {
+			t.Fatalf("record %d: %d %s, want 202 before the broker answered", i, got.status, got.body)
+		}
+	}
+	full := do(t, "POST", "/events", auth(testSecret), strings.NewReader(`{"n":2}`))
+	if full.status != 503 || full.body != `{"error":"queue full","outcome":"not_written"}` || full.header.Get("Retry-After") == "" {
+		t.Errorf("a full queue: %d %s, want 503 with Retry-After", full.status, full.body)
+	}
+	close(release)
+	waitFor(t, 5*time.Second, func() bool { return c.PartitionInfo("events", 0).HighWatermark == 2 })
+	// The queue drained: there is room again.
+	waitFor(t, 5*time.Second, func() bool {
+		return do(t, "POST", "/events", auth(testSecret), strings.NewReader(`{"n":3}`)).status == 202
+	})
+	waitFor(t, 5*time.Second, func() bool { return c.PartitionInfo("events", 0).HighWatermark == 3 })
+
+	// A record the broker refuses after the 202 is logged.
+	c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "forbidden", Err: kerr.TopicAuthorizationFailed, Count: -1})
+	if got := do(t, "POST", "/forbidden", auth(testSecret), strings.NewReader(`{}`)); got.status != 202 {
+		t.Fatalf("%d %s", got.status, got.body)
+	}
+	waitFor(t, 5*time.Second, func() bool {
+		logs, _ := os.ReadFile(logFile)
+		return hasLogLine(logs, "error", "asynchronous publish failed", "Topic Authorization Failed")
+	})
+}
