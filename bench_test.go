@@ -3,8 +3,10 @@ package queuepublish
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"net/http/httptest"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -142,5 +144,27 @@ func BenchmarkHandler(b *testing.B) {
 				}
 			})
 		})
+	}
+}
+
+// BenchmarkParseEnvelope parses a records-mode body of 100 seed payloads.
+func BenchmarkParseEnvelope(b *testing.B) {
+	h := &Handler{MaxRecords: 500, Mode: modeRecords}
+	var sb strings.Builder
+	sb.WriteString(`{"records":[`)
+	for i := range 100 {
+		if i > 0 {
+			sb.WriteByte(',')
+		}
+		fmt.Fprintf(&sb, `{"value":%s,"key":"k%d","headers":{"source":"bench"}}`, seedBody, i)
+	}
+	sb.WriteString(`]}`)
+	body := []byte(sb.String())
+	b.SetBytes(int64(len(body)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, cerr := h.parseEnvelope(body, time.Now()); cerr != nil {
+			b.Fatal(string(cerr.body))
+		}
 	}
 }

@@ -474,7 +474,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	if h.SignatureHeader != "" && !h.signed(r.Header.Get(h.SignatureHeader), body) {
 		return answer(w, http.StatusForbidden, bodyForbidden)
 	}
-	if !validJSON(body) {
+	// Records mode checks the JSON as it parses the envelope.
+	if h.Mode == modeBody && !validJSON(body) {
 		return answer(w, http.StatusBadRequest, bodyInvalidJSON)
 	}
 	topic, ok := h.topicFor(r)

@@ -3,16 +3,15 @@ package queuepublish
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"maps"
+	"io"
+	"math"
 	"net/http"
-	"slices"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/go-json-experiment/json/jsontext"
 	"github.com/segmentio/kafka-go"
 )
 
@@ -64,78 +63,194 @@ func (h *Handler) bodyRecord(r *http.Request, body []byte, now time.Time) *recor
 	return rec
 }
 
-// envelopeRecord is one element of a records-mode body.
-type envelopeRecord struct {
-	Value     json.RawMessage            `json:"value"`
-	Key       *string                    `json:"key"`
-	Headers   map[string]json.RawMessage `json:"headers"`
-	Partition *int                       `json:"partition"`
-}
-
 // parseEnvelope turns a records-mode body, {"records":[{"value":...,
 // "key":"...","headers":{"name":"value"},"partition":N}, ...]}, into
-// records. A value is kept as the exact JSON text the client sent. Any
-// malformed record fails the whole request, naming what is wrong.
+// records. A value is kept as the exact JSON text the client sent: a slice
+// of the body. Any malformed record fails the whole request, naming what
+// is wrong; a body that is not JSON at all is reported as such.
+//
+// It walks the tokens with the jsontext package of encoding/json/v2's
+// prototype. encoding/json (a Decoder for the envelope, then one per
+// record to name the record at fault) cost 5 us of the 8 us of Caddy CPU
+// per record at 100 records a request on the load benchmark.
 func (h *Handler) parseEnvelope(body []byte, now time.Time) ([]*record, *clientError) {
-	var env struct {
-		Records []json.RawMessage `json:"records"`
+	if len(bytes.TrimSpace(body)) == 0 {
+		return nil, invalidJSON
 	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&env); err != nil {
-		return nil, badRequest("body must be an object {\"records\":[...]}: %s", jsonProblem(err))
+	p := envelopeParser{d: jsontext.NewDecoder(bytes.NewReader(body), jsontext.AllowDuplicateNames(true)), body: body}
+	recs, cerr := p.parse(h, now)
+	if cerr == nil {
+		if _, err := p.d.ReadToken(); err != io.EOF {
+			cerr = invalidJSON // something after the envelope
+		}
+	}
+	if p.syntax {
+		return nil, invalidJSON
+	}
+	return recs, cerr
+}
+
+var invalidJSON = &clientError{status: http.StatusBadRequest, body: bodyInvalidJSON}
+
+// envelopeParser reads a records-mode body token by token.
+type envelopeParser struct {
+	d      *jsontext.Decoder
+	body   []byte
+	syntax bool // the body is not valid JSON
+}
+
+const envelopeShape = `body must be an object {"records":[...]}: `
+
+func (p *envelopeParser) parse(h *Handler, now time.Time) ([]*record, *clientError) {
+	if k := p.d.PeekKind(); k != '{' {
+		return nil, p.fail(envelopeShape + "not a JSON object")
+	}
+	p.token()
+	var recs []*record
+	seen := false
+	for p.d.PeekKind() == '"' {
+		name := p.token().String()
+		if name != "records" {
+			return nil, p.fail(envelopeShape+"unknown field %q", name)
+		}
+		if k := p.d.PeekKind(); k != '[' {
+			return nil, p.fail(envelopeShape+`"records" has the wrong type (%s)`, kindName(k))
+		}
+		p.token()
+		seen = true
+		for p.d.PeekKind() != ']' && !p.syntax {
+			if len(recs) == h.MaxRecords {
+				return nil, p.fail(`"records" holds more than max_records (%d) records`, h.MaxRecords)
+			}
+			rec, cerr := p.record(len(recs), h, now)
+			if cerr != nil {
+				return nil, cerr
+			}
+			recs = append(recs, rec)
+		}
+		p.token() // ]
+	}
+	if p.token().Kind() != '}' {
+		return nil, p.fail("")
 	}
 	switch {
-	case env.Records == nil:
-		return nil, badRequest(`body has no "records" list`)
-	case len(env.Records) == 0:
-		return nil, badRequest(`"records" is empty`)
-	case len(env.Records) > h.MaxRecords:
-		return nil, badRequest(`"records" holds %d records, more than max_records (%d)`, len(env.Records), h.MaxRecords)
-	}
-	recs := make([]*record, len(env.Records))
-	for i, raw := range env.Records {
-		var er envelopeRecord
-		dec := json.NewDecoder(bytes.NewReader(raw))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(&er); err != nil {
-			return nil, badRequest("record %d: %s", i, jsonProblem(err))
-		}
-		if er.Value == nil {
-			return nil, badRequest(`record %d: no "value"`, i)
-		}
-		rec := newRecord(er.Value, now, time.Duration(h.Timeout))
-		if er.Key != nil {
-			rec.key = []byte(*er.Key)
-		}
-		if er.Partition != nil {
-			if *er.Partition < 0 {
-				return nil, badRequest(`record %d: "partition" must not be negative`, i)
-			}
-			rec.want = *er.Partition
-		}
-		for _, name := range slices.Sorted(maps.Keys(er.Headers)) {
-			var v string
-			if err := json.Unmarshal(er.Headers[name], &v); err != nil {
-				return nil, badRequest("record %d: header %q is not a string", i, name)
-			}
-			rec.headers = append(rec.headers, kafka.Header{Key: name, Value: []byte(v)})
-		}
-		recs[i] = rec
+	case !seen:
+		return nil, p.fail(`body has no "records" list`)
+	case len(recs) == 0:
+		return nil, p.fail(`"records" is empty`)
 	}
 	return recs, nil
 }
 
-// jsonProblem describes a decoding error without Go type names.
-func jsonProblem(err error) string {
-	var typeErr *json.UnmarshalTypeError
-	if errors.As(err, &typeErr) {
-		if typeErr.Field == "" {
-			return "not a JSON object"
-		}
-		return fmt.Sprintf("%q has the wrong type (%s)", typeErr.Field, typeErr.Value)
+// record reads the i-th record.
+func (p *envelopeParser) record(i int, h *Handler, now time.Time) (*record, *clientError) {
+	if k := p.d.PeekKind(); k != '{' {
+		return nil, p.fail("record %d: not a JSON object", i)
 	}
-	return strings.TrimPrefix(err.Error(), "json: ")
+	p.token()
+	rec := newRecord(nil, now, time.Duration(h.Timeout))
+	for p.d.PeekKind() == '"' {
+		field := p.token().String()
+		kind := p.d.PeekKind()
+		switch field {
+		case "value":
+			v, err := p.d.ReadValue()
+			if err != nil {
+				return nil, p.fail("")
+			}
+			end := int(p.d.InputOffset())
+			rec.value = p.body[end-len(v) : end]
+		case "key":
+			switch kind {
+			case '"':
+				rec.key = []byte(p.token().String())
+			case 'n':
+				p.token()
+			default:
+				return nil, p.fail(`record %d: "key" has the wrong type (%s)`, i, kindName(kind))
+			}
+		case "partition":
+			if kind != '0' {
+				return nil, p.fail(`record %d: "partition" has the wrong type (%s)`, i, kindName(kind))
+			}
+			n, err := p.token().Int()
+			switch {
+			case err != nil:
+				return nil, p.fail(`record %d: "partition" must be a whole number`, i)
+			case n < 0:
+				return nil, p.fail(`record %d: "partition" must not be negative`, i)
+			}
+			rec.want = int(min(n, math.MaxInt32))
+		case "headers":
+			if kind != '{' {
+				return nil, p.fail(`record %d: "headers" has the wrong type (%s)`, i, kindName(kind))
+			}
+			p.token()
+			for p.d.PeekKind() == '"' {
+				name := p.token().String()
+				if p.d.PeekKind() != '"' {
+					return nil, p.fail("record %d: header %q is not a string", i, name)
+				}
+				rec.headers = append(rec.headers, kafka.Header{Key: name, Value: []byte(p.token().String())})
+			}
+			p.token() // }
+		default:
+			return nil, p.fail("record %d: unknown field %q", i, field)
+		}
+	}
+	if p.token().Kind() != '}' {
+		return nil, p.fail("")
+	}
+	if rec.value == nil {
+		return nil, p.fail(`record %d: no "value"`, i)
+	}
+	return rec, nil
+}
+
+// token reads the next token; a syntax error marks the body invalid.
+func (p *envelopeParser) token() jsontext.Token {
+	tok, err := p.d.ReadToken()
+	if err != nil {
+		p.syntax = true
+	}
+	return tok
+}
+
+// fail is a 400 naming what is wrong, unless the body is not valid JSON
+// to begin with: then that is what the client is told.
+func (p *envelopeParser) fail(format string, args ...any) *clientError {
+	if !p.syntax {
+		// Is the rest of the body valid JSON? A shape error in an
+		// invalid body is reported as invalid JSON.
+		for {
+			if _, err := p.d.ReadToken(); err != nil {
+				p.syntax = err != io.EOF
+				break
+			}
+		}
+	}
+	if p.syntax || format == "" {
+		return invalidJSON
+	}
+	return badRequest(format, args...)
+}
+
+func kindName(k jsontext.Kind) string {
+	switch k {
+	case '{':
+		return "object"
+	case '[':
+		return "array"
+	case '"':
+		return "string"
+	case '0':
+		return "number"
+	case 't', 'f':
+		return "boolean"
+	case 'n':
+		return "null"
+	}
+	return "invalid"
 }
 
 // checkPartitions rejects records that ask for a partition the topic does

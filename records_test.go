@@ -157,11 +157,21 @@ func TestRecordsMode(t *testing.T) {
 			{`{"records":[{"value":1,"partition":3}]}`, `record 0: partition 3 does not exist (the topic has 3)`},
 			{`{"records":[{"value":1,"valeu":2}]}`, `record 0: unknown field \"valeu\"`},
 			{`{"records":[1]}`, `record 0: not a JSON object`},
-			{`{"records":[{"value":1},{"value":1},{"value":1},{"value":1},{"value":1},{"value":1},{"value":1}]}`, `\"records\" holds 7 records, more than max_records (6)`},
+			{`{"records":[{"value":1,"partition":1.5}]}`, `record 0: \"partition\" must be a whole number`},
+			{`{"records":[{"value":1,"headers":[]}]}`, `record 0: \"headers\" has the wrong type (array)`},
+			{`{"records":[{"value":1},{"value":1},{"value":1},{"value":1},{"value":1},{"value":1},{"value":1}]}`, `\"records\" holds more than max_records (6) records`},
 		} {
 			got := post(tt.body, nil)
 			if want := `{"err":"` + tt.want + `"}`; got.status != 400 || got.body != want {
 				t.Errorf("%s: got %d %s, want 400 %s", tt.body, got.status, got.body, want)
+			}
+		}
+		for _, body := range []string{
+			`{"records":[{"value":1}`, `{"records":[{"value":1}]} x`, `{"records":[{"value":"\xff"}]}`,
+			`{"records":[{"value":1,}]}`, `{"records":[{"value":1},{"key":"k"}] `, `{"records":[{"value":{"a":}}]}`, ``,
+		} {
+			if got := post(body, nil); got.status != 400 || got.body != `{"err":"payload not valid JSON"}` {
+				t.Errorf("%q: got %d %s, want 400 payload not valid JSON", body, got.status, got.body)
 			}
 		}
 		if after := len(stored(t, c, "events")); after != before {

@@ -33,6 +33,9 @@ import (
 const (
 	respondURL = "http://127.0.0.1:18080/"
 	publishURL = "http://127.0.0.1:18081/"
+	recordsURL = "http://127.0.0.1:18082/"
+	// perRequest is the number of records in each records-mode request.
+	perRequest = 100
 	brokerAddr = "127.0.0.1:19092"
 	topic      = "bench"
 	seedBody   = `{"messages": [{"msg":"hello world"}]}`
@@ -125,22 +128,28 @@ func run() error {
 	if p.caddy, err = start(bin, "bench/caddy.Caddyfile", filepath.Join(tmp, "caddy.log"), env); err != nil {
 		return err
 	}
-	for _, u := range []string{respondURL, publishURL} {
+	for _, u := range []string{respondURL, publishURL, recordsURL} {
 		if err := waitPort(strings.TrimSuffix(strings.TrimPrefix(u, "http://"), "/")); err != nil {
 			return err
 		}
 	}
 
+	recordsEnv := append(slices.Clone(env), "BENCH_BODY="+recordsBody())
 	acked := int64(0)
 	measure := func(url string, c int, d time.Duration) (sample, error) {
+		if url == recordsURL {
+			s, err := p.measure(url, c, d, recordsEnv)
+			acked += perRequest * (s.Requests - s.Non2xx)
+			return s, err
+		}
 		s, err := p.measure(url, c, d, env)
 		if url == publishURL {
 			acked += s.Requests - s.Non2xx
 		}
 		return s, err
 	}
-	// Warm up both endpoints (connections, metadata, JIT of nothing).
-	for _, u := range []string{respondURL, publishURL} {
+	// Warm up the endpoints (connections, metadata).
+	for _, u := range []string{respondURL, publishURL, recordsURL} {
 		if _, err := measure(u, *conns, 2*time.Second); err != nil {
 			return err
 		}
@@ -169,38 +178,40 @@ func run() error {
 		publish1 = append(publish1, s)
 	}
 
-	// The bare kafka-go producer, against the same broker process.
-	b0 := cpuTime(p.broker.Process.Pid)
-	var kg struct {
-		Records    int64   `json:"records"`
-		Failed     int64   `json:"failed"`
-		Seconds    float64 `json:"seconds"`
-		CPUSeconds float64 `json:"cpu_seconds"`
+	var records []sample
+	for range *rounds {
+		s, err := measure(recordsURL, *conns, *duration)
+		if err != nil {
+			return err
+		}
+		records = append(records, s)
 	}
-	kgOut, err := exec.Command(kafkago, "-brokers", brokerAddr, "-topic", topic,
-		"-callers", strconv.Itoa(*conns), "-duration", duration.String(), "-body", seedBody).Output()
+
+	// The bare kafka-go producer, against the same broker process, with
+	// one record and with perRequest records a call.
+	kg, err := p.kafkago(kafkago, 1)
 	if err != nil {
-		return fmt.Errorf("kafka-go baseline: %v", err)
+		return err
 	}
-	if err := json.Unmarshal(kgOut, &kg); err != nil {
-		return fmt.Errorf("kafka-go baseline: %v: %s", err, kgOut)
+	kg100, err := p.kafkago(kafkago, perRequest)
+	if err != nil {
+		return err
 	}
-	kgBroker := cpuTime(p.broker.Process.Pid) - b0
-	expected := acked + kg.Records + 1 // +1: the baseline's warm-up record
+	expected := acked + kg.Records + kg100.Records + 2 // +2: the baselines' warm-up records
 
 	inTopic, err := countRecords()
 	if err != nil {
 		return err
 	}
 
-	report := renderReport(respond, publish, respond1, publish1, kg.Records, kg.Failed, kg.Seconds, kg.CPUSeconds, kgBroker, expected, inTopic)
+	report := renderReport(respond, publish, respond1, publish1, records, kg, kg100, expected, inTopic)
 	fmt.Print(report)
 	if *out != "" {
 		if err := os.WriteFile(*out, []byte(report), 0o644); err != nil {
 			return err
 		}
 	}
-	for _, s := range slices.Concat(publish, publish1) {
+	for _, s := range slices.Concat(publish, publish1, records) {
 		if s.Non2xx > 0 || s.SocketErrs > 0 {
 			return fmt.Errorf("queue_publish answered %d non-2xx, %d socket errors", s.Non2xx, s.SocketErrs)
 		}
@@ -209,6 +220,46 @@ func run() error {
 		return fmt.Errorf("%d records acknowledged, only %d in the topic", expected, inTopic)
 	}
 	return nil
+}
+
+// recordsBody is a records-mode request of perRequest seed payloads.
+func recordsBody() string {
+	var b strings.Builder
+	b.WriteString(`{"records":[`)
+	for i := range perRequest {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(`{"value":` + seedBody + `}`)
+	}
+	b.WriteString(`]}`)
+	return b.String()
+}
+
+// kafkagoResult is what a run of bench/kafkago measured.
+type kafkagoResult struct {
+	Records    int64   `json:"records"`
+	Failed     int64   `json:"failed"`
+	Seconds    float64 `json:"seconds"`
+	CPUSeconds float64 `json:"cpu_seconds"`
+	brokerCPU  time.Duration
+}
+
+// kafkago runs the bare kafka-go producer for one run's duration with the
+// same number of callers, perCall records a call.
+func (p *procs) kafkago(bin string, perCall int) (kafkagoResult, error) {
+	var r kafkagoResult
+	b0 := cpuTime(p.broker.Process.Pid)
+	out, err := exec.Command(bin, "-brokers", brokerAddr, "-topic", topic, "-callers", strconv.Itoa(*conns),
+		"-records-per-call", strconv.Itoa(perCall), "-duration", duration.String(), "-body", seedBody).Output()
+	if err != nil {
+		return r, fmt.Errorf("kafka-go baseline: %v", err)
+	}
+	if err := json.Unmarshal(out, &r); err != nil {
+		return r, fmt.Errorf("kafka-go baseline: %v: %s", err, out)
+	}
+	r.brokerCPU = cpuTime(p.broker.Process.Pid) - b0
+	return r, nil
 }
 
 func buildCaddy(bin string) error {
@@ -413,12 +464,13 @@ func machine() string {
 	return fmt.Sprintf("%s, %d cores, %s/%s, %s", model, runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, runtime.Version())
 }
 
-func renderReport(respond, publish, respond1, publish1 []sample, kgRecords, kgFailed int64, kgSeconds, kgCPU float64, kgBroker time.Duration, expected, inTopic int64) string {
+func renderReport(respond, publish, respond1, publish1, records []sample, kg, kg100 kafkagoResult, expected, inTopic int64) string {
 	r, q := summarize(respond), summarize(publish)
 	r1, q1 := summarize(respond1), summarize(publish1)
-	kgRate := float64(kgRecords) / kgSeconds
-	kgUS := kgCPU * 1e6 / float64(kgRecords)
-	kgBrokerUS := float64(kgBroker.Microseconds()) / float64(kgRecords)
+	rm := summarize(records)
+	kgRate := float64(kg.Records) / kg.Seconds
+	kg100Rate := float64(kg100.Records) / kg100.Seconds
+	perRecord := func(d time.Duration, n int64) float64 { return float64(d.Microseconds()) / float64(n) }
 
 	var b strings.Builder
 	fmt.Fprintf(&b, "Machine: %s. Caddy v2.11.9 built with xcaddy; broker: the in-memory dev broker (kfake) in its own process, %d partition(s).\n", machine(), *partitions)
@@ -427,11 +479,16 @@ func renderReport(respond, publish, respond1, publish1 []sample, kgRecords, kgFa
 	b.WriteString("|---|---:|---:|---:|---:|---:|---:|\n")
 	fmt.Fprintf(&b, "| Caddy `respond` | %.0f | %.2f ms | %.2f ms | %.1f us | - | %d |\n", r.reqPerSec, r.p50ms, r.p99ms, r.caddyUS, r.non2xx)
 	fmt.Fprintf(&b, "| `queue_publish` | %.0f | %.2f ms | %.2f ms | %.1f us | %.1f us | %d |\n", q.reqPerSec, q.p50ms, q.p99ms, q.caddyUS, q.brokerUS, q.non2xx)
-	fmt.Fprintf(&b, "| bare kafka-go `Writer`, %d callers (msg/s) | %.0f | - | - | %.1f us (client) | %.1f us | %d failed |\n\n", *conns, kgRate, kgUS, kgBrokerUS, kgFailed)
+	fmt.Fprintf(&b, "| bare kafka-go `Writer`, %d callers, 1 record a call (msg/s) | %.0f | - | - | %.1f us (client) | %.1f us | %d failed |\n\n", *conns, kgRate, kg.CPUSeconds*1e6/float64(kg.Records), perRecord(kg.brokerCPU, kg.Records), kg.Failed)
+	fmt.Fprintf(&b, "| %d records a request or call, %d connections or callers | records/s | p50 | p99 | client CPU/record | broker CPU/record | non-2xx |\n", perRequest, *conns)
+	b.WriteString("|---|---:|---:|---:|---:|---:|---:|\n")
+	fmt.Fprintf(&b, "| `queue_publish` `mode records` (Caddy CPU) | %.0f | %.2f ms | %.2f ms | %.2f us | %.2f us | %d |\n", rm.reqPerSec*perRequest, rm.p50ms, rm.p99ms, rm.caddyUS/perRequest, rm.brokerUS/perRequest, rm.non2xx)
+	fmt.Fprintf(&b, "| bare kafka-go `Writer` | %.0f | - | - | %.2f us | %.2f us | %d failed |\n\n", kg100Rate, kg100.CPUSeconds*1e6/float64(kg100.Records), perRecord(kg100.brokerCPU, kg100.Records), kg100.Failed)
 	fmt.Fprintf(&b, "| at 1 connection | req/s | p50 | p99 |\n|---|---:|---:|---:|\n")
 	fmt.Fprintf(&b, "| Caddy `respond` | %.0f | %.3f ms | %.3f ms |\n", r1.reqPerSec, r1.p50ms, r1.p99ms)
 	fmt.Fprintf(&b, "| `queue_publish` | %.0f | %.3f ms | %.3f ms |\n\n", q1.reqPerSec, q1.p50ms, q1.p99ms)
 	fmt.Fprintf(&b, "Ratios at %d connections: throughput queue_publish/respond = %.2f; Caddy CPU per request queue_publish/respond = %.2f; p99 queue_publish - respond = %+.2f ms; throughput queue_publish/bare kafka-go = %.2f.\n", *conns, q.reqPerSec/r.reqPerSec, q.caddyUS/r.caddyUS, q.p99ms-r.p99ms, q.reqPerSec/kgRate)
+	fmt.Fprintf(&b, "Records mode: records/s queue_publish/bare kafka-go at %d records a call = %.2f.\n", perRequest, rm.reqPerSec*perRequest/kg100Rate)
 	fmt.Fprintf(&b, "At 1 connection: p50 queue_publish - respond = %+.3f ms.\n", q1.p50ms-r1.p50ms)
 	check := "ok"
 	if inTopic < expected {
