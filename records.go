@@ -108,7 +108,7 @@ func (p *envelopeParser) parse(h *Handler, now time.Time) ([]*record, *clientErr
 	p.token()
 	var recs []*record
 	seen := false
-	for p.d.PeekKind() == '"' {
+	for !p.syntax && p.d.PeekKind() == '"' {
 		name := p.token().String()
 		if name != "records" {
 			return nil, p.fail(envelopeShape+"unknown field %q", name)
@@ -149,7 +149,7 @@ func (p *envelopeParser) record(i int, h *Handler, now time.Time) (*record, *cli
 	}
 	p.token()
 	rec := newRecord(nil, now, time.Duration(h.Timeout))
-	for p.d.PeekKind() == '"' {
+	for !p.syntax && p.d.PeekKind() == '"' {
 		field := p.token().String()
 		kind := p.d.PeekKind()
 		switch field {
@@ -173,7 +173,11 @@ func (p *envelopeParser) record(i int, h *Handler, now time.Time) (*record, *cli
 			if kind != '0' {
 				return nil, p.fail(`record %d: "partition" has the wrong type (%s)`, i, kindName(kind))
 			}
-			n, err := p.token().Int()
+			tok := p.token()
+			if p.syntax {
+				return nil, invalidJSON
+			}
+			n, err := tok.Int()
 			switch {
 			case err != nil:
 				return nil, p.fail(`record %d: "partition" must be a whole number`, i)
@@ -186,7 +190,7 @@ func (p *envelopeParser) record(i int, h *Handler, now time.Time) (*record, *cli
 				return nil, p.fail(`record %d: "headers" has the wrong type (%s)`, i, kindName(kind))
 			}
 			p.token()
-			for p.d.PeekKind() == '"' {
+			for !p.syntax && p.d.PeekKind() == '"' {
 				name := p.token().String()
 				if p.d.PeekKind() != '"' {
 					return nil, p.fail("record %d: header %q is not a string", i, name)
