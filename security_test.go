@@ -229,8 +229,8 @@ func readTLSless(t *testing.T, c *kfake.Cluster, opts ...kgo.Opt) []*kgo.Record 
 }
 
 // TestSecureBrokersThroughCaddy configures TLS with a client certificate,
-// SASL with the password from the environment and a client ID in the
-// Caddyfile.
+// SASL with the password from the environment, a client ID and compression
+// in the Caddyfile.
 func TestSecureBrokersThroughCaddy(t *testing.T) {
 	pki := newTestPKI(t)
 	serverTLS := &tls.Config{Certificates: []tls.Certificate{pki.server}, ClientCAs: pki.caPool, ClientAuth: tls.RequireAndVerifyClientCert}
@@ -244,6 +244,7 @@ func TestSecureBrokersThroughCaddy(t *testing.T) {
 		topic events
 		secret {env.QP_TEST_SECRET}
 		client_id checkout-api
+		compression zstd
 		sasl scram-sha-512 producer {env.QP_KAFKA_PASSWORD}
 		tls {
 			ca %s
