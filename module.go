@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
@@ -188,9 +189,43 @@ type Handler struct {
 	headerNames   []string
 	allowTopics   map[string]bool
 	producer      *producer
-	producerKey   string
-	released      bool
+	use           *producerUse
 	logger        *zap.Logger
+}
+
+// producerUse is a handler's use of its shared producer. It lasts until the
+// config is unloaded and the handler's last request has finished: Caddy
+// does not wait for running requests on a reload, and they must still be
+// able to publish.
+type producerUse struct {
+	key      string
+	inflight atomic.Int64
+	unloaded atomic.Bool
+	release  sync.Once
+	err      error
+}
+
+// begin counts a request that may use the producer; end must follow.
+func (u *producerUse) begin() { u.inflight.Add(1) }
+
+func (u *producerUse) end() {
+	if u.inflight.Add(-1) == 0 && u.unloaded.Load() {
+		u.releaseOnce()
+	}
+}
+
+// unload is called on Cleanup: the use ends now if no request runs, or
+// when the last one ends.
+func (u *producerUse) unload() error {
+	u.unloaded.Store(true)
+	if u.inflight.Load() == 0 {
+		u.releaseOnce()
+	}
+	return u.err
+}
+
+func (u *producerUse) releaseOnce() {
+	u.release.Do(func() { u.err = releaseProducer(u.key) })
 }
 
 // CaddyModule returns the Caddy module information.
@@ -327,7 +362,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			return err
 		}
 	}
-	h.producer, h.producerKey, err = acquireProducer(cfg, h.logger)
+	var key string
+	h.producer, key, err = acquireProducer(cfg, h.logger)
+	if err == nil {
+		h.use = &producerUse{key: key}
+	}
 	return err
 }
 
@@ -427,14 +466,13 @@ func validTopic(name string) error {
 // uses a producer flushes and closes it. It is safe after a failed Provision.
 //
 // Requests of the unloaded config may still be running (Caddy does not wait
-// for them on a reload), so the handler keeps its producer: if no config
-// uses it any more, they are answered 503.
+// for them on a reload): the producer is released when the last of them
+// ends.
 func (h *Handler) Cleanup() error {
-	if h.producer == nil || h.released {
+	if h.use == nil {
 		return nil
 	}
-	h.released = true
-	return releaseProducer(h.producerKey)
+	return h.use.unload()
 }
 
 // Answers with a fixed body.
@@ -457,6 +495,10 @@ var (
 // ServeHTTP answers every request itself, always with a JSON body; it never
 // calls the next handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	if h.use != nil {
+		h.use.begin()
+		defer h.use.end()
+	}
 	if r.Method != http.MethodPost {
 		w.Header()["Allow"] = headerAllowPost
 		return answer(w, http.StatusMethodNotAllowed, bodyNotAllowed)

@@ -298,48 +298,67 @@ func TestProducerSharedAcrossReload(t *testing.T) {
 	}
 }
 
-// TestRequestAcrossReload sends a request whose body is still arriving
-// while the config is reloaded with the same brokers: the unloaded handler
-// still answers it, with the shared producer.
+// TestRequestAcrossReload sends requests whose body is still arriving
+// while the config is reloaded, with the same producer settings and with
+// others: the unloaded handler still answers them with its producer, and
+// a producer no config uses is closed once its last request is answered.
 func TestRequestAcrossReload(t *testing.T) {
 	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "a", "b"))
 	t.Setenv("QP_TEST_SECRET", testSecret)
 	logFile := filepath.Join(t.TempDir(), "caddy.log")
-	site := func(topic string) string {
+	site := func(topic, clientID string) string {
 		return fmt.Sprintf(`	queue_publish {
 		brokers %s
 		topic %s
 		secret {env.QP_TEST_SECRET}
-	}`, c.ListenAddrs()[0], topic)
+		client_id %s
+	}`, c.ListenAddrs()[0], topic, clientID)
 	}
-	startCaddy(t, logFile, site("a"))
+	for _, tt := range []struct {
+		name     string
+		reloadTo string
+		closes   bool
+	}{
+		{"same producer settings", site("b", "one"), false},
+		{"other producer settings", site("b", "two"), true},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			startCaddy(t, logFile, site("a", "one"))
+			before := pooledProducers(t)
 
-	body, bodyWriter := io.Pipe()
-	req, err := http.NewRequest("POST", baseURL+"/", body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Authorization", testSecret)
-	answered := make(chan answerT, 1)
-	go func() {
-		res, err := testClient.Do(req)
-		if err != nil {
-			answered <- answerT{body: err.Error()}
-			return
-		}
-		b, _ := io.ReadAll(res.Body)
-		res.Body.Close()
-		answered <- answerT{status: res.StatusCode, body: string(b)}
-	}()
-	// The write returns once the client took the bytes: the request
-	// is on its way to the first config's handler.
-	bodyWriter.Write([]byte(`{"across":`))
-	startCaddy(t, logFile, site("b"))
-	bodyWriter.Write([]byte(`"reload"}`))
-	bodyWriter.Close()
-	got := <-answered
-	if got.status != 200 || !strings.HasPrefix(got.body, `{"success":true,`) {
-		t.Fatalf("request across the reload: %d %s", got.status, got.body)
+			body, bodyWriter := io.Pipe()
+			req, err := http.NewRequest("POST", baseURL+"/", body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Header.Set("Authorization", testSecret)
+			answered := make(chan answerT, 1)
+			go func() {
+				res, err := testClient.Do(req)
+				if err != nil {
+					answered <- answerT{body: err.Error()}
+					return
+				}
+				b, _ := io.ReadAll(res.Body)
+				res.Body.Close()
+				answered <- answerT{status: res.StatusCode, body: string(b)}
+			}()
+			// The write returns once the client took the bytes: the
+			// request is on its way to the first config's handler.
+			bodyWriter.Write([]byte(`{"across":`))
+			startCaddy(t, logFile, tt.reloadTo)
+			bodyWriter.Write([]byte(`"reload"}`))
+			bodyWriter.Close()
+			got := <-answered
+			if got.status != 200 || !strings.HasPrefix(got.body, `{"success":true,`) {
+				t.Fatalf("request across the reload: %d %s", got.status, got.body)
+			}
+			if tt.closes {
+				waitFor(t, 5*time.Second, func() bool { return before[0].isClosed() })
+			} else if before[0].isClosed() {
+				t.Error("the shared producer was closed")
+			}
+		})
 	}
 	logs, _ := os.ReadFile(logFile)
 	if bytes.Contains(logs, []byte("panic")) {
