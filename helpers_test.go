@@ -9,6 +9,7 @@ import (
 
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"go.uber.org/goleak"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
@@ -114,4 +115,12 @@ func adminConfig(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// noLeaks fails the test if goroutines it started are still running once
+// all its other cleanups (producers, brokers) have run.
+func noLeaks(t *testing.T) {
+	t.Helper()
+	current := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, current) })
 }

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -228,4 +229,58 @@ func TestAsyncDelivery(t *testing.T) {
 		logs, _ := os.ReadFile(logFile)
 		return hasLogLine(logs, "error", "asynchronous publish failed", "Topic Authorization Failed")
 	})
+}
+
+// Clients retry with their Idempotency-Key after 504s (the broker is
+// slower than the timeout for a while) and 409s: no key ends up stored
+// twice, and every key is eventually acknowledged.
+func TestIdempotentRetriesWhileBrokerIsSlow(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	idemServer(t, c, "")
+	var slow atomic.Int32
+	slow.Store(12) // the first produce requests each take 500 ms
+	c.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		if slow.Add(-1) >= 0 {
+			c.SleepControl(func() { time.Sleep(500 * time.Millisecond) })
+		}
+		return nil, nil, false
+	})
+
+	const keys = 12
+	statuses := make(chan []int, keys)
+	for k := range keys {
+		go func() {
+			var seen []int
+			for range 40 {
+				got := do(t, "POST", "/one", withKey(fmt.Sprint("key-", k)), strings.NewReader(fmt.Sprintf(`{"k":%d}`, k)))
+				seen = append(seen, got.status)
+				if got.status == 200 {
+					break
+				}
+				time.Sleep(50 * time.Millisecond) // the client's back-off
+			}
+			statuses <- seen
+		}()
+	}
+	retried := 0
+	for range keys {
+		seen := <-statuses
+		if seen[len(seen)-1] != 200 {
+			t.Errorf("a key never got a 200: %v", seen)
+		}
+		retried += len(seen) - 1
+	}
+	perKey := map[string]int{}
+	for _, r := range stored(t, c, "events") {
+		perKey[headerMap(r)["idempotency-key"]]++
+	}
+	for k := range keys {
+		if n := perKey[fmt.Sprint("key-", k)]; n != 1 {
+			t.Errorf("key-%d is stored %d times", k, n)
+		}
+	}
+	if retried == 0 {
+		t.Error("no request was retried: the broker was not slow")
+	}
 }

@@ -112,6 +112,7 @@ func TestProducerRetriesRetriableErrors(t *testing.T) {
 }
 
 func TestProducerRetriableErrorUntilTimeoutIsNotWritten(t *testing.T) {
+	noLeaks(t)
 	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
 	p := testProducer(t, c)
 	c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "events", Err: kerr.NotEnoughReplicas, Count: -1})
@@ -137,6 +138,7 @@ func TestProducerRetriableErrorUntilTimeoutIsNotWritten(t *testing.T) {
 }
 
 func TestProducerNoAcknowledgementIsUnknownOutcome(t *testing.T) {
+	noLeaks(t)
 	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
 	p := testProducer(t, c)
 	release := make(chan struct{})
@@ -163,6 +165,7 @@ func TestProducerNoAcknowledgementIsUnknownOutcome(t *testing.T) {
 }
 
 func TestProducerSplitsBatchesTheBrokerFindsTooLarge(t *testing.T) {
+	noLeaks(t)
 	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"),
 		kfake.BrokerConfigs(map[string]string{"message.max.bytes": "1000"}))
 	p := testProducer(t, c)
@@ -198,10 +201,10 @@ func TestProducerSplitsBatchesTheBrokerFindsTooLarge(t *testing.T) {
 		t.Errorf("topic holds %d records, want 20", len(got))
 	}
 
-	// One record alone over the limit is refused for good.
-	_, perr := sendOne(p, "events", fmt.Appendf(nil, `"%01000d"`, 0), 5*time.Second)
-	if perr == nil || perr.outcome != outcomeTooLarge {
-		t.Errorf("want too large, got %v", perr)
+	// One record alone over the limit is refused for good, at once.
+	rec, perr := sendOne(p, "events", fmt.Appendf(nil, `"%01000d"`, 0), 5*time.Second)
+	if perr == nil || perr.outcome != outcomeTooLarge || rec.attempts != 1 {
+		t.Errorf("want too large after one attempt, got %v after %d", perr, rec.attempts)
 	}
 }
 
@@ -237,6 +240,7 @@ func closedPort(t testing.TB) string {
 }
 
 func TestProducerWithoutBrokerAnswers503AndRecoversWhenOneComesUp(t *testing.T) {
+	noLeaks(t)
 	addr := closedPort(t)
 	logger, logs := observedLogger()
 	p := mustProducer(t, producerConfig{Brokers: []string{addr}, Acks: kafka.RequireAll}, logger)
@@ -293,6 +297,7 @@ func hookedProducer(t *testing.T, c *kfake.Cluster, leaderDial func(ctx context.
 }
 
 func TestAbandonWhileConnectingIsNotWritten(t *testing.T) {
+	noLeaks(t)
 	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
 	var dials atomic.Int32
 	p := hookedProducer(t, c, func(ctx context.Context, _, _ string) (net.Conn, error) {
@@ -333,6 +338,7 @@ func (c *brokenConn) Write(b []byte) (int, error) {
 // append) is never followed by a "not written" answer, whatever the later
 // attempts do: here the connection dies, then connecting hangs.
 func TestPossiblyWrittenIsNeverAnsweredNotWritten(t *testing.T) {
+	noLeaks(t)
 	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
 	var broken atomic.Bool
 	var dials atomic.Int32
@@ -381,6 +387,7 @@ func TestPermanentErrorAfterPossibleWriteIsUnknown(t *testing.T) {
 // the leader is slow, the records whose callers gave up meanwhile are not
 // sent (and answered so), and the others are delivered once it connects.
 func TestSlowConnectionStillDelivers(t *testing.T) {
+	noLeaks(t)
 	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
 	connect := make(chan struct{})
 	p := hookedProducer(t, c, func(ctx context.Context, network, address string) (net.Conn, error) {
@@ -490,6 +497,7 @@ func TestNothingRunsAfterDestruct(t *testing.T) {
 }
 
 func TestDestructFlushesQueuedRecords(t *testing.T) {
+	noLeaks(t)
 	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
 	p := mustProducer(t, producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll}, zap.NewNop())
 
@@ -701,4 +709,137 @@ func TestCompressedRecordsReadBack(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A broker slower than the timeout: every waiting request is answered on
+// time, 504 if its record was sent and 503 if it never was (it queued
+// behind the slow request), none 2xx; and nothing is left running.
+func TestSlowBrokerAnswersEveryWaiterOnTime(t *testing.T) {
+	noLeaks(t)
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	p := testProducer(t, c)
+	if _, perr := sendOne(p, "events", []byte(`"warm"`), time.Second); perr != nil {
+		t.Fatal(perr)
+	}
+	release := make(chan struct{})
+	received := holdProduce(c, release)
+	const timeout = 300 * time.Millisecond
+	const n = 30
+	type result struct {
+		perr *publishError
+		took time.Duration
+	}
+	results := make(chan result, n)
+	for i := range n {
+		go func() {
+			start := time.Now()
+			_, perr := sendOne(p, "events", fmt.Appendf(nil, `%d`, i), timeout)
+			results <- result{perr, time.Since(start)}
+		}()
+	}
+	counts := map[outcome]int{}
+	for range n {
+		r := <-results
+		if r.perr == nil {
+			t.Fatal("a 2xx while the broker held every request")
+		}
+		if r.took > timeout+150*time.Millisecond {
+			t.Errorf("answered after %v, want within the %v timeout", r.took, timeout)
+		}
+		counts[r.perr.outcome]++
+	}
+	if counts[outcomeUnknown] == 0 || counts[outcomeUnknown]+counts[outcomeRetry] != n {
+		t.Errorf("outcomes %v: want 504s for the records sent, 503s for the others", counts)
+	}
+	close(release)
+	// The held requests land: exactly those answered "unknown" can be in
+	// the topic, never one answered "not written".
+	if sent := received.Load(); sent < 1 {
+		t.Fatal("no request reached the broker")
+	}
+	waitFor(t, 5*time.Second, func() bool {
+		return int(c.PartitionInfo("events", 0).HighWatermark)-1 <= counts[outcomeUnknown]
+	})
+}
+
+// A connection dropped mid-request is retried; the record is stored once.
+func TestDroppedConnectionIsRetried(t *testing.T) {
+	noLeaks(t)
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	p := testProducer(t, c)
+	if _, perr := sendOne(p, "events", []byte(`"warm"`), time.Second); perr != nil {
+		t.Fatal(perr)
+	}
+	dropped := 0
+	c.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
+		dropped++
+		return nil, errors.New("drop the connection"), true // closes it, unanswered
+	})
+	rec, perr := sendOne(p, "events", []byte(`"dropped once"`), 3*time.Second)
+	if perr != nil {
+		t.Fatalf("after a dropped connection: %v", perr)
+	}
+	if rec.attempts != 2 || dropped != 1 {
+		t.Errorf("attempts %d, drops %d; want a retry after the one drop", rec.attempts, dropped)
+	}
+	if got := recordsByValue(t, c, "events"); len(got) != 2 || got[`"dropped once"`] == nil {
+		t.Errorf("the topic holds %d records, want the warm-up and the retried one", len(got))
+	}
+}
+
+// Leaders move while records are sent: every acknowledged record is in
+// the topic and sending goes on.
+func TestLeadersMovingUnderLoad(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(3), kfake.SeedTopics(6, "events"))
+	p := testProducer(t, c)
+	stop := make(chan struct{})
+	moved := make(chan int)
+	go func() {
+		n := 0
+		for {
+			select {
+			case <-stop:
+				moved <- n
+				return
+			default:
+			}
+			c.ShufflePartitionLeaders()
+			n++
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	acked := map[string]bool{}
+	failed := 0
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 40 {
+				v := fmt.Sprintf(`"w%d-%d"`, w, i)
+				_, perr := sendOne(p, "events", []byte(v), 5*time.Second)
+				mu.Lock()
+				if perr == nil {
+					acked[v] = true
+				} else {
+					failed++
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	close(stop)
+	shuffles := <-moved
+	stored := recordsByValue(t, c, "events")
+	for v := range acked {
+		if stored[v] == nil {
+			t.Errorf("%s acknowledged but not stored", v)
+		}
+	}
+	if len(acked) < 8*40*9/10 {
+		t.Errorf("%d of %d acknowledged (%d failed) over %d leader shuffles", len(acked), 8*40, failed, shuffles)
+	}
+	t.Logf("%d acknowledged, %d failed, %d leader shuffles", len(acked), failed, shuffles)
 }
