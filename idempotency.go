@@ -3,15 +3,19 @@ package queuepublish
 import (
 	"context"
 	"crypto/sha256"
+	"fmt"
 	"sync"
 	"time"
+
+	"github.com/caddyserver/caddy/v2"
 )
 
 // idempotencyStore remembers, for idempotency_window, what each request
 // with an Idempotency-Key produced, so that a repeat of the request is
 // answered from it instead of producing again. It lives in the memory of
-// one Caddy instance and one config: repeats sent to another instance, or
-// after a config reload, produce again.
+// one Caddy instance, shared by the handlers with the same window and
+// bound, across config reloads: repeats sent to another instance produce
+// again.
 type idempotencyStore struct {
 	window  time.Duration
 	maxKeys int
@@ -42,9 +46,29 @@ const (
 	idemInProgress                   // a request with the key is being handled (409)
 )
 
+// idempotencyStores holds the stores in use, by window and bound.
+var idempotencyStores = caddy.NewUsagePool()
+
+// acquireIdempotencyStore returns the store for these settings, shared
+// across config reloads; releaseIdempotencyStore gives it back.
+func acquireIdempotencyStore(window time.Duration, maxKeys int) (*idempotencyStore, string) {
+	key := fmt.Sprintf("queue_publish.idempotency.%d.%d", window, maxKeys)
+	s, _, _ := idempotencyStores.LoadOrNew(key, func() (caddy.Destructor, error) {
+		return newIdempotencyStore(window, maxKeys), nil
+	})
+	return s.(*idempotencyStore), key
+}
+
+func releaseIdempotencyStore(key string) {
+	idempotencyStores.Delete(key)
+}
+
 func newIdempotencyStore(window time.Duration, maxKeys int) *idempotencyStore {
 	return &idempotencyStore{window: window, maxKeys: maxKeys, entries: make(map[string]*idemEntry)}
 }
+
+// Destruct implements caddy.Destructor; the memory goes with the last use.
+func (s *idempotencyStore) Destruct() error { return nil }
 
 func idemDigest(topic string, body []byte) [sha256.Size]byte {
 	h := sha256.New()

@@ -181,6 +181,7 @@ type Handler struct {
 
 	brokers       []string
 	idem          *idempotencyStore
+	idemKey       string
 	asyncPending  *atomic.Int64 // records queued by delivery async, not yet done
 	asyncDone     func(*record)
 	schema        *jsonschema.Schema
@@ -309,7 +310,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.headerNames = slices.Sorted(maps.Keys(h.Headers))
 	h.idem = nil
 	if h.IdempotencyWindow > 0 {
-		h.idem = newIdempotencyStore(time.Duration(h.IdempotencyWindow), h.IdempotencyMaxKeys)
+		h.idem, h.idemKey = acquireIdempotencyStore(time.Duration(h.IdempotencyWindow), h.IdempotencyMaxKeys)
 	}
 	h.asyncPending = new(atomic.Int64)
 	h.asyncDone = h.onAsyncDone
@@ -469,6 +470,10 @@ func validTopic(name string) error {
 // for them on a reload): the producer is released when the last of them
 // ends.
 func (h *Handler) Cleanup() error {
+	if h.idem != nil {
+		// Running requests keep using the store; it only leaves the pool.
+		releaseIdempotencyStore(h.idemKey)
+	}
 	if h.use == nil {
 		return nil
 	}

@@ -31,7 +31,8 @@ const (
 )
 
 // App runs an in-memory Kafka-protocol broker on 127.0.0.1, for
-// development only: records are kept in memory and lost when Caddy stops.
+// development only: records are kept in memory and lost when Caddy stops,
+// unless data_dir names a directory to keep them in.
 // The broker is shared across config reloads as long as its settings do
 // not change, so reloading does not lose records.
 type App struct {
@@ -43,6 +44,11 @@ type App struct {
 
 	// How many partitions each topic has. Default: 1.
 	Partitions int `json:"partitions,omitempty"`
+
+	// A directory to keep the records in, so that they survive a
+	// restart of Caddy (or a crash: the broker writes as it goes).
+	// Default: memory only.
+	DataDir string `json:"data_dir,omitempty"`
 
 	key string
 }
@@ -81,9 +87,12 @@ func (a *App) Provision(ctx caddy.Context) error {
 	if a.Partitions < 0 {
 		return fmt.Errorf("partitions: must be positive")
 	}
-	a.key = fmt.Sprintf("%d/%d/%s", a.Port, a.Partitions, strings.Join(a.Topics, ","))
+	a.key = fmt.Sprintf("%d/%d/%s/%s", a.Port, a.Partitions, strings.Join(a.Topics, ","), a.DataDir)
 	_, loaded, err := brokers.LoadOrNew(a.key, func() (caddy.Destructor, error) {
 		opts := []kfake.Opt{kfake.Ports(a.Port)}
+		if a.DataDir != "" {
+			opts = append(opts, kfake.DataDir(a.DataDir))
+		}
 		if len(a.Topics) > 0 {
 			opts = append(opts, kfake.SeedTopics(int32(a.Partitions), a.Topics...))
 		}
@@ -97,10 +106,15 @@ func (a *App) Provision(ctx caddy.Context) error {
 		return err
 	}
 	if !loaded {
-		ctx.Logger().Warn("in-memory Kafka development broker started: records are kept in memory only and lost when Caddy stops; do not use in production",
+		msg := "in-memory Kafka development broker started: records are kept in memory only and lost when Caddy stops; do not use in production"
+		if a.DataDir != "" {
+			msg = "Kafka development broker started, keeping records in data_dir; do not use in production"
+		}
+		ctx.Logger().Warn(msg,
 			zap.String("address", "127.0.0.1:"+strconv.Itoa(a.Port)),
 			zap.Strings("topics", a.Topics),
-			zap.Int("partitions", a.Partitions))
+			zap.Int("partitions", a.Partitions),
+			zap.String("data_dir", a.DataDir))
 	}
 	return nil
 }
@@ -127,6 +141,7 @@ func (a *App) Cleanup() error {
 //		port       <port>
 //		topic      <name> [<name>...]
 //		partitions <count>
+//		data_dir   <directory>
 //	}
 func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 	app := new(App)
@@ -152,6 +167,14 @@ func parseGlobalOption(d *caddyfile.Dispenser, _ any) (any, error) {
 				app.Port = n
 			} else {
 				app.Partitions = n
+			}
+		case "data_dir":
+			if !d.NextArg() {
+				return nil, d.ArgErr()
+			}
+			app.DataDir = d.Val()
+			if d.NextArg() {
+				return nil, d.ArgErr()
 			}
 		case "topic":
 			topics := d.RemainingArgs()

@@ -19,15 +19,15 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/queuepublish/caddy-queue-publish/internal/harness"
 )
 
 const (
@@ -92,12 +92,12 @@ func run() error {
 	bin := *caddyBin
 	if bin == "" {
 		bin = filepath.Join(tmp, "caddy")
-		if err := buildCaddy(bin); err != nil {
+		if err := harness.BuildCaddy(bin); err != nil {
 			return err
 		}
 	}
 	kafkago := filepath.Join(tmp, "kafkago")
-	if err := runCmd(exec.Command("go", "build", "-o", kafkago, "./bench/kafkago")); err != nil {
+	if err := harness.Run(exec.Command("go", "build", "-o", kafkago, "./bench/kafkago")); err != nil {
 		return err
 	}
 
@@ -111,25 +111,22 @@ func run() error {
 		"XDG_DATA_HOME="+filepath.Join(tmp, "data"),
 		"XDG_CONFIG_HOME="+filepath.Join(tmp, "config"),
 	)
-	for _, addr := range []string{brokerAddr, "127.0.0.1:18080", "127.0.0.1:18081"} {
-		if c, err := net.Dial("tcp", addr); err == nil {
-			c.Close()
-			return fmt.Errorf("something already listens on %s", addr)
-		}
+	if err := harness.PortsFree(brokerAddr, "127.0.0.1:18080", "127.0.0.1:18081", "127.0.0.1:18082"); err != nil {
+		return err
 	}
 	var p procs
-	defer p.stop()
-	if p.broker, err = start(bin, "bench/broker.Caddyfile", filepath.Join(tmp, "broker.log"), env); err != nil {
+	defer func() { harness.Stop(p.caddy, p.broker) }()
+	if p.broker, err = harness.StartCaddy(bin, "bench/broker.Caddyfile", filepath.Join(tmp, "broker.log"), env); err != nil {
 		return err
 	}
-	if err := waitPort(brokerAddr); err != nil {
+	if err := harness.WaitPort(brokerAddr); err != nil {
 		return err
 	}
-	if p.caddy, err = start(bin, "bench/caddy.Caddyfile", filepath.Join(tmp, "caddy.log"), env); err != nil {
+	if p.caddy, err = harness.StartCaddy(bin, "bench/caddy.Caddyfile", filepath.Join(tmp, "caddy.log"), env); err != nil {
 		return err
 	}
 	for _, u := range []string{respondURL, publishURL, recordsURL} {
-		if err := waitPort(strings.TrimSuffix(strings.TrimPrefix(u, "http://"), "/")); err != nil {
+		if err := harness.WaitPort(strings.TrimSuffix(strings.TrimPrefix(u, "http://"), "/")); err != nil {
 			return err
 		}
 	}
@@ -249,7 +246,7 @@ type kafkagoResult struct {
 // same number of callers, perCall records a call.
 func (p *procs) kafkago(bin string, perCall int) (kafkagoResult, error) {
 	var r kafkagoResult
-	b0 := cpuTime(p.broker.Process.Pid)
+	b0 := harness.CPUTime(p.broker.Process.Pid)
 	out, err := exec.Command(bin, "-brokers", brokerAddr, "-topic", topic, "-callers", strconv.Itoa(*conns),
 		"-records-per-call", strconv.Itoa(perCall), "-duration", duration.String(), "-body", seedBody).Output()
 	if err != nil {
@@ -258,69 +255,14 @@ func (p *procs) kafkago(bin string, perCall int) (kafkagoResult, error) {
 	if err := json.Unmarshal(out, &r); err != nil {
 		return r, fmt.Errorf("kafka-go baseline: %v: %s", err, out)
 	}
-	r.brokerCPU = cpuTime(p.broker.Process.Pid) - b0
+	r.brokerCPU = harness.CPUTime(p.broker.Process.Pid) - b0
 	return r, nil
-}
-
-func buildCaddy(bin string) error {
-	if err := runCmd(exec.Command("go", "mod", "download")); err != nil {
-		return err
-	}
-	cmd := exec.Command("xcaddy", "build", "v2.11.9", "--output", bin,
-		"--with", "github.com/queuepublish/caddy-queue-publish@v0.0.0=.",
-		"--with", "github.com/queuepublish/caddy-queue-publish/devbroker")
-	// The dev broker is a package of this module: with the module cache
-	// filled, GOPROXY=off lets the go command find it in the replaced
-	// module instead of asking the proxy for a module of that path.
-	cmd.Env = append(os.Environ(), "GOPROXY=off")
-	return runCmd(cmd)
-}
-
-func runCmd(cmd *exec.Cmd) error {
-	var buf bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &buf, &buf
-	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("%s: %v\n%s", strings.Join(cmd.Args, " "), err, buf.Bytes())
-	}
-	return nil
-}
-
-func start(bin, config, logFile string, env []string) (*exec.Cmd, error) {
-	f, err := os.Create(logFile)
-	if err != nil {
-		return nil, err
-	}
-	cmd := exec.Command(bin, "run", "--config", config)
-	cmd.Env = env
-	cmd.Stdout, cmd.Stderr = f, f
-	return cmd, cmd.Start()
-}
-
-func (p *procs) stop() {
-	for _, c := range []*exec.Cmd{p.caddy, p.broker} {
-		if c != nil && c.Process != nil {
-			c.Process.Kill()
-			c.Wait()
-		}
-	}
-}
-
-func waitPort(addr string) error {
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		if c, err := net.Dial("tcp", addr); err == nil {
-			c.Close()
-			return nil
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return fmt.Errorf("nothing listens on %s", addr)
 }
 
 // measure runs wrk once against url and reads the CPU time that Caddy and
 // the broker used meanwhile.
 func (p *procs) measure(url string, c int, d time.Duration, env []string) (sample, error) {
-	c0, b0 := cpuTime(p.caddy.Process.Pid), cpuTime(p.broker.Process.Pid)
+	c0, b0 := harness.CPUTime(p.caddy.Process.Pid), harness.CPUTime(p.broker.Process.Pid)
 	cmd := exec.Command("wrk", "-t1", "-c"+strconv.Itoa(c), "-d"+strconv.Itoa(int(d.Seconds()))+"s",
 		"--latency", "-s", "bench/wrk.lua", url)
 	cmd.Env = env
@@ -342,36 +284,9 @@ func (p *procs) measure(url string, c int, d time.Duration, env []string) (sampl
 	if !found {
 		return s, fmt.Errorf("no result from wrk:\n%s", outb)
 	}
-	s.caddyCPU = cpuTime(p.caddy.Process.Pid) - c0
-	s.brokerCPU = cpuTime(p.broker.Process.Pid) - b0
+	s.caddyCPU = harness.CPUTime(p.caddy.Process.Pid) - c0
+	s.brokerCPU = harness.CPUTime(p.broker.Process.Pid) - b0
 	return s, nil
-}
-
-var clockTick = func() float64 {
-	out, err := exec.Command("getconf", "CLK_TCK").Output()
-	if err != nil {
-		return 100
-	}
-	n, err := strconv.ParseFloat(strings.TrimSpace(string(out)), 64)
-	if err != nil || n <= 0 {
-		return 100
-	}
-	return n
-}()
-
-// cpuTime is the user plus system CPU time of a process so far.
-func cpuTime(pid int) time.Duration {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	// Fields after "(comm) ": state is the 3rd field of the line;
-	// utime and stime are the 14th and 15th.
-	rest := string(b[bytes.LastIndexByte(b, ')')+2:])
-	f := strings.Fields(rest)
-	utime, _ := strconv.ParseFloat(f[11], 64)
-	stime, _ := strconv.ParseFloat(f[12], 64)
-	return time.Duration((utime + stime) / clockTick * float64(time.Second))
 }
 
 // countRecords counts the records in the topic with kcat, an independent
@@ -451,19 +366,6 @@ func median(v []float64) float64 {
 	return (v[len(v)/2-1] + v[len(v)/2]) / 2
 }
 
-func machine() string {
-	model := "unknown CPU"
-	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
-		for line := range strings.Lines(string(b)) {
-			if v, ok := strings.CutPrefix(line, "model name"); ok {
-				model = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
-				break
-			}
-		}
-	}
-	return fmt.Sprintf("%s, %d cores, %s/%s, %s", model, runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, runtime.Version())
-}
-
 func renderReport(respond, publish, respond1, publish1, records []sample, kg, kg100 kafkagoResult, expected, inTopic int64) string {
 	r, q := summarize(respond), summarize(publish)
 	r1, q1 := summarize(respond1), summarize(publish1)
@@ -473,7 +375,7 @@ func renderReport(respond, publish, respond1, publish1, records []sample, kg, kg
 	perRecord := func(d time.Duration, n int64) float64 { return float64(d.Microseconds()) / float64(n) }
 
 	var b strings.Builder
-	fmt.Fprintf(&b, "Machine: %s. Caddy v2.11.9 built with xcaddy; broker: the in-memory dev broker (kfake) in its own process, %d partition(s).\n", machine(), *partitions)
+	fmt.Fprintf(&b, "Machine: %s. Caddy v2.11.9 built with xcaddy; broker: the in-memory dev broker (kfake) in its own process, %d partition(s).\n", harness.Machine(), *partitions)
 	fmt.Fprintf(&b, "Load: wrk -t1 -c%d, %s runs, %d alternating rounds, POST of the seed payload (%d bytes), acks=all, linger %s, max_in_flight %d.\n\n", *conns, *duration, *rounds, len(seedBody), *linger, *inFlight)
 	fmt.Fprintf(&b, "| at %d connections | req/s | p50 | p99 | Caddy CPU/req | broker CPU/msg | non-2xx |\n", *conns)
 	b.WriteString("|---|---:|---:|---:|---:|---:|---:|\n")
