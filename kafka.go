@@ -961,7 +961,7 @@ func later(a, b time.Time) time.Time {
 // Those it carried stay "may be written" unless the broker's answer proves
 // that it appended nothing and no earlier request may have written them.
 func (q *partitionQueue) failed(batch []*record, err error) {
-	written := mayBeWritten(err)
+	written := mayBeWritten(err, q.p.cfg.Acks)
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	for _, rec := range batch {
@@ -1088,11 +1088,16 @@ func describe(err error) string {
 // mayBeWritten reports whether a failed request, if it reached the
 // broker, may have written its records. It is false only for broker
 // answers that Kafka gives before appending anything, and for failures to
-// connect. (A broker can answer NOT_LEADER_FOR_PARTITION or a timeout
-// after appending, when it loses leadership while waiting for replicas.)
-func mayBeWritten(err error) bool {
+// connect. With acks=all a broker can answer NOT_LEADER_FOR_PARTITION (or
+// a timeout) after appending, when it loses leadership while waiting for
+// the replicas; with fewer acks it does not wait, and that answer means
+// the broker refused the record before appending.
+func mayBeWritten(err error, acks kafka.RequiredAcks) bool {
 	var kerr kafka.Error
 	if errors.As(err, &kerr) {
+		if kerr == kafka.NotLeaderForPartition && acks != kafka.RequireAll {
+			return false
+		}
 		switch kerr {
 		case kafka.NotEnoughReplicas, kafka.MessageSizeTooLarge, kafka.RecordListTooLarge,
 			kafka.InvalidMessage, kafka.InvalidRecord, kafka.InvalidRequiredAcks,

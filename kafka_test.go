@@ -5,12 +5,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -842,4 +844,29 @@ func TestLeadersMovingUnderLoad(t *testing.T) {
 		t.Errorf("%d of %d acknowledged (%d failed) over %d leader shuffles", len(acked), 8*40, failed, shuffles)
 	}
 	t.Logf("%d acknowledged, %d failed, %d leader shuffles", len(acked), failed, shuffles)
+}
+
+func TestMayBeWritten(t *testing.T) {
+	for _, tt := range []struct {
+		err  error
+		acks kafka.RequiredAcks
+		want bool
+	}{
+		{kafka.NotEnoughReplicas, kafka.RequireAll, false},
+		{kafka.NotEnoughReplicasAfterAppend, kafka.RequireAll, true},
+		{kafka.RequestTimedOut, kafka.RequireAll, true},
+		{kafka.NotLeaderForPartition, kafka.RequireAll, true}, // may follow an append
+		{kafka.NotLeaderForPartition, kafka.RequireOne, false},
+		{kafka.MessageSizeTooLarge, kafka.RequireAll, false},
+		{kafka.TopicAuthorizationFailed, kafka.RequireAll, false},
+		{kafka.UnknownTopicOrPartition, kafka.RequireAll, true},
+		{io.ErrUnexpectedEOF, kafka.RequireAll, true},
+		{&net.OpError{Op: "dial", Err: syscall.ECONNREFUSED}, kafka.RequireAll, false},
+		{fmt.Errorf("wrapped: %w", syscall.ECONNREFUSED), kafka.RequireAll, false},
+		{context.DeadlineExceeded, kafka.RequireAll, true},
+	} {
+		if got := mayBeWritten(tt.err, tt.acks); got != tt.want {
+			t.Errorf("mayBeWritten(%v, acks %v) = %v, want %v", tt.err, tt.acks, got, tt.want)
+		}
+	}
 }

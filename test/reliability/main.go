@@ -112,6 +112,7 @@ func run() error {
 	}{
 		{"load", (*env).load},
 		{"kill", (*env).kill},
+		{"kill-retry", (*env).killRetry},
 		{"reload", (*env).reload},
 		{"shutdown", (*env).shutdown},
 		{"memory", (*env).memory},
@@ -184,8 +185,13 @@ type load struct {
 }
 
 // startLoad starts clients sending to topic; with idempotent, each request
-// carries its id as Idempotency-Key.
+// carries its id as Idempotency-Key, and with retry a client sends each id
+// again (same key) until it is answered 2xx, up to 40 times.
 func (e *env) startLoad(topic string, clients int, total int64, keepAlive, idempotent bool, stop <-chan struct{}) (*load, *sync.WaitGroup) {
+	return e.startLoadRetrying(topic, clients, total, keepAlive, idempotent, false, stop)
+}
+
+func (e *env) startLoadRetrying(topic string, clients int, total int64, keepAlive, idempotent, retry bool, stop <-chan struct{}) (*load, *sync.WaitGroup) {
 	l := &load{topic: topic, prefix: fmt.Sprintf("%s-%d", topic, loadSeq.Add(1)), acked: map[string]bool{}, statuses: map[int]int{},
 		transport: &http.Transport{MaxIdleConnsPerHost: clients, DisableKeepAlives: !keepAlive}}
 	client := &http.Client{Transport: l.transport, Timeout: 10 * time.Second}
@@ -205,38 +211,59 @@ func (e *env) startLoad(topic string, clients int, total int64, keepAlive, idemp
 					return
 				}
 				id := fmt.Sprintf("%s-%d", l.prefix, n)
-				req, _ := http.NewRequest("POST", "http://"+caddyAddr+"/t/"+topic, strings.NewReader(`{"id":"`+id+`"}`))
-				req.Header.Set("Authorization", e.secret)
-				if idempotent {
-					// A request interrupted by a reload is safe to
-					// retry with it; Go's client then retries by
-					// itself.
-					req.Header.Set("Idempotency-Key", id)
-				}
-				res, err := client.Do(req)
-				if err == nil {
-					io.Copy(io.Discard, res.Body)
-					res.Body.Close()
-				}
-				l.mu.Lock()
-				switch {
-				case err != nil:
-					l.errors++
-					if l.firstErr == nil {
-						l.firstErr = err
+				for attempt := 0; ; attempt++ {
+					ok := l.send(client, e.secret, id, idempotent)
+					if ok || !retry || attempt == 39 || stopped(stop) {
+						break
 					}
-				case res.StatusCode/100 == 2:
-					l.acked[id] = true
-					l.lastOK.Store(time.Now().UnixNano())
-					l.statuses[res.StatusCode]++
-				default:
-					l.statuses[res.StatusCode]++
+					time.Sleep(100 * time.Millisecond) // the client's back-off
 				}
-				l.mu.Unlock()
 			}
 		}()
 	}
 	return l, &wg
+}
+
+func stopped(stop <-chan struct{}) bool {
+	select {
+	case <-stop:
+		return true
+	default:
+		return false
+	}
+}
+
+// send sends one request for id and records its answer.
+func (l *load) send(client *http.Client, secret, id string, idempotent bool) bool {
+	req, _ := http.NewRequest("POST", "http://"+caddyAddr+"/t/"+l.topic, strings.NewReader(`{"id":"`+id+`"}`))
+	req.Header.Set("Authorization", secret)
+	if idempotent {
+		// A request interrupted by a reload is safe to retry with it;
+		// Go's client then retries by itself.
+		req.Header.Set("Idempotency-Key", id)
+	}
+	res, err := client.Do(req)
+	if err == nil {
+		io.Copy(io.Discard, res.Body)
+		res.Body.Close()
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch {
+	case err != nil:
+		l.errors++
+		if l.firstErr == nil {
+			l.firstErr = err
+		}
+	case res.StatusCode/100 == 2:
+		l.acked[id] = true
+		l.lastOK.Store(time.Now().UnixNano())
+		l.statuses[res.StatusCode]++
+		return true
+	default:
+		l.statuses[res.StatusCode]++
+	}
+	return false
 }
 
 // check reads the topic and reports the acknowledged ids that are missing
@@ -352,6 +379,53 @@ func (e *env) kill() error {
 		return fmt.Errorf("no recovery within 10s of the restart")
 	case len(l.acked) <= before:
 		return fmt.Errorf("nothing acknowledged after the crash")
+	}
+	return nil
+}
+
+// killRetry is kill with clients that retry each id with its
+// Idempotency-Key until it is acknowledged: no id may be stored twice.
+func (e *env) killRetry() error {
+	stop := make(chan struct{})
+	l, wg := e.startLoadRetrying("kill", 32, 0, true, true, true, stop)
+	time.Sleep(2 * time.Second)
+	if err := harness.Signal(e.broker, syscall.SIGKILL); err != nil {
+		return err
+	}
+	e.broker.Wait()
+	time.Sleep(2 * time.Second)
+	if err := e.startBroker(); err != nil {
+		return err
+	}
+	time.Sleep(3 * time.Second)
+	close(stop)
+	wg.Wait()
+	counts, err := readIDs("kill", len(l.acked))
+	if err != nil {
+		return err
+	}
+	twice, unacked := 0, 0
+	for id, n := range counts {
+		if !strings.HasPrefix(id, l.prefix+"-") {
+			continue // the kill scenario's records
+		}
+		if n > 1 {
+			twice++
+		}
+		if !l.acked[id] {
+			unacked++
+		}
+	}
+	missing := 0
+	for id := range l.acked {
+		if counts[id] == 0 {
+			missing++
+		}
+	}
+	fmt.Printf("  retrying with Idempotency-Key: %v; %d ids stored twice, %d missing, %d stored but never acknowledged (their outcome stayed unknown)\n",
+		l, twice, missing, unacked)
+	if twice > 0 || missing > 0 {
+		return fmt.Errorf("%d ids stored twice, %d acknowledged ids missing", twice, missing)
 	}
 	return nil
 }
