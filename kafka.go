@@ -2,6 +2,7 @@ package queuepublish
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
@@ -96,18 +97,10 @@ type producerConfig struct {
 
 // withDefaults fills in the batching settings left at zero.
 func (c producerConfig) withDefaults() producerConfig {
-	if c.MaxBatchRecords == 0 {
-		c.MaxBatchRecords = defaultMaxBatchRecords
-	}
-	if c.MaxBatchBytes == 0 {
-		c.MaxBatchBytes = defaultMaxBatchBytes
-	}
-	if c.MaxInFlight == 0 {
-		c.MaxInFlight = defaultMaxInFlight
-	}
-	if c.ClientID == "" {
-		c.ClientID = clientID
-	}
+	c.MaxBatchRecords = cmp.Or(c.MaxBatchRecords, defaultMaxBatchRecords)
+	c.MaxBatchBytes = cmp.Or(c.MaxBatchBytes, defaultMaxBatchBytes)
+	c.MaxInFlight = cmp.Or(c.MaxInFlight, defaultMaxInFlight)
+	c.ClientID = cmp.Or(c.ClientID, clientID)
 	return c
 }
 

@@ -5,6 +5,7 @@ package queuepublish
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
@@ -242,42 +243,16 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // the same connection settings.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
-	if h.MaxSize == 0 {
-		h.MaxSize = defaultMaxSize
-	}
-	if h.Timeout == 0 {
-		h.Timeout = caddy.Duration(defaultTimeout)
-	}
-	if h.Acks == "" {
-		h.Acks = "all"
-	}
-	if h.Compression == "" {
-		h.Compression = "none"
-	}
-	if h.Mode == "" {
-		h.Mode = modeBody
-	}
-	if h.Delivery == "" {
-		h.Delivery = deliverySync
-	}
-	if h.QueueSize == 0 {
-		h.QueueSize = defaultQueueSize
-	}
-	if h.IdempotencyMaxKeys == 0 {
-		h.IdempotencyMaxKeys = defaultIdempotencyMaxKeys
-	}
-	if h.MaxRecords == 0 {
-		h.MaxRecords = defaultMaxRecords
-	}
-	if h.MaxBatchRecords == 0 {
-		h.MaxBatchRecords = defaultMaxBatchRecords
-	}
-	if h.MaxBatchBytes == 0 {
-		h.MaxBatchBytes = defaultMaxBatchBytes
-	}
-	if h.MaxInFlight == 0 {
-		h.MaxInFlight = defaultMaxInFlight
-	}
+	// Defaults; the producer sets those of the batching options.
+	h.MaxSize = cmp.Or(h.MaxSize, defaultMaxSize)
+	h.Timeout = cmp.Or(h.Timeout, caddy.Duration(defaultTimeout))
+	h.Acks = cmp.Or(h.Acks, "all")
+	h.Compression = cmp.Or(h.Compression, "none")
+	h.Mode = cmp.Or(h.Mode, modeBody)
+	h.MaxRecords = cmp.Or(h.MaxRecords, defaultMaxRecords)
+	h.Delivery = cmp.Or(h.Delivery, deliverySync)
+	h.QueueSize = cmp.Or(h.QueueSize, defaultQueueSize)
+	h.IdempotencyMaxKeys = cmp.Or(h.IdempotencyMaxKeys, defaultIdempotencyMaxKeys)
 	if err := h.Validate(); err != nil {
 		return err
 	}

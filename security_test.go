@@ -86,13 +86,12 @@ func writePEM(t *testing.T, dir, name, kind string, der []byte) string {
 	return path
 }
 
-// readTLS reads a topic of a TLS cluster with kgo.
-func readTLS(t *testing.T, c *kfake.Cluster, pki *testPKI, topic string, opts ...kgo.Opt) []*kgo.Record {
+// readWith reads a topic with kgo and extra client options (TLS, SASL).
+func readWith(t *testing.T, c *kfake.Cluster, topic string, opts ...kgo.Opt) []*kgo.Record {
 	t.Helper()
 	cl, err := kgo.NewClient(append([]kgo.Opt{
 		kgo.SeedBrokers(c.ListenAddrs()...), kgo.ConsumeTopics(topic),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
-		kgo.DialTLSConfig(&tls.Config{RootCAs: pki.caPool, Certificates: []tls.Certificate{pki.client}}),
 	}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
@@ -105,6 +104,13 @@ func readTLS(t *testing.T, c *kfake.Cluster, pki *testPKI, topic string, opts ..
 		t.Fatalf("reading %s: %v", topic, errs)
 	}
 	return fetches.Records()
+}
+
+// readTLS reads a topic of a TLS cluster.
+func readTLS(t *testing.T, c *kfake.Cluster, pki *testPKI, topic string, opts ...kgo.Opt) []*kgo.Record {
+	t.Helper()
+	tlsOpt := kgo.DialTLSConfig(&tls.Config{RootCAs: pki.caPool, Certificates: []tls.Certificate{pki.client}})
+	return readWith(t, c, topic, append(opts, tlsOpt)...)
 }
 
 func TestTLSBrokers(t *testing.T) {
@@ -206,26 +212,9 @@ func TestSASLBrokers(t *testing.T) {
 		})
 	}
 	admin := scram.Auth{User: "scram512-user", Pass: "scram512-pass"}
-	if got := readTLSless(t, c, kgo.SASL(admin.AsSha512Mechanism())); len(got) != 3 {
+	if got := readWith(t, c, "events", kgo.SASL(admin.AsSha512Mechanism())); len(got) != 3 {
 		t.Errorf("the topic holds %d records, want the 3 authenticated ones", len(got))
 	}
-}
-
-func readTLSless(t *testing.T, c *kfake.Cluster, opts ...kgo.Opt) []*kgo.Record {
-	t.Helper()
-	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(c.ListenAddrs()...), kgo.ConsumeTopics("events"),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart())}, opts...)...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	ctx, cancel := contextWithTimeout(10 * time.Second)
-	defer cancel()
-	fetches := cl.PollFetches(ctx)
-	if errs := fetches.Errors(); len(errs) > 0 {
-		t.Fatalf("reading: %v", errs)
-	}
-	return fetches.Records()
 }
 
 // TestSecureBrokersThroughCaddy configures TLS with a client certificate,
