@@ -52,6 +52,8 @@ const (
 	// refreshInterval rate-limits forced metadata refreshes (after a
 	// leadership change or while no broker is reachable).
 	refreshInterval = 200 * time.Millisecond
+	// rebuildLogInterval rate-limits the warnings about refreshes.
+	rebuildLogInterval = 10 * time.Second
 	// retryBackoffMin and retryBackoffMax bound the pause between two
 	// attempts of a batch that failed with a retriable error.
 	retryBackoffMin = 20 * time.Millisecond
@@ -242,6 +244,7 @@ type record struct {
 	// Set before done is closed.
 	partition int
 	offset    int64
+	valueLen  int
 	err       *publishError
 }
 
@@ -293,10 +296,11 @@ type producer struct {
 
 	saslConns sync.Map // connections being opened, for trackedMechanism
 
-	lastRefresh atomic.Int64 // UnixNano of the last forced metadata refresh
-	watching    atomic.Bool
-	ctx         context.Context // cancelled when the producer is closed
-	cancel      context.CancelFunc
+	lastRefresh    atomic.Int64 // UnixNano of the last forced metadata refresh
+	lastRebuildLog atomic.Int64 // UnixNano of the last warning about it
+	watching       atomic.Bool
+	ctx            context.Context // cancelled when the producer is closed
+	cancel         context.CancelFunc
 }
 
 func newProducer(cfg producerConfig, logger *zap.Logger) (*producer, error) {
@@ -356,6 +360,12 @@ func makeProducer(cfg producerConfig, logger *zap.Logger) (*producer, error) {
 
 // start looks for a reachable broker, and warns if none answers.
 func (p *producer) start() {
+	p.logger.Info("Kafka producer started",
+		zap.Strings("brokers", p.cfg.Brokers),
+		zap.String("client_id", p.cfg.ClientID),
+		zap.String("acks", p.cfg.Acks.String()),
+		zap.Bool("tls", p.cfg.TLS != nil),
+		zap.Bool("sasl", p.cfg.SASL != nil))
 	p.watch("no Kafka broker reachable at start; requests are answered 503 until one is")
 }
 
@@ -389,6 +399,7 @@ func (p *producer) Destruct() error {
 	p.cancel()
 	p.watchers.Wait()
 	p.transport.CloseIdleConnections()
+	p.logger.Info("Kafka producer closed", zap.Strings("brokers", p.cfg.Brokers))
 	return nil
 }
 
@@ -442,7 +453,7 @@ func (p *producer) watch(warning string) {
 			case <-t.C:
 			}
 			backoff = min(backoff*2, 2*time.Second)
-			p.refreshMetadata(true)
+			p.refreshMetadata(true, nil)
 		}
 	}()
 }
@@ -450,8 +461,10 @@ func (p *producer) watch(warning string) {
 // refreshMetadata makes the transport forget its cached cluster metadata,
 // so that the next request reads it afresh. kafka.Transport refreshes on a
 // timer only; dropping its connection pools is its one way to refresh at
-// once. Calls are rate-limited unless force is set.
-func (p *producer) refreshMetadata(force bool) {
+// once. Calls are rate-limited unless force is set. A refresh caused by a
+// broker's answer (cause) is logged as a warning, at most every
+// rebuildLogInterval.
+func (p *producer) refreshMetadata(force bool, cause error) {
 	now := time.Now().UnixNano()
 	last := p.lastRefresh.Load()
 	if !force && now-last < int64(refreshInterval) {
@@ -462,6 +475,13 @@ func (p *producer) refreshMetadata(force bool) {
 	}
 	p.transport.CloseIdleConnections()
 	p.expireTopics()
+	if cause != nil {
+		lastLog := p.lastRebuildLog.Load()
+		if now-lastLog >= int64(rebuildLogInterval) && p.lastRebuildLog.CompareAndSwap(lastLog, now) {
+			p.logger.Warn("Kafka cluster layout changed: reconnecting with fresh metadata",
+				zap.Strings("brokers", p.cfg.Brokers), zap.Error(cause))
+		}
+	}
 }
 
 func (p *producer) expireTopics() {
@@ -707,10 +727,11 @@ type partitionQueue struct {
 
 	wake chan struct{} // senders sleep on it while idle
 
-	mu     sync.Mutex
-	queue  []*record
-	idle   int // senders asleep, to be woken
-	closed bool
+	mu       sync.Mutex
+	queue    []*record
+	inFlight int // records taken by senders, not yet done
+	idle     int // senders asleep, to be woken
+	closed   bool
 }
 
 func (q *partitionQueue) push(rec *record) *publishError {
@@ -761,9 +782,13 @@ func (q *partitionQueue) run() {
 			prevLen = 0
 			continue
 		}
+		q.inFlight += len(batch)
 		q.mu.Unlock()
 		prevStart, prevLen = time.Now(), len(batch)
 		q.deliver(batch)
+		q.mu.Lock()
+		q.inFlight -= prevLen
+		q.mu.Unlock()
 		clear(batch)
 	}
 }
@@ -833,6 +858,7 @@ func (q *partitionQueue) deliver(batch []*record) {
 			}
 			p.batches.Add(1)
 			p.records.Add(int64(len(sent)))
+			metricBatch.Observe(float64(len(sent)))
 			base := int64(-1)
 			if res != nil {
 				base = res.BaseOffset
@@ -860,7 +886,7 @@ func (q *partitionQueue) deliver(batch []*record) {
 		// Retriable, or the request timed out: try again while some
 		// record's caller still waits.
 		if needsMetadata(err) {
-			p.refreshMetadata(false)
+			p.refreshMetadata(false, err)
 		}
 		if wait := min(backoff, time.Until(deadline)); wait > 0 {
 			time.Sleep(wait)
@@ -993,6 +1019,7 @@ func (q *partitionQueue) complete(rec *record, err *publishError) {
 	rec.completed = true
 	rec.err = err
 	// The bytes are sent or never will be: let them go.
+	rec.valueLen = len(rec.value)
 	rec.key, rec.value, rec.headers = nil, nil, nil
 	close(rec.done)
 	if rec.onDone != nil {

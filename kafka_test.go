@@ -21,6 +21,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 )
 
 // testProducer returns a started producer for c's brokers, destructed when
@@ -868,5 +869,35 @@ func TestMayBeWritten(t *testing.T) {
 		if got := mayBeWritten(tt.err, tt.acks); got != tt.want {
 			t.Errorf("mayBeWritten(%v, acks %v) = %v, want %v", tt.err, tt.acks, got, tt.want)
 		}
+	}
+}
+
+// A leader move is logged once as a warning; successful requests log
+// nothing at info level or above but the producer's start.
+func TestLogsOfALeaderMove(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(2), kfake.SeedTopics(1, "events"))
+	logger, logs := observedLogger()
+	p := mustProducer(t, producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll}, logger)
+	t.Cleanup(func() { p.Destruct() })
+	for range 5 {
+		if _, perr := sendOne(p, "events", []byte(`{}`), 5*time.Second); perr != nil {
+			t.Fatal(perr)
+		}
+	}
+	c.MoveTopicPartition("events", 0, (c.LeaderFor("events", 0)+1)%2)
+	for range 5 {
+		if _, perr := sendOne(p, "events", []byte(`{}`), 5*time.Second); perr != nil {
+			t.Fatal(perr)
+		}
+	}
+	var msgs []string
+	for _, e := range logs.All() {
+		if e.Level >= zapcore.InfoLevel {
+			msgs = append(msgs, e.Level.String()+" "+e.Message)
+		}
+	}
+	want := []string{"info Kafka producer started", "warn Kafka cluster layout changed: reconnecting with fresh metadata"}
+	if strings.Join(msgs, "\n") != strings.Join(want, "\n") {
+		t.Errorf("logged:\n%s\nwant:\n%s", strings.Join(msgs, "\n"), strings.Join(want, "\n"))
 	}
 }

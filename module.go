@@ -256,6 +256,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.Validate(); err != nil {
 		return err
 	}
+	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return err
+	}
 
 	repl := caddy.NewReplacer()
 	h.secrets, h.secretDigests = nil, nil
@@ -463,7 +466,7 @@ var (
 	bodyNotAllowed    = []byte(`{"err":"method not allowed"}`)
 	bodyUnknownTopic  = []byte(`{"err":"unknown topic"}`)
 	bodyAccepted      = []byte(`{"success":true}`)
-	bodyQueueFull     = []byte(`{"error":"queue full","outcome":"not_written"}`)
+	errQueueFull      = &clientError{status: http.StatusServiceUnavailable, body: []byte(`{"error":"queue full","outcome":"not_written"}`)}
 	bodyKeyReused     = []byte(`{"err":"Idempotency-Key already used with another request"}`)
 	bodyKeyInProgress = []byte(`{"err":"a request with this Idempotency-Key is in progress"}`)
 	headerTrue        = []string{"true"}
@@ -479,45 +482,66 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		h.use.begin()
 		defer h.use.end()
 	}
+	// Until the topic is resolved, a topic from the request is unknown.
+	x := exchange{w: w}
+	if len(h.allowTopics) == 0 {
+		x.topic = h.Topic
+	}
+	err := h.serve(&x, r)
+	countRequest(x.topic, x.status)
+	if x.reason != "" {
+		metricRejections.WithLabelValues(x.reason).Inc()
+	}
+	return err
+}
+
+func (h *Handler) serve(x *exchange, r *http.Request) error {
+	w := x.w
 	if r.Method != http.MethodPost {
 		w.Header()["Allow"] = headerAllowPost
-		return answer(w, http.StatusMethodNotAllowed, bodyNotAllowed)
+		return x.reject(rejectMethod, http.StatusMethodNotAllowed, bodyNotAllowed)
 	}
 	if h.SignatureHeader == "" && !h.authorized(r.Header.Get("Authorization")) {
-		return answer(w, http.StatusForbidden, bodyForbidden)
+		return x.reject(rejectAuth, http.StatusForbidden, bodyForbidden)
 	}
 	body, status := h.readBody(r)
 	switch status {
 	case http.StatusRequestEntityTooLarge:
-		return answer(w, status, bodyTooLarge)
+		return x.reject(rejectTooLarge, status, bodyTooLarge)
 	case http.StatusBadRequest:
-		return answer(w, status, bodyInvalidJSON)
+		return x.reject(rejectInvalidJSON, status, bodyInvalidJSON)
 	}
 	if h.SignatureHeader != "" && !h.signed(r.Header.Get(h.SignatureHeader), body) {
-		return answer(w, http.StatusForbidden, bodyForbidden)
+		return x.reject(rejectAuth, http.StatusForbidden, bodyForbidden)
 	}
 	// Records mode checks the JSON as it parses the envelope.
 	if h.Mode == modeBody && !validJSON(body) {
-		return answer(w, http.StatusBadRequest, bodyInvalidJSON)
+		return x.reject(rejectInvalidJSON, http.StatusBadRequest, bodyInvalidJSON)
 	}
 	topic, ok := h.topicFor(r)
 	if !ok {
-		return answer(w, http.StatusNotFound, bodyUnknownTopic)
+		x.topic = ""
+		return x.reject(rejectTopic, http.StatusNotFound, bodyUnknownTopic)
 	}
+	x.topic = topic
 
 	start := time.Now()
 	var recs []*record
 	if h.Mode == modeRecords {
 		var cerr *clientError
 		if recs, cerr = h.parseEnvelope(body, start); cerr != nil {
-			return answer(w, cerr.status, cerr.body)
+			reason := rejectRecords
+			if cerr == invalidJSON {
+				reason = rejectInvalidJSON
+			}
+			return x.reject(reason, cerr.status, cerr.body)
 		}
 	} else {
 		recs = []*record{h.bodyRecord(r, body, start)}
 	}
 	if h.schema != nil {
 		if cerr := h.checkSchema(recs); cerr != nil {
-			return answer(w, cerr.status, cerr.body)
+			return x.reject(rejectSchema, cerr.status, cerr.body)
 		}
 	}
 	idemKey := r.Header.Get("Idempotency-Key")
@@ -527,7 +551,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		}
 	}
 	if h.idem == nil || idemKey == "" {
-		return h.publish(w, r, topic, recs, recs, start)
+		return h.publish(x, r, recs, recs, start)
 	}
 
 	for _, rec := range recs {
@@ -536,9 +560,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	entry, st := h.idem.begin(idemKey, idemDigest(topic, body), start)
 	switch st {
 	case idemOtherBody:
-		return answer(w, http.StatusUnprocessableEntity, bodyKeyReused)
+		return x.reject(rejectIdempotency, http.StatusUnprocessableEntity, bodyKeyReused)
 	case idemInProgress:
-		return answer(w, http.StatusConflict, bodyKeyInProgress)
+		return x.reject(rejectIdempotency, http.StatusConflict, bodyKeyInProgress)
 	}
 	if h.idem.evictedOnce() {
 		h.logger.Warn("more Idempotency-Keys than idempotency_max_keys within idempotency_window: the oldest are forgotten early",
@@ -549,11 +573,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		final, send = entry.reuse(r.Context(), recs, recs[0].deadline, h.Delivery == deliverySync)
 		if len(send) == 0 {
 			w.Header()["Idempotent-Replayed"] = headerTrue
+			metricReplays.Inc()
 		}
 	}
 	var stored []*record
 	defer func() { h.idem.end(entry, stored) }()
-	err := h.publish(w, r, topic, final, send, start)
+	err := h.publish(x, r, final, send, start)
 	if send == nil || send[0].q != nil {
 		stored = final // the records were queued
 	}
@@ -563,36 +588,48 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 // publish produces the records of send and answers with final, the
 // records that stand for the request: send and, for a repeated request,
 // those of the first attempt that stand.
-func (h *Handler) publish(w http.ResponseWriter, r *http.Request, topic string, final, send []*record, start time.Time) error {
+func (h *Handler) publish(x *exchange, r *http.Request, final, send []*record, start time.Time) error {
+	topic := x.topic
 	if len(send) > 0 {
 		if h.Delivery == deliveryAsync {
 			if cerr := h.enqueue(r, topic, send); cerr != nil {
-				return answer(w, cerr.status, cerr.body)
+				switch {
+				case cerr == errQueueFull:
+					x.reason = rejectQueueFull
+				case cerr.status == http.StatusBadRequest:
+					x.reason = rejectRecords
+				}
+				return x.answer(cerr.status, cerr.body)
 			}
-			return answer(w, http.StatusAccepted, bodyAccepted)
+			return x.answer(http.StatusAccepted, bodyAccepted)
 		}
 		set, perr := h.producer.partitionsOf(r.Context(), topic, send[0].deadline)
 		if perr != nil {
 			h.logFailure(topic, send, perr, start)
-			return answerError(w, perr)
+			return x.answerError(perr)
 		}
 		if cerr := checkPartitions(send, set.count()); cerr != nil {
-			return answer(w, cerr.status, cerr.body)
+			return x.reject(rejectRecords, cerr.status, cerr.body)
 		}
 		h.producer.sendAll(r.Context(), set, send)
+		failed := false
 		for _, rec := range send {
-			if rec.failure != nil {
+			countRecord(topic, rec)
+			if rec.failure != nil && !failed {
 				h.logFailure(topic, send, rec.failure, start)
-				break
+				failed = true
 			}
 		}
+		if !failed {
+			metricsFor(topic).latency.Observe(time.Since(start).Seconds())
+		}
 	} else if h.Delivery == deliveryAsync {
-		return answer(w, http.StatusAccepted, bodyAccepted)
+		return x.answer(http.StatusAccepted, bodyAccepted)
 	}
 	if h.Mode == modeRecords {
-		return answerRecords(w, final)
+		return x.answerRecords(final)
 	}
-	return answerBody(w, final[0])
+	return x.answerBody(final[0])
 }
 
 // enqueue queues the records for delivery async, if they fit in
@@ -601,7 +638,7 @@ func (h *Handler) enqueue(r *http.Request, topic string, recs []*record) *client
 	n := int64(len(recs))
 	if h.asyncPending.Add(n) > int64(h.QueueSize) {
 		h.asyncPending.Add(-n)
-		return &clientError{status: http.StatusServiceUnavailable, body: bodyQueueFull}
+		return errQueueFull
 	}
 	set, perr := h.producer.partitionsOf(r.Context(), topic, recs[0].deadline)
 	if perr != nil {
@@ -628,6 +665,8 @@ func (h *Handler) enqueue(r *http.Request, topic string, recs []*record) *client
 // logs it if it failed. The record's queue is locked.
 func (h *Handler) onAsyncDone(rec *record) {
 	h.asyncPending.Add(-1)
+	rec.failure = rec.err
+	countRecord(rec.q.topic, rec)
 	if rec.err != nil {
 		h.logger.Error("asynchronous publish failed",
 			zap.String("topic", rec.q.topic),
@@ -706,7 +745,24 @@ func validJSON(body []byte) bool {
 	return utf8.Valid(body) && json.Valid(body)
 }
 
-func answer(w http.ResponseWriter, status int, body []byte) error {
+// exchange is one request's answer as it is made: the status written,
+// the topic, and why the request was refused, for the metrics.
+type exchange struct {
+	w      http.ResponseWriter
+	status int
+	topic  string
+	reason string
+}
+
+// reject answers a request refused before it reached Kafka.
+func (x *exchange) reject(reason string, status int, body []byte) error {
+	x.reason = reason
+	return x.answer(status, body)
+}
+
+func (x *exchange) answer(status int, body []byte) error {
+	w := x.w
+	x.status = status
 	w.Header()["Content-Type"] = headerJSON
 	if status == http.StatusServiceUnavailable {
 		w.Header()["Retry-After"] = headerRetryAfter
@@ -718,9 +774,9 @@ func answer(w http.ResponseWriter, status int, body []byte) error {
 
 // answerError answers a failed publish: the status says whether retrying is
 // safe (503), the outcome is unknown (504) or it will never work (413, 500).
-func answerError(w http.ResponseWriter, perr *publishError) error {
+func (x *exchange) answerError(perr *publishError) error {
 	cerr := errorAnswer(perr)
-	return answer(w, cerr.status, cerr.body)
+	return x.answer(cerr.status, cerr.body)
 }
 
 // errorAnswer is the answer for a failed publish.

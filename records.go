@@ -270,9 +270,9 @@ func checkPartitions(recs []*record, count int) *clientError {
 
 // answerBody answers a body-mode request: the seed's {"success":true},
 // with the record's partition and offset.
-func answerBody(w http.ResponseWriter, rec *record) error {
+func (x *exchange) answerBody(rec *record) error {
 	if rec.failure != nil {
-		return answerError(w, rec.failure)
+		return x.answerError(rec.failure)
 	}
 	b := make([]byte, 0, 64)
 	b = append(b, `{"success":true,"partition":`...)
@@ -282,7 +282,7 @@ func answerBody(w http.ResponseWriter, rec *record) error {
 		b = strconv.AppendInt(b, rec.offset, 10)
 	}
 	b = append(b, '}')
-	return answer(w, http.StatusOK, b)
+	return x.answer(http.StatusOK, b)
 }
 
 // answerRecords answers a records-mode request. If every record was
@@ -291,7 +291,7 @@ func answerBody(w http.ResponseWriter, rec *record) error {
 // the status of the worst failure: 413 or 500 if some record will never
 // be taken, else 504 if some outcome is unknown, else 503 (every failed
 // record was not written; retrying them is safe).
-func answerRecords(w http.ResponseWriter, recs []*record) error {
+func (x *exchange) answerRecords(recs []*record) error {
 	var worst *publishError
 	for _, rec := range recs {
 		if f := rec.failure; f != nil && (worst == nil || severity(f.outcome) > severity(worst.outcome)) {
@@ -328,9 +328,9 @@ func answerRecords(w http.ResponseWriter, recs []*record) error {
 	}
 	b = append(b, "]}"...)
 	if worst == nil {
-		return answer(w, http.StatusOK, b)
+		return x.answer(http.StatusOK, b)
 	}
-	return answer(w, statusOf(worst.outcome), b)
+	return x.answer(statusOf(worst.outcome), b)
 }
 
 // severity orders outcomes from "retry is safe" to "never works".

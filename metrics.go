@@ -1,0 +1,149 @@
+package queuepublish
+
+import (
+	"errors"
+	"strconv"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// The module's Prometheus metrics, on Caddy's admin /metrics. They live
+// for the whole process, so that counts go on across config reloads, and
+// are registered in the registry of each config that loads.
+var (
+	metricRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "caddy_queue_publish_requests_total",
+		Help: "Requests answered by queue_publish, by topic and status code.",
+	}, []string{"topic", "code"})
+	metricRecords = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "caddy_queue_publish_records_total",
+		Help: "Records acknowledged by Kafka, by topic.",
+	}, []string{"topic"})
+	metricBytes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "caddy_queue_publish_record_bytes_total",
+		Help: "Bytes of the values of the records acknowledged by Kafka, by topic.",
+	}, []string{"topic"})
+	metricLatency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "caddy_queue_publish_produce_duration_seconds",
+		Help:    "Time from a request's arrival to the broker's acknowledgement of all its records, by topic.",
+		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 15), // 0.5 ms to 8 s
+	}, []string{"topic"})
+	metricBatch = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "caddy_queue_publish_batch_records",
+		Help:    "Records in each produce request sent to Kafka.",
+		Buckets: prometheus.ExponentialBuckets(1, 2, 11), // 1 to 1024
+	})
+	metricWaiting = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "caddy_queue_publish_records_waiting",
+		Help: "Records queued or in flight, waiting for a broker's answer.",
+	}, recordsWaiting)
+	metricProducerErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "caddy_queue_publish_producer_errors_total",
+		Help: "Records not acknowledged, by kind: retriable (503), timeout (504), too_large (413), permanent (500).",
+	}, []string{"kind"})
+	metricRejections = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "caddy_queue_publish_rejections_total",
+		Help: "Requests refused before reaching Kafka, by reason.",
+	}, []string{"reason"})
+	metricReplays = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "caddy_queue_publish_idempotent_replays_total",
+		Help: "Repeated requests answered from an earlier one by Idempotency-Key, without producing again.",
+	})
+)
+
+// Reasons for metricRejections.
+const (
+	rejectMethod      = "method"
+	rejectAuth        = "auth"
+	rejectTooLarge    = "too_large"
+	rejectInvalidJSON = "invalid_json"
+	rejectRecords     = "invalid_records"
+	rejectSchema      = "schema"
+	rejectTopic       = "unknown_topic"
+	rejectIdempotency = "idempotency_key"
+	rejectQueueFull   = "queue_full"
+)
+
+// registerMetrics adds the module's metrics to a config's registry; they
+// may be there already (another handler of the same config).
+func registerMetrics(reg *prometheus.Registry) error {
+	if reg == nil {
+		return nil
+	}
+	for _, c := range []prometheus.Collector{metricRequests, metricRecords, metricBytes, metricLatency,
+		metricBatch, metricWaiting, metricProducerErrors, metricRejections, metricReplays} {
+		if err := reg.Register(c); err != nil {
+			var already prometheus.AlreadyRegisteredError
+			if !errors.As(err, &already) {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// topicMetrics are the per-topic series a request updates, looked up once.
+type topicMetrics struct {
+	ok      prometheus.Counter // requests answered 200
+	records prometheus.Counter
+	bytes   prometheus.Counter
+	latency prometheus.Observer
+}
+
+var topicSeries sync.Map // topic -> *topicMetrics
+
+func metricsFor(topic string) *topicMetrics {
+	if m, ok := topicSeries.Load(topic); ok {
+		return m.(*topicMetrics)
+	}
+	m, _ := topicSeries.LoadOrStore(topic, &topicMetrics{
+		ok:      metricRequests.WithLabelValues(topic, "200"),
+		records: metricRecords.WithLabelValues(topic),
+		bytes:   metricBytes.WithLabelValues(topic),
+		latency: metricLatency.WithLabelValues(topic),
+	})
+	return m.(*topicMetrics)
+}
+
+// countRequest counts an answered request.
+func countRequest(topic string, status int) {
+	if status == 200 {
+		metricsFor(topic).ok.Inc()
+		return
+	}
+	metricRequests.WithLabelValues(topic, strconv.Itoa(status)).Inc()
+}
+
+// countRecord counts a record's outcome.
+func countRecord(topic string, rec *record) {
+	if rec.failure != nil {
+		metricProducerErrors.WithLabelValues(rec.failure.outcome.String()).Inc()
+		return
+	}
+	m := metricsFor(topic)
+	m.records.Inc()
+	m.bytes.Add(float64(rec.valueLen))
+}
+
+// recordsWaiting counts, at scrape time, the records that every producer
+// holds in its queues or in flight.
+func recordsWaiting() float64 {
+	n := 0
+	producers.Range(func(_, v any) bool {
+		v.(*producer).topics.Range(func(_, t any) bool {
+			ts := t.(*topicState)
+			ts.mu.Lock()
+			queues := ts.queues
+			ts.mu.Unlock()
+			for _, q := range queues {
+				q.mu.Lock()
+				n += len(q.queue) + q.inFlight
+				q.mu.Unlock()
+			}
+			return true
+		})
+		return true
+	})
+	return float64(n)
+}
