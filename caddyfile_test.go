@@ -194,6 +194,7 @@ func TestExamplesAdapt(t *testing.T) {
 		"examples/Caddyfile":              "examples/caddy.json",
 		"examples/production.Caddyfile":   "examples/production.json",
 		"examples/tls-internal.Caddyfile": "examples/tls-internal.json",
+		"examples/webhook.Caddyfile":      "examples/webhook.json",
 	}
 	for caddyfilePath, jsonPath := range pairs {
 		t.Run(filepath.Base(caddyfilePath), func(t *testing.T) {
