@@ -4,6 +4,8 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"runtime"
+	"strings"
 	"testing"
 	"time"
 
@@ -123,4 +125,39 @@ func noLeaks(t *testing.T) {
 	t.Helper()
 	current := goleak.IgnoreCurrent()
 	t.Cleanup(func() { goleak.VerifyNone(t, current) })
+}
+
+// noGoroutinesLeftBy fails the test if, once Caddy runs a config without
+// queue_publish, a goroutine of this module or of kafka-go is still
+// running. goleak's VerifyNone cannot be used around a Caddy server the
+// tests share (Caddy's own goroutines come and go with each config), so
+// this is goleak's check narrowed to the code a config unload must stop;
+// like goleak, it polls until the deadline rather than failing at once.
+func noGoroutinesLeftBy(t *testing.T, owners ...string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var left []string
+		buf := make([]byte, 1<<22)
+		buf = buf[:runtime.Stack(buf, true)]
+		for g := range strings.SplitSeq(string(buf), "\n\n") {
+			if strings.Contains(g, "testing.tRunner") {
+				continue
+			}
+			for _, o := range owners {
+				if strings.Contains(g, o) {
+					left = append(left, g)
+					break
+				}
+			}
+		}
+		if len(left) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d goroutines left running:\n%s", len(left), strings.Join(left, "\n\n"))
+		}
+		runtime.Gosched()
+		time.Sleep(10 * time.Millisecond)
+	}
 }

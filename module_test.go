@@ -296,6 +296,14 @@ func TestProducerSharedAcrossReload(t *testing.T) {
 	if len(stored(t, c1, "a")) != 1 || len(stored(t, c1, "b")) != 1 || len(stored(t, c2, "a")) != 1 {
 		t.Error("each config's record should be in its own cluster and topic")
 	}
+
+	// No config uses queue_publish any more: the last producer is closed
+	// and nothing of it, or of kafka-go, keeps running.
+	startCaddy(t, logFile, `	respond "{\"success\":true}"`)
+	if !third[0].isClosed() || len(pooledProducers(t)) != 0 {
+		t.Fatal("a producer is still open after the last config using it was unloaded")
+	}
+	noGoroutinesLeftBy(t, "caddy-queue-publish.", "segmentio/kafka-go")
 }
 
 // TestRequestAcrossReload sends requests whose body is still arriving
