@@ -36,6 +36,14 @@ func TestHostileRequests(t *testing.T) {
 			mode records
 			max_size 300KB
 		}
+	}
+	handle /small {
+		queue_publish {
+			brokers %[1]s
+			topic events
+			secret {env.QP_TEST_SECRET}
+			max_size 1KB
+		}
 	}`, c.ListenAddrs()[0]))
 	ok := auth(testSecret)
 	deep := strings.Repeat("[", 100000) + strings.Repeat("]", 100000)
@@ -92,6 +100,26 @@ func TestHostileRequests(t *testing.T) {
 		for v := range recordsByValue(t, c, "events") {
 			if strings.Contains(v, "smuggled") {
 				t.Errorf("bytes past Content-Length were produced: %s", v)
+			}
+		}
+	})
+	t.Run("refused unread bodies are not drained", func(t *testing.T) {
+		// Answered before the body is read, the connection closes:
+		// net/http would otherwise read (up to 256 KiB of) the unwanted
+		// body to keep the connection, and then serve the next request.
+		next := "POST /one HTTP/1.1\r\nHost: x\r\nAuthorization: " + testSecret + "\r\nContent-Length: 2\r\n\r\n{}"
+		for _, tt := range []struct {
+			name, path, header string
+			body               int
+			want               int
+		}{
+			{"over max_size", "/small", "Authorization: " + testSecret, 2000, 413},
+			{"wrong secret", "/one", "Authorization: guess", 1000, 403},
+		} {
+			status, rest := rawRequest(t, fmt.Sprintf("POST %s HTTP/1.1\r\nHost: x\r\n%s\r\nContent-Length: %d\r\n\r\n%s",
+				tt.path, tt.header, tt.body, strings.Repeat("a", tt.body))+next, false)
+			if status != tt.want || rest != "" {
+				t.Errorf("%s: %d, then %.40q; want %d and the connection closed", tt.name, status, rest, tt.want)
 			}
 		}
 	})

@@ -70,8 +70,12 @@ func newIdempotencyStore(window time.Duration, maxKeys int) *idempotencyStore {
 // Destruct implements caddy.Destructor; the memory goes with the last use.
 func (s *idempotencyStore) Destruct() error { return nil }
 
-func idemDigest(topic string, body []byte) [sha256.Size]byte {
+// idemDigest identifies a request for its Idempotency-Key: the same body
+// means other records in another mode, so the mode is part of it.
+func idemDigest(mode, topic string, body []byte) [sha256.Size]byte {
 	h := sha256.New()
+	h.Write([]byte(mode))
+	h.Write([]byte{0})
 	h.Write([]byte(topic))
 	h.Write([]byte{0})
 	h.Write(body)

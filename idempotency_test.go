@@ -17,7 +17,7 @@ import (
 
 func TestIdempotencyStoreWindowAndBound(t *testing.T) {
 	s := newIdempotencyStore(time.Minute, 2)
-	d := idemDigest("t", []byte(`{}`))
+	d := idemDigest(modeBody, "t", []byte(`{}`))
 	now := time.Now()
 	e, st := s.begin("a", d, now)
 	if st != idemNew {
@@ -27,10 +27,10 @@ func TestIdempotencyStoreWindowAndBound(t *testing.T) {
 		t.Errorf("while in use: %v, want in progress", st)
 	}
 	s.end(e, []*record{{}})
-	if _, st := s.begin("a", idemDigest("t", []byte(`[]`)), now); st != idemOtherBody {
+	if _, st := s.begin("a", idemDigest(modeBody, "t", []byte(`[]`)), now); st != idemOtherBody {
 		t.Errorf("another body: %v", st)
 	}
-	if _, st := s.begin("a", idemDigest("u", []byte(`{}`)), now); st != idemOtherBody {
+	if _, st := s.begin("a", idemDigest(modeBody, "u", []byte(`{}`)), now); st != idemOtherBody {
 		t.Errorf("another topic: %v", st)
 	}
 	e, st = s.begin("a", d, now.Add(59*time.Second))
@@ -113,8 +113,23 @@ func TestIdempotentRepeats(t *testing.T) {
 	if got := do(t, "POST", "/one", withKey("k2"), strings.NewReader(`{"order":1}`)); got.status != 200 || got.body == first.body {
 		t.Errorf("another key produces again: %d %s", got.status, got.body)
 	}
-	if got := stored(t, c, "events"); len(got) != 2 {
-		t.Errorf("the topic holds %d records, want 2 (k1 once, k2 once)", len(got))
+	// The same body and key in another mode is another request: in body
+	// mode the envelope is one record, in records mode two.
+	envelope := `{"records":[{"value":1},{"value":2}]}`
+	if got := do(t, "POST", "/one", withKey("k3"), strings.NewReader(envelope)); got.status != 200 {
+		t.Fatalf("the envelope as one record: %d %s", got.status, got.body)
+	}
+	if got := do(t, "POST", "/many", withKey("k3"), strings.NewReader(envelope)); got.status != 422 {
+		t.Errorf("the same key and body in records mode: %d %s, want 422", got.status, got.body)
+	}
+	if got := do(t, "POST", "/many", withKey("k4"), strings.NewReader(envelope)); got.status != 200 {
+		t.Fatalf("records mode: %d %s", got.status, got.body)
+	}
+	if got := do(t, "POST", "/one", withKey("k4"), strings.NewReader(envelope)); got.status != 422 {
+		t.Errorf("the same key and body in body mode: %d %s, want 422", got.status, got.body)
+	}
+	if got := stored(t, c, "events"); len(got) != 5 {
+		t.Errorf("the topic holds %d records, want 5 (k1, k2, k3 once, k4's two)", len(got))
 	}
 }
 

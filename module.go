@@ -473,6 +473,7 @@ var (
 	headerJSON        = []string{"application/json"}
 	headerAllowPost   = []string{"POST"}
 	headerRetryAfter  = []string{"1"}
+	headerClose       = []string{"close"}
 )
 
 // ServeHTTP answers every request itself, always with a JSON body; it never
@@ -499,14 +500,17 @@ func (h *Handler) serve(x *exchange, r *http.Request) error {
 	w := x.w
 	if r.Method != http.MethodPost {
 		w.Header()["Allow"] = headerAllowPost
+		closeUnread(w, r)
 		return x.reject(rejectMethod, http.StatusMethodNotAllowed, bodyNotAllowed)
 	}
 	if h.SignatureHeader == "" && !h.authorized(r.Header.Get("Authorization")) {
+		closeUnread(w, r)
 		return x.reject(rejectAuth, http.StatusForbidden, bodyForbidden)
 	}
 	body, status := h.readBody(r)
 	switch status {
 	case http.StatusRequestEntityTooLarge:
+		closeUnread(w, r)
 		return x.reject(rejectTooLarge, status, bodyTooLarge)
 	case http.StatusBadRequest:
 		return x.reject(rejectInvalidJSON, status, bodyInvalidJSON)
@@ -557,12 +561,18 @@ func (h *Handler) serve(x *exchange, r *http.Request) error {
 	for _, rec := range recs {
 		rec.ackBy = rec.deadline.Add(lateAckWait)
 	}
-	entry, st := h.idem.begin(idemKey, idemDigest(topic, body), start)
+	entry, st := h.idem.begin(idemKey, idemDigest(h.Mode, topic, body), start)
 	switch st {
 	case idemOtherBody:
 		return x.reject(rejectIdempotency, http.StatusUnprocessableEntity, bodyKeyReused)
 	case idemInProgress:
 		return x.reject(rejectIdempotency, http.StatusConflict, bodyKeyInProgress)
+	}
+	if st == idemRepeat && len(entry.recs) != len(recs) {
+		// Not the same request after all (the digest covers the mode,
+		// so this needs a hash collision); never pair records wrongly.
+		h.idem.end(entry, nil)
+		return x.reject(rejectIdempotency, http.StatusUnprocessableEntity, bodyKeyReused)
 	}
 	if h.idem.evictedOnce() {
 		h.logger.Warn("more Idempotency-Keys than idempotency_max_keys within idempotency_window: the oldest are forgotten early",
@@ -606,6 +616,14 @@ func (h *Handler) publish(x *exchange, r *http.Request, final, send []*record, s
 		set, perr := h.producer.partitionsOf(r.Context(), topic, send[0].deadline)
 		if perr != nil {
 			h.logFailure(topic, send, perr, start)
+			if h.Mode == modeRecords {
+				// Every record failed alike; the answer still says
+				// so record by record.
+				for _, rec := range send {
+					rec.failure = perr
+				}
+				return x.answerRecords(final)
+			}
 			return x.answerError(perr)
 		}
 		if cerr := checkPartitions(send, set.count()); cerr != nil {
@@ -738,6 +756,16 @@ func (h *Handler) readBody(r *http.Request) ([]byte, int) {
 		return nil, http.StatusRequestEntityTooLarge
 	}
 	return buf.Bytes(), http.StatusOK
+}
+
+// closeUnread makes an HTTP/1 connection close after a refusal answered
+// before the body was read, so that net/http does not read up to 256 KiB
+// of a body nobody wants to keep the connection alive. (HTTP/2 needs
+// nothing: the stream is reset, and the header would end the connection.)
+func closeUnread(w http.ResponseWriter, r *http.Request) {
+	if r.ProtoMajor == 1 && r.ContentLength != 0 {
+		w.Header()["Connection"] = headerClose
+	}
 }
 
 // validJSON reports whether body is exactly one JSON value, in valid UTF-8.

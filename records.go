@@ -315,7 +315,9 @@ func (x *exchange) answerRecords(recs []*record) error {
 			b = appendJSONString(b, f.reason)
 			b = append(b, `,"outcome":"`...)
 			b = append(b, outcomeWord(f.outcome)...)
-			b = append(b, `"}`...)
+			b = append(b, `","status":`...)
+			b = strconv.AppendInt(b, int64(statusOf(f.outcome)), 10)
+			b = append(b, '}')
 			continue
 		}
 		b = append(b, `{"partition":`...)

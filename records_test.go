@@ -3,6 +3,7 @@ package queuepublish
 import (
 	"encoding/json"
 	"fmt"
+	"net/http/httptest"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -70,21 +71,32 @@ func headerMap(r *kgo.Record) map[string]string {
 func TestRecordsMode(t *testing.T) {
 	c := newCluster(t, kfake.NumBrokers(2), kfake.SeedTopics(3, "events"))
 	t.Setenv("QP_TEST_SECRET", testSecret)
-	startCaddy(t, filepath.Join(t.TempDir(), "caddy.log"), fmt.Sprintf(`	queue_publish {
-		brokers %s
-		topic events
-		secret {env.QP_TEST_SECRET}
-		mode records
-		max_records 6
-		timeout 1s
+	startCaddy(t, filepath.Join(t.TempDir(), "caddy.log"), fmt.Sprintf(`	handle /nowhere {
+		queue_publish {
+			brokers %[1]s
+			topic no-such-topic
+			secret {env.QP_TEST_SECRET}
+			mode records
+		}
+	}
+	handle {
+		queue_publish {
+			brokers %[1]s
+			topic events
+			secret {env.QP_TEST_SECRET}
+			mode records
+			max_records 6
+			timeout 1s
+		}
 	}`, c.ListenAddrs()[0]))
-	post := func(body string, header map[string]string) answerT {
+	postTo := func(path, body string, header map[string]string) answerT {
 		h := map[string]string{"Authorization": testSecret}
 		for k, v := range header {
 			h[k] = v
 		}
-		return do(t, "POST", "/", h, strings.NewReader(body))
+		return do(t, "POST", path, h, strings.NewReader(body))
 	}
+	post := func(body string, header map[string]string) answerT { return postTo("/", body, header) }
 
 	t.Run("accepted", func(t *testing.T) {
 		body := `{"records":[
@@ -210,12 +222,129 @@ func TestRecordsMode(t *testing.T) {
 			t.Errorf("want the acknowledged record stored and the failed one not")
 		}
 
-		c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "events", Partitions: []int32{2}, Err: kerr.TopicAuthorizationFailed, Count: 1})
-		got = post(`{"records":[{"value":"fine","partition":0},{"value":"never","partition":2}]}`, nil)
-		if got.status != 500 || !strings.Contains(got.body, `"error":"not authorized to write to the topic","outcome":"not_written"`) {
-			t.Errorf("a record refused for good: got %d %s, want 500", got.status, got.body)
+		// A retriable failure and a permanent one: 500 overall, and each
+		// record's own status says which one a retry can fix.
+		faults := c.Fault(
+			kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "events", Partitions: []int32{1}, Err: kerr.NotEnoughReplicas, Count: -1},
+			kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "events", Partitions: []int32{2}, Err: kerr.TopicAuthorizationFailed, Count: -1})
+		got = post(`{"records":[{"value":"fine","partition":0},{"value":"later","partition":1},{"value":"never","partition":2}]}`, nil)
+		faults.Remove()
+		want := `{"success":false,"error":"not authorized to write to the topic","results":[` +
+			`{"partition":0,"offset":%d},` +
+			`{"error":"Kafka broker not ready: Not Enough Replicas","outcome":"not_written","status":503},` +
+			`{"error":"not authorized to write to the topic","outcome":"not_written","status":500}]}`
+		if got.status != 500 || got.body != fmt.Sprintf(want, c.PartitionInfo("events", 0).HighWatermark-1) {
+			t.Errorf("a retriable and a permanent failure: got %d %s, want 500 %s", got.status, got.body, want)
 		}
 	})
+
+	t.Run("whole request fails", func(t *testing.T) {
+		got := postTo("/nowhere", `{"records":[{"value":1},{"value":2}]}`, nil)
+		want := `{"success":false,"error":"unknown topic","results":[` +
+			`{"error":"unknown topic","outcome":"not_written","status":500},` +
+			`{"error":"unknown topic","outcome":"not_written","status":500}]}`
+		if got.status != 500 || got.body != want {
+			t.Errorf("got %d %s, want 500 %s", got.status, got.body, want)
+		}
+	})
+
+	t.Run("no acknowledgement", func(t *testing.T) {
+		release := make(chan struct{})
+		holdProduce(c, release)
+		got := post(`{"records":[{"value":"held-0","partition":0},{"value":"held-1","partition":1}]}`, nil)
+		close(release)
+		if got.status != 504 {
+			t.Fatalf("got %d %s, want 504", got.status, got.body)
+		}
+		var ans struct {
+			Results []struct {
+				Offset  *int64
+				Outcome string
+				Status  int
+			}
+		}
+		if err := json.Unmarshal([]byte(got.body), &ans); err != nil || len(ans.Results) != 2 {
+			t.Fatalf("answer %s", got.body)
+		}
+		unknown := 0
+		for _, r := range ans.Results {
+			switch {
+			case r.Outcome == "unknown" && r.Status == 504:
+				unknown++
+			case r.Offset == nil:
+				t.Errorf("a result neither acknowledged nor unknown: %s", got.body)
+			}
+		}
+		if unknown == 0 {
+			t.Errorf("no record's outcome is unknown: %s", got.body)
+		}
+	})
+}
+
+// TestAnswerRecordsStatus checks the status of a records-mode answer for
+// every mix of results: the worst failure decides, from "retry is safe"
+// (503) through "unknown" (504) to "never works" (413, 500), and each
+// failed record carries its own status.
+func TestAnswerRecordsStatus(t *testing.T) {
+	ok := func() *record { r := newRecord(nil, time.Now(), time.Second); r.partition, r.offset = 1, 7; return r }
+	failed := func(o outcome) *record {
+		r := newRecord(nil, time.Now(), time.Second)
+		r.failure = &publishError{outcome: o, reason: o.String()}
+		return r
+	}
+	for _, tt := range []struct {
+		recs []*record
+		want int
+	}{
+		{[]*record{ok(), ok()}, 200},
+		{[]*record{ok(), failed(outcomeRetry)}, 503},
+		{[]*record{failed(outcomeRetry), failed(outcomeUnknown), ok()}, 504},
+		{[]*record{failed(outcomeUnknown), failed(outcomeTooLarge), failed(outcomeRetry)}, 413},
+		{[]*record{failed(outcomeRetry), failed(outcomeRejected), failed(outcomeUnknown)}, 500},
+	} {
+		w := httptest.NewRecorder()
+		x := exchange{w: w}
+		if err := x.answerRecords(tt.recs); err != nil {
+			t.Fatal(err)
+		}
+		var ans struct {
+			Success bool
+			Offsets []struct{ Partition, Offset int }
+			Results []struct {
+				Partition, Offset int
+				Outcome           string
+				Status            int
+			}
+		}
+		if err := json.Unmarshal(w.Body.Bytes(), &ans); err != nil {
+			t.Fatalf("%s: %v", w.Body, err)
+		}
+		if w.Code != tt.want || ans.Success != (tt.want == 200) {
+			t.Errorf("%s: status %d, want %d", w.Body, w.Code, tt.want)
+		}
+		if tt.want == 200 {
+			if len(ans.Offsets) != len(tt.recs) || ans.Offsets[1] != (struct{ Partition, Offset int }{1, 7}) {
+				t.Errorf("offsets %s", w.Body)
+			}
+			continue
+		}
+		for i, rec := range tt.recs {
+			res := ans.Results[i]
+			if rec.failure == nil {
+				if res.Status != 0 || res.Partition != 1 || res.Offset != 7 {
+					t.Errorf("record %d, acknowledged: %+v", i, res)
+				}
+				continue
+			}
+			wantOutcome := "not_written"
+			if rec.failure.outcome == outcomeUnknown {
+				wantOutcome = "unknown"
+			}
+			if res.Status != statusOf(rec.failure.outcome) || res.Outcome != wantOutcome {
+				t.Errorf("record %d, %v: %+v", i, rec.failure.outcome, res)
+			}
+		}
+	}
 }
 
 func TestBodyModeKeyAndHeadersFromRequest(t *testing.T) {
