@@ -295,6 +295,7 @@ type producer struct {
 	records atomic.Int64 // records in them
 
 	saslConns sync.Map // connections being opened, for trackedMechanism
+	tls       *tls.Config
 
 	lastRefresh    atomic.Int64 // UnixNano of the last forced metadata refresh
 	lastRebuildLog atomic.Int64 // UnixNano of the last warning about it
@@ -330,6 +331,7 @@ func makeProducer(cfg producerConfig, logger *zap.Logger) (*producer, error) {
 	p := &producer{
 		cfg:    cfg.withDefaults(),
 		logger: logger,
+		tls:    tlsConfig,
 		dialContext: (&net.Dialer{
 			Timeout:   dialTimeout,
 			KeepAlive: 30 * time.Second,
@@ -341,7 +343,7 @@ func makeProducer(cfg producerConfig, logger *zap.Logger) (*producer, error) {
 		DialTimeout: dialTimeout,
 		MetadataTTL: metadataTTL,
 		ClientID:    p.cfg.ClientID,
-		TLS:         tlsConfig,
+		// TLS is done by dial, below the SASL tracking.
 		// Ends the transport's background goroutines on Destruct.
 		Context: p.ctx,
 	}
@@ -369,11 +371,26 @@ func (p *producer) start() {
 	p.watch("no Kafka broker reachable at start; requests are answered 503 until one is")
 }
 
-// dial opens broker connections for the transport.
+// dial opens broker connections for the transport: TLS, if set, as
+// kafka-go would do it (server name from the address unless given), then
+// the SASL tracking above it, so that it sees a broker closing a TLS
+// connection too.
 func (p *producer) dial(ctx context.Context, network, address string) (net.Conn, error) {
 	conn, err := p.dialContext(ctx, network, address)
-	if err != nil || p.cfg.SASL == nil {
-		return conn, err
+	if err != nil {
+		return nil, err
+	}
+	if p.tls != nil {
+		cfg := p.tls
+		if cfg.ServerName == "" {
+			host, _, _ := net.SplitHostPort(address)
+			cfg = cfg.Clone()
+			cfg.ServerName = host
+		}
+		conn = tls.Client(conn, cfg)
+	}
+	if p.cfg.SASL == nil {
+		return conn, nil
 	}
 	return trackSASL(&p.saslConns, ctx, conn), nil
 }

@@ -7,19 +7,24 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/binary"
 	"encoding/pem"
 	"fmt"
+	"io"
+	"maps"
 	"math/big"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 	"github.com/twmb/franz-go/pkg/sasl/scram"
 )
 
@@ -255,4 +260,177 @@ func TestSecureBrokersThroughCaddy(t *testing.T) {
 	if logs, _ := os.ReadFile(logFile); strings.Contains(string(logs), "s3cret-kafka-pass") {
 		t.Error("the SASL password is in Caddy's log")
 	}
+}
+
+// TestBrokerOptionsThroughCaddy sets every TLS and SASL form, acks,
+// compression and client_id in a Caddyfile, and checks what reaches the
+// brokers: the acks of the produce requests, the compression of the
+// stored batches, the client ID on the wire, and the answers and log
+// lines when a setting is wrong.
+func TestBrokerOptionsThroughCaddy(t *testing.T) {
+	pki := newTestPKI(t)
+	secure := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"),
+		kfake.TLS(&tls.Config{Certificates: []tls.Certificate{pki.server}}), kfake.EnableSASL(),
+		kfake.Superuser("PLAIN", "plain-user", "plain-pass"),
+		kfake.Superuser("SCRAM-SHA-256", "scram256-user", "scram256-pass"),
+		kfake.Superuser("SCRAM-SHA-512", "scram512-user", "scram512-pass"))
+	plain := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "leader", "none", "lz4"))
+	proxy, clientIDs := clientIDProxy(t, plain.ListenAddrs()[0])
+	var mu sync.Mutex
+	acks := map[string]int16{}
+	plain.ControlKey(int16(kmsg.Produce), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		plain.KeepControl()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, tp := range req.(*kmsg.ProduceRequest).Topics {
+			acks[tp.Topic] = req.(*kmsg.ProduceRequest).Acks
+		}
+		return nil, nil, false
+	})
+
+	t.Setenv("QP_TEST_SECRET", testSecret)
+	t.Setenv("QP_PLAIN_PASSWORD", "plain-pass")
+	logFile := filepath.Join(t.TempDir(), "caddy.log")
+	route := func(path, options string) string {
+		return fmt.Sprintf(`	handle %s {
+		queue_publish {
+			secret {env.QP_TEST_SECRET}
+			timeout 2s
+			%s
+		}
+	}
+`, path, options)
+	}
+	s := secure.ListenAddrs()[0]
+	startCaddy(t, logFile,
+		route("/plain", "brokers "+s+"\n topic events\n sasl plain plain-user {env.QP_PLAIN_PASSWORD}\n tls {\n ca "+pki.caFile+"\n }")+
+			route("/scram256", "brokers "+s+"\n topic events\n sasl scram-sha-256 scram256-user scram256-pass\n tls {\n insecure_skip_verify\n }")+
+			route("/wrong-password", "brokers "+s+"\n topic events\n sasl scram-sha-512 scram512-user not-the-password\n tls {\n ca "+pki.caFile+"\n }")+
+			route("/other-name", "brokers "+s+"\n topic events\n sasl plain plain-user plain-pass\n tls {\n ca "+pki.caFile+"\n server_name kafka.example\n }")+
+			route("/system-roots", "brokers "+s+"\n topic events\n sasl plain plain-user plain-pass\n tls")+
+			route("/leader", "brokers "+proxy+"\n topic leader\n acks leader\n compression gzip\n client_id billing-api")+
+			route("/none", "brokers "+proxy+"\n topic none\n acks none\n compression snappy")+
+			route("/lz4", "brokers "+proxy+"\n topic lz4\n compression lz4"))
+
+	for _, tt := range []struct {
+		path, want string
+	}{
+		{"/plain", ""},
+		{"/scram256", ""},
+		{"/wrong-password", `{"error":"Kafka authentication failed","outcome":"not_written"}`},
+		{"/other-name", `{"error":"TLS with the Kafka broker failed","outcome":"not_written"}`},
+		{"/system-roots", `{"error":"TLS with the Kafka broker failed","outcome":"not_written"}`},
+		{"/leader", ""},
+		{"/none", ""},
+		{"/lz4", ""},
+	} {
+		got := do(t, "POST", tt.path, auth(testSecret), strings.NewReader(`{"route":"`+tt.path+`"}`))
+		switch {
+		case tt.want == "" && got.status != 200:
+			t.Errorf("%s: %d %s, want 200", tt.path, got.status, got.body)
+		case tt.want != "" && (got.status != 500 || got.body != tt.want):
+			t.Errorf("%s: %d %s, want 500 %s", tt.path, got.status, got.body, tt.want)
+		}
+	}
+	if hw := secure.PartitionInfo("events", 0).HighWatermark; hw != 2 {
+		t.Errorf("the secure cluster holds %d records, want the 2 of /plain and /scram256", hw)
+	}
+
+	logs, _ := os.ReadFile(logFile)
+	for _, want := range []string{"Kafka authentication failed", "TLS with the Kafka broker failed"} {
+		if !hasLogLine(logs, "error", "the Kafka brokers refuse the connection: "+want+"; check the settings", "") {
+			t.Errorf("no error line says %q", want)
+		}
+	}
+	if strings.Contains(string(logs), "no Kafka broker reachable") {
+		t.Error("a refused connection was logged as an unreachable broker")
+	}
+	if strings.Contains(string(logs), "not-the-password") {
+		t.Error("the SASL password is in Caddy's log")
+	}
+
+	mu.Lock()
+	gotAcks := maps.Clone(acks)
+	mu.Unlock()
+	if want := map[string]int16{"leader": 1, "none": 0, "lz4": -1}; !maps.Equal(gotAcks, want) {
+		t.Errorf("acks of the produce requests %v, want %v", gotAcks, want)
+	}
+	for topic, codec := range map[string]uint8{"leader": 1, "none": 2, "lz4": 3} {
+		waitFor(t, 5*time.Second, func() bool { return plain.PartitionInfo(topic, 0).HighWatermark == 1 })
+		if got := stored(t, plain, topic); len(got) != 1 || got[0].Attrs.CompressionType() != codec {
+			t.Errorf("%s: %d records, want 1 compressed with codec %d", topic, len(got), codec)
+		}
+	}
+	seen := map[string]bool{}
+	for len(clientIDs) > 0 {
+		seen[<-clientIDs] = true
+	}
+	if !seen["billing-api"] || !seen["caddy-queue-publish"] {
+		t.Errorf("client IDs on the wire %v, want billing-api (set) and caddy-queue-publish (the default)", seen)
+	}
+}
+
+// clientIDProxy relays TCP connections to target and reports the client
+// ID in the header of each connection's first Kafka request: the bytes a
+// broker logs and applies quotas to.
+func clientIDProxy(t *testing.T, target string) (string, <-chan string) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids := make(chan string, 100)
+	var mu sync.Mutex
+	var conns []net.Conn
+	var wg sync.WaitGroup
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	track := func(c net.Conn) {
+		mu.Lock()
+		conns = append(conns, c)
+		mu.Unlock()
+	}
+	wg.Go(func() {
+		for {
+			in, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			track(in)
+			wg.Go(func() {
+				out, err := net.Dial("tcp", target)
+				if err != nil {
+					in.Close()
+					return
+				}
+				track(out)
+				// Request header: size, api_key, api_version,
+				// correlation_id, then client_id as int16 length + bytes.
+				head := make([]byte, 14)
+				if _, err := io.ReadFull(in, head); err != nil {
+					return
+				}
+				id := make([]byte, max(int16(binary.BigEndian.Uint16(head[12:])), 0))
+				if _, err := io.ReadFull(in, id); err != nil {
+					return
+				}
+				select {
+				case ids <- string(id):
+				default:
+				}
+				out.Write(head)
+				out.Write(id)
+				wg.Go(func() { io.Copy(in, out); in.Close() })
+				io.Copy(out, in)
+				out.Close()
+			})
+		}
+	})
+	return ln.Addr().String(), ids
 }
