@@ -3,10 +3,12 @@ package queuepublish
 import (
 	"fmt"
 	"net/http"
+	"os"
 	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
+	"time"
 
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
@@ -58,8 +60,22 @@ func scrape(t *testing.T) map[string]float64 {
 
 // TestMetrics sends known traffic and checks what the counters gained.
 func TestMetrics(t *testing.T) {
-	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "orders", "clicks", "locked"))
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "orders", "clicks", "locked", "slow"))
+	if err := c.CreateTopic("tiny", 1, map[string]string{"max.message.bytes": "100"}); err != nil {
+		t.Fatal(err)
+	}
 	c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "locked", Err: kerr.TopicAuthorizationFailed, Count: -1})
+	release := make(chan struct{})
+	c.ControlKey(int16(kmsg.Produce), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		if req.(*kmsg.ProduceRequest).Topics[0].Topic == "slow" {
+			c.SleepControl(func() { <-release })
+		}
+		return nil, nil, false
+	})
+	schemaFile := filepath.Join(t.TempDir(), "schema.json")
+	if err := os.WriteFile(schemaFile, []byte(`{"type":"object","required":["n"]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	t.Setenv("QP_TEST_SECRET", testSecret)
 	startCaddy(t, filepath.Join(t.TempDir(), "caddy.log"), fmt.Sprintf(`	handle /t/* {
 		queue_publish {
@@ -78,7 +94,38 @@ func TestMetrics(t *testing.T) {
 			secret {env.QP_TEST_SECRET}
 			mode records
 		}
-	}`, c.ListenAddrs()[0]))
+	}
+	handle /checked {
+		queue_publish {
+			brokers %[1]s
+			topic clicks
+			secret {env.QP_TEST_SECRET}
+			schema %[2]s
+		}
+	}
+	handle /down {
+		queue_publish {
+			brokers %[3]s
+			topic down
+			secret {env.QP_TEST_SECRET}
+			timeout 300ms
+		}
+	}
+	handle /slow {
+		queue_publish {
+			brokers %[1]s
+			topic slow
+			secret {env.QP_TEST_SECRET}
+			timeout 2s
+		}
+	}
+	handle /tiny {
+		queue_publish {
+			brokers %[1]s
+			topic tiny
+			secret {env.QP_TEST_SECRET}
+		}
+	}`, c.ListenAddrs()[0], schemaFile, closedPort(t)))
 	before := scrape(t)
 
 	ok := auth(testSecret)
@@ -91,8 +138,9 @@ func TestMetrics(t *testing.T) {
 	for i := range 3 {
 		send("/t/orders", ok, fmt.Sprintf(`{"n":%d}`, i), 200) // 3 records, 21 bytes
 	}
-	send("/t/orders", withKey("k"), `{"k":1}`, 200)                                 // 1 record, 7 bytes
-	send("/t/orders", withKey("k"), `{"k":1}`, 200)                                 // a replay
+	key := fmt.Sprint("metrics-", time.Now().UnixNano())                            // the store outlives a config
+	send("/t/orders", withKey(key), `{"k":1}`, 200)                                 // 1 record, 7 bytes
+	send("/t/orders", withKey(key), `{"k":1}`, 200)                                 // a replay
 	send("/t/orders", auth("wrong"), `{}`, 403)                                     // auth
 	send("/t/orders", ok, `{"broken"`, 400)                                         // invalid JSON
 	send("/t/orders", ok, `"`+strings.Repeat("x", 200)+`"`, 413)                    // too large
@@ -103,6 +151,19 @@ func TestMetrics(t *testing.T) {
 	if got := do(t, "GET", "/batch", ok, nil); got.status != 405 {                  // method
 		t.Fatalf("GET: %d", got.status)
 	}
+	send("/checked", ok, `{"m":1}`, 400)                     // schema
+	send("/down", ok, `{}`, 503)                             // retriable, before any produce request
+	send("/tiny", ok, `"`+strings.Repeat("x", 200)+`"`, 413) // too large
+	// The broker holds the slow record: it is waiting until the request
+	// gives up (504); then the producer stops waiting for it too.
+	slow := make(chan answerT, 1)
+	go func() { slow <- do(t, "POST", "/slow", ok, strings.NewReader(`{}`)) }()
+	waitFor(t, 2*time.Second, func() bool { return scrape(t)[`caddy_queue_publish_records_waiting{}`] == 1 })
+	if got := <-slow; got.status != 504 {
+		t.Errorf("/slow: %d %s, want 504", got.status, got.body)
+	}
+	waitFor(t, 2*time.Second, func() bool { return scrape(t)[`caddy_queue_publish_records_waiting{}`] == 0 })
+	close(release)
 
 	after := scrape(t)
 	for series, want := range map[string]float64{
@@ -127,16 +188,23 @@ func TestMetrics(t *testing.T) {
 		`caddy_queue_publish_rejections_total{reason=invalid_records}`:     1,
 		`caddy_queue_publish_rejections_total{reason=method}`:              1,
 		`caddy_queue_publish_producer_errors_total{kind=permanent}`:        1,
-		`caddy_queue_publish_idempotent_replays_total{}`:                   1,
+		`caddy_queue_publish_producer_errors_total{kind=retriable}`:        1,
+		`caddy_queue_publish_producer_errors_total{kind=timeout}`:          1,
+		`caddy_queue_publish_producer_errors_total{kind=too_large}`:        1,
+		`caddy_queue_publish_requests_total{code=503,topic=down}`:          1,
+		`caddy_queue_publish_requests_total{code=504,topic=slow}`:          1,
+		`caddy_queue_publish_requests_total{code=413,topic=tiny}`:          1,
+		`caddy_queue_publish_requests_total{code=400,topic=clicks}`:        2, // invalid records, schema
+		`caddy_queue_publish_rejections_total{reason=schema}`:              1,
+		// Records of the produce requests acknowledged: orders 4, clicks 3.
+		`caddy_queue_publish_batch_records_sum{}`:        7,
+		`caddy_queue_publish_idempotent_replays_total{}`: 1,
 	} {
 		if got := after[series] - before[series]; got != want {
 			t.Errorf("%s went up by %v, want %v", series, got, want)
 		}
 	}
-	if got := after[`caddy_queue_publish_batch_records_count{}`] - before[`caddy_queue_publish_batch_records_count{}`]; got < 3 {
-		t.Errorf("batch size histogram counted %v produce requests, want at least 3", got)
-	}
-	if got, ok := after[`caddy_queue_publish_records_waiting{}`]; !ok || got != 0 {
-		t.Errorf("records waiting after the traffic: %v (present %v), want 0", got, ok)
+	if got := after[`caddy_queue_publish_batch_records_count{}`] - before[`caddy_queue_publish_batch_records_count{}`]; got < 2 || got > 5 {
+		t.Errorf("batch size histogram counted %v produce requests, want 2 to 5 for the 7 records of 5 requests", got)
 	}
 }

@@ -615,13 +615,13 @@ func (h *Handler) publish(x *exchange, r *http.Request, final, send []*record, s
 		}
 		set, perr := h.producer.partitionsOf(r.Context(), topic, send[0].deadline)
 		if perr != nil {
-			h.logFailure(topic, send, perr, start)
+			// Every record failed alike, before any was queued.
+			for _, rec := range send {
+				rec.failure = perr
+				countRecord(topic, rec)
+			}
+			h.logFailure(topic, send, start)
 			if h.Mode == modeRecords {
-				// Every record failed alike; the answer still says
-				// so record by record.
-				for _, rec := range send {
-					rec.failure = perr
-				}
 				return x.answerRecords(final)
 			}
 			return x.answerError(perr)
@@ -633,12 +633,11 @@ func (h *Handler) publish(x *exchange, r *http.Request, final, send []*record, s
 		failed := false
 		for _, rec := range send {
 			countRecord(topic, rec)
-			if rec.failure != nil && !failed {
-				h.logFailure(topic, send, rec.failure, start)
-				failed = true
-			}
+			failed = failed || rec.failure != nil
 		}
-		if !failed {
+		if failed {
+			h.logFailure(topic, send, start)
+		} else {
 			metricsFor(topic).latency.Observe(time.Since(start).Seconds())
 		}
 	} else if h.Delivery == deliveryAsync {
@@ -661,7 +660,11 @@ func (h *Handler) enqueue(r *http.Request, topic string, recs []*record) *client
 	set, perr := h.producer.partitionsOf(r.Context(), topic, recs[0].deadline)
 	if perr != nil {
 		h.asyncPending.Add(-n)
-		h.logFailure(topic, recs, perr, recs[0].time)
+		for _, rec := range recs {
+			rec.failure = perr
+			countRecord(topic, rec)
+		}
+		h.logFailure(topic, recs, recs[0].time)
 		return errorAnswer(perr)
 	}
 	if cerr := checkPartitions(recs, set.count()); cerr != nil {
@@ -697,26 +700,36 @@ func (h *Handler) onAsyncDone(rec *record) {
 }
 
 // logFailure logs a request whose records were not all acknowledged: one
-// line at error level.
-func (h *Handler) logFailure(topic string, recs []*record, perr *publishError, start time.Time) {
+// line at error level, about the first record that failed: its partition
+// if it was queued on one, and the produce requests that carried it (0 if
+// it failed before any did).
+func (h *Handler) logFailure(topic string, recs []*record, start time.Time) {
+	var first *record
 	failed := 0
 	for _, rec := range recs {
 		if rec.failure != nil {
+			first = cmp.Or(first, rec)
 			failed++
 		}
 	}
+	if first == nil {
+		return
+	}
 	fields := []zap.Field{
 		zap.String("topic", topic),
-		zap.String("kind", perr.outcome.String()),
+		zap.String("kind", first.failure.outcome.String()),
 		zap.Int("records", len(recs)),
-		zap.Int("failed", max(failed, 1)),
+		zap.Int("failed", failed),
 		zap.Duration("duration", time.Since(start)),
-		zap.Error(perr),
+		zap.Error(first.failure),
 	}
-	if recs[0].q != nil {
-		partition, attempts := recs[0].progress()
-		fields = append(fields, zap.Int("partition", partition), zap.Int("attempts", attempts))
+	attempts := 0
+	if first.q != nil {
+		var partition int
+		partition, attempts = first.progress()
+		fields = append(fields, zap.Int("partition", partition))
 	}
+	fields = append(fields, zap.Int("attempts", attempts))
 	h.logger.Error("publish failed", fields...)
 }
 

@@ -6,10 +6,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -215,16 +217,73 @@ func TestHTTPContract(t *testing.T) {
 		t.Errorf("my-queue holds %q, want %q", values, want)
 	}
 
-	// Permanent broker errors are logged with their details.
+	// Each failed publish is one error line with its details: topic,
+	// error kind, the partition if the record was queued on one, the
+	// produce requests that carried it, how long it took, the cause.
 	logged, err := os.ReadFile(logFile)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"Topic Authorization Failed", `topic \"no-such-topic\" does not exist`} {
-		if !hasLogLine(logged, "error", "publish failed", want) {
-			t.Errorf("no error log line about %q in:\n%s", want, logged)
+	type failure struct {
+		Topic     string
+		Kind      string
+		Partition *int
+		Attempts  *int
+		Duration  *float64
+		Error     string
+	}
+	lines := map[string][]failure{}
+	for line := range bytes.Lines(logged) {
+		var e struct {
+			Level, Msg string
+			failure
+		}
+		if json.Unmarshal(line, &e) == nil && e.Msg == "publish failed" {
+			if e.Level != "error" {
+				t.Errorf("logged at %s: %s", e.Level, line)
+			}
+			lines[e.Topic] = append(lines[e.Topic], e.failure)
 		}
 	}
+	zero := 0
+	for topic, want := range map[string]struct {
+		kind      string
+		partition *int
+		attempts  func(int) bool
+		err       string
+	}{
+		"my-queue":      {"retriable", nil, func(n int) bool { return n == 0 }, "connection refused"}, // /down
+		"flaky":         {"retriable", &zero, func(n int) bool { return n >= 2 }, "Not Enough Replicas"},
+		"slow":          {"timeout", &zero, func(n int) bool { return n == 1 }, "no acknowledgement"},
+		"tiny":          {"too_large", &zero, func(n int) bool { return n == 1 }, "Message Size Too Large"},
+		"forbidden":     {"permanent", &zero, func(n int) bool { return n == 1 }, "Topic Authorization Failed"},
+		"no-such-topic": {"permanent", nil, func(n int) bool { return n == 0 }, `topic "no-such-topic" does not exist`},
+	} {
+		got := lines[topic]
+		if len(got) != 1 {
+			t.Errorf("%s: %d error lines, want 1", topic, len(got))
+			continue
+		}
+		f := got[0]
+		switch {
+		case f.Kind != want.kind, !strings.Contains(f.Error, want.err),
+			f.Attempts == nil || !want.attempts(*f.Attempts), f.Duration == nil,
+			(f.Partition == nil) != (want.partition == nil),
+			f.Partition != nil && *f.Partition != *want.partition:
+			t.Errorf("%s: logged %+v (attempts %v, partition %v), want kind %s, error with %q", topic, f,
+				deref(f.Attempts), deref(f.Partition), want.kind, want.err)
+		}
+	}
+	if len(lines) != 6 {
+		t.Errorf("error lines for topics %v, want only the 6 failed requests", slices.Collect(maps.Keys(lines)))
+	}
+}
+
+func deref[T any](p *T) any {
+	if p == nil {
+		return nil
+	}
+	return *p
 }
 
 // hasLogLine reports whether the JSON log holds a line at level with msg
