@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net/http"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
@@ -137,27 +138,42 @@ func noGoroutinesLeftBy(t *testing.T, owners ...string) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		var left []string
-		buf := make([]byte, 1<<22)
-		buf = buf[:runtime.Stack(buf, true)]
-		for g := range strings.SplitSeq(string(buf), "\n\n") {
-			if strings.Contains(g, "testing.tRunner") {
-				continue
-			}
-			for _, o := range owners {
-				if strings.Contains(g, o) {
-					left = append(left, g)
-					break
-				}
-			}
-		}
+		left := goroutinesOf(owners...)
 		if len(left) == 0 {
 			return
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("%d goroutines left running:\n%s", len(left), strings.Join(left, "\n\n"))
 		}
-		runtime.Gosched()
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// goroutinesOf returns the stacks of the goroutines that run code of one
+// of owners, other than those running the tests' own code.
+func goroutinesOf(owners ...string) []string {
+	buf := make([]byte, 1<<22)
+	buf = buf[:runtime.Stack(buf, true)]
+	var found []string
+	for g := range strings.SplitSeq(string(buf), "\n\n") {
+		if strings.Contains(g, "_test.go:") {
+			continue
+		}
+		for _, o := range owners {
+			if strings.Contains(g, o) {
+				found = append(found, g)
+				break
+			}
+		}
+	}
+	return found
+}
+
+// unloadChecksLeaks loads a config without queue_publish and checks that
+// nothing of the module or of kafka-go keeps running: the end of an
+// integration test.
+func unloadChecksLeaks(t *testing.T) {
+	t.Helper()
+	startCaddy(t, filepath.Join(t.TempDir(), "caddy.log"), `	respond "{\"success\":true}"`)
+	noGoroutinesLeftBy(t, "caddy-queue-publish.", "segmentio/kafka-go")
 }

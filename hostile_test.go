@@ -178,6 +178,7 @@ func TestHostileRequests(t *testing.T) {
 			t.Errorf("%d records produced, want the 60 good ones", after-before)
 		}
 	})
+	unloadChecksLeaks(t)
 }
 
 // rawRequest writes raw bytes to the test server and returns the status

@@ -131,6 +131,7 @@ func TestIdempotentRepeats(t *testing.T) {
 	if got := stored(t, c, "events"); len(got) != 5 {
 		t.Errorf("the topic holds %d records, want 5 (k1, k2, k3 once, k4's two)", len(got))
 	}
+	unloadChecksLeaks(t)
 }
 
 func TestIdempotencyAfterUnknownOutcome(t *testing.T) {
@@ -244,6 +245,7 @@ func TestAsyncDelivery(t *testing.T) {
 		logs, _ := os.ReadFile(logFile)
 		return hasLogLine(logs, "error", "asynchronous publish failed", "Topic Authorization Failed")
 	})
+	unloadChecksLeaks(t)
 }
 
 // Clients retry with their Idempotency-Key after 504s (the broker is
@@ -298,4 +300,5 @@ func TestIdempotentRetriesWhileBrokerIsSlow(t *testing.T) {
 	if retried == 0 {
 		t.Error("no request was retried: the broker was not slow")
 	}
+	unloadChecksLeaks(t)
 }

@@ -207,4 +207,5 @@ func TestMetrics(t *testing.T) {
 	if got := after[`caddy_queue_publish_batch_records_count{}`] - before[`caddy_queue_publish_batch_records_count{}`]; got < 2 || got > 5 {
 		t.Errorf("batch size histogram counted %v produce requests, want 2 to 5 for the 7 records of 5 requests", got)
 	}
+	unloadChecksLeaks(t)
 }

@@ -277,6 +277,7 @@ func TestHTTPContract(t *testing.T) {
 	if len(lines) != 6 {
 		t.Errorf("error lines for topics %v, want only the 6 failed requests", slices.Collect(maps.Keys(lines)))
 	}
+	unloadChecksLeaks(t)
 }
 
 func deref[T any](p *T) any {
@@ -358,11 +359,10 @@ func TestProducerSharedAcrossReload(t *testing.T) {
 
 	// No config uses queue_publish any more: the last producer is closed
 	// and nothing of it, or of kafka-go, keeps running.
-	startCaddy(t, logFile, `	respond "{\"success\":true}"`)
+	unloadChecksLeaks(t)
 	if !third[0].isClosed() || len(pooledProducers(t)) != 0 {
 		t.Fatal("a producer is still open after the last config using it was unloaded")
 	}
-	noGoroutinesLeftBy(t, "caddy-queue-publish.", "segmentio/kafka-go")
 }
 
 // TestRequestAcrossReload sends requests whose body is still arriving
@@ -559,6 +559,7 @@ func TestStartsWhileBrokersAreDown(t *testing.T) {
 	if got := stored(t, c, "my-queue"); len(got) != 1 || string(got[0].Value) != seedBody {
 		t.Errorf("topic holds %v, want the one acknowledged record", got)
 	}
+	unloadChecksLeaks(t)
 }
 
 // handlerForUnitTest is a Handler as Provision leaves it, without a

@@ -279,6 +279,7 @@ func TestRecordsMode(t *testing.T) {
 			t.Errorf("no record's outcome is unknown: %s", got.body)
 		}
 	})
+	unloadChecksLeaks(t)
 }
 
 // TestAnswerRecordsStatus checks the status of a records-mode answer for

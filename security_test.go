@@ -368,6 +368,7 @@ func TestBrokerOptionsThroughCaddy(t *testing.T) {
 	if !seen["billing-api"] || !seen["caddy-queue-publish"] {
 		t.Errorf("client IDs on the wire %v, want billing-api (set) and caddy-queue-publish (the default)", seen)
 	}
+	unloadChecksLeaks(t)
 }
 
 // clientIDProxy relays TCP connections to target and reports the client
