@@ -65,12 +65,16 @@ func TestHostileRequests(t *testing.T) {
 		{"only whitespace", "/one", " \r\n\t", 400, ""},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
+			before := len(stored(t, c, "events"))
 			got := do(t, "POST", tt.path, ok, strings.NewReader(tt.body))
 			if got.status != tt.want {
 				t.Fatalf("%d %.200s, want %d", got.status, got.body, tt.want)
 			}
 			if tt.stored != "" && recordsByValue(t, c, "events")[tt.stored] == nil {
 				t.Errorf("%.60q is not stored byte for byte", tt.stored)
+			}
+			if added := len(stored(t, c, "events")) - before; (tt.stored != "") != (added == 1) || added > 1 {
+				t.Errorf("%d records added to events", added)
 			}
 		})
 	}

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -399,9 +400,14 @@ func TestRequestAcrossReload(t *testing.T) {
 				t.Fatal(err)
 			}
 			req.Header.Set("Authorization", testSecret)
+			// The client sends no body before the server's 100
+			// Continue, which net/http sends when the handler first
+			// reads the body.
+			req.Header.Set("Expect", "100-continue")
+			client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true, ExpectContinueTimeout: time.Minute}}
 			answered := make(chan answerT, 1)
 			go func() {
-				res, err := testClient.Do(req)
+				res, err := client.Do(req)
 				if err != nil {
 					answered <- answerT{body: err.Error()}
 					return
@@ -410,15 +416,18 @@ func TestRequestAcrossReload(t *testing.T) {
 				res.Body.Close()
 				answered <- answerT{status: res.StatusCode, body: string(b)}
 			}()
-			// The write returns once the client took the bytes: the
-			// request is on its way to the first config's handler.
+			// The write returns once the client took the bytes, so
+			// after the first config's handler started reading.
 			bodyWriter.Write([]byte(`{"across":`))
 			startCaddy(t, logFile, tt.reloadTo)
-			bodyWriter.Write([]byte(`"reload"}`))
+			bodyWriter.Write([]byte(strconv.Quote(tt.name) + `}`))
 			bodyWriter.Close()
 			got := <-answered
 			if got.status != 200 || !strings.HasPrefix(got.body, `{"success":true,`) {
 				t.Fatalf("request across the reload: %d %s", got.status, got.body)
+			}
+			if recordsByValue(t, c, "a")[`{"across":`+strconv.Quote(tt.name)+`}`] == nil {
+				t.Error("the request was not answered by the handler it reached, of the first config")
 			}
 			if tt.closes {
 				waitFor(t, 5*time.Second, func() bool { return before[0].isClosed() })
@@ -488,31 +497,67 @@ func TestSecretNeverLogged(t *testing.T) {
 	c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "my-queue", Err: kerr.TopicAuthorizationFailed, Count: 1})
 	t.Setenv("QP_TEST_SECRET", testSecret)
 	dir := t.TempDir()
+	// A second secret, from a file, and a third for signed webhooks.
+	fileSecret := strings.Repeat("f1e2d3c4", 8)
+	hookSecret := strings.Repeat("9a8b7c6d", 8)
+	t.Setenv("QP_HOOK_SECRET", hookSecret)
+	secretFile := filepath.Join(dir, "secret")
+	if err := os.WriteFile(secretFile, []byte(fileSecret+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	logFile := filepath.Join(dir, "caddy.log")
 	accessLog := filepath.Join(dir, "access.log")
 	startCaddy(t, logFile, fmt.Sprintf(`	log {
-		output file %s
+		output file %[1]s
 	}
-	queue_publish {
-		brokers %s %s
-		topic my-queue
-		secret {env.QP_TEST_SECRET}
-		max_size 100
-	}`, accessLog, c.ListenAddrs()[0], closedPort(t)))
+	handle /hook {
+		queue_publish {
+			brokers %[2]s %[3]s
+			topic my-queue
+			secret {env.QP_HOOK_SECRET}
+			signature_header X-Hub-Signature-256
+			max_size 100
+		}
+	}
+	handle {
+		queue_publish {
+			brokers %[2]s %[3]s
+			topic my-queue
+			secret {env.QP_TEST_SECRET}
+			secret {file.%[4]s}
+			max_size 100
+		}
+	}`, accessLog, c.ListenAddrs()[0], closedPort(t), secretFile))
 
 	var answers strings.Builder
-	for _, h := range []string{testSecret, "Bearer " + testSecret, testSecret[:32], testSecret + "x", "Bearer " + testSecret[1:]} {
-		for _, body := range []string{`{}`, `nope`, strings.Repeat("x", 200)} {
-			got := do(t, "POST", "/", auth(h), strings.NewReader(body))
-			fmt.Fprintln(&answers, got.status, got.header, got.body)
+	statuses := map[int]int{}
+	for _, secret := range []string{testSecret, fileSecret} {
+		for _, h := range []string{secret, "Bearer " + secret, secret[:32], secret + "x", "Bearer " + secret[1:]} {
+			for _, body := range []string{`{}`, `nope`, strings.Repeat("x", 200)} {
+				got := do(t, "POST", "/", auth(h), strings.NewReader(body))
+				fmt.Fprintln(&answers, got.status, got.header, got.body)
+				statuses[got.status]++
+			}
 		}
+	}
+	for _, sig := range []string{signature(hookSecret, `{}`), signature(hookSecret[:32], `{}`), signature(hookSecret, `{"other":1}`), "sha256=" + strings.Repeat("0", 64)} {
+		got := do(t, "POST", "/hook", map[string]string{"X-Hub-Signature-256": sig}, strings.NewReader(`{}`))
+		fmt.Fprintln(&answers, got.status, got.header, got.body)
+		statuses[got.status]++
+	}
+	// 200s for both secrets and the signature (one 500 from the fault),
+	// 400s, 403s and 413s.
+	if statuses[200]+statuses[500] != 5 || statuses[400] != 4 || statuses[403] != 21 || statuses[413] != 4 {
+		t.Errorf("statuses %v", statuses)
 	}
 	running := []byte(adminConfig(t))
 
 	logs, _ := os.ReadFile(logFile)
 	access, _ := os.ReadFile(accessLog)
-	if !bytes.Contains(running, []byte("{env.QP_TEST_SECRET}")) {
-		t.Errorf("the running config should hold the placeholder: %s", running)
+	for _, placeholder := range []string{"{env.QP_TEST_SECRET}", "{file." + secretFile + "}", "{env.QP_HOOK_SECRET}"} {
+		if !bytes.Contains(running, []byte(placeholder)) {
+			t.Errorf("the running config should hold the placeholder %s: %s", placeholder, running)
+		}
 	}
 	if !hasLogLine(logs, "error", "publish failed", "Topic Authorization Failed") || len(access) == 0 {
 		t.Fatal("the test should produce error logs and access logs")
@@ -521,12 +566,15 @@ func TestSecretNeverLogged(t *testing.T) {
 		"Caddy's log": logs, "the access log": access,
 		"the answers": []byte(answers.String()), "the running config": running,
 	} {
-		for _, s := range []string{testSecret, testSecret[:32], testSecret[1:]} {
-			if bytes.Contains(text, []byte(s)) {
-				t.Errorf("%s contains (part of) the secret", name)
+		for _, secret := range []string{testSecret, fileSecret, hookSecret} {
+			for _, part := range []string{secret, secret[:32], secret[1:]} {
+				if bytes.Contains(text, []byte(part)) {
+					t.Errorf("%s contains (part of) a secret", name)
+				}
 			}
 		}
 	}
+	unloadChecksLeaks(t)
 }
 
 // TestStartsWhileBrokersAreDown checks that Caddy starts while no broker is

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -403,10 +404,36 @@ func TestTopicFromRequest(t *testing.T) {
 			t.Errorf("%s holds %v", topic, got)
 		}
 	}
+	// Refused topics never reach Kafka: no metadata or produce request
+	// names them.
+	var requests atomic.Int32
+	refused := func(topic *string) bool {
+		return topic != nil && (*topic == "secret-stuff" || *topic == "nope" || *topic == "")
+	}
+	c.Control(func(req kmsg.Request) (kmsg.Response, error, bool) {
+		switch req := req.(type) {
+		case *kmsg.MetadataRequest:
+			for _, tp := range req.Topics {
+				if refused(tp.Topic) {
+					requests.Add(1)
+				}
+			}
+		case *kmsg.ProduceRequest:
+			for _, tp := range req.Topics {
+				if refused(&tp.Topic) {
+					requests.Add(1)
+				}
+			}
+		}
+		return nil, nil, false
+	})
 	for _, path := range []string{"/topics/secret-stuff", "/topics/nope", "/topics/"} {
 		if got := do(t, "POST", path, ok, strings.NewReader(`{}`)); got.status != 404 || got.body != `{"err":"unknown topic"}` {
 			t.Errorf("%s: got %d %s, want 404", path, got.status, got.body)
 		}
+	}
+	if n := requests.Load(); n != 0 {
+		t.Errorf("%d Kafka requests name a refused topic, want none", n)
 	}
 	if got := stored(t, c, "secret-stuff"); len(got) != 0 {
 		t.Error("a topic outside allow_topics was written")
