@@ -1,8 +1,10 @@
 package queuepublish
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -299,6 +301,71 @@ func TestIdempotentRetriesWhileBrokerIsSlow(t *testing.T) {
 	}
 	if retried == 0 {
 		t.Error("no request was retried: the broker was not slow")
+	}
+	unloadChecksLeaks(t)
+}
+
+// A client whose connection drops while the broker holds its record
+// retries with the same Idempotency-Key: the retries wait for the first
+// attempt's outcome instead of producing again, and once the record lands
+// they get its answer. The key ends up as one record.
+func TestIdempotentRetryAfterDroppedConnection(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	idemServer(t, c, "")
+	release := make(chan struct{})
+	received := holdProduce(c, release)
+
+	ctx, drop := context.WithCancel(context.Background())
+	req, err := http.NewRequestWithContext(ctx, "POST", baseURL+"/one", strings.NewReader(`{"dropped":1}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range withKey("dropped") {
+		req.Header.Set(k, v)
+	}
+	dropped := make(chan error, 1)
+	go func() {
+		res, err := testClient.Do(req)
+		if err == nil {
+			res.Body.Close()
+		}
+		dropped <- err
+	}()
+	waitFor(t, 5*time.Second, func() bool { return received.Load() == 1 })
+	drop()
+	if err := <-dropped; err == nil {
+		t.Fatal("the request was answered before its connection dropped")
+	}
+
+	// While the first attempt's record is held, a retry is refused as in
+	// progress (409) or waits for it and answers that its outcome is
+	// unknown (504); it never produces again.
+	statuses := map[int]int{}
+	waitFor(t, 5*time.Second, func() bool {
+		got := do(t, "POST", "/one", withKey("dropped"), strings.NewReader(`{"dropped":1}`))
+		statuses[got.status]++
+		return got.status == 504
+	})
+	if received.Load() != 1 {
+		t.Errorf("%d produce requests, want only the first attempt's", received.Load())
+	}
+	close(release)
+	var final answerT
+	waitFor(t, 5*time.Second, func() bool {
+		final = do(t, "POST", "/one", withKey("dropped"), strings.NewReader(`{"dropped":1}`))
+		statuses[final.status]++
+		return final.status == 200
+	})
+	if final.header.Get("Idempotent-Replayed") != "true" || !strings.Contains(final.body, `"offset":0`) {
+		t.Errorf("after the record landed: %s (replayed %q), want the first attempt's offset 0", final.body, final.header.Get("Idempotent-Replayed"))
+	}
+	for status := range statuses {
+		if status != 200 && status != 409 && status != 504 {
+			t.Errorf("retries answered %v", statuses)
+		}
+	}
+	if got := stored(t, c, "events"); len(got) != 1 {
+		t.Errorf("the topic holds %d records, want the key's one", len(got))
 	}
 	unloadChecksLeaks(t)
 }
