@@ -66,37 +66,80 @@ func options(v any, caddyfileNames map[string]string) []option {
 }
 
 // TestEveryOptionIsDocumentedAndAdapted fails when a config field is
-// missing from the README (as a Caddyfile option and in the JSON
-// reference) or from the adapt golden files.
+// missing from a place of the README: the Caddyfile syntax block, the
+// options table, an example other than the syntax block, the JSON
+// reference; or from the adapt golden files.
 func TestEveryOptionIsDocumentedAndAdapted(t *testing.T) {
-	readme, err := os.ReadFile("README.md")
+	b, err := os.ReadFile("README.md")
 	if err != nil {
 		t.Fatal(err)
 	}
+	readme := string(b)
+	section := func(heading string) string {
+		_, rest, ok := strings.Cut(readme, "\n"+heading+"\n")
+		if !ok {
+			t.Fatalf("README.md has no %q", heading)
+		}
+		if end := regexp.MustCompile(`(?m)^#{2,3} `).FindStringIndex(rest); end != nil {
+			rest = rest[:end[0]]
+		}
+		return rest
+	}
+	blocks := func(text, lang string) []string {
+		var found []string
+		for _, m := range regexp.MustCompile("(?s)```"+lang+"\n(.*?)```").FindAllStringSubmatch(text, -1) {
+			found = append(found, m[1])
+		}
+		return found
+	}
+	optionLine := func(name string) *regexp.Regexp {
+		return regexp.MustCompile(`(?m)^\s*` + regexp.QuoteMeta(name) + `(\s|$)`)
+	}
+	caddyfileSection := section("### Caddyfile")
+	caddyfileBlocks := blocks(caddyfileSection, "caddyfile")
+	syntax, examples := caddyfileBlocks[0], strings.Join(caddyfileBlocks[1:], "\n")
+	examples += strings.Join(blocks(section("### In a site"), "caddyfile"), "\n")
+	jsonRef := strings.Join(blocks(section("### JSON"), "json"), "\n")
+	devSection := section("### Development broker")
+
 	files, _ := filepath.Glob("testdata/caddyfile_adapt/*.txt")
 	var golden strings.Builder
 	for _, f := range files {
 		cf, _ := goldenParts(t, f)
 		golden.WriteString(cf)
 	}
-	inGolden := func(name string) bool {
-		return regexp.MustCompile(`(?m)^\s*` + regexp.QuoteMeta(name) + `(\s|$)`).MatchString(golden.String())
-	}
 	check := func(where string, opts []option, caddyfile bool) {
 		for _, o := range opts {
-			if caddyfile && !strings.Contains(string(readme), "`"+o.caddyfile+"`") {
-				t.Errorf("%s option %q is not documented in README.md", where, o.caddyfile)
+			if caddyfile {
+				line := optionLine(o.caddyfile)
+				if !line.MatchString(syntax) {
+					t.Errorf("%s option %q is not in the README's Caddyfile syntax block", where, o.caddyfile)
+				}
+				if !strings.Contains(caddyfileSection, "| `"+o.caddyfile+"` |") {
+					t.Errorf("%s option %q has no row in the README's option tables", where, o.caddyfile)
+				}
+				if !line.MatchString(examples) {
+					t.Errorf("%s option %q has no example in the README", where, o.caddyfile)
+				}
+				if !line.MatchString(golden.String()) {
+					t.Errorf("%s option %q is in no testdata/caddyfile_adapt file", where, o.caddyfile)
+				}
 			}
-			if !strings.Contains(string(readme), `"`+o.json+`"`) {
-				t.Errorf("%s JSON field %q is not in README.md's JSON reference", where, o.json)
-			}
-			if caddyfile && !inGolden(o.caddyfile) {
-				t.Errorf("%s option %q is in no testdata/caddyfile_adapt file", where, o.caddyfile)
+			if !strings.Contains(jsonRef, `"`+o.json+`"`) {
+				t.Errorf("%s JSON field %q is not in the README's JSON reference", where, o.json)
 			}
 		}
 	}
 	check("queue_publish", options(Handler{}, map[string]string{"secrets": "secret", "headers": "header"}), true)
 	check("queue_publish tls", options(BrokerTLS{}, nil), true)
 	check("queue_publish sasl", options(BrokerSASL{}, nil), false) // positional in the Caddyfile
-	check("queue_publish_dev_broker", options(devbroker.App{}, map[string]string{"topics": "topic"}), true)
+	for _, o := range options(devbroker.App{}, map[string]string{"topics": "topic"}) {
+		if !optionLine(o.caddyfile).MatchString(strings.Join(blocks(devSection, "caddyfile"), "")) ||
+			!strings.Contains(devSection, "| `"+o.caddyfile+"` |") || !strings.Contains(devSection, `"`+o.json+`"`) {
+			t.Errorf("dev broker option %q / %q is not documented in the README's Development broker section", o.caddyfile, o.json)
+		}
+		if !optionLine(o.caddyfile).MatchString(golden.String()) {
+			t.Errorf("dev broker option %q is in no testdata/caddyfile_adapt file", o.caddyfile)
+		}
+	}
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Publish one message to queue_publish with curl.
+# Publish one message to queue_publish with curl (7.84 or later).
 #
 #   QUEUE_AUTH_SECRET=... ./publish.sh '{"msg":"hello world"}'
 #
@@ -7,10 +7,14 @@
 # QUEUE_AUTH_SECRET        the shared secret
 # QUEUE_SIGNATURE_HEADER   if set (e.g. X-Hub-Signature-256), sign the body with
 #                          the secret (HMAC-SHA256, openssl) instead of sending it
-# QUEUE_IDEMPOTENT=1       the server has idempotency_window: a 504 is retried too
+# QUEUE_IDEMPOTENT=1       the server has idempotency_window: an unknown outcome
+#                          (504, or no answer) is retried too
 #
-# A 503 (not written) is retried with back-off; a 504 (outcome unknown) only
-# when the server deduplicates by Idempotency-Key; anything else is final.
+# Retried, up to 6 attempts: 503 (not written; waits Retry-After), 409 (the
+# same Idempotency-Key is in progress) and a refused connection (nothing
+# sent). A 504 or a connection lost before the answer leaves the outcome
+# unknown: retried only with QUEUE_IDEMPOTENT=1. Any other answer is final.
+# Exit status: 0 published, 1 not published, 2 outcome unknown.
 set -euo pipefail
 
 url=${QUEUE_URL:-http://localhost:8080/}
@@ -24,32 +28,43 @@ if [ -n "${QUEUE_SIGNATURE_HEADER:-}" ]; then
 	auth=(-H "$QUEUE_SIGNATURE_HEADER: sha256=$sig")
 fi
 
-delay=0.2
+delay=0.2 unknown=0
 for attempt in 1 2 3 4 5 6; do
-	answer=$(curl -sS -o - -w '\n%{http_code}' "${auth[@]}" -H "Idempotency-Key: $key" \
-		-H 'Content-Type: application/json' --data-binary "$body" "$url") || answer=$'\n000'
-	status=${answer##*$'\n'}
-	answer=${answer%$'\n'*}
-	case $status in
-	200 | 202)
-		echo "$answer"
-		exit 0
-		;;
-	503 | 409 | 000) ;; # not written (or not answered, or the first try still running): retry
-	504)
+	rc=0
+	out=$(curl -sS --max-time 30 -w '\n%{http_code} %header{retry-after}' "${auth[@]}" \
+		-H "Idempotency-Key: $key" -H 'Content-Type: application/json' \
+		--data-binary "$body" "$url") || rc=$?
+	read -r status retry_after <<<"${out##*$'\n'}"
+	answer=${out%$'\n'*}
+	what="$status $answer" wait=$delay
+	if [ "$rc" = 7 ]; then # could not connect: nothing was sent
+		what="connection refused"
+	elif [ "$rc" != 0 ] || [ "$status" = 504 ]; then # sent, but no answer or 504
+		[ "$rc" = 0 ] || what="no answer (curl exit $rc)"
+		unknown=1
 		if [ "${QUEUE_IDEMPOTENT:-}" != 1 ]; then
-			echo "outcome unknown, not retried (it could be stored twice): $answer" >&2
+			echo "outcome unknown, not retried (it could be stored twice): $what" >&2
 			exit 2
 		fi
-		;;
-	*)
-		echo "refused ($status): $answer" >&2
-		exit 1
-		;;
-	esac
-	echo "attempt $attempt: $status $answer; retrying in ${delay}s" >&2
-	sleep "$delay"
-	delay=$(awk "BEGIN {print $delay * 2}")
+	else
+		case $status in
+		200 | 202)
+			echo "$answer"
+			exit 0
+			;;
+		503 | 409) # not written, or the same key still in progress
+			wait=$(awk -v d="$delay" -v r="${retry_after:-0}" 'BEGIN { print (r + 0 > d ? r + 0 : d) }') ;;
+		*)
+			echo "not published, final answer: $what" >&2
+			exit 1
+			;;
+		esac
+	fi
+	if [ "$attempt" = 6 ]; then
+		echo "gave up after $attempt attempts: $what" >&2
+		exit $((unknown ? 2 : 1))
+	fi
+	echo "attempt $attempt: $what; retrying in ${wait}s" >&2
+	sleep "$wait"
+	delay=$(awk -v d="$delay" 'BEGIN { print d * 2 }')
 done
-echo "gave up: $status $answer" >&2
-exit 1

@@ -3,20 +3,26 @@
 //	QUEUE_AUTH_SECRET=... go run ./examples/clients/go '{"msg":"hello world"}'
 //
 // QUEUE_URL (default http://localhost:8080/), QUEUE_AUTH_SECRET, and
-// QUEUE_IDEMPOTENT=1 if the server has idempotency_window (a 504 is retried
-// too). A 503 (not written) is retried with back-off; anything else but 2xx
-// is final.
+// QUEUE_IDEMPOTENT=1 if the server has idempotency_window (then an unknown
+// outcome is retried too).
+//
+// Retried, up to 6 attempts: 503 (not written; waits Retry-After), 409 (the
+// same Idempotency-Key is in progress) and a refused connection (nothing
+// sent). A 504 or a connection lost before the answer leaves the outcome
+// unknown: retried only with QUEUE_IDEMPOTENT=1. Any other answer is final.
+// Exit status: 0 published, 1 not published, 2 outcome unknown.
 package main
 
 import (
 	"crypto/rand"
-	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -33,44 +39,68 @@ func main() {
 	if len(os.Args) > 1 {
 		body = os.Args[1]
 	}
-	key := make([]byte, 16)
-	rand.Read(key) // the same key on every attempt of this message
+	key := rand.Text() // the same key on every attempt of this message
 	retryUnknown := os.Getenv("QUEUE_IDEMPOTENT") == "1"
-	client := &http.Client{Timeout: 30 * time.Second}
+	// A new connection for each attempt: on a reused one, net/http would
+	// resend a request with an Idempotency-Key by itself after some errors.
+	transport := http.DefaultTransport.(*http.Transport).Clone()
+	transport.DisableKeepAlives = true
+	client := &http.Client{Timeout: 30 * time.Second, Transport: transport}
 
-	delay := 200 * time.Millisecond
-	for attempt := 1; attempt <= 6; attempt++ {
-		req, _ := http.NewRequest("POST", url, strings.NewReader(body))
-		req.Header.Set("Authorization", secret)
-		req.Header.Set("Idempotency-Key", hex.EncodeToString(key))
-		req.Header.Set("Content-Type", "application/json")
-		status, answer, retryAfter := 0, "", 0
-		if res, err := client.Do(req); err != nil {
-			answer = err.Error() // not answered: nothing was acknowledged
-		} else {
-			b, _ := io.ReadAll(res.Body)
-			res.Body.Close()
-			status, answer = res.StatusCode, string(b)
-			retryAfter, _ = strconv.Atoi(res.Header.Get("Retry-After"))
-		}
-		switch status {
-		case 200, 202:
+	delay, unknown := 200*time.Millisecond, false
+	for attempt := 1; ; attempt++ {
+		status, answer, retryAfter, err := send(client, url, secret, key, body)
+		what, wait := fmt.Sprintf("%d %s", status, answer), delay
+		switch {
+		case errors.Is(err, syscall.ECONNREFUSED): // nothing was sent
+			what = "connection refused"
+		case err != nil || status == 504: // sent, but no answer or 504
+			if err != nil {
+				what = "no answer (" + err.Error() + ")"
+			}
+			unknown = true
+			if !retryUnknown {
+				fail(2, "outcome unknown, not retried (it could be stored twice): "+what)
+			}
+		case status == 200 || status == 202:
 			fmt.Println(answer)
 			return
-		case 504:
-			if !retryUnknown {
-				fail(2, "outcome unknown, not retried (it could be stored twice): "+answer)
-			}
-		case 0, 409, 503:
+		case status == 503 || status == 409: // not written, or the same key still in progress
+			wait = max(delay, retryAfter)
 		default:
-			fail(1, fmt.Sprintf("refused (%d): %s", status, answer))
+			fail(1, "not published, final answer: "+what)
 		}
-		wait := max(delay, time.Duration(retryAfter)*time.Second)
-		fmt.Fprintf(os.Stderr, "attempt %d: %d %s; retrying in %v\n", attempt, status, answer, wait)
+		if attempt == 6 {
+			code := 1
+			if unknown {
+				code = 2
+			}
+			fail(code, fmt.Sprintf("gave up after %d attempts: %s", attempt, what))
+		}
+		fmt.Fprintf(os.Stderr, "attempt %d: %s; retrying in %v\n", attempt, what, wait)
 		time.Sleep(wait)
 		delay *= 2
 	}
-	fail(1, "gave up")
+}
+
+// send posts body once and returns the answer; err is set if there was
+// none (or it was cut short).
+func send(client *http.Client, url, secret, key, body string) (status int, answer string, retryAfter time.Duration, err error) {
+	req, err := http.NewRequest("POST", url, strings.NewReader(body))
+	if err != nil {
+		fail(1, err.Error())
+	}
+	req.Header.Set("Authorization", secret)
+	req.Header.Set("Idempotency-Key", key)
+	req.Header.Set("Content-Type", "application/json")
+	res, err := client.Do(req)
+	if err != nil {
+		return 0, "", 0, err
+	}
+	defer res.Body.Close()
+	b, err := io.ReadAll(res.Body)
+	seconds, _ := strconv.Atoi(res.Header.Get("Retry-After"))
+	return res.StatusCode, string(b), time.Duration(seconds) * time.Second, err
 }
 
 func fail(code int, msg string) {
