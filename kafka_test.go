@@ -116,28 +116,41 @@ func TestProducerRetriesRetriableErrors(t *testing.T) {
 }
 
 func TestProducerRetriableErrorUntilTimeoutIsNotWritten(t *testing.T) {
-	noLeaks(t)
-	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
-	p := testProducer(t, c)
-	c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "events", Err: kerr.NotEnoughReplicas, Count: -1})
+	for _, tt := range []struct {
+		err     *kerr.Error
+		acks    kafka.RequiredAcks
+		outcome outcome
+		reason  string
+	}{
+		{kerr.NotEnoughReplicas, kafka.RequireAll, outcomeRetry, "Kafka broker not ready: Not Enough Replicas"},
+		{kerr.NotLeaderForPartition, kafka.RequireOne, outcomeRetry, "Kafka broker not ready: Not Leader For Partition"},
+		// With acks=all a broker may say NOT_LEADER after appending,
+		// when leadership moved while it waited for the replicas.
+		{kerr.NotLeaderForPartition, kafka.RequireAll, outcomeUnknown, reasonUnknown},
+	} {
+		t.Run(fmt.Sprint(tt.err.Message, " acks ", tt.acks), func(t *testing.T) {
+			noLeaks(t)
+			c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+			p := mustProducer(t, producerConfig{Brokers: c.ListenAddrs(), Acks: tt.acks}, zap.NewNop())
+			t.Cleanup(func() { p.Destruct() })
+			c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "events", Err: tt.err, Count: -1})
 
-	start := time.Now()
-	rec, perr := sendOne(p, "events", []byte(`{}`), 300*time.Millisecond)
-	took := time.Since(start)
-	if perr == nil || perr.outcome != outcomeRetry {
-		t.Fatalf("want a retriable failure, got %v", perr)
-	}
-	if took > 300*time.Millisecond+200*time.Millisecond {
-		t.Errorf("answered after %v, want within the 300ms timeout", took)
-	}
-	if rec.attempts < 2 {
-		t.Errorf("attempts = %d, want retries", rec.attempts)
-	}
-	if perr.reason != "Kafka broker not ready: Not Enough Replicas" {
-		t.Errorf("reason = %q", perr.reason)
-	}
-	if got := stored(t, c, "events"); len(got) != 0 {
-		t.Errorf("topic holds %d records, want none", len(got))
+			start := time.Now()
+			rec, perr := sendOne(p, "events", []byte(`{}`), 300*time.Millisecond)
+			took := time.Since(start)
+			if perr == nil || perr.outcome != tt.outcome || perr.reason != tt.reason {
+				t.Fatalf("got %v, want %v %q", perr, tt.outcome, tt.reason)
+			}
+			if took > 300*time.Millisecond+200*time.Millisecond {
+				t.Errorf("answered after %v, want within the 300ms timeout", took)
+			}
+			if rec.attempts < 2 {
+				t.Errorf("attempts = %d, want retries", rec.attempts)
+			}
+			if got := stored(t, c, "events"); len(got) != 0 {
+				t.Errorf("topic holds %d records, want none", len(got))
+			}
+		})
 	}
 }
 
