@@ -74,21 +74,25 @@ type answerT struct {
 // do sends one request to the test server.
 func do(t *testing.T, method, path string, header map[string]string, body io.Reader) answerT {
 	t.Helper()
+	// Errors are reported with t.Error, not t.Fatal, so that tests may
+	// call do from goroutines; the caller sees status 0.
 	req, err := http.NewRequest(method, baseURL+path, body)
 	if err != nil {
-		t.Fatal(err)
+		t.Error(err)
+		return answerT{body: err.Error()}
 	}
 	for k, v := range header {
 		req.Header.Set(k, v)
 	}
 	res, err := testClient.Do(req)
 	if err != nil {
-		t.Fatal(err)
+		t.Error(err)
+		return answerT{body: err.Error()}
 	}
 	defer res.Body.Close()
 	b, err := io.ReadAll(res.Body)
 	if err != nil {
-		t.Fatal(err)
+		t.Error(err)
 	}
 	return answerT{res.StatusCode, res.Header, string(b)}
 }
