@@ -523,7 +523,7 @@ func (p *producer) send(ctx context.Context, topic string, rec *record) *publish
 // be known: the topic does not exist, no broker answers, or the producer
 // is closed.
 func (p *producer) partitionsOf(ctx context.Context, topic string, deadline time.Time) (*partitionSet, *publishError) {
-	if p.stopped.Load() {
+	if p == nil || p.stopped.Load() {
 		return nil, errShuttingDown
 	}
 	return p.topic(topic).partitions(ctx, p, deadline)

@@ -198,21 +198,53 @@ type Handler struct {
 // producerUse is a handler's use of its shared producer. It lasts until the
 // config is unloaded and the handler's last request has finished: Caddy
 // does not wait for running requests on a reload, and they must still be
-// able to publish.
+// able to publish. Caddy even stops the old servers in the background, so
+// a request may reach a handler after its Cleanup and after its last
+// request ended: then the handler takes its producer from the pool again
+// (the same one if the new config kept the settings) for as long as such
+// requests run.
 type producerUse struct {
-	key      string
+	cfg      producerConfig
+	logger   *zap.Logger
+	original *producer // the producer while the config is loaded
 	inflight atomic.Int64
 	unloaded atomic.Bool
-	release  sync.Once
+
+	mu       sync.Mutex // guards the fields below once unloaded
+	current  *producer
+	key      string
+	released bool
 	err      error
 }
 
-// begin counts a request that may use the producer; end must follow.
-func (u *producerUse) begin() { u.inflight.Add(1) }
+// begin counts a request and returns the producer it publishes with (nil
+// if none can be had); end must follow.
+func (u *producerUse) begin() *producer {
+	u.inflight.Add(1)
+	if !u.unloaded.Load() {
+		// unload sees this request in flight, and keeps the producer.
+		return u.original
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.released {
+		u.logger.Info(msgTakenAgain, zap.Strings("brokers", u.cfg.Brokers))
+		p, key, err := acquireProducer(u.cfg, u.logger)
+		if err != nil {
+			return nil
+		}
+		u.current, u.key, u.released = p, key, false
+	}
+	return u.current
+}
+
+// msgTakenAgain is logged when a request reaches an unloaded config whose
+// producer was released.
+const msgTakenAgain = "a request reached a config already unloaded: taking its producer again"
 
 func (u *producerUse) end() {
 	if u.inflight.Add(-1) == 0 && u.unloaded.Load() {
-		u.releaseOnce()
+		u.releaseIfIdle()
 	}
 }
 
@@ -220,14 +252,17 @@ func (u *producerUse) end() {
 // when the last one ends.
 func (u *producerUse) unload() error {
 	u.unloaded.Store(true)
-	if u.inflight.Load() == 0 {
-		u.releaseOnce()
-	}
-	return u.err
+	return u.releaseIfIdle()
 }
 
-func (u *producerUse) releaseOnce() {
-	u.release.Do(func() { u.err = releaseProducer(u.key) })
+func (u *producerUse) releaseIfIdle() error {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.inflight.Load() == 0 && !u.released {
+		u.err = releaseProducer(u.key)
+		u.released = true
+	}
+	return u.err
 }
 
 // CaddyModule returns the Caddy module information.
@@ -344,7 +379,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	var key string
 	h.producer, key, err = acquireProducer(cfg, h.logger)
 	if err == nil {
-		h.use = &producerUse{key: key}
+		h.use = &producerUse{cfg: cfg, logger: h.logger, original: h.producer, current: h.producer, key: key}
 	}
 	return err
 }
@@ -479,12 +514,12 @@ var (
 // ServeHTTP answers every request itself, always with a JSON body; it never
 // calls the next handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	// Until the topic is resolved, a topic from the request is unknown.
+	x := exchange{w: w, producer: h.producer}
 	if h.use != nil {
-		h.use.begin()
+		x.producer = h.use.begin()
 		defer h.use.end()
 	}
-	// Until the topic is resolved, a topic from the request is unknown.
-	x := exchange{w: w}
 	if len(h.allowTopics) == 0 {
 		x.topic = h.Topic
 	}
@@ -602,7 +637,7 @@ func (h *Handler) publish(x *exchange, r *http.Request, final, send []*record, s
 	topic := x.topic
 	if len(send) > 0 {
 		if h.Delivery == deliveryAsync {
-			if cerr := h.enqueue(r, topic, send); cerr != nil {
+			if cerr := h.enqueue(x.producer, r, topic, send); cerr != nil {
 				switch {
 				case cerr == errQueueFull:
 					x.reason = rejectQueueFull
@@ -613,7 +648,7 @@ func (h *Handler) publish(x *exchange, r *http.Request, final, send []*record, s
 			}
 			return x.answer(http.StatusAccepted, bodyAccepted)
 		}
-		set, perr := h.producer.partitionsOf(r.Context(), topic, send[0].deadline)
+		set, perr := x.producer.partitionsOf(r.Context(), topic, send[0].deadline)
 		if perr != nil {
 			// Every record failed alike, before any was queued.
 			for _, rec := range send {
@@ -629,7 +664,7 @@ func (h *Handler) publish(x *exchange, r *http.Request, final, send []*record, s
 		if cerr := checkPartitions(send, set.count()); cerr != nil {
 			return x.reject(rejectRecords, cerr.status, cerr.body)
 		}
-		h.producer.sendAll(r.Context(), set, send)
+		x.producer.sendAll(r.Context(), set, send)
 		failed := false
 		for _, rec := range send {
 			countRecord(topic, rec)
@@ -651,13 +686,13 @@ func (h *Handler) publish(x *exchange, r *http.Request, final, send []*record, s
 
 // enqueue queues the records for delivery async, if they fit in
 // queue_size, without waiting for the broker.
-func (h *Handler) enqueue(r *http.Request, topic string, recs []*record) *clientError {
+func (h *Handler) enqueue(p *producer, r *http.Request, topic string, recs []*record) *clientError {
 	n := int64(len(recs))
 	if h.asyncPending.Add(n) > int64(h.QueueSize) {
 		h.asyncPending.Add(-n)
 		return errQueueFull
 	}
-	set, perr := h.producer.partitionsOf(r.Context(), topic, recs[0].deadline)
+	set, perr := p.partitionsOf(r.Context(), topic, recs[0].deadline)
 	if perr != nil {
 		h.asyncPending.Add(-n)
 		for _, rec := range recs {
@@ -789,10 +824,11 @@ func validJSON(body []byte) bool {
 // exchange is one request's answer as it is made: the status written,
 // the topic, and why the request was refused, for the metrics.
 type exchange struct {
-	w      http.ResponseWriter
-	status int
-	topic  string
-	reason string
+	w        http.ResponseWriter
+	producer *producer // nil if the handler has none any more
+	status   int
+	topic    string
+	reason   string
 }
 
 // reject answers a request refused before it reached Kafka.

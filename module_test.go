@@ -19,9 +19,11 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddytest"
+	"github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
+	"go.uber.org/zap"
 )
 
 // The seed's example request.
@@ -777,5 +779,51 @@ func TestProvisionDefaultsAndBrokerPlaceholders(t *testing.T) {
 	}
 	if len(h.secretDigests) != 1 || h.secretDigests[0] != sha256.Sum256([]byte(testSecret)) {
 		t.Error("the secret was not resolved from the environment")
+	}
+}
+
+// A request may reach a handler after its config's Cleanup (Caddy stops
+// old servers in the background): the handler then takes its producer
+// from the pool again, and gives it back when the request ends.
+func TestRequestAfterCleanupStillPublishes(t *testing.T) {
+	noLeaks(t)
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	cfg := producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll}
+	p, key, err := acquireProducer(cfg, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := &producerUse{cfg: cfg, logger: zap.NewNop(), original: p, current: p, key: key}
+
+	// A request running at Cleanup keeps the producer until it ends.
+	if got := u.begin(); got != p {
+		t.Fatal("a request of a loaded config publishes with another producer")
+	}
+	if err := u.unload(); err != nil {
+		t.Fatal(err)
+	}
+	if p.isClosed() {
+		t.Fatal("the producer was closed under a running request")
+	}
+	u.end()
+	if !p.isClosed() {
+		t.Fatal("the producer no config uses is still open after its last request")
+	}
+
+	// A request after that gets a producer again, which publishes, and
+	// which is closed when the request ends.
+	again := u.begin()
+	if again == nil || again.isClosed() {
+		t.Fatal("no open producer for a request after Cleanup")
+	}
+	if _, perr := sendOne(again, "events", []byte(`"late"`), time.Second); perr != nil {
+		t.Fatal(perr)
+	}
+	u.end()
+	if !again.isClosed() || len(pooledProducers(t)) != 0 {
+		t.Error("the producer taken for a late request is still open after it")
+	}
+	if got := stored(t, c, "events"); len(got) != 1 {
+		t.Errorf("the topic holds %d records, want the late one", len(got))
 	}
 }
