@@ -849,7 +849,10 @@ func (q *partitionQueue) deliver(batch []*record) {
 	p := q.p
 	backoff := retryBackoffMin
 	for {
-		batch, deadline := q.begin(batch)
+		// begin drops, in place, the records no longer waited for:
+		// every attempt must go on with what it returned.
+		var deadline time.Time
+		batch, deadline = q.begin(batch)
 		if len(batch) == 0 {
 			return
 		}

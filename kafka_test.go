@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -943,5 +945,51 @@ func TestLogsOfALeaderMove(t *testing.T) {
 	want := []string{"info Kafka producer started", "warn Kafka cluster layout changed: reconnecting with fresh metadata"}
 	if strings.Join(msgs, "\n") != strings.Join(want, "\n") {
 		t.Errorf("logged:\n%s\nwant:\n%s", strings.Join(msgs, "\n"), strings.Join(want, "\n"))
+	}
+}
+
+// A batch that is retried after one of its records expired goes on with
+// the others, each once: the expired record is dropped from the batch,
+// not the batch's last record repeated in its place.
+func TestRetriedBatchWithAnExpiredRecord(t *testing.T) {
+	noLeaks(t)
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	p := testProducer(t, c)
+	fault := c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "events", Err: kerr.NotEnoughReplicas, Count: -1})
+
+	// Records without a waiter (as with delivery async): the producer
+	// itself gives up on them at their deadline. The first is retried
+	// alone until it expires; the others pile up behind it and make the
+	// next batch, retried until its first record expires too.
+	now := time.Now()
+	var recs []*record
+	for _, tt := range []struct {
+		value   string
+		timeout time.Duration
+	}{{`"first"`, 100 * time.Millisecond}, {`"expires"`, 300 * time.Millisecond}, {`"b"`, 5 * time.Second}, {`"c"`, 5 * time.Second}} {
+		rec := newRecord([]byte(tt.value), now, tt.timeout)
+		rec.onDone = func(*record) {}
+		if perr := publishNoWait(p, context.Background(), "events", rec); perr != nil {
+			t.Fatal(perr)
+		}
+		recs = append(recs, rec)
+	}
+	<-recs[0].done
+	<-recs[1].done
+	fault.Remove()
+	for _, rec := range recs[2:] {
+		<-rec.done
+		if rec.err != nil {
+			t.Errorf("a record of the retried batch failed: %v", rec.err)
+		}
+	}
+	for _, rec := range recs[:2] {
+		if rec.err == nil || rec.err.outcome != outcomeRetry {
+			t.Errorf("an expired record: %v, want not written", rec.err)
+		}
+	}
+	got := recordsByValue(t, c, "events")
+	if len(got) != 2 || got[`"b"`] == nil || got[`"c"`] == nil || c.PartitionInfo("events", 0).HighWatermark != 2 {
+		t.Errorf("the topic holds %v (high watermark %d), want b and c once each", slices.Collect(maps.Keys(got)), c.PartitionInfo("events", 0).HighWatermark)
 	}
 }
