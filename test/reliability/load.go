@@ -243,6 +243,10 @@ func (l *load) send(e *env, client *http.Client, id string) (ok, unknown bool) {
 func (l *load) acked() int {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	return l.ackedLocked()
+}
+
+func (l *load) ackedLocked() int {
 	n := 0
 	for _, f := range l.ids {
 		if f&idAcked != 0 {
@@ -275,13 +279,7 @@ func (l *load) failedStatuses() int {
 func (l *load) String() string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	acked := 0
-	for _, f := range l.ids {
-		if f&idAcked != 0 {
-			acked++
-		}
-	}
-	s := fmt.Sprintf("%d requests, %d ids acknowledged, statuses %v", l.requests, acked, l.statuses)
+	s := fmt.Sprintf("%d requests, %d ids acknowledged, statuses %v", l.requests, l.ackedLocked(), l.statuses)
 	var answers []string
 	for a, n := range l.answers {
 		answers = append(answers, fmt.Sprintf("%d: %s", n, a))
