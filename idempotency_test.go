@@ -198,7 +198,7 @@ func TestIdempotencyAfterNotWritten(t *testing.T) {
 }
 
 func TestAsyncDelivery(t *testing.T) {
-	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events", "forbidden"))
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events", "forbidden", "batches"))
 	t.Setenv("QP_TEST_SECRET", testSecret)
 	logFile := filepath.Join(t.TempDir(), "caddy.log")
 	startCaddy(t, logFile, fmt.Sprintf(`	handle /events {
@@ -217,6 +217,16 @@ func TestAsyncDelivery(t *testing.T) {
 			secret {env.QP_TEST_SECRET}
 			delivery async
 		}
+	}
+	handle /batches {
+		queue_publish {
+			brokers %[1]s
+			topic batches
+			secret {env.QP_TEST_SECRET}
+			mode records
+			delivery async
+			queue_size 3
+		}
 	}`, c.ListenAddrs()[0]))
 	release := make(chan struct{})
 	holdProduce(c, release)
@@ -231,8 +241,17 @@ func TestAsyncDelivery(t *testing.T) {
 	if full.status != 503 || full.body != `{"error":"queue full","outcome":"not_written"}` || full.header.Get("Retry-After") == "" {
 		t.Errorf("a full queue: %d %s, want 503 with Retry-After", full.status, full.body)
 	}
+	// In records mode, queue_size counts records, not requests.
+	batch := `{"records":[{"value":1},{"value":2}]}`
+	if got := do(t, "POST", "/batches", auth(testSecret), strings.NewReader(batch)); got.status != 202 || got.body != `{"success":true}` {
+		t.Errorf("2 records of 3: %d %s, want 202", got.status, got.body)
+	}
+	if got := do(t, "POST", "/batches", auth(testSecret), strings.NewReader(batch)); got.status != 503 {
+		t.Errorf("4 records of 3: %d %s, want 503", got.status, got.body)
+	}
 	close(release)
 	waitFor(t, 5*time.Second, func() bool { return c.PartitionInfo("events", 0).HighWatermark == 2 })
+	waitFor(t, 5*time.Second, func() bool { return c.PartitionInfo("batches", 0).HighWatermark == 2 })
 	// The queue drained: there is room again.
 	waitFor(t, 5*time.Second, func() bool {
 		return do(t, "POST", "/events", auth(testSecret), strings.NewReader(`{"n":3}`)).status == 202
