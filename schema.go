@@ -49,6 +49,10 @@ func (h *Handler) checkSchema(recs []*record) *clientError {
 			// The body passed the JSON check: this cannot happen.
 			return badRequest("record %d: %v", i, err)
 		}
+		if at, ok := hugeNumber(doc, prefix); ok {
+			issues = append(issues, schemaIssue{Path: at, Message: msgHugeNumber})
+			break
+		}
 		err = h.schema.Validate(doc)
 		var verr *jsonschema.ValidationError
 		if errors.As(err, &verr) {
@@ -73,6 +77,50 @@ func (h *Handler) checkSchema(recs []*record) *clientError {
 	}
 	return &clientError{status: http.StatusBadRequest, body: b}
 }
+
+// The validator compares numbers exactly, as big.Rat, and turning a
+// number like 1e999999 into one takes about 60 ms of CPU: a body full of
+// them would take minutes. Numbers beyond these bounds (far beyond what a
+// float64 or a decimal type holds) are refused when a schema is checked;
+// without a schema, bodies are stored as sent.
+const (
+	maxNumberDigits   = 1000
+	maxNumberExponent = 1000
+	msgHugeNumber     = "number too large to check against the schema"
+)
+
+// hugeNumber returns the JSON pointer of the first number in v beyond the
+// bounds above.
+func hugeNumber(v any, at string) (string, bool) {
+	switch v := v.(type) {
+	case json.Number:
+		mantissa, exp, _ := strings.Cut(strings.ToLower(string(v)), "e")
+		if len(mantissa) > maxNumberDigits {
+			return at, true
+		}
+		if exp != "" {
+			n, err := strconv.Atoi(exp)
+			if err != nil || n > maxNumberExponent || n < -maxNumberExponent {
+				return at, true
+			}
+		}
+	case []any:
+		for i, e := range v {
+			if p, ok := hugeNumber(e, at+"/"+strconv.Itoa(i)); ok {
+				return p, true
+			}
+		}
+	case map[string]any:
+		for k, e := range v {
+			if p, ok := hugeNumber(e, at+"/"+pointerEscaper.Replace(k)); ok {
+				return p, true
+			}
+		}
+	}
+	return "", false
+}
+
+var pointerEscaper = strings.NewReplacer("~", "~0", "/", "~1")
 
 // appendIssues adds the leaf errors of a basic output: the ones that say
 // what is wrong, not that a subschema failed.

@@ -28,6 +28,11 @@ func TestSchemaIssues(t *testing.T) {
 		want []schemaIssue // nil: valid
 	}{
 		{`{"id":1,"items":[{"sku":"A-1"}]}`, nil},
+		{`{"id":1e1000,"items":[{"sku":"A-1","n":-12.5e-1000}]}`, nil},
+		// Numbers too costly to compare exactly are refused, not parsed.
+		{`{"id":1e999999,"items":[{"sku":"a"}]}`, []schemaIssue{{"/id", msgHugeNumber}}},
+		{`{"id":1,"items":[{"sku":"a","n/x":[1,1E-1001]}]}`, []schemaIssue{{"/items/0/n~1x/1", msgHugeNumber}}},
+		{`{"id":1` + strings.Repeat("0", 1000) + `,"items":[{"sku":"a"}]}`, []schemaIssue{{"/id", msgHugeNumber}}},
 		{`{"id":0,"items":[{"sku":"far-too-long"},{}],"x":true}`, []schemaIssue{
 			{"", "additional properties 'x' not allowed"},
 			{"/id", "minimum: got 0, want 1"},
