@@ -922,6 +922,7 @@ func (q *partitionQueue) deliver(batch []*record) {
 // timed out may still be running when the next request starts.
 type attemptRecords struct {
 	batch  []*record
+	snaps  []recordSnap
 	values []recordBytes
 	cur    kafka.Record
 	next   int
@@ -935,9 +936,23 @@ type recordBytes struct{ bytes.Reader }
 
 func (*recordBytes) Close() error { return nil }
 
+// recordSnap is what the encoder reads of a record. It is taken by the
+// sender before the request starts: the encoder of a request that timed
+// out may still run when the sender completes the record, which lets go
+// of its bytes.
+type recordSnap struct {
+	key, value []byte
+	headers    []kafka.Header
+}
+
 func newAttemptRecords(batch []*record) *attemptRecords {
+	snaps := make([]recordSnap, len(batch))
+	for i, rec := range batch {
+		snaps[i] = recordSnap{rec.key, rec.value, rec.headers}
+	}
 	return &attemptRecords{
 		batch:  slices.Clone(batch),
+		snaps:  snaps,
 		values: make([]recordBytes, len(batch)),
 		sent:   make([]*record, 0, len(batch)),
 	}
@@ -953,10 +968,11 @@ func (r *attemptRecords) ReadRecord() (*kafka.Record, error) {
 			continue // abandoned
 		}
 		r.sent = append(r.sent, rec)
-		r.values[i].Reset(rec.value)
-		r.cur = kafka.Record{Time: rec.time, Value: &r.values[i], Headers: rec.headers}
-		if rec.key != nil {
-			r.cur.Key = kafka.NewBytes(rec.key)
+		snap := &r.snaps[i]
+		r.values[i].Reset(snap.value)
+		r.cur = kafka.Record{Time: rec.time, Value: &r.values[i], Headers: snap.headers}
+		if snap.key != nil {
+			r.cur.Key = kafka.NewBytes(snap.key)
 		}
 		return &r.cur, nil
 	}
