@@ -989,11 +989,12 @@ func (q *partitionQueue) begin(batch []*record) ([]*record, time.Time) {
 	var latest time.Time
 	live := batch[:0]
 	for _, rec := range batch {
-		if rec.abandoned {
-			continue
-		}
-		if !now.Before(rec.deadline) {
-			if rec.onDone != nil && !rec.completed {
+		if rec.abandoned || !now.Before(rec.deadline) {
+			// No request carries it again: its outcome is final. A
+			// record some request carried is completed here, so that
+			// an idempotent repeat waiting for it learns so at once;
+			// one never sent is its waiter's to answer.
+			if !rec.completed && (rec.onDone != nil || rec.sent.Load() == recordSent) {
 				q.complete(rec, giveUp(rec))
 			}
 			continue

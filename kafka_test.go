@@ -993,3 +993,31 @@ func TestRetriedBatchWithAnExpiredRecord(t *testing.T) {
 		t.Errorf("the topic holds %v (high watermark %d), want b and c once each", slices.Collect(maps.Keys(got)), c.PartitionInfo("events", 0).HighWatermark)
 	}
 }
+
+// A record whose requests may have written it, retried until its caller
+// gave up, is completed as "unknown" once no request carries it again: an
+// idempotent repeat waiting for its outcome must not wait in vain.
+func TestGivenUpRecordIsCompleted(t *testing.T) {
+	noLeaks(t)
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	p := testProducer(t, c)
+	if _, perr := sendOne(p, "events", []byte(`"warm"`), time.Second); perr != nil {
+		t.Fatal(perr)
+	}
+	c.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		return nil, errors.New("drop the connection"), true // may have been written
+	})
+	rec, perr := sendOne(p, "events", []byte(`"dropped"`), 300*time.Millisecond)
+	if perr == nil || perr.outcome != outcomeUnknown {
+		t.Fatalf("got %v, want an unknown outcome", perr)
+	}
+	select {
+	case <-rec.done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the record was never completed")
+	}
+	if got := rec.outcomeNow(); got == nil || got.outcome != outcomeUnknown {
+		t.Errorf("completed as %v, want unknown", got)
+	}
+}
