@@ -117,13 +117,18 @@ func countRequest(topic string, status int) {
 
 // countRecord counts a record's outcome.
 func countRecord(topic string, rec *record) {
-	if rec.failure != nil {
-		metricProducerErrors.WithLabelValues(rec.failure.outcome.String()).Inc()
+	countOutcome(topic, rec.failure, rec.valueLen)
+}
+
+// countOutcome counts one record's outcome: failure nil if acknowledged.
+func countOutcome(topic string, failure *publishError, valueLen int) {
+	if failure != nil {
+		metricProducerErrors.WithLabelValues(failure.outcome.String()).Inc()
 		return
 	}
 	m := metricsFor(topic)
 	m.records.Inc()
-	m.bytes.Add(float64(rec.valueLen))
+	m.bytes.Add(float64(valueLen))
 }
 
 // recordsWaiting counts, at scrape time, the records that every producer

@@ -721,8 +721,9 @@ func (h *Handler) enqueue(p *producer, r *http.Request, topic string, recs []*re
 // logs it if it failed. The record's queue is locked.
 func (h *Handler) onAsyncDone(rec *record) {
 	h.asyncPending.Add(-1)
-	rec.failure = rec.err
-	countRecord(rec.q.topic, rec)
+	// rec.failure is its waiter's; a record of delivery async has none,
+	// but a repeat of its request may read it.
+	countOutcome(rec.q.topic, rec.err, rec.valueLen)
 	if rec.err != nil {
 		h.logger.Error("asynchronous publish failed",
 			zap.String("topic", rec.q.topic),
