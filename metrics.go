@@ -117,7 +117,12 @@ func countRequest(topic string, status int) {
 
 // countRecord counts a record's outcome.
 func countRecord(topic string, rec *record) {
-	countOutcome(topic, rec.failure, rec.valueLen)
+	if rec.failure != nil {
+		// The producer may still be completing it: read nothing else.
+		countOutcome(topic, rec.failure, 0)
+		return
+	}
+	countOutcome(topic, nil, rec.valueLen)
 }
 
 // countOutcome counts one record's outcome: failure nil if acknowledged.
