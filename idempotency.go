@@ -166,26 +166,20 @@ func (s *idempotencyStore) evictedOnce() bool {
 }
 
 // reuse decides, for a repeated request, which records of the previous
-// attempt stand and which must be produced again. A record stands if it
-// was acknowledged, or if its outcome is still unknown (it may have been
-// written: producing it again could make a duplicate); for a record still
-// under way it waits (if wait is set), until the deadline, for the
-// outcome. A record that
-// provably was not written is produced again. recs are the records of the
-// repeat, by position; reuse returns the records that answer the request
-// and those of them to send.
+// attempt stand and which must be produced again. For a record still under
+// way it waits (if wait is set), until the deadline, for the outcome. A
+// record stands if it was acknowledged, or if its outcome is still unknown
+// (it may have been written: producing it again could make a duplicate);
+// one that provably was not written is produced again. recs are the
+// records of the repeat, by position; reuse returns the records that
+// answer the request and those of them to send.
 func (e *idemEntry) reuse(ctx context.Context, recs []*record, deadline time.Time, wait bool) (final, send []*record) {
 	timer := time.NewTimer(time.Until(deadline))
 	defer timer.Stop()
 	waiting := wait
 	final = make([]*record, len(recs))
 	for i, prev := range e.recs {
-		if prev.q == nil || prev.notWritten() {
-			final[i] = recs[i]
-			send = append(send, recs[i])
-			continue
-		}
-		if waiting { // under way: wait for its outcome
+		if prev.q != nil && waiting {
 			select {
 			case <-prev.done:
 			case <-timer.C:
@@ -194,22 +188,25 @@ func (e *idemEntry) reuse(ctx context.Context, recs []*record, deadline time.Tim
 				waiting = false
 			}
 		}
+		if prev.q == nil || prev.provenNotWritten() {
+			final[i] = recs[i]
+			send = append(send, recs[i])
+			continue
+		}
 		prev.failure = prev.outcomeNow()
 		final[i] = prev
 	}
 	return final, send
 }
 
-// notWritten reports whether rec provably was not written and never will
-// be: taken back before any request carried it, or refused for good by a
-// broker answer given before appending.
-func (r *record) notWritten() bool {
+// provenNotWritten reports whether rec provably was not written and never
+// will be: it completed without an acknowledgement, and not as "outcome
+// unknown" (taken back before any request carried it, or refused by a
+// broker answer given before appending).
+func (r *record) provenNotWritten() bool {
 	r.q.mu.Lock()
 	defer r.q.mu.Unlock()
-	if r.completed {
-		return r.err != nil && r.err.outcome != outcomeUnknown
-	}
-	return r.sent.Load() == recordAbandoned
+	return r.completed && r.err != nil && r.err.outcome != outcomeUnknown
 }
 
 // outcomeNow is rec's outcome as known now: nil if acknowledged, "unknown"

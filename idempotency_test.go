@@ -392,3 +392,41 @@ func TestIdempotentRetryAfterDroppedConnection(t *testing.T) {
 	}
 	unloadChecksLeaks(t)
 }
+
+// A first attempt answered 504 (the broker held its request past the
+// timeout) that the broker then proves not written (NOT_ENOUGH_REPLICAS)
+// is produced by the next repeat with its key: the repeat neither waits
+// in vain nor answers 504 for the whole window.
+func TestRepeatProducesWhatTheBrokerProvedNotWritten(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	idemServer(t, c, "")
+	release := make(chan struct{})
+	received := holdProduce(c, release)
+
+	answered := make(chan answerT, 1)
+	go func() { answered <- do(t, "POST", "/one", withKey("refused"), strings.NewReader(`{"refused":1}`)) }()
+	waitFor(t, 5*time.Second, func() bool { return received.Load() == 1 })
+	if got := <-answered; got.status != 504 {
+		t.Fatalf("first: %d %s, want 504 while the broker holds the request", got.status, got.body)
+	}
+	fault := c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "events", Err: kerr.NotEnoughReplicas})
+	close(release)
+	ctx, cancel := contextWithTimeout(5 * time.Second)
+	defer cancel()
+	if err := fault.Wait(ctx, 1); err != nil {
+		t.Fatal("the held request was not answered NOT_ENOUGH_REPLICAS")
+	}
+	got := do(t, "POST", "/one", withKey("refused"), strings.NewReader(`{"refused":1}`))
+	if got.status != 200 || got.header.Get("Idempotent-Replayed") != "" {
+		t.Fatalf("repeat after the broker proved the first not written: %d %s (replayed %q), want 200, produced",
+			got.status, got.body, got.header.Get("Idempotent-Replayed"))
+	}
+	if got := stored(t, c, "events"); len(got) != 1 {
+		t.Errorf("the topic holds %d records, want 1", len(got))
+	}
+	again := do(t, "POST", "/one", withKey("refused"), strings.NewReader(`{"refused":1}`))
+	if again.status != 200 || again.body != got.body || again.header.Get("Idempotent-Replayed") != "true" {
+		t.Errorf("the next repeat: %d %s, want the stored answer replayed", again.status, again.body)
+	}
+	unloadChecksLeaks(t)
+}

@@ -6,7 +6,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -14,15 +13,14 @@ import (
 	"io"
 	"net"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/segmentio/kafka-go"
 	"github.com/segmentio/kafka-go/protocol"
+	produceAPI "github.com/segmentio/kafka-go/protocol/produce"
 	"github.com/segmentio/kafka-go/sasl"
 	"go.uber.org/zap"
 )
@@ -141,53 +139,6 @@ func releaseProducer(key string) error {
 	_, err := producers.Delete(key)
 	return err
 }
-
-// outcome says what a failed publish means for the client.
-type outcome uint8
-
-const (
-	// outcomeRetry: the record was not written; retrying is safe (503).
-	outcomeRetry outcome = iota + 1
-	// outcomeUnknown: the record may or may not have been written (504).
-	outcomeUnknown
-	// outcomeTooLarge: the broker will never take a record this large (413).
-	outcomeTooLarge
-	// outcomeRejected: the broker refused for a reason retrying does not
-	// fix, such as an unknown topic or missing authorization (500).
-	outcomeRejected
-)
-
-func (o outcome) String() string {
-	switch o {
-	case outcomeRetry:
-		return "retriable"
-	case outcomeUnknown:
-		return "timeout"
-	case outcomeTooLarge:
-		return "too_large"
-	case outcomeRejected:
-		return "permanent"
-	}
-	return "unknown"
-}
-
-// publishError is why a record was not acknowledged.
-type publishError struct {
-	outcome outcome
-	// reason is short and safe to show to clients.
-	reason string
-	// err carries the details, for the log only.
-	err error
-}
-
-func (e *publishError) Error() string {
-	if e.err == nil {
-		return e.reason
-	}
-	return e.reason + ": " + e.err.Error()
-}
-
-func (e *publishError) Unwrap() error { return e.err }
 
 var (
 	errShuttingDown = &publishError{outcome: outcomeRetry, reason: "shutting down"}
@@ -457,6 +408,8 @@ func (p *producer) watch(warning string) {
 				if refused := refusedConnection(err); refused != nil {
 					p.logger.Error("the Kafka brokers refuse the connection: "+refused.reason+"; check the settings",
 						zap.Strings("brokers", p.cfg.Brokers), zap.Error(err))
+				} else if errors.Is(err, errSASLDropped) {
+					p.logger.Error(msgSASLDropped, zap.Strings("brokers", p.cfg.Brokers), zap.Error(err))
 				} else {
 					p.logger.Warn(warning, zap.Strings("brokers", p.cfg.Brokers), zap.Error(err))
 				}
@@ -474,6 +427,11 @@ func (p *producer) watch(warning string) {
 		}
 	}()
 }
+
+// msgSASLDropped is logged when a broker closes connections during SASL
+// authentication: it restarts, or it refuses the credentials without
+// saying so.
+const msgSASLDropped = "the Kafka broker closed the connection during SASL authentication; requests are answered 503 until it completes: if this persists, check the credentials"
 
 // refreshMetadata makes the transport forget its cached cluster metadata,
 // so that the next request reads it afresh. kafka.Transport refreshes on a
@@ -570,9 +528,19 @@ func (p *producer) abandon(rec *record) *publishError {
 		return rec.err
 	}
 	rec.abandoned = true
-	if !rec.sent.CompareAndSwap(recordUnsent, recordAbandoned) || rec.mayBeWritten {
-		return &publishError{outcome: outcomeUnknown, reason: reasonUnknown, err: rec.lastErr}
+	if rec.sent.CompareAndSwap(recordUnsent, recordAbandoned) {
+		// No request carries it, and none will: settled as not
+		// written now, so that an idempotent repeat produces it.
+		q.complete(rec, notWritten(rec))
+		return rec.err
 	}
+	// A request carries it: the sender settles it once that request is
+	// answered (or given up), and a repeat learns the outcome then.
+	return &publishError{outcome: outcomeUnknown, reason: reasonUnknown, err: rec.lastErr}
+}
+
+// notWritten is why a record that no request wrote, and none will, failed.
+func notWritten(rec *record) *publishError {
 	if rec.lastErr == nil {
 		return &publishError{outcome: outcomeRetry, reason: "no acknowledgement from Kafka within the timeout; the record was not sent", err: errNotSent}
 	}
@@ -666,10 +634,7 @@ func (ts *topicState) partitions(ctx context.Context, p *producer, deadline time
 	switch {
 	case err != nil:
 		p.watch("no Kafka broker reachable; requests are answered 503 until one is")
-		set.err = refusedConnection(err)
-		if set.err == nil {
-			set.err = &publishError{outcome: outcomeRetry, reason: "no Kafka broker reachable", err: err}
-		}
+		set.err = connectError(err)
 		ttl = refreshInterval
 	case len(meta.Topics) != 1:
 		set.err = &publishError{outcome: outcomeRetry, reason: "no metadata for the topic", err: fmt.Errorf("metadata answer lists %d topics", len(meta.Topics))}
@@ -821,14 +786,15 @@ func (q *partitionQueue) close() {
 	q.mu.Unlock()
 }
 
-// take moves the next batch out of the queue. Records whose caller stopped
-// waiting are dropped: they were never sent and never will be.
+// take moves the next batch out of the queue. Records already completed
+// (their caller took them back) are dropped: they were never sent and
+// never will be.
 func (q *partitionQueue) take(batch []*record) []*record {
 	maxRecords, maxBytes := q.p.cfg.MaxBatchRecords, q.p.cfg.MaxBatchBytes
 	bytes, n := 0, 0
 	for ; n < len(q.queue); n++ {
 		rec := q.queue[n]
-		if rec.abandoned {
+		if rec.completed {
 			continue
 		}
 		if len(batch) == maxRecords || (len(batch) > 0 && bytes+rec.size() > maxBytes) {
@@ -851,68 +817,257 @@ func (q *partitionQueue) deliver(batch []*record) {
 	for {
 		// begin drops, in place, the records no longer waited for:
 		// every attempt must go on with what it returned.
-		var deadline time.Time
-		batch, deadline = q.begin(batch)
+		var a *attempt
+		batch, a = q.begin(batch)
 		if len(batch) == 0 {
 			return
 		}
-		ctx, cancel := context.WithDeadline(context.Background(), deadline)
-		records := newAttemptRecords(batch)
-		res, err := p.client.Produce(ctx, &kafka.ProduceRequest{
-			Topic:        q.topic,
-			Partition:    q.id,
-			RequiredAcks: p.cfg.Acks,
-			Compression:  p.cfg.Compression,
-			Records:      records,
-		})
-		cancel()
-		if err == nil && res != nil {
-			err = res.Error
+		ans, err, detached := q.send(batch, a)
+		if detached {
+			// The broker holds the request past a timeout: it may be
+			// gone. The partition goes on with fresh metadata (and
+			// connections) while the request waits for its answer.
+			p.refreshMetadata(false, errHeld)
+			return
 		}
+		carried := a.records.carried()
 		if err == nil {
-			// The records encoded are those whose caller had not
-			// given up; an empty request is not sent at all.
-			sent := records.sent
-			if len(sent) == 0 {
-				continue
+			if len(carried) == 0 {
+				continue // every record was taken back while encoding: nothing was sent
 			}
 			p.batches.Add(1)
-			p.records.Add(int64(len(sent)))
-			metricBatch.Observe(float64(len(sent)))
-			base := int64(-1)
-			if res != nil {
-				base = res.BaseOffset
-			}
-			q.finish(sent, base, nil)
+			p.records.Add(int64(len(carried)))
+			metricBatch.Observe(float64(len(carried)))
+			q.finish(carried, ans.base, nil)
 			return
 		}
 
+		if rest, ok := q.refuseNamed(batch, carried, ans, err); ok {
+			// The broker named the records at fault and appended
+			// nothing: the others go again at once, without them.
+			batch = rest
+			continue
+		}
 		perr := classify(err)
-		if perr.outcome == outcomeTooLarge && len(batch) > 1 {
-			// The broker's limit applies to the whole batch: halve
-			// it until each part fits or one record alone is too
-			// large.
-			q.failed(batch, err)
+		if recordAtFault(err) && len(batch) > 1 {
+			// The broker refused the batch for a record it did not
+			// name (too large, corrupt, invalid): halve the batch
+			// until each part goes through or one record alone is
+			// refused, so that only it gets the permanent answer.
+			q.failed(batch, carried, err)
 			half := len(batch) / 2
 			q.deliver(batch[:half])
 			q.deliver(batch[half:])
 			return
 		}
-		q.failed(batch, err)
+		q.failed(batch, carried, err)
 		if perr.outcome == outcomeTooLarge || perr.outcome == outcomeRejected {
 			q.finish(batch, 0, perr)
 			return
 		}
-		// Retriable, or the request timed out: try again while some
-		// record's caller still waits.
+		// Retriable, or the answer was lost: try again while some
+		// record's caller still waits, after fresh metadata if the
+		// cluster may have changed (a record that may have been
+		// written is sent at most once more, to the current leader).
 		if needsMetadata(err) {
 			p.refreshMetadata(false, err)
 		}
-		if wait := min(backoff, time.Until(deadline)); wait > 0 {
+		if wait := min(backoff, time.Until(a.until)); wait > 0 {
 			time.Sleep(wait)
 		}
 		backoff = min(backoff*2, retryBackoffMax)
 	}
+}
+
+// errHeld is the cause logged for a refresh after a produce request the
+// broker did not answer within a request timeout.
+var errHeld = errors.New("a produce request was not answered within the timeout")
+
+// attempt is one produce request of a batch.
+type attempt struct {
+	records *attemptRecords
+	// until is how long the request may wait for the broker's answer:
+	// the latest deadline, or ackBy, of its records.
+	until time.Time
+	// bound is how long the partition's sender waits for it: one
+	// request timeout after the attempt began, or until if sooner. A
+	// request the broker holds longer (a broker that died without
+	// closing the connection, a black hole) must not hold up the
+	// records behind it.
+	bound time.Time
+}
+
+// send makes the attempt's produce request and returns the broker's
+// answer. When the request may wait past its bound (records that wait
+// for a late answer, ackBy), it runs in a goroutine: if the bound passes
+// first, that goroutine settles the records once the answer comes, and
+// send reports detached.
+func (q *partitionQueue) send(batch []*record, a *attempt) (ans *produceAnswer, err error, detached bool) {
+	if !a.until.After(a.bound) {
+		ctx, cancel := context.WithDeadline(context.Background(), a.until)
+		defer cancel()
+		ans, err = q.produce(ctx, a)
+		return ans, err, false
+	}
+	type result struct {
+		ans *produceAnswer
+		err error
+	}
+	done := make(chan result, 1)
+	p := q.p
+	p.senders.Add(1) // Destruct waits for the request, as for a sender
+	go func() {
+		defer p.senders.Done()
+		ctx, cancel := context.WithDeadline(context.Background(), a.until)
+		ans, err := q.produce(ctx, a)
+		cancel()
+		done <- result{ans, err}
+	}()
+	timer := time.NewTimer(time.Until(a.bound))
+	defer timer.Stop()
+	select {
+	case r := <-done:
+		return r.ans, r.err, false
+	case <-timer.C:
+	}
+	batch = slices.Clone(batch) // the sender reuses its slice
+	p.senders.Add(1)
+	go func() {
+		defer p.senders.Done()
+		r := <-done
+		q.settleLate(batch, a, r.ans, r.err)
+	}()
+	return nil, nil, true
+}
+
+// settleLate completes the records of a request answered after its
+// sender went on: acknowledged, or failed as the answer says. None is
+// sent again: their deadlines have passed.
+func (q *partitionQueue) settleLate(batch []*record, a *attempt, ans *produceAnswer, err error) {
+	carried := a.records.carried()
+	if err == nil && len(carried) > 0 {
+		q.finish(carried, ans.base, nil)
+	} else if err != nil {
+		q.failed(batch, carried, err)
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for _, rec := range batch {
+		if !rec.completed {
+			q.complete(rec, giveUp(rec))
+		}
+	}
+}
+
+// produceAnswer is the broker's answer for the partition of a request.
+type produceAnswer struct {
+	base int64 // offset of the first record; -1 if the broker does not say
+	// recordErrors are the broker's messages for the records it
+	// refused, by their position in the request.
+	recordErrors map[int]string
+}
+
+// errAnswerWithoutPartition is a produce answer that does not mention the
+// partition the request was for: the request reached the broker, which may
+// have appended the records.
+var errAnswerWithoutPartition = errors.New("the Kafka broker's answer does not mention the partition")
+
+// produce sends the attempt's records in one produce request. It is
+// kafka.Client.Produce but for two things: the broker-side timeout is the
+// request's whole remaining time (Client.Produce gives half, so that a slow
+// acks=all append times out, is retried and may be appended again), and
+// an answer without the partition is told apart from a request that was
+// never routed (Client.Produce reports both as protocol.ErrNoTopic or
+// ErrNoPartition).
+func (q *partitionQueue) produce(ctx context.Context, a *attempt) (*produceAnswer, error) {
+	p := q.p
+	req := &produceAPI.Request{
+		Acks:    int16(p.cfg.Acks),
+		Timeout: brokerTimeout(a.until),
+		Topics: []produceAPI.RequestTopic{{
+			Topic: q.topic,
+			Partitions: []produceAPI.RequestPartition{{
+				Partition: int32(q.id),
+				RecordSet: protocol.RecordSet{
+					Attributes: protocol.Attributes(p.cfg.Compression) & 0x7,
+					Records:    a.records,
+				},
+			}},
+		}},
+	}
+	msg, err := p.transport.RoundTrip(ctx, p.client.Addr, req)
+	switch {
+	case errors.Is(err, protocol.ErrNoRecord):
+		return &produceAnswer{base: -1}, nil // nothing was encoded, nothing sent
+	case err != nil:
+		return nil, err
+	case p.cfg.Acks == kafka.RequireNone:
+		return &produceAnswer{base: -1}, nil
+	}
+	res, _ := msg.(*produceAPI.Response)
+	if res == nil || len(res.Topics) == 0 || len(res.Topics[0].Partitions) == 0 {
+		return nil, errAnswerWithoutPartition
+	}
+	part := &res.Topics[0].Partitions[0]
+	ans := &produceAnswer{base: part.BaseOffset}
+	if part.ErrorCode == 0 {
+		return ans, nil
+	}
+	for _, re := range part.RecordErrors {
+		if ans.recordErrors == nil {
+			ans.recordErrors = make(map[int]string, len(part.RecordErrors))
+		}
+		ans.recordErrors[int(re.BatchIndex)] = re.BatchIndexErrorMessage
+	}
+	err = kafka.Error(part.ErrorCode)
+	if part.ErrorMessage != "" {
+		err = fmt.Errorf("%w: %s", err, part.ErrorMessage)
+	}
+	return ans, err
+}
+
+// brokerTimeout is the time a broker may take over a produce request
+// (waiting for the in-sync replicas with acks=all), in milliseconds: what
+// is left until the request's deadline, less a margin for the answer to
+// travel back before the deadline.
+func brokerTimeout(until time.Time) int32 {
+	left := time.Until(until)
+	left -= min(left/10, 100*time.Millisecond)
+	return int32(max(left.Milliseconds(), 1))
+}
+
+// refuseNamed handles an INVALID_RECORD answer that names the records at
+// fault (Kafka 2.4 and later, KIP-467): they fail for good, with the
+// broker's message, and the rest of batch, which the broker did not
+// append either, is returned to be sent again. ok is false for any other
+// answer.
+func (q *partitionQueue) refuseNamed(batch, carried []*record, ans *produceAnswer, err error) (rest []*record, ok bool) {
+	if ans == nil || len(ans.recordErrors) == 0 || !errors.Is(err, kafka.InvalidRecord) {
+		return nil, false
+	}
+	bad := make(map[*record]*publishError, len(ans.recordErrors))
+	for i, msg := range ans.recordErrors {
+		if i >= 0 && i < len(carried) {
+			bad[carried[i]] = &publishError{outcome: outcomeRejected, reason: "Kafka broker refused the record: " + cmp.Or(msg, kafka.InvalidRecord.Title()), err: err}
+		}
+	}
+	if len(bad) == 0 {
+		return nil, false
+	}
+	q.failed(batch, carried, err)
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	rest = batch[:0]
+	for _, rec := range batch {
+		if perr, ok := bad[rec]; ok {
+			if !rec.completed {
+				q.complete(rec, perr)
+			}
+			continue
+		}
+		rest = append(rest, rec)
+	}
+	return rest, true
 }
 
 // attemptRecords feeds one request's records to kafka-go's encoder. It
@@ -926,7 +1081,18 @@ type attemptRecords struct {
 	values []recordBytes
 	cur    kafka.Record
 	next   int
-	sent   []*record // the records encoded, in order
+
+	// The encoder of a request whose context expired may still run
+	// when its sender looks at what it carried.
+	mu   sync.Mutex
+	sent []*record // the records encoded, in order: those the request carried
+}
+
+// carried returns the records encoded so far.
+func (r *attemptRecords) carried() []*record {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clip(r.sent)
 }
 
 // recordBytes is a record value as kafka-go reads it (kafka.Bytes). It
@@ -936,15 +1102,16 @@ type recordBytes struct{ bytes.Reader }
 
 func (*recordBytes) Close() error { return nil }
 
-// recordSnap is what the encoder reads of a record. It is taken by the
-// sender before the request starts: the encoder of a request that timed
-// out may still run when the sender completes the record, which lets go
-// of its bytes.
+// recordSnap is what the encoder reads of a record. It is taken with the
+// queue locked before the request starts: the record may be completed
+// (which lets go of its bytes) while an encoder still runs, by its caller
+// taking it back or after the request timed out.
 type recordSnap struct {
 	key, value []byte
 	headers    []kafka.Header
 }
 
+// newAttemptRecords snapshots batch for one request; the queue is locked.
 func newAttemptRecords(batch []*record) *attemptRecords {
 	snaps := make([]recordSnap, len(batch))
 	for i, rec := range batch {
@@ -967,7 +1134,9 @@ func (r *attemptRecords) ReadRecord() (*kafka.Record, error) {
 		if !rec.sent.CompareAndSwap(recordUnsent, recordSent) && rec.sent.Load() != recordSent {
 			continue // abandoned
 		}
+		r.mu.Lock()
 		r.sent = append(r.sent, rec)
+		r.mu.Unlock()
 		snap := &r.snaps[i]
 		r.values[i].Reset(snap.value)
 		r.cur = kafka.Record{Time: rec.time, Value: &r.values[i], Headers: snap.headers}
@@ -980,30 +1149,42 @@ func (r *attemptRecords) ReadRecord() (*kafka.Record, error) {
 }
 
 // begin keeps the records of batch whose caller still waits and whose
-// deadline has not passed, and returns them with the time until which the
-// request may wait for its answer: the latest deadline or ackBy.
-func (q *partitionQueue) begin(batch []*record) ([]*record, time.Time) {
+// deadline has not passed, completing the others, and returns them with
+// the attempt that sends them.
+func (q *partitionQueue) begin(batch []*record) ([]*record, *attempt) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	now := time.Now()
-	var latest time.Time
+	a := &attempt{}
+	var timeout time.Duration
 	live := batch[:0]
 	for _, rec := range batch {
+		if rec.completed {
+			continue
+		}
 		if rec.abandoned || !now.Before(rec.deadline) {
-			// No request carries it again: its outcome is final. A
-			// record some request carried is completed here, so that
-			// an idempotent repeat waiting for it learns so at once;
-			// one never sent is its waiter's to answer.
-			if !rec.completed && (rec.onDone != nil || rec.sent.Load() == recordSent) {
-				q.complete(rec, giveUp(rec))
-			}
+			// No request carries it again: its outcome is final,
+			// and it is completed here, so that an idempotent
+			// repeat waiting for it learns so at once. A record a
+			// broker answer proved not written (its state is back
+			// to unsent) completes as not written: a repeat
+			// produces it.
+			q.complete(rec, giveUp(rec))
 			continue
 		}
 		rec.attempts++
-		latest = later(latest, later(rec.deadline, rec.ackBy))
+		a.until = later(a.until, later(rec.deadline, rec.ackBy))
+		timeout = max(timeout, rec.deadline.Sub(rec.time))
 		live = append(live, rec)
 	}
-	return live, latest
+	if len(live) > 0 {
+		a.records = newAttemptRecords(live)
+		a.bound = a.until
+		if b := now.Add(timeout); b.Before(a.bound) {
+			a.bound = b
+		}
+	}
+	return live, a
 }
 
 func later(a, b time.Time) time.Time {
@@ -1013,17 +1194,30 @@ func later(a, b time.Time) time.Time {
 	return a
 }
 
-// failed records a failed request on the records it may have carried.
-// Those it carried stay "may be written" unless the broker's answer proves
-// that it appended nothing and no earlier request may have written them.
-func (q *partitionQueue) failed(batch []*record, err error) {
+// failed records a failed request on the records of batch. Those it
+// carried stay "may be written" unless the broker's answer proves that it
+// appended nothing and no earlier request may have written them; then
+// they are unsent again. A record that may have been written already,
+// and that this request may have appended again while the same leader
+// kept the partition (a timeout, a lost answer), is completed as "outcome
+// unknown": each such retry could store one more copy, and the client's
+// Idempotency-Key, not more copies, must decide the rest. NOT_LEADER
+// (with acks=all) does not end it: the broker appended only if it lost
+// the partition meanwhile, so such copies are bounded by the leader
+// changes, and a partition whose leader moves is retried to the new one.
+func (q *partitionQueue) failed(batch, carried []*record, err error) {
 	written := mayBeWritten(err, q.p.cfg.Acks)
+	again := written && !errors.Is(err, kafka.NotLeaderForPartition)
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	for _, rec := range batch {
 		rec.lastErr = err
+	}
+	for _, rec := range carried {
 		switch {
-		case rec.sent.Load() != recordSent:
+		case rec.completed:
+		case again && rec.mayBeWritten:
+			q.complete(rec, &publishError{outcome: outcomeUnknown, reason: reasonUnknownTwice, err: err})
 		case written:
 			rec.mayBeWritten = true
 		case !rec.mayBeWritten:
@@ -1032,6 +1226,8 @@ func (q *partitionQueue) failed(batch []*record, err error) {
 	}
 }
 
+const reasonUnknownTwice = "Kafka failed twice after it may have written the record; the record may or may not have been written"
+
 // finish completes the records: with offsets base, base+1, ... if err is
 // nil (-1 when the broker does not say); otherwise with err, which becomes
 // "outcome unknown" for a record some request may have written.
@@ -1039,6 +1235,9 @@ func (q *partitionQueue) finish(recs []*record, base int64, err *publishError) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	for i, rec := range recs {
+		if rec.completed {
+			continue
+		}
 		rec.offset = -1
 		recErr := err
 		switch {
@@ -1051,8 +1250,13 @@ func (q *partitionQueue) finish(recs []*record, base int64, err *publishError) {
 	}
 }
 
-// complete ends rec's life with err (nil: acknowledged). q.mu is held.
+// complete ends rec's life with err (nil: acknowledged). q.mu is held. A
+// record is completed once: by its caller taking it back before any
+// request carried it, or by its sender.
 func (q *partitionQueue) complete(rec *record, err *publishError) {
+	if rec.completed {
+		return
+	}
 	rec.completed = true
 	rec.err = err
 	// The bytes are sent or never will be: let them go.
@@ -1064,135 +1268,12 @@ func (q *partitionQueue) complete(rec *record, err *publishError) {
 	}
 }
 
-// giveUp is why a record without a waiter failed at its deadline.
+// giveUp is why a record failed that no request will carry again. A
+// record no request carried is claimed first, so that the encoder of a
+// request that timed out cannot carry it after all.
 func giveUp(rec *record) *publishError {
-	if rec.mayBeWritten || rec.sent.Load() == recordSent {
-		return &publishError{outcome: outcomeUnknown, reason: reasonUnknown, err: rec.lastErr}
+	if !rec.mayBeWritten && (rec.sent.CompareAndSwap(recordUnsent, recordAbandoned) || rec.sent.Load() == recordAbandoned) {
+		return notWritten(rec)
 	}
-	if rec.lastErr == nil {
-		return &publishError{outcome: outcomeRetry, reason: "not sent within the timeout", err: errNotSent}
-	}
-	return &publishError{outcome: outcomeRetry, reason: describe(rec.lastErr), err: rec.lastErr}
-}
-
-// classify maps an error from kafka-go to what it means for the client.
-func classify(err error) *publishError {
-	if perr := refusedConnection(err); perr != nil {
-		return perr
-	}
-	var kerr kafka.Error
-	switch {
-	case errors.As(err, &kerr):
-		switch kerr {
-		case kafka.MessageSizeTooLarge, kafka.RecordListTooLarge:
-			return &publishError{outcome: outcomeTooLarge, reason: "record too large for the Kafka broker", err: err}
-		case kafka.TopicAuthorizationFailed, kafka.ClusterAuthorizationFailed:
-			return &publishError{outcome: outcomeRejected, reason: "not authorized to write to the topic", err: err}
-		case kafka.RequestTimedOut:
-			return &publishError{outcome: outcomeUnknown, reason: "Kafka broker timed out", err: err}
-		case kafka.BrokerNotAvailable:
-			// kafka-go's own answer while its cluster layout changes.
-			return &publishError{outcome: outcomeRetry, reason: "Kafka broker not available", err: err}
-		}
-		if kerr.Temporary() {
-			return &publishError{outcome: outcomeRetry, reason: "Kafka broker not ready: " + kerr.Title(), err: err}
-		}
-		return &publishError{outcome: outcomeRejected, reason: "Kafka broker refused the record: " + kerr.Title(), err: err}
-	case errors.Is(err, protocol.ErrNoTopic), errors.Is(err, protocol.ErrNoLeader), errors.Is(err, protocol.ErrNoPartition):
-		// The transport's cached layout lacks the partition or its
-		// leader: the cluster is not known yet, or is changing.
-		return &publishError{outcome: outcomeRetry, reason: "Kafka partition has no known leader", err: err}
-	case isDialError(err):
-		return &publishError{outcome: outcomeRetry, reason: "no Kafka broker reachable", err: err}
-	case errors.Is(err, context.DeadlineExceeded):
-		return &publishError{outcome: outcomeUnknown, reason: reasonUnknown, err: err}
-	}
-	return &publishError{outcome: outcomeRetry, reason: "Kafka connection failed", err: err}
-}
-
-// refusedConnection recognises a connection the brokers refuse for a
-// reason retrying does not fix: SASL authentication or TLS failed. These
-// are configuration errors, not an unreachable broker.
-func refusedConnection(err error) *publishError {
-	var kerr kafka.Error
-	if errors.As(err, &kerr) {
-		switch kerr {
-		case kafka.SASLAuthenticationFailed, kafka.IllegalSASLState, kafka.UnsupportedSASLMechanism:
-			return &publishError{outcome: outcomeRejected, reason: "Kafka authentication failed", err: err}
-		}
-		return nil
-	}
-	if errors.Is(err, errSASLRejected) {
-		return &publishError{outcome: outcomeRejected, reason: "Kafka authentication failed", err: err}
-	}
-	var verr *tls.CertificateVerificationError
-	var recErr tls.RecordHeaderError
-	var alert tls.AlertError
-	var unknownCA x509.UnknownAuthorityError
-	var hostErr x509.HostnameError
-	if errors.As(err, &verr) || errors.As(err, &recErr) || errors.As(err, &alert) ||
-		errors.As(err, &unknownCA) || errors.As(err, &hostErr) || strings.Contains(err.Error(), "remote error: tls:") {
-		return &publishError{outcome: outcomeRejected, reason: "TLS with the Kafka broker failed", err: err}
-	}
-	return nil
-}
-
-// describe is the short reason for err that clients may see.
-func describe(err error) string {
-	return classify(err).reason
-}
-
-// mayBeWritten reports whether a failed request, if it reached the
-// broker, may have written its records. It is false only for broker
-// answers that Kafka gives before appending anything, and for failures to
-// connect. With acks=all a broker can answer NOT_LEADER_FOR_PARTITION (or
-// a timeout) after appending, when it loses leadership while waiting for
-// the replicas; with fewer acks it does not wait, and that answer means
-// the broker refused the record before appending.
-func mayBeWritten(err error, acks kafka.RequiredAcks) bool {
-	var kerr kafka.Error
-	if errors.As(err, &kerr) {
-		if kerr == kafka.NotLeaderForPartition && acks != kafka.RequireAll {
-			return false
-		}
-		switch kerr {
-		case kafka.NotEnoughReplicas, kafka.MessageSizeTooLarge, kafka.RecordListTooLarge,
-			kafka.InvalidMessage, kafka.InvalidRecord, kafka.InvalidRequiredAcks,
-			kafka.TopicAuthorizationFailed, kafka.ClusterAuthorizationFailed,
-			kafka.TransactionalIDAuthorizationFailed, kafka.InvalidTimestamp,
-			kafka.UnsupportedForMessageFormat, kafka.UnsupportedVersion,
-			kafka.BrokerNotAvailable, kafka.SASLAuthenticationFailed:
-			return false
-		}
-		return true
-	}
-	if errors.Is(err, protocol.ErrNoTopic) || errors.Is(err, protocol.ErrNoLeader) ||
-		errors.Is(err, protocol.ErrNoPartition) {
-		return false
-	}
-	return !isDialError(err)
-}
-
-// needsMetadata reports whether err suggests the cached cluster layout is
-// stale (the leader moved, a broker went away).
-func needsMetadata(err error) bool {
-	var kerr kafka.Error
-	if errors.As(err, &kerr) {
-		switch kerr {
-		case kafka.NotLeaderForPartition, kafka.LeaderNotAvailable,
-			kafka.UnknownTopicOrPartition, kafka.FencedLeaderEpoch,
-			kafka.UnknownLeaderEpoch, kafka.KafkaStorageError, kafka.BrokerNotAvailable:
-			return true
-		}
-		return false
-	}
-	return !errors.Is(err, context.DeadlineExceeded)
-}
-
-func isDialError(err error) bool {
-	var op *net.OpError
-	if errors.As(err, &op) && op.Op == "dial" {
-		return true
-	}
-	return errors.Is(err, syscall.ECONNREFUSED)
+	return &publishError{outcome: outcomeUnknown, reason: reasonUnknown, err: rec.lastErr}
 }

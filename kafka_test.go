@@ -3,6 +3,7 @@ package queuepublish
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -129,6 +130,9 @@ func TestProducerRetriableErrorUntilTimeoutIsNotWritten(t *testing.T) {
 		// With acks=all a broker may say NOT_LEADER after appending,
 		// when leadership moved while it waited for the replicas.
 		{kerr.NotLeaderForPartition, kafka.RequireAll, outcomeUnknown, reasonUnknown},
+		// Answered before anything is appended: the topic is being
+		// created, or the metadata is stale.
+		{kerr.UnknownTopicOrPartition, kafka.RequireAll, outcomeRetry, "Kafka broker not ready: Unknown Topic Or Partition"},
 	} {
 		t.Run(fmt.Sprint(tt.err.Message, " acks ", tt.acks), func(t *testing.T) {
 			noLeaks(t)
@@ -236,13 +240,27 @@ func TestProducerPermanentErrors(t *testing.T) {
 		t.Errorf("unknown topic: got %v", perr)
 	}
 
-	c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "events", Err: kerr.TopicAuthorizationFailed})
-	rec, perr := sendOne(p, "events", []byte(`{}`), 2*time.Second)
-	if perr == nil || perr.outcome != outcomeRejected || perr.reason != "not authorized to write to the topic" {
-		t.Errorf("not authorized: got %v", perr)
+	// Answers given before anything is appended: not written, and
+	// retrying does not help.
+	for _, tt := range []struct {
+		err    *kerr.Error
+		reason string
+	}{
+		{kerr.TopicAuthorizationFailed, "not authorized to write to the topic"},
+		{kerr.InvalidTopicException, "Kafka broker refused the record: Invalid Topic"},
+		{kerr.UnsupportedCompressionType, "Kafka broker refused the record: Unsupported Compression Type"},
+	} {
+		c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "events", Err: tt.err})
+		rec, perr := sendOne(p, "events", []byte(`{}`), 2*time.Second)
+		if perr == nil || perr.outcome != outcomeRejected || perr.reason != tt.reason {
+			t.Errorf("%s: got %v, want permanent (500) %q", tt.err.Message, perr, tt.reason)
+		}
+		if rec.attempts != 1 {
+			t.Errorf("%s: a permanent error was tried %d times, want once", tt.err.Message, rec.attempts)
+		}
 	}
-	if rec.attempts != 1 {
-		t.Errorf("a permanent error was tried %d times, want once", rec.attempts)
+	if got := stored(t, c, "events"); len(got) != 0 {
+		t.Errorf("the topic holds %d records, want none", len(got))
 	}
 }
 
@@ -589,6 +607,20 @@ func holdProduce(c *kfake.Cluster, release <-chan struct{}) *atomic.Int32 {
 	return &received
 }
 
+// holdFirstProduce makes the broker hold the first produce request until
+// release is closed, and answer the others; it counts the requests.
+func holdFirstProduce(c *kfake.Cluster, release <-chan struct{}) *atomic.Int32 {
+	var received atomic.Int32
+	c.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		if received.Add(1) == 1 {
+			c.SleepControl(func() { <-release })
+		}
+		return nil, nil, false
+	})
+	return &received
+}
+
 func TestMaxInFlightSendsConcurrentRequests(t *testing.T) {
 	for _, inFlight := range []int{1, 2} {
 		t.Run(fmt.Sprint("max_in_flight=", inFlight), func(t *testing.T) {
@@ -906,7 +938,14 @@ func TestMayBeWritten(t *testing.T) {
 		{kafka.NotLeaderForPartition, kafka.RequireOne, false},
 		{kafka.MessageSizeTooLarge, kafka.RequireAll, false},
 		{kafka.TopicAuthorizationFailed, kafka.RequireAll, false},
-		{kafka.UnknownTopicOrPartition, kafka.RequireAll, true},
+		{kafka.UnknownTopicOrPartition, kafka.RequireAll, false},
+		{kafka.InvalidTopic, kafka.RequireAll, false},
+		{kafka.UnsupportedCompressionType, kafka.RequireAll, false},
+		{kafka.InvalidRecord, kafka.RequireAll, false},
+		{kafka.InvalidMessage, kafka.RequireAll, false},
+		{kafka.KafkaStorageError, kafka.RequireAll, true},
+		{kafka.Error(-1), kafka.RequireAll, true}, // UNKNOWN_SERVER_ERROR
+		{errAnswerWithoutPartition, kafka.RequireAll, true},
 		{io.ErrUnexpectedEOF, kafka.RequireAll, true},
 		{&net.OpError{Op: "dial", Err: syscall.ECONNREFUSED}, kafka.RequireAll, false},
 		{fmt.Errorf("wrapped: %w", syscall.ECONNREFUSED), kafka.RequireAll, false},
@@ -1019,5 +1058,274 @@ func TestGivenUpRecordIsCompleted(t *testing.T) {
 	}
 	if got := rec.outcomeNow(); got == nil || got.outcome != outcomeUnknown {
 		t.Errorf("completed as %v, want unknown", got)
+	}
+}
+
+// refuseBadRecords makes c refuse every produce request holding a record
+// whose bytes contain "bad", as Kafka refuses a record it will never take
+// (a record without a key on a compacted topic): with INVALID_RECORD
+// naming the records at fault if named, else with CORRUPT_MESSAGE and no
+// names, as older brokers do. It reports the records of each refused
+// request.
+func refuseBadRecords(t *testing.T, c *kfake.Cluster, named bool) <-chan int {
+	refused := make(chan int, 100)
+	c.ControlKey(int16(kmsg.Produce), func(kreq kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		req := kreq.(*kmsg.ProduceRequest)
+		resp := req.ResponseKind().(*kmsg.ProduceResponse)
+		refuse := false
+		for _, rt := range req.Topics {
+			st := kmsg.NewProduceResponseTopic()
+			st.Topic = rt.Topic
+			for _, rp := range rt.Partitions {
+				sp := kmsg.NewProduceResponseTopicPartition()
+				sp.Partition = rp.Partition
+				var batch kmsg.RecordBatch
+				if err := batch.ReadFrom(rp.Records); err != nil {
+					t.Errorf("reading a record batch: %v", err)
+				}
+				for i, raw := range splitRecords(batch) {
+					if !bytes.Contains(raw, []byte("bad")) {
+						continue
+					}
+					refuse = true
+					if named {
+						sp.ErrorCode = kerr.InvalidRecord.Code
+						er := kmsg.NewProduceResponseTopicPartitionErrorRecord()
+						er.RelativeOffset = int32(i)
+						msg := "Compacted topic cannot accept message without key in topic partition " + rt.Topic
+						er.ErrorMessage = &msg
+						sp.ErrorRecords = append(sp.ErrorRecords, er)
+					} else {
+						sp.ErrorCode = kerr.CorruptMessage.Code
+					}
+				}
+				if refuse {
+					select {
+					case refused <- int(batch.NumRecords):
+					default:
+					}
+				}
+				st.Partitions = append(st.Partitions, sp)
+			}
+			resp.Topics = append(resp.Topics, st)
+		}
+		if !refuse {
+			return nil, nil, false
+		}
+		return resp, nil, true
+	})
+	return refused
+}
+
+// splitRecords returns the bytes of each record of an uncompressed batch.
+func splitRecords(batch kmsg.RecordBatch) [][]byte {
+	var recs [][]byte
+	b := batch.Records
+	for range batch.NumRecords {
+		n, used := binary.Varint(b)
+		recs = append(recs, b[used:used+int(n)])
+		b = b[used+int(n):]
+	}
+	return recs
+}
+
+// One bad record in a group-commit batch fails alone, for good; the
+// records that shared its batch are sent again without it and stored once.
+func TestBadRecordFailsAlone(t *testing.T) {
+	for _, named := range []bool{true, false} {
+		t.Run(fmt.Sprint("named=", named), func(t *testing.T) {
+			noLeaks(t)
+			c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+			p := testProducer(t, c)
+			if _, perr := sendOne(p, "events", []byte(`"warm"`), time.Second); perr != nil {
+				t.Fatal(perr)
+			}
+			// Hold one request so that the records pile up into the
+			// next batch.
+			release := make(chan struct{})
+			received := holdProduce(c, release)
+			held := newRecord([]byte(`"held"`), time.Now(), 5*time.Second)
+			if perr := publishNoWait(p, context.Background(), "events", held); perr != nil {
+				t.Fatal(perr)
+			}
+			waitFor(t, 5*time.Second, func() bool { return received.Load() == 1 })
+			var recs []*record
+			for _, v := range []string{`"a"`, `"bad"`, `"b"`, `"c"`, `"d"`} {
+				rec := newRecord([]byte(v), time.Now(), 5*time.Second)
+				if perr := publishNoWait(p, context.Background(), "events", rec); perr != nil {
+					t.Fatal(perr)
+				}
+				recs = append(recs, rec)
+			}
+			refused := refuseBadRecords(t, c, named)
+			close(release)
+			for _, rec := range append(recs, held) {
+				<-rec.done
+			}
+			if n := <-refused; n != 5 {
+				t.Fatalf("the first refused request held %d records, want the 5 that piled up", n)
+			}
+			for i, rec := range recs {
+				switch {
+				case i == 1 && (rec.err == nil || rec.err.outcome != outcomeRejected):
+					t.Errorf("the bad record: %v, want a permanent failure", rec.err)
+				case i != 1 && rec.err != nil:
+					t.Errorf("record %d, beside the bad one: %v", i, rec.err)
+				}
+			}
+			if named && !strings.Contains(recs[1].err.reason, "Compacted topic cannot accept message without key") {
+				t.Errorf("the bad record's reason %q does not give the broker's message", recs[1].err.reason)
+			}
+			got := recordsByValue(t, c, "events")
+			for _, v := range []string{`"warm"`, `"held"`, `"a"`, `"b"`, `"c"`, `"d"`} {
+				if got[v] == nil {
+					t.Errorf("%s is not stored", v)
+				}
+			}
+			if hw := c.PartitionInfo("events", 0).HighWatermark; hw != 6 || got[`"bad"`] != nil {
+				t.Errorf("the topic holds %d records, want the 6 good ones once each", hw)
+			}
+		})
+	}
+}
+
+// REQUEST_TIMED_OUT may follow an append: the record is retried once, to
+// the leader fresh metadata names, and then answered 504, so that one
+// 504 stands for at most two copies. Each attempt gives the broker the
+// request's whole remaining time.
+func TestRequestTimedOutIsRetriedOnce(t *testing.T) {
+	noLeaks(t)
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	p := testProducer(t, c)
+	var mu sync.Mutex
+	var brokerTimeouts []int32
+	c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "events", Observe: true, Count: -1, When: func(req kmsg.Request) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		brokerTimeouts = append(brokerTimeouts, req.(*kmsg.ProduceRequest).TimeoutMillis)
+		return true
+	}})
+	// kfake appends, then answers REQUEST_TIMED_OUT, as a leader does
+	// whose followers are too slow for acks=all.
+	c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "events", Err: kerr.RequestTimedOut, Count: -1})
+
+	rec, perr := sendOne(p, "events", []byte(`"slow replicas"`), 2*time.Second)
+	if perr == nil || perr.outcome != outcomeUnknown {
+		t.Fatalf("got %v, want 504 (outcome unknown)", perr)
+	}
+	if rec.attempts != 2 {
+		t.Errorf("attempts = %d, want 2: the first and one retry", rec.attempts)
+	}
+	if hw := c.PartitionInfo("events", 0).HighWatermark; hw != 2 {
+		t.Errorf("the topic holds %d copies, want 2", hw)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(brokerTimeouts) == 0 || brokerTimeouts[0] < 1500 {
+		t.Errorf("broker-side timeouts %v ms, want the first near the whole 2 s", brokerTimeouts)
+	}
+}
+
+// A produce answer that does not mention the partition came from a broker
+// that had the request: the record may be written (504), unlike a request
+// that was never routed.
+func TestAnswerWithoutThePartitionIsUnknown(t *testing.T) {
+	noLeaks(t)
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	p := testProducer(t, c)
+	if _, perr := sendOne(p, "events", []byte(`"warm"`), time.Second); perr != nil {
+		t.Fatal(perr)
+	}
+	c.ControlKey(int16(kmsg.Produce), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		return req.ResponseKind(), nil, true // no topic, no partition
+	})
+	if _, perr := sendOne(p, "events", []byte(`"lost"`), 500*time.Millisecond); perr == nil || perr.outcome != outcomeUnknown {
+		t.Errorf("got %v, want 504 (outcome unknown)", perr)
+	}
+}
+
+// A record the broker proves it did not write (NOT_ENOUGH_REPLICAS), after
+// its caller gave up on it, completes as not written, so that a repeat
+// produces it; its bytes are let go at once.
+func TestNotWrittenAfterCallerLeftCompletes(t *testing.T) {
+	noLeaks(t)
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	p := testProducer(t, c)
+	if _, perr := sendOne(p, "events", []byte(`"warm"`), time.Second); perr != nil {
+		t.Fatal(perr)
+	}
+	release := make(chan struct{})
+	received := holdProduce(c, release)
+	rec := newRecord([]byte(`"held"`), time.Now(), 300*time.Millisecond)
+	rec.ackBy = rec.deadline.Add(lateAckWait)
+	if perr := p.send(context.Background(), "events", rec); perr == nil || perr.outcome != outcomeUnknown {
+		t.Fatalf("got %v, want 504 while the broker holds the request", perr)
+	}
+	if received.Load() != 1 {
+		t.Fatalf("the broker received %d requests, want 1", received.Load())
+	}
+	fault := c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "events", Err: kerr.NotEnoughReplicas})
+	close(release)
+	select {
+	case <-rec.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the record was never completed")
+	}
+	if fault.Hits() != 1 {
+		t.Errorf("the fault answered %d requests, want the held one", fault.Hits())
+	}
+	if !rec.provenNotWritten() {
+		t.Errorf("completed as %v, want not written", rec.outcomeNow())
+	}
+	if hw := c.PartitionInfo("events", 0).HighWatermark; hw != 1 {
+		t.Errorf("the topic holds %d records, want the warm-up only", hw)
+	}
+}
+
+// A produce request the broker holds without answering (a black hole)
+// stalls its partition for at most one timeout: the records behind it go
+// out on another connection, those whose callers gave up meanwhile let go
+// of their bytes, and the held request's answer, when it comes, still
+// settles its record for an idempotent repeat.
+func TestHeldRequestDoesNotStallThePartition(t *testing.T) {
+	noLeaks(t)
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	p := testProducer(t, c)
+	if _, perr := sendOne(p, "events", []byte(`"warm"`), time.Second); perr != nil {
+		t.Fatal(perr)
+	}
+	release := make(chan struct{})
+	received := holdFirstProduce(c, release)
+	held := newRecord([]byte(`"held"`), time.Now(), 500*time.Millisecond)
+	held.ackBy = held.deadline.Add(lateAckWait) // waits 30 s more for a late answer
+	if perr := publishNoWait(p, context.Background(), "events", held); perr != nil {
+		t.Fatal(perr)
+	}
+	waitFor(t, 5*time.Second, func() bool { return received.Load() == 1 })
+	behind, perr := sendOne(p, "events", []byte(`"gives up"`), 100*time.Millisecond)
+	if perr == nil || perr.outcome != outcomeRetry {
+		t.Fatalf("a record behind the held request: %v, want 503 after its 100ms", perr)
+	}
+	if behind.q.mu.Lock(); !behind.completed || behind.value != nil {
+		t.Error("a record whose caller gave up before it was sent still holds its bytes")
+	}
+	behind.q.mu.Unlock()
+
+	if _, perr := sendOne(p, "events", []byte(`"next"`), 5*time.Second); perr != nil {
+		t.Errorf("a record sent after the held one's timeout: %v, want it stored within its 5s", perr)
+	}
+	close(release)
+	select {
+	case <-held.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the held record was never completed")
+	}
+	if got := held.outcomeNow(); got != nil {
+		t.Errorf("the held request landed, but its record completed as %v", got)
+	}
+	if got := recordsByValue(t, c, "events"); len(got) != 3 || got[`"next"`] == nil || got[`"held"`] == nil {
+		t.Errorf("the topic holds %v, want warm, held and next", slices.Collect(maps.Keys(got)))
 	}
 }

@@ -3,6 +3,7 @@ package queuepublish
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"net/http/httptest"
 	"path/filepath"
 	"slices"
@@ -442,4 +443,31 @@ func TestTopicFromRequest(t *testing.T) {
 	if got := do(t, "POST", "/topics/nope", nil, strings.NewReader(`{}`)); got.status != 403 {
 		t.Errorf("without the secret: %d, want 403", got.status)
 	}
+}
+
+// A record the broker refuses (INVALID_RECORD naming it) gets 500 in its
+// result; the records beside it in the request, sent in the same produce
+// request, are stored, and the answer says so record by record.
+func TestRefusedRecordThroughCaddy(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	refuseBadRecords(t, c, true)
+	t.Setenv("QP_TEST_SECRET", testSecret)
+	startCaddy(t, filepath.Join(t.TempDir(), "caddy.log"), fmt.Sprintf(`	queue_publish {
+		brokers %s
+		topic events
+		secret {env.QP_TEST_SECRET}
+		mode records
+	}`, c.ListenAddrs()[0]))
+	got := do(t, "POST", "/", auth(testSecret), strings.NewReader(`{"records":[{"value":"a"},{"value":"bad"},{"value":"b"}]}`))
+	want := `{"success":false,"error":"Kafka broker refused the record: Compacted topic cannot accept message without key in topic partition events","results":[` +
+		`{"partition":0,"offset":0},` +
+		`{"error":"Kafka broker refused the record: Compacted topic cannot accept message without key in topic partition events","outcome":"not_written","status":500},` +
+		`{"partition":0,"offset":1}]}`
+	if got.status != 500 || got.body != want {
+		t.Errorf("got %d %s, want 500 %s", got.status, got.body, want)
+	}
+	if values := recordsByValue(t, c, "events"); len(values) != 2 || values[`"a"`] == nil || values[`"b"`] == nil {
+		t.Errorf("the topic holds %v, want a and b", slices.Collect(maps.Keys(values)))
+	}
+	unloadChecksLeaks(t)
 }

@@ -148,18 +148,23 @@ func (c *saslCredentials) mechanism() (sasl.Mechanism, error) {
 	return nil, fmt.Errorf("sasl: %q is not plain, scram-sha-256 or scram-sha-512", c.Mechanism)
 }
 
-// errSASLRejected is what a connection reports when the broker closed it
-// during SASL authentication.
-var errSASLRejected = errors.New("the broker closed the connection during SASL authentication")
+// errSASLDropped is what a connection reports when it failed during SASL
+// authentication: the broker closed or reset it, or it timed out.
+var errSASLDropped = errors.New("the connection to the Kafka broker was lost during SASL authentication")
 
-// Some brokers (kfake among them) answer bad credentials by closing the
-// connection. kafka-go then reports an unexpected EOF, the same as a
-// network fault, and a wrong password would look like a broker that is
-// down. The types below tell the two apart: the producer's dialer wraps
-// each connection in a saslConn and registers it under its connect
-// context; the mechanism, whose context derives from that one (same Done
-// channel), marks the connection as authenticating until the exchange
-// completes. A read that fails meanwhile reports errSASLRejected.
+// A broker refuses bad credentials with an answer (SASL_AUTHENTICATION_FAILED,
+// which kafka-go reports as kafka.SASLAuthenticationFailed): only that is a
+// rejection, and answered 500. A connection lost during the exchange (a
+// broker restarting, a reset, a timeout) is a fault that retrying fixes,
+// and answered 503; some brokers (kfake among them) also close the
+// connection on bad credentials, which is then answered 503 too, with the
+// error logged. kafka-go itself reports a connection closed during the
+// exchange as SASLAuthenticationFailed, so the types below tell the two
+// apart: the producer's dialer wraps each connection in a saslConn and
+// registers it under its connect context; the mechanism, whose context
+// derives from that one (same Done channel), marks the connection as
+// authenticating until the exchange completes. A read that fails
+// meanwhile reports errSASLDropped, which kafka-go passes on as it is.
 
 // saslConn is a broker connection that knows whether SASL authentication
 // is under way on it.
@@ -171,9 +176,9 @@ type saslConn struct {
 func (c *saslConn) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
 	if err != nil && c.authenticating.Load() {
-		// Not wrapping err: kafka-go turns anything that is an io.EOF
-		// into a bare io.ErrUnexpectedEOF.
-		return n, fmt.Errorf("%w (%v)", errSASLRejected, err)
+		// Not wrapping err: kafka-go turns an io.EOF into
+		// SASLAuthenticationFailed, a rejection.
+		return n, fmt.Errorf("%w (%v)", errSASLDropped, err)
 	}
 	return n, err
 }

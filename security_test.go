@@ -1,6 +1,8 @@
 package queuepublish
 
 import (
+	"bytes"
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -18,14 +20,18 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 	"github.com/twmb/franz-go/pkg/sasl/scram"
+	"go.uber.org/zap"
 )
 
 // testPKI is a CA with a server certificate for 127.0.0.1 and a client
@@ -172,21 +178,62 @@ func TestTLSBrokers(t *testing.T) {
 	}
 }
 
+// saslUsers are the credentials of the SASL test clusters.
+var saslUsers = map[string]string{"plain-user": "plain-pass", "scram256-user": "scram256-pass", "scram512-user": "scram512-pass"}
+
+// saslCluster is a kfake cluster with SASL and a user per mechanism.
+func saslCluster(t *testing.T, opts ...kfake.Opt) *kfake.Cluster {
+	return newCluster(t, append(opts, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"), kfake.EnableSASL(),
+		kfake.Superuser("PLAIN", "plain-user", saslUsers["plain-user"]),
+		kfake.Superuser("SCRAM-SHA-256", "scram256-user", saslUsers["scram256-user"]),
+		kfake.Superuser("SCRAM-SHA-512", "scram512-user", saslUsers["scram512-user"]))...)
+}
+
+// refuseLikeKafka makes c answer SASL_AUTHENTICATION_FAILED, as Apache
+// Kafka does, to a PLAIN exchange with a wrong password and to a SCRAM
+// exchange naming an unknown user; kfake itself closes the connection.
+// (A wrong SCRAM password shows only in the last step, which kfake still
+// answers by closing.)
+func refuseLikeKafka(c *kfake.Cluster) {
+	c.ControlKey(int16(kmsg.SASLAuthenticate), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		auth := req.(*kmsg.SASLAuthenticateRequest)
+		refuse := false
+		if parts := bytes.Split(auth.SASLAuthBytes, []byte{0}); len(parts) == 3 { // PLAIN
+			pass, ok := saslUsers[string(parts[1])]
+			refuse = !ok || pass != string(parts[2])
+		} else if rest, ok := bytes.CutPrefix(auth.SASLAuthBytes, []byte("n,,n=")); ok { // SCRAM's first message
+			user, _, _ := bytes.Cut(rest, []byte(","))
+			_, known := saslUsers[string(user)]
+			refuse = !known
+		}
+		if !refuse {
+			return nil, nil, false
+		}
+		resp := auth.ResponseKind().(*kmsg.SASLAuthenticateResponse)
+		resp.ErrorCode = kerr.SaslAuthenticationFailed.Code
+		msg := "Authentication failed: Invalid username or password"
+		resp.ErrorMessage = &msg
+		return resp, nil, true
+	})
+}
+
+// Credentials the broker refuses with an answer are a permanent 500,
+// logged as a refused connection; a broker that closes the connection
+// during the exchange instead is a retriable 503, logged as such.
 func TestSASLBrokers(t *testing.T) {
-	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"), kfake.EnableSASL(),
-		kfake.Superuser("PLAIN", "plain-user", "plain-pass"),
-		kfake.Superuser("SCRAM-SHA-256", "scram256-user", "scram256-pass"),
-		kfake.Superuser("SCRAM-SHA-512", "scram512-user", "scram512-pass"))
+	c := saslCluster(t)
+	refuseLikeKafka(c)
 	for _, tt := range []struct {
 		mechanism, user, password string
-		ok                        bool
+		want                      outcome // 0: acknowledged
 	}{
-		{"plain", "plain-user", "plain-pass", true},
-		{"scram-sha-256", "scram256-user", "scram256-pass", true},
-		{"scram-sha-512", "scram512-user", "scram512-pass", true},
-		{"plain", "plain-user", "wrong", false},
-		{"scram-sha-256", "scram256-user", "wrong", false},
-		{"scram-sha-512", "nobody", "scram512-pass", false},
+		{"plain", "plain-user", "plain-pass", 0},
+		{"scram-sha-256", "scram256-user", "scram256-pass", 0},
+		{"scram-sha-512", "scram512-user", "scram512-pass", 0},
+		{"plain", "plain-user", "wrong", outcomeRejected},
+		{"scram-sha-512", "nobody", "scram512-pass", outcomeRejected},
+		{"scram-sha-256", "scram256-user", "wrong", outcomeRetry}, // kfake closes the connection
 	} {
 		t.Run(fmt.Sprintf("%s %s/%s", tt.mechanism, tt.user, tt.password), func(t *testing.T) {
 			logger, logs := observedLogger()
@@ -194,20 +241,27 @@ func TestSASLBrokers(t *testing.T) {
 				SASL: &saslCredentials{Mechanism: tt.mechanism, Username: tt.user, Password: tt.password}}, logger)
 			defer p.Destruct()
 			_, perr := sendOne(p, "events", []byte(`{"sasl":"`+tt.mechanism+`"}`), 2*time.Second)
-			if tt.ok {
+			switch tt.want {
+			case 0:
 				if perr != nil {
 					t.Fatal(perr)
 				}
 				return
+			case outcomeRejected:
+				if perr == nil || perr.outcome != outcomeRejected || perr.reason != "Kafka authentication failed" {
+					t.Fatalf("got %v, want a permanent 'Kafka authentication failed'", perr)
+				}
+				waitFor(t, 5*time.Second, func() bool {
+					return logs.FilterMessage("the Kafka brokers refuse the connection: Kafka authentication failed; check the settings").Len() == 1
+				})
+			case outcomeRetry:
+				if perr == nil || perr.outcome != outcomeRetry || perr.reason != "Kafka connection lost during authentication" {
+					t.Fatalf("got %v, want a retriable 'Kafka connection lost during authentication'", perr)
+				}
+				waitFor(t, 5*time.Second, func() bool { return logs.FilterMessage(msgSASLDropped).Len() == 1 })
 			}
-			if perr == nil || perr.outcome != outcomeRejected || perr.reason != "Kafka authentication failed" {
-				t.Fatalf("got %v, want a permanent 'Kafka authentication failed'", perr)
-			}
-			waitFor(t, 5*time.Second, func() bool {
-				return logs.FilterMessage("the Kafka brokers refuse the connection: Kafka authentication failed; check the settings").Len() == 1
-			})
 			if n := logs.FilterMessageSnippet("no Kafka broker reachable").Len(); n > 0 {
-				t.Errorf("a wrong password was logged as an unreachable broker")
+				t.Errorf("a refused connection was logged as an unreachable broker")
 			}
 			for _, e := range logs.All() {
 				if strings.Contains(fmt.Sprint(e.ContextMap()), tt.password) {
@@ -220,6 +274,64 @@ func TestSASLBrokers(t *testing.T) {
 	if got := readWith(t, c, "events", kgo.SASL(admin.AsSha512Mechanism())); len(got) != 3 {
 		t.Errorf("the topic holds %d records, want the 3 authenticated ones", len(got))
 	}
+}
+
+// resetConn resets the connection, once armed, at the first read after the
+// client sent its PLAIN credentials: a broker restarting in the middle of
+// the SASL exchange.
+type resetConn struct {
+	net.Conn
+	armed *atomic.Bool
+	sent  bool
+}
+
+func (c *resetConn) Write(b []byte) (int, error) {
+	if bytes.Contains(b, []byte("\x00plain-user\x00plain-pass")) && c.armed.CompareAndSwap(true, false) {
+		c.sent = true
+	}
+	return c.Conn.Write(b)
+}
+
+func (c *resetConn) Read(b []byte) (int, error) {
+	if c.sent {
+		c.Conn.Close()
+		return 0, &net.OpError{Op: "read", Net: "tcp", Err: syscall.ECONNRESET}
+	}
+	return c.Conn.Read(b)
+}
+
+// A connection reset during the SASL exchange is a fault that retrying
+// fixes (503), never taken for refused credentials (500), and the next
+// connection authenticates.
+func TestSASLConnectionResetIsRetriable(t *testing.T) {
+	c := saslCluster(t)
+	p := mustMake(t, producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll,
+		SASL: &saslCredentials{Mechanism: "plain", Username: "plain-user", Password: "plain-pass"}}, zap.NewNop())
+	defer p.Destruct()
+	var armed atomic.Bool
+	armed.Store(true)
+	dial := p.dialContext
+	p.dialContext = func(ctx context.Context, network, address string) (net.Conn, error) {
+		conn, err := dial(ctx, network, address)
+		if err != nil {
+			return nil, err
+		}
+		return &resetConn{Conn: conn, armed: &armed}, nil
+	}
+	_, perr := sendOne(p, "events", []byte(`{"reset":1}`), 2*time.Second)
+	if armed.Load() {
+		t.Fatal("the connection was never reset during SASL")
+	}
+	if perr == nil || perr.outcome != outcomeRetry {
+		t.Fatalf("a reset during SASL: %v, want a retriable failure", perr)
+	}
+	waitFor(t, 5*time.Second, func() bool {
+		_, perr := sendOne(p, "events", []byte(`{"reset":2}`), 2*time.Second)
+		if perr != nil && perr.outcome != outcomeRetry {
+			t.Fatalf("after a reset during SASL: %v, want 503s until the next connection authenticates", perr)
+		}
+		return perr == nil
+	})
 }
 
 // TestSecureBrokersThroughCaddy configures TLS with a client certificate,
@@ -269,11 +381,8 @@ func TestSecureBrokersThroughCaddy(t *testing.T) {
 // lines when a setting is wrong.
 func TestBrokerOptionsThroughCaddy(t *testing.T) {
 	pki := newTestPKI(t)
-	secure := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"),
-		kfake.TLS(&tls.Config{Certificates: []tls.Certificate{pki.server}}), kfake.EnableSASL(),
-		kfake.Superuser("PLAIN", "plain-user", "plain-pass"),
-		kfake.Superuser("SCRAM-SHA-256", "scram256-user", "scram256-pass"),
-		kfake.Superuser("SCRAM-SHA-512", "scram512-user", "scram512-pass"))
+	secure := saslCluster(t, kfake.TLS(&tls.Config{Certificates: []tls.Certificate{pki.server}}))
+	refuseLikeKafka(secure)
 	plain := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "leader", "none", "lz4"))
 	proxy, clientIDs := clientIDProxy(t, plain.ListenAddrs()[0])
 	var mu sync.Mutex
@@ -305,7 +414,7 @@ func TestBrokerOptionsThroughCaddy(t *testing.T) {
 	startCaddy(t, logFile,
 		route("/plain", "brokers "+s+"\n topic events\n sasl plain plain-user {env.QP_PLAIN_PASSWORD}\n tls {\n ca "+pki.caFile+"\n }")+
 			route("/scram256", "brokers "+s+"\n topic events\n sasl scram-sha-256 scram256-user scram256-pass\n tls {\n insecure_skip_verify\n }")+
-			route("/wrong-password", "brokers "+s+"\n topic events\n sasl scram-sha-512 scram512-user not-the-password\n tls {\n ca "+pki.caFile+"\n }")+
+			route("/wrong-password", "brokers "+s+"\n topic events\n sasl plain plain-user not-the-password\n tls {\n ca "+pki.caFile+"\n }")+
 			route("/other-name", "brokers "+s+"\n topic events\n sasl plain plain-user plain-pass\n tls {\n ca "+pki.caFile+"\n server_name kafka.example\n }")+
 			route("/system-roots", "brokers "+s+"\n topic events\n sasl plain plain-user plain-pass\n tls")+
 			route("/leader", "brokers "+proxy+"\n topic leader\n acks leader\n compression gzip\n client_id billing-api")+
