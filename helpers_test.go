@@ -74,7 +74,7 @@ func observedLogger() (*zap.Logger, *observer.ObservedLogs) {
 // publishNoWait queues rec without waiting for its outcome; the test
 // waits on rec.done.
 func publishNoWait(p *producer, ctx context.Context, topic string, rec *record) *publishError {
-	set, perr := p.partitionsOf(ctx, topic, rec.deadline)
+	set, perr := p.partitionsOf(ctx, topic, []*record{rec})
 	if perr != nil {
 		return perr
 	}

@@ -469,22 +469,42 @@ func (p *producer) expireTopics() {
 // send publishes rec to topic and waits until it is acknowledged or has
 // failed, its deadline passes or ctx is done (the client left).
 func (p *producer) send(ctx context.Context, topic string, rec *record) *publishError {
-	set, perr := p.partitionsOf(ctx, topic, rec.deadline)
+	recs := []*record{rec}
+	set, perr := p.partitionsOf(ctx, topic, recs)
 	if perr != nil {
 		return perr
 	}
-	p.sendAll(ctx, set, []*record{rec})
+	p.sendAll(ctx, set, recs)
 	return rec.failure
 }
 
-// partitionsOf returns the partitions of topic. It fails when they cannot
-// be known: the topic does not exist, no broker answers, or the producer
-// is closed.
-func (p *producer) partitionsOf(ctx context.Context, topic string, deadline time.Time) (*partitionSet, *publishError) {
+// partitionsOf returns the partitions of topic for recs, which share a
+// deadline. It fails when they cannot be known: the topic does not exist,
+// no broker answers, or the producer is closed. A topic unknown, or a
+// partition asked for beyond those known, may be new: the metadata is
+// then read afresh (at most every refreshInterval per topic) before the
+// answer.
+func (p *producer) partitionsOf(ctx context.Context, topic string, recs []*record) (*partitionSet, *publishError) {
 	if p == nil || p.stopped.Load() {
 		return nil, errShuttingDown
 	}
-	return p.topic(topic).partitions(ctx, p, deadline)
+	ts := p.topic(topic)
+	deadline := recs[0].deadline
+	set, perr := ts.partitions(ctx, p, deadline)
+	if (set.unknownTopic || perr == nil && maxWant(recs) >= set.count()) && ts.mayRefresh() {
+		p.refreshMetadata(true, nil)
+		set, perr = ts.partitions(ctx, p, deadline)
+	}
+	return set, perr
+}
+
+// maxWant is the highest partition asked for by recs, -1 if none asks.
+func maxWant(recs []*record) int {
+	n := -1
+	for _, rec := range recs {
+		n = max(n, rec.want)
+	}
+	return n
 }
 
 // sendAll queues the records on their partitions of set and waits until
@@ -559,11 +579,21 @@ func (p *producer) topic(name string) *topicState {
 
 // topicState caches what the producer knows of one topic.
 type topicState struct {
-	name       string
-	current    atomic.Pointer[partitionSet]
-	refreshing atomic.Bool
-	mu         sync.Mutex // guards queues
-	queues     []*partitionQueue
+	name        string
+	current     atomic.Pointer[partitionSet]
+	refreshing  atomic.Bool
+	lastRefresh atomic.Int64 // UnixNano of the last refresh for a miss
+	mu          sync.Mutex   // guards queues
+	queues      []*partitionQueue
+}
+
+// mayRefresh reports whether a miss on the topic may make the producer
+// read the metadata afresh now; at most every refreshInterval, so that
+// requests for a topic that does not exist cost the brokers little.
+func (ts *topicState) mayRefresh() bool {
+	now := time.Now().UnixNano()
+	last := ts.lastRefresh.Load()
+	return now-last >= int64(refreshInterval) && ts.lastRefresh.CompareAndSwap(last, now)
 }
 
 // partitionSet is a topic's partitions as of one metadata read, or the
@@ -573,7 +603,9 @@ type partitionSet struct {
 	ids       []int             // 0 .. len(queues)-1, for the key partitioner
 	available []*partitionQueue // those with a leader
 	err       *publishError
-	expires   atomic.Int64 // UnixNano
+	// unknownTopic: the brokers do not know the topic.
+	unknownTopic bool
+	expires      atomic.Int64 // UnixNano
 	rr        atomic.Uint32
 }
 
@@ -642,6 +674,7 @@ func (ts *topicState) partitions(ctx context.Context, p *producer, deadline time
 	case meta.Topics[0].Error == nil && len(meta.Topics[0].Partitions) == 0,
 		errors.Is(meta.Topics[0].Error, kafka.UnknownTopicOrPartition):
 		set.err = &publishError{outcome: outcomeRejected, reason: "unknown topic", err: fmt.Errorf("topic %q does not exist", ts.name)}
+		set.unknownTopic = true
 	case meta.Topics[0].Error != nil:
 		set.err = classify(meta.Topics[0].Error)
 		ttl = refreshInterval

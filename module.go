@@ -648,7 +648,7 @@ func (h *Handler) publish(x *exchange, r *http.Request, final, send []*record, s
 			}
 			return x.answer(http.StatusAccepted, bodyAccepted)
 		}
-		set, perr := x.producer.partitionsOf(r.Context(), topic, send[0].deadline)
+		set, perr := x.producer.partitionsOf(r.Context(), topic, send)
 		if perr != nil {
 			// Every record failed alike, before any was queued.
 			for _, rec := range send {
@@ -692,7 +692,7 @@ func (h *Handler) enqueue(p *producer, r *http.Request, topic string, recs []*re
 		h.asyncPending.Add(-n)
 		return errQueueFull
 	}
-	set, perr := p.partitionsOf(r.Context(), topic, recs[0].deadline)
+	set, perr := p.partitionsOf(r.Context(), topic, recs)
 	if perr != nil {
 		h.asyncPending.Add(-n)
 		for _, rec := range recs {

@@ -471,3 +471,70 @@ func TestRefusedRecordThroughCaddy(t *testing.T) {
 	}
 	unloadChecksLeaks(t)
 }
+
+// adminRequest sends req to c with franz-go's client and fails the test on
+// an error code in the answer.
+func adminRequest(t *testing.T, c *kfake.Cluster, req kmsg.Request) kmsg.Response {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := contextWithTimeout(5 * time.Second)
+	defer cancel()
+	resp, err := cl.Request(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp
+}
+
+// A topic created, or a partition added, while Caddy runs is written to
+// at once: a miss reads the metadata afresh instead of answering from a
+// cache that predates it.
+func TestTopicsAndPartitionsCreatedWhileRunning(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	t.Setenv("QP_TEST_SECRET", testSecret)
+	startCaddy(t, filepath.Join(t.TempDir(), "caddy.log"), fmt.Sprintf(`	queue_publish /topics/* {
+		brokers %s
+		topic {http.request.uri.path.1}
+		allow_topics events later
+		secret {env.QP_TEST_SECRET}
+		mode records
+	}`, c.ListenAddrs()[0]))
+	ok := map[string]string{"Authorization": testSecret}
+	// The producer has read the cluster's metadata.
+	if got := do(t, "POST", "/topics/events", ok, strings.NewReader(`{"records":[{"value":1,"partition":0}]}`)); got.status != 200 {
+		t.Fatalf("events: %d %s", got.status, got.body)
+	}
+
+	create := kmsg.NewPtrCreateTopicsRequest()
+	topic := kmsg.NewCreateTopicsRequestTopic()
+	topic.Topic, topic.NumPartitions, topic.ReplicationFactor = "later", 1, 1
+	create.Topics = append(create.Topics, topic)
+	if resp := adminRequest(t, c, create).(*kmsg.CreateTopicsResponse); resp.Topics[0].ErrorCode != 0 {
+		t.Fatalf("creating the topic: error %d", resp.Topics[0].ErrorCode)
+	}
+	if got := do(t, "POST", "/topics/later", ok, strings.NewReader(`{"records":[{"value":"new topic"}]}`)); got.status != 200 {
+		t.Errorf("a topic created while Caddy runs: %d %s, want 200", got.status, got.body)
+	}
+
+	grow := kmsg.NewPtrCreatePartitionsRequest()
+	more := kmsg.NewCreatePartitionsRequestTopic()
+	more.Topic, more.Count = "events", 2
+	grow.Topics = append(grow.Topics, more)
+	if resp := adminRequest(t, c, grow).(*kmsg.CreatePartitionsResponse); resp.Topics[0].ErrorCode != 0 {
+		t.Fatalf("adding a partition: error %d", resp.Topics[0].ErrorCode)
+	}
+	if got := do(t, "POST", "/topics/events", ok, strings.NewReader(`{"records":[{"value":"new partition","partition":1}]}`)); got.status != 200 {
+		t.Errorf("a partition added while Caddy runs: %d %s, want 200", got.status, got.body)
+	}
+	if got := stored(t, c, "later"); len(got) != 1 {
+		t.Errorf("later holds %d records, want 1", len(got))
+	}
+	if hw := c.PartitionInfo("events", 1).HighWatermark; hw != 1 {
+		t.Errorf("the new partition holds %d records, want 1", hw)
+	}
+	unloadChecksLeaks(t)
+}
