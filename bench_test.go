@@ -80,7 +80,7 @@ func BenchmarkProducerSend(b *testing.B) {
 		b.Run("callers="+strconv.Itoa(callers), func(b *testing.B) {
 			c := benchCluster(b, 1)
 			p := mustProducer(b, producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll}, zap.NewNop())
-			defer p.Destruct()
+			defer p.close()
 			body := []byte(seedBody)
 			// Warm up: metadata and connections.
 			if _, perr := sendOne(p, "bench", body, 5*time.Second); perr != nil {
@@ -121,7 +121,7 @@ func BenchmarkHandler(b *testing.B) {
 			h.Topic = "bench"
 			h.producer = mustProducer(b, producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll}, zap.NewNop())
 			h.logger = zap.NewNop()
-			defer h.producer.Destruct()
+			defer h.producer.close()
 			body := []byte(seedBody)
 			serve := func() {
 				req := httptest.NewRequest("POST", "/", bodyReader(body))

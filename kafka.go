@@ -346,10 +346,31 @@ func (p *producer) dial(ctx context.Context, network, address string) (net.Conn,
 	return trackSASL(&p.saslConns, ctx, conn), nil
 }
 
-// Destruct stops taking records, waits until every queued record is
-// acknowledged or has failed (each within its own deadline), and closes the
-// connections. It implements caddy.Destructor for the producer pool.
+// Destruct stops taking records and closes the producer once every queued
+// record is acknowledged or has failed (each within its own deadline). It
+// implements caddy.Destructor for the producer pool, whose last user (a
+// config's Cleanup, or the last request of an unloaded config) calls it:
+// it returns at once, so that neither a reload nor that request's client
+// waits for records already answered, and the flush goes on in the
+// background. When the process exits, it flushes before returning.
 func (p *producer) Destruct() error {
+	p.stop()
+	if caddy.Exiting() {
+		p.finish()
+		return nil
+	}
+	go p.finish()
+	return nil
+}
+
+// close stops the producer and waits until it has flushed and closed.
+func (p *producer) close() {
+	p.stop()
+	p.finish()
+}
+
+// stop makes the producer take no more records.
+func (p *producer) stop() {
 	p.mu.Lock()
 	p.closed = true
 	p.stopped.Store(true)
@@ -363,12 +384,16 @@ func (p *producer) Destruct() error {
 		ts.mu.Unlock()
 		return true
 	})
+}
+
+// finish waits until the stopped producer's senders have sent what they
+// hold, and closes the connections.
+func (p *producer) finish() {
 	p.senders.Wait()
 	p.cancel()
 	p.watchers.Wait()
 	p.transport.CloseIdleConnections()
-	p.logger.Info("Kafka producer closed", zap.Strings("brokers", p.cfg.Brokers))
-	return nil
+	p.logger.Info("Kafka producer closed", zap.Strings("brokers", p.cfg.Brokers), zap.String("client_id", p.cfg.ClientID))
 }
 
 // watch makes sure that one goroutine keeps looking for a reachable broker

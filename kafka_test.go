@@ -33,7 +33,7 @@ import (
 func testProducer(t testing.TB, c *kfake.Cluster) *producer {
 	t.Helper()
 	p := mustProducer(t, producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll}, zap.NewNop())
-	t.Cleanup(func() { p.Destruct() })
+	t.Cleanup(func() { p.close() })
 	return p
 }
 
@@ -138,7 +138,7 @@ func TestProducerRetriableErrorUntilTimeoutIsNotWritten(t *testing.T) {
 			noLeaks(t)
 			c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
 			p := mustProducer(t, producerConfig{Brokers: c.ListenAddrs(), Acks: tt.acks}, zap.NewNop())
-			t.Cleanup(func() { p.Destruct() })
+			t.Cleanup(func() { p.close() })
 			c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "events", Err: tt.err, Count: -1})
 
 			start := time.Now()
@@ -281,7 +281,7 @@ func TestProducerWithoutBrokerAnswers503AndRecoversWhenOneComesUp(t *testing.T) 
 	addr := closedPort(t)
 	logger, logs := observedLogger()
 	p := mustProducer(t, producerConfig{Brokers: []string{addr}, Acks: kafka.RequireAll}, logger)
-	t.Cleanup(func() { p.Destruct() })
+	t.Cleanup(func() { p.close() })
 
 	start := time.Now()
 	_, perr := sendOne(p, "events", []byte(`{}`), 2*time.Second)
@@ -329,7 +329,7 @@ func hookedProducer(t *testing.T, c *kfake.Cluster, leaderDial func(ctx context.
 		}
 		return real(ctx, network, address)
 	}
-	t.Cleanup(func() { p.Destruct() })
+	t.Cleanup(func() { p.close() })
 	return p
 }
 
@@ -512,7 +512,7 @@ func TestCancelledCallerDoesNotPoisonMetadata(t *testing.T) {
 
 // After Destruct, a late request gets "shutting down" and leaves no
 // goroutine of the transport behind.
-func TestNothingRunsAfterDestruct(t *testing.T) {
+func TestNothingRunsAfterClose(t *testing.T) {
 	discoverers := func() int {
 		buf := make([]byte, 1<<20)
 		return strings.Count(string(buf[:runtime.Stack(buf, true)]), "kafka-go.(*connPool).discover")
@@ -523,17 +523,17 @@ func TestNothingRunsAfterDestruct(t *testing.T) {
 	if _, perr := sendOne(p, "events", []byte(`{}`), 2*time.Second); perr != nil {
 		t.Fatal(perr)
 	}
-	p.Destruct()
+	p.close()
 	for _, topic := range []string{"events", "other"} {
 		if _, perr := sendOne(p, topic, []byte(`{}`), time.Second); perr != errShuttingDown {
-			t.Errorf("%s after Destruct: %v, want %v", topic, perr, errShuttingDown)
+			t.Errorf("%s after close: %v, want %v", topic, perr, errShuttingDown)
 		}
 	}
 	// Goroutines of earlier tests may still be ending: none may be added.
 	waitFor(t, 5*time.Second, func() bool { return discoverers() <= before })
 }
 
-func TestDestructFlushesQueuedRecords(t *testing.T) {
+func TestCloseFlushesQueuedRecords(t *testing.T) {
 	noLeaks(t)
 	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
 	p := mustProducer(t, producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll}, zap.NewNop())
@@ -553,7 +553,7 @@ func TestDestructFlushesQueuedRecords(t *testing.T) {
 	}
 	destructed := make(chan struct{})
 	go func() {
-		p.Destruct()
+		p.close()
 		close(destructed)
 	}()
 	select {
@@ -626,7 +626,7 @@ func TestMaxInFlightSendsConcurrentRequests(t *testing.T) {
 		t.Run(fmt.Sprint("max_in_flight=", inFlight), func(t *testing.T) {
 			c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
 			p := mustProducer(t, producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll, MaxInFlight: inFlight}, zap.NewNop())
-			t.Cleanup(func() { p.Destruct() })
+			t.Cleanup(func() { p.close() })
 			release := make(chan struct{})
 			received := holdProduce(c, release)
 
@@ -660,7 +660,7 @@ func TestLingerOnlyUnderConcurrentLoad(t *testing.T) {
 	const linger = 300 * time.Millisecond
 	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
 	p := mustProducer(t, producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll, Linger: linger}, zap.NewNop())
-	t.Cleanup(func() { p.Destruct() })
+	t.Cleanup(func() { p.close() })
 
 	// An idle partition sends a lone record at once, again and again.
 	for range 3 {
@@ -746,7 +746,7 @@ func TestCompressedRecordsReadBack(t *testing.T) {
 		t.Run(codec, func(t *testing.T) {
 			c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
 			p := mustProducer(t, producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll, Compression: compressionCodes[codec]}, zap.NewNop())
-			t.Cleanup(func() { p.Destruct() })
+			t.Cleanup(func() { p.close() })
 			value := []byte(`{"text":"` + strings.Repeat("compressible ", 100) + `"}`)
 			if _, perr := sendOne(p, "events", value, 5*time.Second); perr != nil {
 				t.Fatal(perr)
@@ -963,7 +963,7 @@ func TestLogsOfALeaderMove(t *testing.T) {
 	c := newCluster(t, kfake.NumBrokers(2), kfake.SeedTopics(1, "events"))
 	logger, logs := observedLogger()
 	p := mustProducer(t, producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll}, logger)
-	t.Cleanup(func() { p.Destruct() })
+	t.Cleanup(func() { p.close() })
 	for range 5 {
 		if _, perr := sendOne(p, "events", []byte(`{}`), 5*time.Second); perr != nil {
 			t.Fatal(perr)

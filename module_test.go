@@ -448,6 +448,48 @@ func TestRequestAcrossReload(t *testing.T) {
 	}
 }
 
+// A reload that leaves a producer unused does not wait for it to flush:
+// the producer closes in the background, still flushing, while the new
+// config already serves. (The last request of an unloaded config gives
+// the producer back the same way.)
+func TestReloadDoesNotWaitForTheOldProducer(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "a"))
+	t.Setenv("QP_TEST_SECRET", testSecret)
+	logFile := filepath.Join(t.TempDir(), "caddy.log")
+	site := func(clientID string) string {
+		return fmt.Sprintf(`	queue_publish {
+		brokers %s
+		topic a
+		secret {env.QP_TEST_SECRET}
+		delivery async
+		timeout 5s
+		client_id %s
+	}`, c.ListenAddrs()[0], clientID)
+	}
+	startCaddy(t, logFile, site("old"))
+	release := make(chan struct{})
+	received := holdProduce(c, release)
+	if got := do(t, "POST", "/", auth(testSecret), strings.NewReader(`"queued"`)); got.status != 202 {
+		t.Fatalf("async: %d %s", got.status, got.body)
+	}
+	waitFor(t, 5*time.Second, func() bool { return received.Load() == 1 })
+
+	closed := func() bool {
+		logs, _ := os.ReadFile(logFile)
+		return hasLogLine(logs, "info", "Kafka producer closed", `"client_id":"old"`)
+	}
+	startCaddy(t, logFile, site("new")) // other settings: the old producer is unused
+	if closed() {
+		t.Fatal("the reload waited for the old producer to flush its held record")
+	}
+	close(release)
+	waitFor(t, 10*time.Second, closed)
+	if got := stored(t, c, "a"); len(got) != 1 || string(got[0].Value) != `"queued"` {
+		t.Errorf("the topic holds %v, want the queued record, flushed after the reload", got)
+	}
+	unloadChecksLeaks(t)
+}
+
 func pooledProducers(t *testing.T) []*producer {
 	t.Helper()
 	var list []*producer

@@ -152,7 +152,7 @@ func TestTLSBrokers(t *testing.T) {
 			c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"), kfake.TLS(serverTLS))
 			logger, logs := observedLogger()
 			p := mustProducer(t, producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll, TLS: tt.tls}, logger)
-			defer p.Destruct()
+			defer p.close()
 			_, perr := sendOne(p, "events", []byte(`{"tls":true}`), 2*time.Second)
 			if tt.want == "" {
 				if perr != nil {
@@ -239,7 +239,7 @@ func TestSASLBrokers(t *testing.T) {
 			logger, logs := observedLogger()
 			p := mustProducer(t, producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll,
 				SASL: &saslCredentials{Mechanism: tt.mechanism, Username: tt.user, Password: tt.password}}, logger)
-			defer p.Destruct()
+			defer p.close()
 			_, perr := sendOne(p, "events", []byte(`{"sasl":"`+tt.mechanism+`"}`), 2*time.Second)
 			switch tt.want {
 			case 0:
@@ -307,7 +307,7 @@ func TestSASLConnectionResetIsRetriable(t *testing.T) {
 	c := saslCluster(t)
 	p := mustMake(t, producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll,
 		SASL: &saslCredentials{Mechanism: "plain", Username: "plain-user", Password: "plain-pass"}}, zap.NewNop())
-	defer p.Destruct()
+	defer p.close()
 	var armed atomic.Bool
 	armed.Store(true)
 	dial := p.dialContext
