@@ -41,6 +41,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		queue_size <count>
 //		idempotency_window   <duration>
 //		idempotency_max_keys <count>
+//		idempotency_max_bytes <size>
 //		max_size <size>
 //		timeout  <duration>
 //		acks     all|leader|none
@@ -169,6 +170,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.IdempotencyWindow, err = parseDuration(val, false)
 		case "idempotency_max_keys":
 			h.IdempotencyMaxKeys, err = parseCount(val)
+		case "idempotency_max_bytes":
+			h.IdempotencyMaxBytes, err = parseSize(val, 1<<40)
 		case "client_id":
 			h.ClientID = val
 		case "schema":

@@ -3,9 +3,13 @@ package queuepublish
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"time"
+	"unsafe"
 
 	"github.com/caddyserver/caddy/v2"
 )
@@ -14,23 +18,28 @@ import (
 // with an Idempotency-Key produced, so that a repeat of the request is
 // answered from it instead of producing again. It lives in the memory of
 // one Caddy instance, shared by the handlers with the same window and
-// bound, across config reloads: repeats sent to another instance produce
-// again.
+// bounds, across config reloads: repeats sent to another instance produce
+// again. Keys are scoped to where the records go (see idemScope), so that
+// the same key sent to two topics or two clusters is two requests.
 type idempotencyStore struct {
-	window  time.Duration
-	maxKeys int
+	window   time.Duration
+	maxKeys  int
+	maxBytes int64
 
 	mu      sync.Mutex
 	entries map[string]*idemEntry
 	order   []*idemEntry // by creation, oldest first; may hold removed entries
+	removed int          // entries of order that are removed
+	bytes   int64        // the cost of the entries held
 	evicted bool         // an entry was forgotten before its window ended
 }
 
 // idemEntry is what one Idempotency-Key produced.
 type idemEntry struct {
-	key     string
-	digest  [sha256.Size]byte // of the topic and body
+	key     string            // the scope and the client's key
+	digest  [sha256.Size]byte // of what shapes the records
 	created time.Time
+	cost    int64 // bytes, as counted against maxBytes
 	removed bool
 	busy    bool      // a request is using the entry
 	recs    []*record // by position in the request; nil before the first
@@ -46,15 +55,27 @@ const (
 	idemInProgress                   // a request with the key is being handled (409)
 )
 
-// idempotencyStores holds the stores in use, by window and bound.
+// maxIdempotencyKey is the longest Idempotency-Key accepted, in bytes:
+// keys are held in memory for the window and stored with every record.
+const maxIdempotencyKey = 255
+
+// Costs of an entry, in bytes of memory held: the entry itself and, for
+// each record it keeps, the completed record (its bytes let go) with its
+// done channel.
+const (
+	idemEntryCost  = int64(unsafe.Sizeof(idemEntry{})) + 64 // with its map slot
+	idemRecordCost = int64(unsafe.Sizeof(record{})) + 96
+)
+
+// idempotencyStores holds the stores in use, by window and bounds.
 var idempotencyStores = caddy.NewUsagePool()
 
 // acquireIdempotencyStore returns the store for these settings, shared
 // across config reloads; releaseIdempotencyStore gives it back.
-func acquireIdempotencyStore(window time.Duration, maxKeys int) (*idempotencyStore, string) {
-	key := fmt.Sprintf("queue_publish.idempotency.%d.%d", window, maxKeys)
+func acquireIdempotencyStore(window time.Duration, maxKeys int, maxBytes int64) (*idempotencyStore, string) {
+	key := fmt.Sprintf("queue_publish.idempotency.%d.%d.%d", window, maxKeys, maxBytes)
 	s, _, _ := idempotencyStores.LoadOrNew(key, func() (caddy.Destructor, error) {
-		return newIdempotencyStore(window, maxKeys), nil
+		return newIdempotencyStore(window, maxKeys, maxBytes), nil
 	})
 	return s.(*idempotencyStore), key
 }
@@ -63,25 +84,58 @@ func releaseIdempotencyStore(key string) {
 	idempotencyStores.Delete(key)
 }
 
-func newIdempotencyStore(window time.Duration, maxKeys int) *idempotencyStore {
-	return &idempotencyStore{window: window, maxKeys: maxKeys, entries: make(map[string]*idemEntry)}
+func newIdempotencyStore(window time.Duration, maxKeys int, maxBytes int64) *idempotencyStore {
+	return &idempotencyStore{window: window, maxKeys: maxKeys, maxBytes: maxBytes, entries: make(map[string]*idemEntry)}
 }
 
 // Destruct implements caddy.Destructor; the memory goes with the last use.
 func (s *idempotencyStore) Destruct() error { return nil }
 
-// idemDigest identifies a request for its Idempotency-Key: the same body
-// means other records in another mode, so the mode is part of it.
-func idemDigest(mode, topic string, body []byte) [sha256.Size]byte {
+// idemScope is the first part of the scope of a handler's keys, the
+// cluster its records go to (the brokers it bootstraps from); the topic
+// follows. The same Idempotency-Key is one request within a scope,
+// whichever handler or config it reaches, and independent requests in two
+// scopes (a webhook's event ID fanned out to several topics is a normal
+// use).
+func idemScope(brokers []string) string {
+	b := slices.Clone(brokers)
+	slices.Sort(b)
+	return strings.Join(slices.Compact(b), ",") + "\x00"
+}
+
+// idemDigest identifies a request for its Idempotency-Key: everything
+// that shapes its records. The same body means other records in another
+// mode, so the mode is part of it; in body mode, so are the key and
+// headers taken from the request (records mode has them in the body).
+func idemDigest(mode string, body []byte, recs []*record) [sha256.Size]byte {
 	h := sha256.New()
-	h.Write([]byte(mode))
-	h.Write([]byte{0})
-	h.Write([]byte(topic))
-	h.Write([]byte{0})
-	h.Write(body)
+	field := func(b []byte) {
+		var n [8]byte
+		binary.BigEndian.PutUint64(n[:], uint64(len(b)))
+		h.Write(n[:])
+		h.Write(b)
+	}
+	field([]byte(mode))
+	field(body)
+	if mode == modeBody {
+		rec := recs[0]
+		field([]byte{boolByte(rec.key != nil)}) // no key, or an empty one
+		field(rec.key)
+		for _, hd := range rec.headers {
+			field([]byte(hd.Key))
+			field(hd.Value)
+		}
+	}
 	var d [sha256.Size]byte
 	h.Sum(d[:0])
 	return d
+}
+
+func boolByte(b bool) byte {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // begin looks the key up and, unless the status is idemOtherBody or
@@ -89,6 +143,7 @@ func idemDigest(mode, topic string, body []byte) [sha256.Size]byte {
 func (s *idempotencyStore) begin(key string, digest [sha256.Size]byte, now time.Time) (*idemEntry, idemStatus) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	defer s.compact()
 	s.expire(now)
 	if e := s.entries[key]; e != nil {
 		switch {
@@ -100,12 +155,11 @@ func (s *idempotencyStore) begin(key string, digest [sha256.Size]byte, now time.
 		e.busy = true
 		return e, idemRepeat
 	}
-	if len(s.entries) >= s.maxKeys {
-		s.evictOldest()
-	}
-	e := &idemEntry{key: key, digest: digest, created: now, busy: true}
+	e := &idemEntry{key: key, digest: digest, created: now, busy: true, cost: idemEntryCost + int64(len(key))}
+	s.makeRoom(1, e.cost)
 	s.entries[key] = e
 	s.order = append(s.order, e)
+	s.bytes += e.cost
 	return e, idemNew
 }
 
@@ -114,10 +168,17 @@ func (s *idempotencyStore) begin(key string, digest [sha256.Size]byte, now time.
 func (s *idempotencyStore) end(e *idemEntry, recs []*record) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	defer s.compact()
 	e.busy = false
 	if recs == nil && e.recs == nil {
 		s.remove(e)
 		return
+	}
+	if recs != nil && !e.removed {
+		grown := int64(len(recs)-len(e.recs)) * idemRecordCost
+		s.makeRoom(0, grown)
+		e.cost += grown
+		s.bytes += grown
 	}
 	if recs != nil {
 		e.recs = recs
@@ -133,26 +194,45 @@ func (s *idempotencyStore) expire(now time.Time) {
 			break
 		}
 		s.remove(e)
+		s.removed--
 	}
+	clear(s.order[:n])
 	s.order = s.order[n:]
 }
 
-// evictOldest forgets the oldest entry not in use, before its window ends:
-// memory stays bounded at the price of the guarantee for that key.
-func (s *idempotencyStore) evictOldest() {
+// makeRoom forgets the oldest entries not in use, before their window
+// ends, until keys more entries and bytes more bytes fit in the bounds:
+// memory stays bounded at the price of the guarantee for those keys.
+func (s *idempotencyStore) makeRoom(keys int, bytes int64) {
 	for _, e := range s.order {
+		if len(s.entries)+keys <= s.maxKeys && s.bytes+bytes <= s.maxBytes {
+			return
+		}
 		if !e.removed && !e.busy {
 			s.remove(e)
 			s.evicted = true
-			return
 		}
 	}
 }
 
+// remove forgets e; compact drops it from order later.
 func (s *idempotencyStore) remove(e *idemEntry) {
-	if !e.removed {
-		e.removed = true
-		delete(s.entries, e.key)
+	if e.removed {
+		return
+	}
+	e.removed = true
+	delete(s.entries, e.key)
+	s.bytes -= e.cost
+	s.removed++
+}
+
+// compact drops the removed entries from order once they make up half of
+// it, so that order stays within twice the entries held, however many
+// requests produce nothing (an outage) within the window. s.mu is held.
+func (s *idempotencyStore) compact() {
+	if s.removed > len(s.order)/2 && len(s.order) >= 64 {
+		s.order = slices.DeleteFunc(s.order, func(e *idemEntry) bool { return e.removed })
+		s.removed = 0
 	}
 }
 

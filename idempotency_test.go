@@ -2,6 +2,7 @@ package queuepublish
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -12,15 +13,18 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 
+	"github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
 func TestIdempotencyStoreWindowAndBound(t *testing.T) {
-	s := newIdempotencyStore(time.Minute, 2)
-	d := idemDigest(modeBody, "t", []byte(`{}`))
+	s := newIdempotencyStore(time.Minute, 2, 1<<20)
+	body := func(b string) [sha256.Size]byte { return idemDigest(modeRecords, []byte(b), nil) }
+	d := body(`{}`)
 	now := time.Now()
 	e, st := s.begin("a", d, now)
 	if st != idemNew {
@@ -30,11 +34,8 @@ func TestIdempotencyStoreWindowAndBound(t *testing.T) {
 		t.Errorf("while in use: %v, want in progress", st)
 	}
 	s.end(e, []*record{{}})
-	if _, st := s.begin("a", idemDigest(modeBody, "t", []byte(`[]`)), now); st != idemOtherBody {
+	if _, st := s.begin("a", body(`[]`), now); st != idemOtherBody {
 		t.Errorf("another body: %v", st)
-	}
-	if _, st := s.begin("a", idemDigest(modeBody, "u", []byte(`{}`)), now); st != idemOtherBody {
-		t.Errorf("another topic: %v", st)
 	}
 	e, st = s.begin("a", d, now.Add(59*time.Second))
 	if st != idemRepeat {
@@ -62,6 +63,73 @@ func TestIdempotencyStoreWindowAndBound(t *testing.T) {
 	s.end(e, nil)
 	if _, ok := s.entries["nothing"]; ok {
 		t.Error("an entry without records was kept")
+	}
+}
+
+// The store is bounded in bytes too: a key whose request holds many
+// records counts for them, and the oldest keys are forgotten to make room.
+func TestIdempotencyStoreBytesBound(t *testing.T) {
+	s := newIdempotencyStore(time.Minute, 1000, 10*idemRecordCost+4*(idemEntryCost+8))
+	now := time.Now()
+	d := idemDigest(modeRecords, []byte(`{}`), nil)
+	for i := range 3 {
+		e, _ := s.begin(fmt.Sprint("key-", i), d, now)
+		s.end(e, make([]*record, 4)) // 4 records each
+	}
+	if len(s.entries) != 2 || s.entries["key-0"] != nil || !s.evictedOnce() {
+		t.Errorf("keys held %d (key-0 held: %v), want the 2 newest: 3 x 4 records do not fit in 10", len(s.entries), s.entries["key-0"] != nil)
+	}
+	if s.bytes > s.maxBytes {
+		t.Errorf("the store holds %d bytes, over its bound of %d", s.bytes, s.maxBytes)
+	}
+}
+
+// Requests that produce nothing (an outage) leave no entry, and the
+// store's order list does not grow with them either.
+func TestIdempotencyStoreDuringAnOutage(t *testing.T) {
+	s := newIdempotencyStore(time.Minute, 100, 1<<30)
+	now := time.Now()
+	d := idemDigest(modeBody, []byte(`{}`), []*record{{}})
+	for i := range 100000 {
+		e, _ := s.begin(fmt.Sprint("failed-", i), d, now)
+		s.end(e, nil)
+	}
+	if len(s.entries) != 0 || len(s.order) > 128 || s.bytes != 0 {
+		t.Errorf("after 100000 requests that produced nothing: %d entries, order of %d, %d bytes", len(s.entries), len(s.order), s.bytes)
+	}
+}
+
+// What shapes the records is part of a request's identity: the mode, the
+// body, and in body mode the key and headers taken from the request.
+func TestIdempotencyDigest(t *testing.T) {
+	rec := func(key string, headers ...string) []*record {
+		r := &record{}
+		if key != "-" {
+			r.key = []byte(key)
+		}
+		for i := 0; i+1 < len(headers); i += 2 {
+			r.headers = append(r.headers, kafka.Header{Key: headers[i], Value: []byte(headers[i+1])})
+		}
+		return []*record{r}
+	}
+	base := idemDigest(modeBody, []byte(`{}`), rec("k1", "source", "web"))
+	for name, d := range map[string][sha256.Size]byte{
+		"another body":          idemDigest(modeBody, []byte(`[]`), rec("k1", "source", "web")),
+		"another mode":          idemDigest(modeRecords, []byte(`{}`), rec("k1", "source", "web")),
+		"another key":           idemDigest(modeBody, []byte(`{}`), rec("k2", "source", "web")),
+		"no key":                idemDigest(modeBody, []byte(`{}`), rec("-", "source", "web")),
+		"an empty key":          idemDigest(modeBody, []byte(`{}`), rec("", "source", "web")),
+		"another header value":  idemDigest(modeBody, []byte(`{}`), rec("k1", "source", "app")),
+		"another header name":   idemDigest(modeBody, []byte(`{}`), rec("k1", "origin", "web")),
+		"no header":             idemDigest(modeBody, []byte(`{}`), rec("k1")),
+		"the key in the header": idemDigest(modeBody, []byte(`{}`), rec("k1source", "", "web")),
+	} {
+		if d == base {
+			t.Errorf("%s: the same digest", name)
+		}
+	}
+	if idemDigest(modeBody, []byte(`{}`), rec("k1", "source", "web")) != base {
+		t.Error("the same request: another digest")
 	}
 }
 
@@ -429,4 +497,105 @@ func TestRepeatProducesWhatTheBrokerProvedNotWritten(t *testing.T) {
 		t.Errorf("the next repeat: %d %s, want the stored answer replayed", again.status, again.body)
 	}
 	unloadChecksLeaks(t)
+}
+
+// An Idempotency-Key is scoped to where the records go: the same key sent
+// to two clusters, or to two topics, is two independent requests, each
+// produced; within one scope it is one request, whichever handler it
+// reaches.
+func TestIdempotencyKeysAreScopedToClusterAndTopic(t *testing.T) {
+	one := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events", "audit"))
+	two := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	t.Setenv("QP_TEST_SECRET", testSecret)
+	route := func(path, brokers, topic string) string {
+		return fmt.Sprintf(`	handle %s {
+		queue_publish {
+			brokers %s
+			topic %s
+			secret {env.QP_TEST_SECRET}
+			idempotency_window 1m
+		}
+	}
+`, path, brokers, topic)
+	}
+	a, b := one.ListenAddrs()[0], two.ListenAddrs()[0]
+	startCaddy(t, filepath.Join(t.TempDir(), "caddy.log"),
+		route("/one", a, "events")+route("/one-again", a, "events")+route("/two", b, "events")+route("/audit", a, "audit"))
+	body := `{"event":"evt_1"}`
+	first := do(t, "POST", "/one", withKey("evt_1"), strings.NewReader(body))
+	if first.status != 200 {
+		t.Fatalf("first cluster: %d %s", first.status, first.body)
+	}
+	for _, path := range []string{"/two", "/audit"} {
+		got := do(t, "POST", path, withKey("evt_1"), strings.NewReader(body))
+		if got.status != 200 || got.header.Get("Idempotent-Replayed") != "" {
+			t.Errorf("%s, same key and body: %d %s (replayed %q), want 200, produced", path, got.status, got.body, got.header.Get("Idempotent-Replayed"))
+		}
+	}
+	if got := do(t, "POST", "/one-again", withKey("evt_1"), strings.NewReader(body)); got.status != 200 || got.body != first.body || got.header.Get("Idempotent-Replayed") != "true" {
+		t.Errorf("another handler of the same cluster and topic: %d %s, want the first answer replayed", got.status, got.body)
+	}
+	for _, tt := range []struct {
+		c     *kfake.Cluster
+		topic string
+	}{{one, "events"}, {two, "events"}, {one, "audit"}} {
+		if got := stored(t, tt.c, tt.topic); len(got) != 1 {
+			t.Errorf("%s of %s holds %d records, want 1", tt.topic, tt.c.ListenAddrs()[0], len(got))
+		}
+	}
+	unloadChecksLeaks(t)
+}
+
+// A repeat whose key or headers taken from the request differ is another
+// request (422), not a replay of the first; a key longer than 255 bytes
+// is refused before the body is read.
+func TestIdempotencyCoversWhatShapesTheRecords(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(2, "events"))
+	t.Setenv("QP_TEST_SECRET", testSecret)
+	startCaddy(t, filepath.Join(t.TempDir(), "caddy.log"), fmt.Sprintf(`	queue_publish {
+		brokers %s
+		topic events
+		secret {env.QP_TEST_SECRET}
+		idempotency_window 1m
+		key {http.request.header.X-Message-Key}
+		header source {http.request.header.X-Source}
+	}`, c.ListenAddrs()[0]))
+	send := func(key, messageKey, source string) answerT {
+		h := withKey(key)
+		h["X-Message-Key"], h["X-Source"] = messageKey, source
+		return do(t, "POST", "/", h, strings.NewReader(`{"order":7}`))
+	}
+	if got := send("k", "customer-1", "web"); got.status != 200 {
+		t.Fatalf("first: %d %s", got.status, got.body)
+	}
+	if got := send("k", "customer-2", "web"); got.status != 422 {
+		t.Errorf("another X-Message-Key: %d %s, want 422", got.status, got.body)
+	}
+	if got := send("k", "customer-1", "app"); got.status != 422 {
+		t.Errorf("another header: %d %s, want 422", got.status, got.body)
+	}
+	if got := send("k", "customer-1", "web"); got.status != 200 || got.header.Get("Idempotent-Replayed") != "true" {
+		t.Errorf("the same request: %d %s, want it replayed", got.status, got.body)
+	}
+	long := strings.Repeat("k", 256)
+	if got := send(long, "customer-1", "web"); got.status != 400 || got.body != `{"err":"Idempotency-Key longer than 255 bytes"}` {
+		t.Errorf("a 256-byte key: %d %s, want 400", got.status, got.body)
+	}
+	if got := send(long[:255], "customer-1", "web"); got.status != 200 {
+		t.Errorf("a 255-byte key: %d %s, want 200", got.status, got.body)
+	}
+	if got := stored(t, c, "events"); len(got) != 2 {
+		t.Errorf("the topic holds %d records, want 2", len(got))
+	}
+}
+
+// The records of a request share one copy of its Idempotency-Key.
+func TestKeyHeaderIsSharedByTheRecords(t *testing.T) {
+	recs := []*record{{}, {}, {}}
+	addKeyHeader(recs, strings.Repeat("k", 255))
+	for _, rec := range recs {
+		if len(rec.headers) != 1 || unsafe.SliceData(rec.headers[0].Value) != unsafe.SliceData(recs[0].headers[0].Value) {
+			t.Fatal("a record holds its own copy of the key")
+		}
+	}
 }

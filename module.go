@@ -35,9 +35,10 @@ const (
 	defaultMaxSize = 1000000 // 1MB
 	defaultTimeout = 5 * time.Second
 
-	defaultMaxRecords         = 500
-	defaultQueueSize          = 10000
-	defaultIdempotencyMaxKeys = 100000
+	defaultMaxRecords          = 500
+	defaultQueueSize           = 10000
+	defaultIdempotencyMaxKeys  = 100000
+	defaultIdempotencyMaxBytes = 100000000
 
 	// lateAckWait is how long, past a request's timeout, the producer
 	// still waits for the broker's answer on a record with an
@@ -151,6 +152,11 @@ type Handler struct {
 	// are forgotten before their window ends. Default: 100000.
 	IdempotencyMaxKeys int `json:"idempotency_max_keys,omitempty"`
 
+	// The most memory, in bytes, the remembered Idempotency-Keys and the
+	// outcomes of their records may hold; beyond it the oldest are
+	// forgotten before their window ends. Default: 100000000 (100MB).
+	IdempotencyMaxBytes int64 `json:"idempotency_max_bytes,omitempty"`
+
 	// An identifier the brokers see for this producer, in their logs
 	// and quotas. Default: caddy-queue-publish.
 	ClientID string `json:"client_id,omitempty"`
@@ -182,7 +188,8 @@ type Handler struct {
 
 	brokers       []string
 	idem          *idempotencyStore
-	idemKey       string
+	idemKey       string        // of the store in its pool
+	idemScope     string        // the brokers part of the scope of keys
 	asyncPending  *atomic.Int64 // records queued by delivery async, not yet done
 	asyncDone     func(*record)
 	schema        *jsonschema.Schema
@@ -288,6 +295,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.Delivery = cmp.Or(h.Delivery, deliverySync)
 	h.QueueSize = cmp.Or(h.QueueSize, defaultQueueSize)
 	h.IdempotencyMaxKeys = cmp.Or(h.IdempotencyMaxKeys, defaultIdempotencyMaxKeys)
+	h.IdempotencyMaxBytes = cmp.Or(h.IdempotencyMaxBytes, defaultIdempotencyMaxBytes)
 	if err := h.Validate(); err != nil {
 		return err
 	}
@@ -323,7 +331,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.headerNames = slices.Sorted(maps.Keys(h.Headers))
 	h.idem = nil
 	if h.IdempotencyWindow > 0 {
-		h.idem, h.idemKey = acquireIdempotencyStore(time.Duration(h.IdempotencyWindow), h.IdempotencyMaxKeys)
+		h.idem, h.idemKey = acquireIdempotencyStore(time.Duration(h.IdempotencyWindow), h.IdempotencyMaxKeys, h.IdempotencyMaxBytes)
 	}
 	h.asyncPending = new(atomic.Int64)
 	h.asyncDone = h.onAsyncDone
@@ -347,6 +355,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if len(h.brokers) == 0 {
 		return errors.New("brokers: resolves to no address")
 	}
+	h.idemScope = idemScope(h.brokers)
 
 	// The in-memory development broker, when configured, must listen
 	// before the producer looks for brokers; apps are otherwise
@@ -430,8 +439,8 @@ func (h *Handler) Validate() error {
 	if h.Delivery != deliverySync && h.Delivery != deliveryAsync {
 		return fmt.Errorf("delivery: %q is not sync or async", h.Delivery)
 	}
-	if h.QueueSize < 0 || h.IdempotencyMaxKeys < 0 || h.IdempotencyWindow < 0 {
-		return errors.New("queue_size, idempotency_max_keys, idempotency_window: must be positive")
+	if h.QueueSize < 0 || h.IdempotencyMaxKeys < 0 || h.IdempotencyMaxBytes < 0 || h.IdempotencyWindow < 0 {
+		return errors.New("queue_size, idempotency_max_keys, idempotency_max_bytes, idempotency_window: must be positive")
 	}
 	if h.Mode == modeRecords && (h.Key != "" || len(h.Headers) > 0) {
 		return errors.New("key, header: apply to mode body only; in mode records each record carries its own")
@@ -504,6 +513,7 @@ var (
 	errQueueFull      = &clientError{status: http.StatusServiceUnavailable, body: []byte(`{"error":"queue full","outcome":"not_written"}`)}
 	bodyKeyReused     = []byte(`{"err":"Idempotency-Key already used with another request"}`)
 	bodyKeyInProgress = []byte(`{"err":"a request with this Idempotency-Key is in progress"}`)
+	bodyKeyTooLong    = []byte(`{"err":"Idempotency-Key longer than 255 bytes"}`)
 	headerTrue        = []string{"true"}
 	headerJSON        = []string{"application/json"}
 	headerAllowPost   = []string{"POST"}
@@ -541,6 +551,11 @@ func (h *Handler) serve(x *exchange, r *http.Request) error {
 	if h.SignatureHeader == "" && !h.authorized(r.Header.Get("Authorization")) {
 		closeUnread(w, r)
 		return x.reject(rejectAuth, http.StatusForbidden, bodyForbidden)
+	}
+	idemKey := r.Header.Get("Idempotency-Key")
+	if len(idemKey) > maxIdempotencyKey {
+		closeUnread(w, r)
+		return x.reject(rejectIdempotency, http.StatusBadRequest, bodyKeyTooLong)
 	}
 	body, status := h.readBody(r)
 	switch status {
@@ -583,20 +598,22 @@ func (h *Handler) serve(x *exchange, r *http.Request) error {
 			return x.reject(rejectSchema, cerr.status, cerr.body)
 		}
 	}
-	idemKey := r.Header.Get("Idempotency-Key")
-	if idemKey != "" {
-		for _, rec := range recs {
-			rec.headers = append(rec.headers, kafka.Header{Key: idempotencyHeader, Value: []byte(idemKey)})
-		}
+	if idemKey == "" {
+		return h.publish(x, r, recs, recs, start)
 	}
-	if h.idem == nil || idemKey == "" {
+	var digest [sha256.Size]byte
+	if h.idem != nil {
+		digest = idemDigest(h.Mode, body, recs) // before the key joins the headers
+	}
+	addKeyHeader(recs, idemKey)
+	if h.idem == nil {
 		return h.publish(x, r, recs, recs, start)
 	}
 
 	for _, rec := range recs {
 		rec.ackBy = rec.deadline.Add(lateAckWait)
 	}
-	entry, st := h.idem.begin(idemKey, idemDigest(h.Mode, topic, body), start)
+	entry, st := h.idem.begin(h.idemScope+topic+"\x00"+idemKey, digest, start)
 	switch st {
 	case idemOtherBody:
 		return x.reject(rejectIdempotency, http.StatusUnprocessableEntity, bodyKeyReused)
@@ -610,8 +627,8 @@ func (h *Handler) serve(x *exchange, r *http.Request) error {
 		return x.reject(rejectIdempotency, http.StatusUnprocessableEntity, bodyKeyReused)
 	}
 	if h.idem.evictedOnce() {
-		h.logger.Warn("more Idempotency-Keys than idempotency_max_keys within idempotency_window: the oldest are forgotten early",
-			zap.Int("idempotency_max_keys", h.IdempotencyMaxKeys))
+		h.logger.Warn("more Idempotency-Keys than idempotency_max_keys or idempotency_max_bytes hold within idempotency_window: the oldest are forgotten early",
+			zap.Int("idempotency_max_keys", h.IdempotencyMaxKeys), zap.Int64("idempotency_max_bytes", h.IdempotencyMaxBytes))
 	}
 	final, send := recs, recs
 	if st == idemRepeat {

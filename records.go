@@ -39,6 +39,15 @@ func badRequest(format string, args ...any) *clientError {
 	return &clientError{status: http.StatusBadRequest, body: b}
 }
 
+// addKeyHeader stores a request's Idempotency-Key as a header of each of
+// its records, all sharing one copy of it.
+func addKeyHeader(recs []*record, key string) {
+	header := kafka.Header{Key: idempotencyHeader, Value: []byte(key)}
+	for _, rec := range recs {
+		rec.headers = append(rec.headers, header)
+	}
+}
+
 // bodyRecord is the record of a request in body mode: the body unchanged,
 // with the key and headers the config takes from the request.
 func (h *Handler) bodyRecord(r *http.Request, body []byte, now time.Time) *record {
