@@ -29,17 +29,21 @@ func (h *Handler) authorized(header string) bool {
 	return match == 1
 }
 
-// signed checks a webhook signature, "sha256=" and the hex HMAC-SHA256 of
-// the body, against every secret in constant time.
-func (h *Handler) signed(header string, body []byte) bool {
+// parseSignature reads a webhook signature header, "sha256=" and the hex
+// HMAC-SHA256 of the body, into sig. It says nothing of the secrets, so a
+// malformed header is refused before the body is read.
+func parseSignature(header string, sig *[sha256.Size]byte) bool {
 	hexSig, ok := strings.CutPrefix(header, "sha256=")
 	if !ok || len(hexSig) != 2*sha256.Size {
 		return false
 	}
-	var sig [sha256.Size]byte
-	if _, err := hex.Decode(sig[:], stringBytes(hexSig)); err != nil {
-		return false
-	}
+	_, err := hex.Decode(sig[:], stringBytes(hexSig))
+	return err == nil
+}
+
+// signed checks a parsed webhook signature against the HMAC of the body
+// with every secret, in constant time.
+func (h *Handler) signed(sig *[sha256.Size]byte, body []byte) bool {
 	match := 0
 	for _, secret := range h.secrets {
 		mac := hmac.New(sha256.New, secret)

@@ -631,7 +631,7 @@ type partitionSet struct {
 	// unknownTopic: the brokers do not know the topic.
 	unknownTopic bool
 	expires      atomic.Int64 // UnixNano
-	rr        atomic.Uint32
+	rr           atomic.Uint32
 }
 
 // count is the number of partitions.

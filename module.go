@@ -548,7 +548,11 @@ func (h *Handler) serve(x *exchange, r *http.Request) error {
 		closeUnread(w, r)
 		return x.reject(rejectMethod, http.StatusMethodNotAllowed, bodyNotAllowed)
 	}
-	if h.SignatureHeader == "" && !h.authorized(r.Header.Get("Authorization")) {
+	var signature [sha256.Size]byte
+	if h.SignatureHeader == "" && !h.authorized(r.Header.Get("Authorization")) ||
+		h.SignatureHeader != "" && !parseSignature(r.Header.Get(h.SignatureHeader), &signature) {
+		// A signed request whose header is missing or malformed is
+		// refused before its body costs any memory.
 		closeUnread(w, r)
 		return x.reject(rejectAuth, http.StatusForbidden, bodyForbidden)
 	}
@@ -565,7 +569,7 @@ func (h *Handler) serve(x *exchange, r *http.Request) error {
 	case http.StatusBadRequest:
 		return x.reject(rejectInvalidJSON, status, bodyInvalidJSON)
 	}
-	if h.SignatureHeader != "" && !h.signed(r.Header.Get(h.SignatureHeader), body) {
+	if h.SignatureHeader != "" && !h.signed(&signature, body) {
 		return x.reject(rejectAuth, http.StatusForbidden, bodyForbidden)
 	}
 	// Records mode checks the JSON as it parses the envelope.
@@ -799,29 +803,57 @@ func (h *Handler) topicFor(r *http.Request) (string, bool) {
 	return topic, h.allowTopics[topic]
 }
 
+// readStep is how far the body buffer grows ahead of the bytes received:
+// a client that announces a large Content-Length and then sends slowly
+// (or not at all) holds no more memory than it sent, plus this.
+const readStep = 32 << 10
+
 // readBody reads the whole body, but never more than max_size+1 bytes. It
 // returns 413 for a body over max_size and 400 for one that ended early.
+// A body up to readStep is read into one buffer of its size; a larger one
+// in readStep chunks, joined once it is all there.
 func (h *Handler) readBody(r *http.Request) ([]byte, int) {
 	if r.ContentLength > h.MaxSize {
 		return nil, http.StatusRequestEntityTooLarge
 	}
+	// net/http never gives more than a known length; of an unknown
+	// one, a byte past max_size tells that it is too large.
+	limit := h.MaxSize + 1
 	if r.ContentLength >= 0 {
-		// The length is known, and net/http never gives more than
-		// it: read exactly that, usually in a single Read.
-		body := make([]byte, r.ContentLength)
-		if _, err := io.ReadFull(r.Body, body); err != nil {
+		limit = r.ContentLength
+	}
+	var first []byte  // the first chunk: usually the whole body
+	var more [][]byte // the chunks after it
+	total := int64(0)
+	for total < limit {
+		chunk := make([]byte, min(limit-total, readStep))
+		n, err := io.ReadFull(r.Body, chunk)
+		total += int64(n)
+		if first == nil {
+			first = chunk[:n]
+		} else if n > 0 {
+			more = append(more, chunk[:n])
+		}
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			if r.ContentLength >= 0 {
+				return nil, http.StatusBadRequest // shorter than announced
+			}
+			break
+		}
+		if err != nil {
 			return nil, http.StatusBadRequest
 		}
-		return body, http.StatusOK
 	}
-	var buf bytes.Buffer
-	if _, err := buf.ReadFrom(io.LimitReader(r.Body, h.MaxSize+1)); err != nil {
-		return nil, http.StatusBadRequest
-	}
-	if int64(buf.Len()) > h.MaxSize {
+	if total > h.MaxSize {
 		return nil, http.StatusRequestEntityTooLarge
 	}
-	return buf.Bytes(), http.StatusOK
+	if first == nil {
+		return []byte{}, http.StatusOK
+	}
+	if more == nil {
+		return first, http.StatusOK
+	}
+	return bytes.Join(append([][]byte{first}, more...), nil), http.StatusOK
 }
 
 // closeUnread makes an HTTP/1 connection close after a refusal answered

@@ -869,3 +869,57 @@ func TestRequestAfterCleanupStillPublishes(t *testing.T) {
 		t.Errorf("the topic holds %d records, want the late one", len(got))
 	}
 }
+
+// offeredReader records how many bytes each Read may fill: what the
+// reader of the body has allocated ahead of the bytes received.
+type offeredReader struct {
+	r       io.Reader
+	offered []int
+}
+
+func (o *offeredReader) Read(p []byte) (int, error) {
+	o.offered = append(o.offered, len(p))
+	if len(p) > 1 {
+		p = p[:1] // a client sending a byte now and then
+	}
+	return o.r.Read(p)
+}
+
+// A body is read into a buffer that grows as its bytes arrive, never
+// more than readStep ahead of them, whatever Content-Length claims; and a
+// signed request without a well-formed signature is refused before any
+// of its body is read.
+func TestBodyMemoryFollowsTheBytesReceived(t *testing.T) {
+	h := handlerForUnitTest(1000000)
+	const sent = 100
+	body := &offeredReader{r: strings.NewReader(strings.Repeat("1", sent))}
+	req := httptest.NewRequest("POST", "/", body)
+	req.ContentLength = 1000000
+	if _, status := h.readBody(req); status != 400 {
+		t.Errorf("a body shorter than its Content-Length: %d, want 400", status)
+	}
+	allocated := 0
+	for _, n := range body.offered {
+		allocated = max(allocated, n)
+	}
+	if allocated > readStep {
+		t.Errorf("with %d bytes received, a read was offered a buffer of %d, want at most %d", sent, allocated, readStep)
+	}
+
+	h.SignatureHeader = "X-Hub-Signature-256"
+	for _, header := range []string{"", "sha256=", "sha1=" + strings.Repeat("0", 40), "sha256=" + strings.Repeat("z", 64)} {
+		body := &countingReader{r: strings.NewReader(`{}`)}
+		req := httptest.NewRequest("POST", "/", body)
+		req.ContentLength = 1000000
+		if header != "" {
+			req.Header.Set(h.SignatureHeader, header)
+		}
+		w := httptest.NewRecorder()
+		if err := h.ServeHTTP(w, req, nil); err != nil {
+			t.Fatal(err)
+		}
+		if w.Code != 403 || body.n != 0 || w.Header().Get("Connection") != "close" {
+			t.Errorf("signature %q: %d after reading %d bytes (Connection %q), want 403 without reading, closing", header, w.Code, body.n, w.Header().Get("Connection"))
+		}
+	}
+}
