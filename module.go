@@ -514,11 +514,6 @@ var (
 	bodyKeyReused     = []byte(`{"err":"Idempotency-Key already used with another request"}`)
 	bodyKeyInProgress = []byte(`{"err":"a request with this Idempotency-Key is in progress"}`)
 	bodyKeyTooLong    = []byte(`{"err":"Idempotency-Key longer than 255 bytes"}`)
-	headerTrue        = []string{"true"}
-	headerJSON        = []string{"application/json"}
-	headerAllowPost   = []string{"POST"}
-	headerRetryAfter  = []string{"1"}
-	headerClose       = []string{"close"}
 )
 
 // ServeHTTP answers every request itself, always with a JSON body; it never
@@ -544,7 +539,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 func (h *Handler) serve(x *exchange, r *http.Request) error {
 	w := x.w
 	if r.Method != http.MethodPost {
-		w.Header()["Allow"] = headerAllowPost
+		w.Header()["Allow"] = []string{"POST"}
 		closeUnread(w, r)
 		return x.reject(rejectMethod, http.StatusMethodNotAllowed, bodyNotAllowed)
 	}
@@ -638,7 +633,7 @@ func (h *Handler) serve(x *exchange, r *http.Request) error {
 	if st == idemRepeat {
 		final, send = entry.reuse(r.Context(), recs, recs[0].deadline, h.Delivery == deliverySync)
 		if len(send) == 0 {
-			w.Header()["Idempotent-Replayed"] = headerTrue
+			w.Header()["Idempotent-Replayed"] = []string{"true"}
 			metricReplays.Inc()
 		}
 	}
@@ -862,7 +857,7 @@ func (h *Handler) readBody(r *http.Request) ([]byte, int) {
 // nothing: the stream is reset, and the header would end the connection.)
 func closeUnread(w http.ResponseWriter, r *http.Request) {
 	if r.ProtoMajor == 1 && r.ContentLength != 0 {
-		w.Header()["Connection"] = headerClose
+		w.Header()["Connection"] = []string{"close"}
 	}
 }
 
@@ -887,12 +882,15 @@ func (x *exchange) reject(reason string, status int, body []byte) error {
 	return x.answer(status, body)
 }
 
+// answer writes the status and body. Header values are fresh slices for
+// each answer: Caddy's deferred header replacements (header >Name ...)
+// write into the values in place.
 func (x *exchange) answer(status int, body []byte) error {
 	w := x.w
 	x.status = status
-	w.Header()["Content-Type"] = headerJSON
+	w.Header()["Content-Type"] = []string{"application/json"}
 	if status == http.StatusServiceUnavailable {
-		w.Header()["Retry-After"] = headerRetryAfter
+		w.Header()["Retry-After"] = []string{"1"}
 	}
 	w.WriteHeader(status)
 	_, err := w.Write(body)

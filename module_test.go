@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -922,4 +923,46 @@ func TestBodyMemoryFollowsTheBytesReceived(t *testing.T) {
 			t.Errorf("signature %q: %d after reading %d bytes (Connection %q), want 403 without reading, closing", header, w.Code, body.n, w.Header().Get("Connection"))
 		}
 	}
+}
+
+// Caddy's deferred header replacements write into the header values of an
+// answer: each answer has its own, so the replacement applies once to
+// each, even to concurrent answers.
+func TestHeaderReplacementsApplyOncePerAnswer(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	t.Setenv("QP_TEST_SECRET", testSecret)
+	startCaddy(t, filepath.Join(t.TempDir(), "caddy.log"), fmt.Sprintf(`	header >Content-Type application/json "application/json; charset=utf-8"
+	header >Retry-After 1 2
+	handle /down {
+		queue_publish {
+			brokers %s
+			topic events
+			secret {env.QP_TEST_SECRET}
+		}
+	}
+	queue_publish {
+		brokers %s
+		topic events
+		secret {env.QP_TEST_SECRET}
+	}`, closedPort(t), c.ListenAddrs()[0]))
+	var wg sync.WaitGroup
+	for i := range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			path, status := "/", 200
+			if i%2 == 1 {
+				path, status = "/down", 503
+			}
+			got := do(t, "POST", path, auth(testSecret), strings.NewReader(`{}`))
+			if got.status != status || got.header.Get("Content-Type") != "application/json; charset=utf-8" {
+				t.Errorf("%s: %d with Content-Type %q, want %d with application/json; charset=utf-8", path, got.status, got.header.Get("Content-Type"), status)
+			}
+			if status == 503 && got.header.Get("Retry-After") != "2" {
+				t.Errorf("%s: Retry-After %q, want 2", path, got.header.Get("Retry-After"))
+			}
+		}()
+	}
+	wg.Wait()
+	unloadChecksLeaks(t)
 }
