@@ -5,8 +5,11 @@ import (
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
+	"errors"
 	"strings"
 	"unsafe"
+
+	"github.com/caddyserver/caddy/v2"
 )
 
 // authorized compares the Authorization header, whole and without a
@@ -51,6 +54,32 @@ func (h *Handler) signed(sig *[sha256.Size]byte, body []byte) bool {
 		match |= compareDigests(mac.Sum(nil), sig[:])
 	}
 	return match == 1
+}
+
+// resolveSecret resolves the placeholders of a secret's configured value.
+// Its error names what failed only when the value is one {env.*} or
+// {file.*} placeholder and nothing else: the name of a variable or file is
+// no secret, but in any other value, the text the replacer would quote (an
+// unrecognized "{...}") may be part of the secret itself.
+func resolveSecret(repl *caddy.Replacer, value string) (string, error) {
+	secret, err := repl.ReplaceOrErr(value, true, true)
+	if err == nil || isSecretPlaceholder(value) {
+		return secret, err
+	}
+	return "", errors.New(`holds an unknown or empty placeholder; give the secret as {env.NAME} or {file.PATH}, or write a literal brace as \{ or \}`)
+}
+
+// isSecretPlaceholder reports whether value is one {env.*} or {file.*}
+// placeholder.
+func isSecretPlaceholder(value string) bool {
+	if len(value) < 2 || value[0] != '{' || value[len(value)-1] != '}' {
+		return false
+	}
+	inner := value[1 : len(value)-1]
+	if strings.ContainsAny(inner, "{}\\") {
+		return false
+	}
+	return strings.HasPrefix(inner, "env.") || strings.HasPrefix(inner, "file.")
 }
 
 // compareDigests compares two digests in constant time. Tests replace it

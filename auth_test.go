@@ -1,15 +1,18 @@
 package queuepublish
 
 import (
+	"context"
 	"crypto/hmac"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/twmb/franz-go/pkg/kfake"
 )
 
@@ -138,4 +141,31 @@ func TestSignatureHeaderThroughCaddy(t *testing.T) {
 func signedHeader(h *Handler, header string, body []byte) bool {
 	var sig [sha256.Size]byte
 	return parseSignature(header, &sig) && h.signed(&sig, body)
+}
+
+// No load error quotes any part of a literal secret, even one holding
+// braces that the replacer takes for a placeholder; errors about a secret
+// given as {env.*} or {file.*} still name the variable or file.
+func TestSecretErrorsQuoteNoSecret(t *testing.T) {
+	for _, tt := range []struct{ value, mustNot, want string }{
+		{"abc{def}ghi", "def", "holds an unknown or empty placeholder"},
+		{"{literal-secret}", "literal-secret", "holds an unknown or empty placeholder"},
+		{"x{http.request.header.Y}z", "http.request", "holds an unknown or empty placeholder"},
+		{"{env.QP_UNSET_SECRET}", "", "{env.QP_UNSET_SECRET} is empty"},
+		{"{file./nonexistent/secret}", "", "/nonexistent/secret"},
+	} {
+		os.Unsetenv("QP_UNSET_SECRET")
+		for _, h := range []*Handler{
+			{Brokers: []string{"localhost:1"}, Topic: "t", Secrets: []string{tt.value}},
+			{Brokers: []string{"localhost:1"}, Topic: "t", Secrets: []string{"ok"}, SASL: &BrokerSASL{Mechanism: "plain", Username: "u", Password: tt.value}},
+		} {
+			ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+			err := h.Provision(ctx)
+			cancel()
+			h.Cleanup()
+			if err == nil || !strings.Contains(err.Error(), tt.want) || tt.mustNot != "" && strings.Contains(err.Error(), tt.mustNot) {
+				t.Errorf("%q: error %v, want one saying %q without %q", tt.value, err, tt.want, tt.mustNot)
+			}
+		}
+	}
 }

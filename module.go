@@ -310,7 +310,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		if len(h.Secrets) > 1 {
 			field = fmt.Sprintf("secret %d", i+1)
 		}
-		secret, err := repl.ReplaceOrErr(s, true, true)
+		secret, err := resolveSecret(repl, s)
 		if err != nil {
 			return fmt.Errorf("%s: %v", field, err)
 		}

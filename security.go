@@ -123,7 +123,7 @@ func (s *BrokerSASL) credentials(repl *caddy.Replacer) (*saslCredentials, error)
 	if err != nil {
 		return nil, fmt.Errorf("sasl username: %v", err)
 	}
-	password, err := repl.ReplaceOrErr(s.Password, true, true)
+	password, err := resolveSecret(repl, s.Password)
 	if err != nil {
 		return nil, fmt.Errorf("sasl password: %v", err)
 	}
