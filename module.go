@@ -82,7 +82,9 @@ type Handler struct {
 	// If set, requests are authenticated by this header instead of
 	// Authorization: it must hold "sha256=" and the hex HMAC-SHA256 of
 	// the raw body keyed with a secret, as GitHub signs webhooks
-	// (X-Hub-Signature-256).
+	// (X-Hub-Signature-256). The signature covers the body only: the
+	// path, query and other headers of a replayed body may change, so a
+	// webhook handler should pin its topic.
 	SignatureHeader string `json:"signature_header,omitempty"`
 
 	// How a request body becomes records: "body" (the whole body is one
@@ -182,8 +184,10 @@ type Handler struct {
 	MaxBatchBytes int `json:"max_batch_bytes,omitempty"`
 
 	// How many produce requests each partition may have in flight.
-	// Above 1, a retried request may land after a later one, so records
-	// of a partition may be stored out of order. Default: 1.
+	// Above 1, records of a partition may be stored out of order even
+	// without retries: kafka-go sends concurrent requests on separate
+	// connections, which the broker appends in the order they arrive.
+	// Default: 1.
 	MaxInFlight int `json:"max_in_flight,omitempty"`
 
 	brokers       []string
