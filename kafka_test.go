@@ -37,6 +37,19 @@ func testProducer(t testing.TB, c *kfake.Cluster) *producer {
 	return p
 }
 
+// warmProducer returns a cluster with one topic, "events", and a started
+// producer that has stored the record "warm" in it: it knows the
+// partition's leader and holds a connection to it.
+func warmProducer(t testing.TB) (*kfake.Cluster, *producer) {
+	t.Helper()
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	p := testProducer(t, c)
+	if _, perr := sendOne(p, "events", []byte(`"warm"`), time.Second); perr != nil {
+		t.Fatal(perr)
+	}
+	return c, p
+}
+
 // sendOne publishes value and waits for its outcome.
 func sendOne(p *producer, topic string, value []byte, timeout time.Duration) (*record, *publishError) {
 	rec := newRecord(value, time.Now(), timeout)
@@ -767,11 +780,7 @@ func TestCompressedRecordsReadBack(t *testing.T) {
 // behind the slow request), none 2xx; and nothing is left running.
 func TestSlowBrokerAnswersEveryWaiterOnTime(t *testing.T) {
 	noLeaks(t)
-	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
-	p := testProducer(t, c)
-	if _, perr := sendOne(p, "events", []byte(`"warm"`), time.Second); perr != nil {
-		t.Fatal(perr)
-	}
+	c, p := warmProducer(t)
 	baseline := ownGoroutines()
 	release := make(chan struct{})
 	var received, woken atomic.Int32
@@ -840,11 +849,7 @@ func ownGoroutines() int {
 // A connection dropped mid-request is retried; the record is stored once.
 func TestDroppedConnectionIsRetried(t *testing.T) {
 	noLeaks(t)
-	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
-	p := testProducer(t, c)
-	if _, perr := sendOne(p, "events", []byte(`"warm"`), time.Second); perr != nil {
-		t.Fatal(perr)
-	}
+	c, p := warmProducer(t)
 	dropped := 0
 	c.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
 		dropped++
@@ -1038,11 +1043,7 @@ func TestRetriedBatchWithAnExpiredRecord(t *testing.T) {
 // idempotent repeat waiting for its outcome must not wait in vain.
 func TestGivenUpRecordIsCompleted(t *testing.T) {
 	noLeaks(t)
-	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
-	p := testProducer(t, c)
-	if _, perr := sendOne(p, "events", []byte(`"warm"`), time.Second); perr != nil {
-		t.Fatal(perr)
-	}
+	c, p := warmProducer(t)
 	c.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
 		c.KeepControl()
 		return nil, errors.New("drop the connection"), true // may have been written
@@ -1136,11 +1137,7 @@ func TestBadRecordFailsAlone(t *testing.T) {
 	for _, named := range []bool{true, false} {
 		t.Run(fmt.Sprint("named=", named), func(t *testing.T) {
 			noLeaks(t)
-			c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
-			p := testProducer(t, c)
-			if _, perr := sendOne(p, "events", []byte(`"warm"`), time.Second); perr != nil {
-				t.Fatal(perr)
-			}
+			c, p := warmProducer(t)
 			// Hold one request so that the records pile up into the
 			// next batch.
 			release := make(chan struct{})
@@ -1232,11 +1229,7 @@ func TestRequestTimedOutIsRetriedOnce(t *testing.T) {
 // that was never routed.
 func TestAnswerWithoutThePartitionIsUnknown(t *testing.T) {
 	noLeaks(t)
-	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
-	p := testProducer(t, c)
-	if _, perr := sendOne(p, "events", []byte(`"warm"`), time.Second); perr != nil {
-		t.Fatal(perr)
-	}
+	c, p := warmProducer(t)
 	c.ControlKey(int16(kmsg.Produce), func(req kmsg.Request) (kmsg.Response, error, bool) {
 		c.KeepControl()
 		return req.ResponseKind(), nil, true // no topic, no partition
@@ -1251,11 +1244,7 @@ func TestAnswerWithoutThePartitionIsUnknown(t *testing.T) {
 // produces it; its bytes are let go at once.
 func TestNotWrittenAfterCallerLeftCompletes(t *testing.T) {
 	noLeaks(t)
-	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
-	p := testProducer(t, c)
-	if _, perr := sendOne(p, "events", []byte(`"warm"`), time.Second); perr != nil {
-		t.Fatal(perr)
-	}
+	c, p := warmProducer(t)
 	release := make(chan struct{})
 	received := holdProduce(c, release)
 	rec := newRecord([]byte(`"held"`), time.Now(), 300*time.Millisecond)
@@ -1291,11 +1280,7 @@ func TestNotWrittenAfterCallerLeftCompletes(t *testing.T) {
 // settles its record for an idempotent repeat.
 func TestHeldRequestDoesNotStallThePartition(t *testing.T) {
 	noLeaks(t)
-	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
-	p := testProducer(t, c)
-	if _, perr := sendOne(p, "events", []byte(`"warm"`), time.Second); perr != nil {
-		t.Fatal(perr)
-	}
+	c, p := warmProducer(t)
 	release := make(chan struct{})
 	received := holdFirstProduce(c, release)
 	held := newRecord([]byte(`"held"`), time.Now(), 500*time.Millisecond)
