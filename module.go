@@ -807,10 +807,14 @@ func (h *Handler) topicFor(r *http.Request) (string, bool) {
 // (or not at all) holds no more memory than it sent, plus this.
 const readStep = 32 << 10
 
+// minReadChunk is the first chunk of a body of unknown length.
+const minReadChunk = 512
+
 // readBody reads the whole body, but never more than max_size+1 bytes. It
 // returns 413 for a body over max_size and 400 for one that ended early.
-// A body up to readStep is read into one buffer of its size; a larger one
-// in readStep chunks, joined once it is all there.
+// A body of known length up to readStep is read into one buffer of its
+// size; a larger one, or one of unknown length, in chunks of at most
+// readStep, joined once it is all there.
 func (h *Handler) readBody(r *http.Request) ([]byte, int) {
 	if r.ContentLength > h.MaxSize {
 		return nil, http.StatusRequestEntityTooLarge
@@ -825,7 +829,13 @@ func (h *Handler) readBody(r *http.Request) ([]byte, int) {
 	var more [][]byte // the chunks after it
 	total := int64(0)
 	for total < limit {
-		chunk := make([]byte, min(limit-total, readStep))
+		size := limit - total // a known length: the rest, up to readStep
+		if r.ContentLength < 0 {
+			// An unknown length: chunks that start small and
+			// grow with the body.
+			size = min(size, max(total, minReadChunk))
+		}
+		chunk := make([]byte, min(size, readStep))
 		n, err := io.ReadFull(r.Body, chunk)
 		total += int64(n)
 		if first == nil {

@@ -907,6 +907,17 @@ func TestBodyMemoryFollowsTheBytesReceived(t *testing.T) {
 		t.Errorf("with %d bytes received, a read was offered a buffer of %d, want at most %d", sent, allocated, readStep)
 	}
 
+	// Of unknown length, the body starts in a small buffer too.
+	body = &offeredReader{r: strings.NewReader(strings.Repeat("1", sent))}
+	req = httptest.NewRequest("POST", "/", body)
+	req.ContentLength = -1
+	if got, status := h.readBody(req); status != 200 || len(got) != sent {
+		t.Errorf("a chunked body: %d, %d bytes, want 200 and %d", status, len(got), sent)
+	}
+	if body.offered[0] > minReadChunk {
+		t.Errorf("a chunked body: the first read was offered %d bytes, want at most %d", body.offered[0], minReadChunk)
+	}
+
 	h.SignatureHeader = "X-Hub-Signature-256"
 	for _, header := range []string{"", "sha256=", "sha1=" + strings.Repeat("0", 40), "sha256=" + strings.Repeat("z", 64)} {
 		body := &countingReader{r: strings.NewReader(`{}`)}
