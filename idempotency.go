@@ -156,7 +156,7 @@ func (s *idempotencyStore) begin(key string, digest [sha256.Size]byte, now time.
 		return e, idemRepeat
 	}
 	e := &idemEntry{key: key, digest: digest, created: now, busy: true, cost: idemEntryCost + int64(len(key))}
-	s.makeRoom(1, e.cost)
+	s.makeRoom(nil, 1, e.cost)
 	s.entries[key] = e
 	s.order = append(s.order, e)
 	s.bytes += e.cost
@@ -176,7 +176,7 @@ func (s *idempotencyStore) end(e *idemEntry, recs []*record) {
 	}
 	if recs != nil && !e.removed {
 		grown := int64(len(recs)-len(e.recs)) * idemRecordCost
-		s.makeRoom(0, grown)
+		s.makeRoom(e, 0, grown)
 		e.cost += grown
 		s.bytes += grown
 	}
@@ -200,15 +200,16 @@ func (s *idempotencyStore) expire(now time.Time) {
 	s.order = s.order[n:]
 }
 
-// makeRoom forgets the oldest entries not in use, before their window
-// ends, until keys more entries and bytes more bytes fit in the bounds:
-// memory stays bounded at the price of the guarantee for those keys.
-func (s *idempotencyStore) makeRoom(keys int, bytes int64) {
+// makeRoom forgets the oldest entries not in use, other than keep, before
+// their window ends, until keys more entries and bytes more bytes fit in
+// the bounds: memory stays bounded at the price of the guarantee for those
+// keys.
+func (s *idempotencyStore) makeRoom(keep *idemEntry, keys int, bytes int64) {
 	for _, e := range s.order {
 		if len(s.entries)+keys <= s.maxKeys && s.bytes+bytes <= s.maxBytes {
 			return
 		}
-		if !e.removed && !e.busy {
+		if !e.removed && !e.busy && e != keep {
 			s.remove(e)
 			s.evicted = true
 		}

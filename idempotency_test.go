@@ -82,6 +82,37 @@ func TestIdempotencyStoreBytesBound(t *testing.T) {
 	if s.bytes > s.maxBytes {
 		t.Errorf("the store holds %d bytes, over its bound of %d", s.bytes, s.maxBytes)
 	}
+	checkBytes(t, s)
+}
+
+// checkBytes fails the test unless the store counts exactly the cost of
+// the entries it holds.
+func checkBytes(t *testing.T, s *idempotencyStore) {
+	t.Helper()
+	held := int64(0)
+	for _, e := range s.entries {
+		held += e.cost
+	}
+	if s.bytes != held {
+		t.Errorf("the store counts %d bytes, its entries hold %d", s.bytes, held)
+	}
+}
+
+// A request that ends when no older key is left to forget (here its
+// records alone exceed the bound) keeps its own key rather than forget it
+// to make room for its records, and the bytes counted stay those held.
+func TestIdempotencyStoreKeepsTheEntryItGrows(t *testing.T) {
+	s := newIdempotencyStore(time.Minute, 1000, idemEntryCost+8+3*idemRecordCost) // less than one entry of 10 records
+	now := time.Now()
+	d := idemDigest(modeRecords, []byte(`{}`), nil)
+	for i := range 5 {
+		e, _ := s.begin(fmt.Sprint("key-", i), d, now)
+		s.end(e, make([]*record, 10))
+		checkBytes(t, s)
+		if s.entries[e.key] != e {
+			t.Errorf("request %d: its own key was forgotten", i)
+		}
+	}
 }
 
 // Requests that produce nothing (an outage) leave no entry, and the

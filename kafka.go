@@ -660,7 +660,7 @@ func (s *partitionSet) pick() *partitionQueue {
 	if len(list) == 0 {
 		list = s.queues
 	}
-	return list[int(s.rr.Add(1)-1)%len(list)]
+	return list[(s.rr.Add(1)-1)%uint32(len(list))]
 }
 
 func (ts *topicState) expire() {
@@ -774,14 +774,17 @@ type partitionQueue struct {
 	closed   bool
 }
 
+// push queues rec; rec.q is set only once it is queued, so that a record
+// refused here is known to have never been queued (an idempotent repeat
+// produces it).
 func (q *partitionQueue) push(rec *record) *publishError {
-	rec.q = q
-	rec.partition = q.id
 	q.mu.Lock()
 	if q.closed {
 		q.mu.Unlock()
 		return errShuttingDown
 	}
+	rec.q = q
+	rec.partition = q.id
 	q.queue = append(q.queue, rec)
 	if q.idle > 0 {
 		q.idle--
@@ -1103,10 +1106,10 @@ func (q *partitionQueue) refuseNamed(batch, carried []*record, ans *produceAnswe
 	if ans == nil || len(ans.recordErrors) == 0 || !errors.Is(err, kafka.InvalidRecord) {
 		return nil, false
 	}
-	bad := make(map[*record]*publishError, len(ans.recordErrors))
+	bad := make(map[*record]string, len(ans.recordErrors))
 	for i, msg := range ans.recordErrors {
 		if i >= 0 && i < len(carried) {
-			bad[carried[i]] = &publishError{outcome: outcomeRejected, reason: "Kafka broker refused the record: " + cmp.Or(msg, kafka.InvalidRecord.Title()), err: err}
+			bad[carried[i]] = "Kafka broker refused the record: " + cmp.Or(msg, kafka.InvalidRecord.Title())
 		}
 	}
 	if len(bad) == 0 {
@@ -1117,13 +1120,16 @@ func (q *partitionQueue) refuseNamed(batch, carried []*record, ans *produceAnswe
 	defer q.mu.Unlock()
 	rest = batch[:0]
 	for _, rec := range batch {
-		if perr, ok := bad[rec]; ok {
-			if !rec.completed {
-				q.complete(rec, perr)
-			}
+		reason, ok := bad[rec]
+		if !ok {
+			rest = append(rest, rec)
 			continue
 		}
-		rest = append(rest, rec)
+		perr := &publishError{outcome: outcomeRejected, reason: reason, err: err}
+		if rec.mayBeWritten { // by an earlier attempt
+			perr = &publishError{outcome: outcomeUnknown, reason: reason + "; an earlier attempt may have written the record", err: err}
+		}
+		q.complete(rec, perr)
 	}
 	return rest, true
 }

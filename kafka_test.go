@@ -1066,12 +1066,16 @@ func TestGivenUpRecordIsCompleted(t *testing.T) {
 // whose bytes contain "bad", as Kafka refuses a record it will never take
 // (a record without a key on a compacted topic): with INVALID_RECORD
 // naming the records at fault if named, else with CORRUPT_MESSAGE and no
-// names, as older brokers do. It reports the records of each refused
-// request.
-func refuseBadRecords(t *testing.T, c *kfake.Cluster, named bool) <-chan int {
+// names, as older brokers do. The first after produce requests are left
+// alone. It reports the records of each refused request.
+func refuseBadRecords(t *testing.T, c *kfake.Cluster, named bool, after int) <-chan int {
 	refused := make(chan int, 100)
+	seen := 0
 	c.ControlKey(int16(kmsg.Produce), func(kreq kmsg.Request) (kmsg.Response, error, bool) {
 		c.KeepControl()
+		if seen++; seen <= after {
+			return nil, nil, false
+		}
 		req := kreq.(*kmsg.ProduceRequest)
 		resp := req.ResponseKind().(*kmsg.ProduceResponse)
 		refuse := false
@@ -1155,7 +1159,7 @@ func TestBadRecordFailsAlone(t *testing.T) {
 				}
 				recs = append(recs, rec)
 			}
-			refused := refuseBadRecords(t, c, named)
+			refused := refuseBadRecords(t, c, named, 0)
 			close(release)
 			for _, rec := range append(recs, held) {
 				<-rec.done
@@ -1312,5 +1316,32 @@ func TestHeldRequestDoesNotStallThePartition(t *testing.T) {
 	}
 	if got := recordsByValue(t, c, "events"); len(got) != 3 || got[`"next"`] == nil || got[`"held"`] == nil {
 		t.Errorf("the topic holds %v, want warm, held and next", slices.Collect(maps.Keys(got)))
+	}
+}
+
+// A record that an earlier attempt may have written, then refused by name
+// (INVALID_RECORD), is answered "outcome unknown", not "not written": a
+// repeat must not produce it again.
+func TestRefusalAfterAPossibleWriteIsUnknown(t *testing.T) {
+	noLeaks(t)
+	c, p := warmProducer(t)
+	refuseBadRecords(t, c, true, 1) // the first attempt passes
+	c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "events", Err: kerr.RequestTimedOut})
+	rec, perr := sendOne(p, "events", []byte(`"bad after a timeout"`), 2*time.Second)
+	if perr == nil || perr.outcome != outcomeUnknown || rec.attempts != 2 {
+		t.Errorf("got %v after %d attempts, want 504 after 2", perr, rec.attempts)
+	}
+	if hw := c.PartitionInfo("events", 0).HighWatermark; hw != 2 {
+		t.Errorf("the topic holds %d records, want the warm-up and the timed-out append", hw)
+	}
+}
+
+// A record refused by a closed queue was never queued: it says so, so
+// that an idempotent repeat produces it rather than wait for it.
+func TestRecordRefusedByAClosedQueueIsNotQueued(t *testing.T) {
+	q := &partitionQueue{closed: true}
+	rec := newRecord([]byte(`{}`), time.Now(), time.Second)
+	if perr := q.push(rec); perr != errShuttingDown || rec.q != nil {
+		t.Errorf("push to a closed queue: %v, rec.q %p; want shutting down and no queue", perr, rec.q)
 	}
 }

@@ -450,7 +450,7 @@ func TestTopicFromRequest(t *testing.T) {
 // request, are stored, and the answer says so record by record.
 func TestRefusedRecordThroughCaddy(t *testing.T) {
 	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
-	refuseBadRecords(t, c, true)
+	refuseBadRecords(t, c, true, 0)
 	t.Setenv("QP_TEST_SECRET", testSecret)
 	startCaddy(t, filepath.Join(t.TempDir(), "caddy.log"), fmt.Sprintf(`	queue_publish {
 		brokers %s
