@@ -19,16 +19,18 @@ import (
 // BuildCaddy builds Caddy v2.11.9 with this module and the development
 // broker into bin, from the repository root.
 func BuildCaddy(bin string) error {
-	if err := Run(exec.Command("go", "mod", "download")); err != nil {
+	with := []string{"build", "v2.11.9", "--output", bin, "--with", "github.com/queuepublish/caddy-queue-publish@v0.0.0=."}
+	// The dev broker is a package of this module, which xcaddy looks up as
+	// a module of its own, and the module proxy refuses. So a first build,
+	// with the module alone, fills the module cache through the proxy
+	// (verified against the checksum database); then, with the proxy off,
+	// the go command finds the dev broker in the replaced module and the
+	// rest in the cache it verified.
+	if err := Run(exec.Command("xcaddy", with...)); err != nil {
 		return err
 	}
-	cmd := exec.Command("xcaddy", "build", "v2.11.9", "--output", bin,
-		"--with", "github.com/queuepublish/caddy-queue-publish@v0.0.0=.",
-		"--with", "github.com/queuepublish/caddy-queue-publish/devbroker")
-	// The dev broker is a package of this module: with the module cache
-	// filled, GOPROXY=off lets the go command find it in the replaced
-	// module instead of asking the proxy for a module of that path.
-	cmd.Env = append(os.Environ(), "GOPROXY=off")
+	cmd := exec.Command("xcaddy", append(with, "--with", "github.com/queuepublish/caddy-queue-publish/devbroker")...)
+	cmd.Env = append(os.Environ(), "GOPROXY=off", "GOSUMDB=off")
 	return Run(cmd)
 }
 
