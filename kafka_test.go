@@ -1243,6 +1243,16 @@ func TestAnswerWithoutThePartitionIsUnknown(t *testing.T) {
 	}
 }
 
+// completedWithin fails the test unless rec is completed within limit.
+func completedWithin(t *testing.T, rec *record, limit time.Duration) {
+	t.Helper()
+	select {
+	case <-rec.done:
+	case <-time.After(limit):
+		t.Fatal("the record was never completed")
+	}
+}
+
 // A record the broker proves it did not write (NOT_ENOUGH_REPLICAS), after
 // its caller gave up on it, completes as not written, so that a repeat
 // produces it; its bytes are let go at once.
@@ -1261,11 +1271,7 @@ func TestNotWrittenAfterCallerLeftCompletes(t *testing.T) {
 	}
 	fault := c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "events", Err: kerr.NotEnoughReplicas})
 	close(release)
-	select {
-	case <-rec.done:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the record was never completed")
-	}
+	completedWithin(t, rec, 10*time.Second)
 	if fault.Hits() != 1 {
 		t.Errorf("the fault answered %d requests, want the held one", fault.Hits())
 	}
@@ -1306,11 +1312,7 @@ func TestHeldRequestDoesNotStallThePartition(t *testing.T) {
 		t.Errorf("a record sent after the held one's timeout: %v, want it stored within its 5s", perr)
 	}
 	close(release)
-	select {
-	case <-held.done:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the held record was never completed")
-	}
+	completedWithin(t, held, 10*time.Second)
 	if got := held.outcomeNow(); got != nil {
 		t.Errorf("the held request landed, but its record completed as %v", got)
 	}
