@@ -698,7 +698,9 @@ func (ts *topicState) partitions(ctx context.Context, p *producer, deadline time
 		ttl = refreshInterval
 	case meta.Topics[0].Error == nil && len(meta.Topics[0].Partitions) == 0,
 		errors.Is(meta.Topics[0].Error, kafka.UnknownTopicOrPartition):
-		set.err = &publishError{outcome: outcomeRejected, reason: "unknown topic", err: fmt.Errorf("topic %q does not exist", ts.name)}
+		// Kafka also answers so for a topic the principal may not
+		// Describe (to kafka-go's metadata request): say both.
+		set.err = &publishError{outcome: outcomeRejected, reason: "unknown topic", err: fmt.Errorf("topic %q does not exist, or the Kafka principal may not describe it", ts.name)}
 		set.unknownTopic = true
 	case meta.Topics[0].Error != nil:
 		set.err = classify(meta.Topics[0].Error)
