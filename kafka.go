@@ -516,11 +516,29 @@ func (p *producer) partitionsOf(ctx context.Context, topic string, recs []*recor
 	ts := p.topic(topic)
 	deadline := recs[0].deadline
 	set, perr := ts.partitions(ctx, p, deadline)
-	if (set.unknownTopic || perr == nil && maxWant(recs) >= set.count()) && ts.mayRefresh() {
-		p.refreshMetadata(true, nil)
-		set, perr = ts.partitions(ctx, p, deadline)
+	if set.unknownTopic || perr == nil && maxWant(recs) >= set.count() {
+		set, perr = ts.recheck(ctx, p, set, deadline)
 	}
 	return set, perr
+}
+
+// recheck reads the topic's metadata afresh, on new connections, after a
+// miss in seen: kafka-go's transport answers metadata requests from a
+// cache it refreshes every 6 s, which a topic or partition created since
+// is missing from. One caller reads; the others, which saw the same miss
+// (a burst of first requests for a new topic), wait for its answer rather
+// than answer 500 from the cache it replaces.
+func (ts *topicState) recheck(ctx context.Context, p *producer, seen *partitionSet, deadline time.Time) (*partitionSet, *publishError) {
+	ts.recheckMu.Lock()
+	defer ts.recheckMu.Unlock()
+	if cur := ts.current.Load(); cur != seen {
+		return cur, cur.err // read afresh meanwhile
+	}
+	if !ts.mayRefresh() {
+		return seen, seen.err
+	}
+	p.refreshMetadata(true, nil)
+	return ts.partitions(ctx, p, deadline)
 }
 
 // maxWant is the highest partition asked for by recs, -1 if none asks.
@@ -608,6 +626,7 @@ type topicState struct {
 	current     atomic.Pointer[partitionSet]
 	refreshing  atomic.Bool
 	lastRefresh atomic.Int64 // UnixNano of the last refresh for a miss
+	recheckMu   sync.Mutex   // one refresh for a miss at a time
 	mu          sync.Mutex   // guards queues
 	queues      []*partitionQueue
 }

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -488,6 +489,54 @@ func adminRequest(t *testing.T, c *kfake.Cluster, req kmsg.Request) kmsg.Respons
 		t.Fatal(err)
 	}
 	return resp
+}
+
+// The first requests for a topic created while Caddy runs, arriving at
+// once, are all produced: those that see the topic missing from the
+// transport's cached metadata wait for the one that reads it afresh,
+// instead of answering 500 unknown topic.
+func TestBurstForATopicCreatedWhileRunning(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	t.Setenv("QP_TEST_SECRET", testSecret)
+	startCaddy(t, filepath.Join(t.TempDir(), "caddy.log"), fmt.Sprintf(`	queue_publish /topics/* {
+		brokers %s
+		topic {http.request.uri.path.1}
+		allow_topics events later
+		secret {env.QP_TEST_SECRET}
+	}`, c.ListenAddrs()[0]))
+	ok := map[string]string{"Authorization": testSecret}
+	if got := do(t, "POST", "/topics/events", ok, strings.NewReader(`{}`)); got.status != 200 {
+		t.Fatalf("events: %d %s", got.status, got.body)
+	}
+	create := kmsg.NewPtrCreateTopicsRequest()
+	topic := kmsg.NewCreateTopicsRequestTopic()
+	topic.Topic, topic.NumPartitions, topic.ReplicationFactor = "later", 1, 1
+	create.Topics = append(create.Topics, topic)
+	if resp := adminRequest(t, c, create).(*kmsg.CreateTopicsResponse); resp.Topics[0].ErrorCode != 0 {
+		t.Fatalf("creating the topic: error %d", resp.Topics[0].ErrorCode)
+	}
+	const burst = 32
+	start := make(chan struct{})
+	answers := make(chan answerT, burst)
+	var wg sync.WaitGroup
+	for i := range burst {
+		wg.Go(func() {
+			<-start
+			answers <- do(t, "POST", "/topics/later", ok, strings.NewReader(fmt.Sprintf(`{"n":%d}`, i)))
+		})
+	}
+	close(start)
+	wg.Wait()
+	close(answers)
+	for a := range answers {
+		if a.status != 200 {
+			t.Errorf("%d %s, want 200", a.status, a.body)
+		}
+	}
+	if got := stored(t, c, "later"); len(got) != burst {
+		t.Errorf("later holds %d records, want %d", len(got), burst)
+	}
+	unloadChecksLeaks(t)
 }
 
 // A topic created, or a partition added, while Caddy runs is written to

@@ -1,0 +1,306 @@
+//go:build kafka
+
+package queuepublish
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/queuepublish/caddy-queue-publish/test/apachekafka"
+)
+
+// The failures of a three-node cluster under load: 32 clients sending
+// records with unique ids, once each, to a topic of one partition
+// replicated on the three nodes (min.insync.replicas 2) with acks all.
+// After each, every id answered 2xx must be in the topic, no id answered
+// not_written may be, and every answer must have come on time with a
+// status that says what happened. Each test logs its tally (the README's
+// "Tested against Apache Kafka" quotes them).
+
+const (
+	failureClients = 32
+	failureTimeout = 3 * time.Second
+	// onTime is how late past the timeout an answer may come: the
+	// handler's own work after the broker's deadline.
+	onTime = failureTimeout + time.Second
+)
+
+// failureSetup creates the topic and starts Caddy in front of it, and
+// makes the cluster whole again when the test ends.
+func failureSetup(t *testing.T) (*apachekafka.Cluster, string) {
+	t.Helper()
+	c := realKafka(t)
+	topic := realTopic(t, c, 1, nil)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+		defer cancel()
+		for _, n := range c.Nodes() {
+			c.Thaw(n)
+			if !n.Running() {
+				if err := c.Restart(ctx, n); err != nil {
+					t.Errorf("restarting node %d: %v", n.ID, err)
+				}
+			}
+		}
+		if err := c.WaitInSync(ctx, topic); err != nil {
+			t.Errorf("after the test: %v", err)
+		}
+	})
+	startCaddy(t, filepath.Join(t.TempDir(), "caddy.log"), fmt.Sprintf(`queue_publish {
+		brokers %s
+		topic %s
+		secret %s
+		timeout %s
+	}`, brokersOf(c, apachekafka.Plaintext), topic, testSecret, failureTimeout))
+	return c, topic
+}
+
+// leaderAndFollowers are the nodes of topic's partition 0.
+func leaderAndFollowers(t *testing.T, c *apachekafka.Cluster, topic string) (*apachekafka.Node, []*apachekafka.Node) {
+	t.Helper()
+	d, err := c.Partition(t.Context(), topic, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var followers []*apachekafka.Node
+	for _, r := range d.Replicas {
+		if r != d.Leader {
+			followers = append(followers, c.Node(r))
+		}
+	}
+	return c.Node(d.Leader), followers
+}
+
+// checkAnswers fails the test for an answer that came late, or that is
+// neither 2xx, nor 503 not_written with Retry-After, nor 504 unknown.
+func checkAnswers(t *testing.T, as []answered) {
+	t.Helper()
+	bad := 0
+	for _, a := range as {
+		ok := a.status/100 == 2 ||
+			a.status == 503 && a.outcome == "not_written" && a.retryAfter != "" ||
+			a.status == 504 && a.outcome == "unknown"
+		if took := a.end.Sub(a.start); !ok || took > onTime {
+			if bad++; bad <= 5 {
+				t.Errorf("%s was answered after %v (at most %v): %d %s", a.id, took.Round(time.Millisecond), onTime, a.status, a.body)
+			}
+		}
+	}
+	if bad > 5 {
+		t.Errorf("and %d more such answers", bad-5)
+	}
+}
+
+// checkTally fails the test if an acknowledged record is missing or a
+// record answered not_written is stored.
+func checkTally(t *testing.T, tl tally) {
+	t.Helper()
+	if tl.lost > 0 || tl.notWrittenStored > 0 || tl.acknowledged == 0 {
+		t.Errorf("%v", tl)
+	}
+}
+
+// The leader is killed (SIGKILL), then restarted on its data.
+func TestApacheKafkaLeaderKilled(t *testing.T) {
+	c, topic := failureSetup(t)
+	l := startClientLoad(t, "/", failureClients)
+	l.waitAcked(t, time.Time{}, 300, 30*time.Second)
+
+	leader, _ := leaderAndFollowers(t, c, topic)
+	killedAt := time.Now()
+	if err := c.Kill(leader); err != nil {
+		t.Fatal(err)
+	}
+	firstAfter := l.waitAcked(t, killedAt, 1, 30*time.Second)
+	l.waitAcked(t, killedAt, 300, 30*time.Second) // a while on the new leader
+	restartedAt := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := c.Restart(ctx, leader); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.WaitInSync(ctx, topic); err != nil {
+		t.Fatal(err)
+	}
+	l.waitAcked(t, time.Now(), 300, 30*time.Second)
+	l.finish()
+
+	as := l.answers()
+	checkAnswers(t, as)
+	tl := l.count(t, c, topic)
+	checkTally(t, tl)
+	t.Logf("leader (node %d) killed and restarted after %v: %v; the first 2xx of a request sent after the kill came %v after it",
+		leader.ID, restartedAt.Sub(killedAt).Round(100*time.Millisecond), tl, firstAfter.Sub(killedAt).Round(10*time.Millisecond))
+	if recovery := firstAfter.Sub(killedAt); recovery > 5*time.Second {
+		t.Errorf("the first 2xx after the kill came %v after it, want under 5 s", recovery)
+	}
+}
+
+// Both followers are killed: acks all cannot be met, and the two nodes'
+// controllers are gone with them. Nothing sent meanwhile is answered 2xx;
+// everything is answered 503 or 504 on time; once the nodes are back, so
+// is the service, by itself.
+func TestApacheKafkaTwoNodesDown(t *testing.T) {
+	c, topic := failureSetup(t)
+	l := startClientLoad(t, "/", failureClients)
+	l.waitAcked(t, time.Time{}, 300, 30*time.Second)
+
+	_, followers := leaderAndFollowers(t, c, topic)
+	downAt := time.Now()
+	for _, n := range followers {
+		if err := c.Kill(n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Three timeouts' worth of requests, all of which must fail.
+	waitAnswered(t, l, downAt.Add(2*failureTimeout), failureClients)
+	restartedAt := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	for _, n := range followers {
+		if err := c.Restart(ctx, n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	back := l.waitAcked(t, restartedAt, 1, 60*time.Second)
+	l.waitAcked(t, restartedAt, 300, 30*time.Second)
+	l.finish()
+
+	as := l.answers()
+	checkAnswers(t, as)
+	during := 0
+	for _, a := range as {
+		if a.start.After(downAt) && a.start.Before(restartedAt) {
+			during++
+			if a.status/100 == 2 {
+				t.Errorf("%s, sent while two of three nodes were down, was answered %d %s", a.id, a.status, a.body)
+			}
+		}
+	}
+	tl := l.count(t, c, topic)
+	checkTally(t, tl)
+	t.Logf("two of three nodes down for %v: %d requests sent meanwhile, answered %v; %v; service back %v after the nodes were restarted",
+		restartedAt.Sub(downAt).Round(100*time.Millisecond), during, statusCounts(sentBetween(as, downAt, restartedAt)), tl, back.Sub(restartedAt).Round(10*time.Millisecond))
+}
+
+// A follower is frozen (SIGSTOP) for longer than the timeout, then
+// resumed: answers keep coming on time, writes resume once the leader
+// drops the follower from the in-sync replicas, and nothing acknowledged
+// is lost.
+func TestApacheKafkaFollowerFrozen(t *testing.T) {
+	c, topic := failureSetup(t)
+	l := startClientLoad(t, "/", failureClients)
+	l.waitAcked(t, time.Time{}, 300, 30*time.Second)
+
+	_, followers := leaderAndFollowers(t, c, topic)
+	frozen := followers[0]
+	frozenAt := time.Now()
+	if err := c.Freeze(frozen); err != nil {
+		t.Fatal(err)
+	}
+	resumed := l.waitAcked(t, frozenAt, 1, 30*time.Second)
+	// Frozen for longer than the timeout and than the replica lag.
+	waitAnswered(t, l, frozenAt.Add(apachekafka.ReplicaLagMs*time.Millisecond+failureTimeout), failureClients)
+	thawedAt := time.Now()
+	if err := c.Thaw(frozen); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := c.WaitInSync(ctx, topic); err != nil {
+		t.Fatal(err)
+	}
+	l.waitAcked(t, time.Now(), 300, 30*time.Second)
+	l.finish()
+
+	as := l.answers()
+	checkAnswers(t, as)
+	tl := l.count(t, c, topic)
+	checkTally(t, tl)
+	t.Logf("follower (node %d) frozen for %v: %v; while frozen: %v; the first 2xx of a request sent after the freeze came %v after it",
+		frozen.ID, thawedAt.Sub(frozenAt).Round(100*time.Millisecond), tl, statusCounts(sentBetween(as, frozenAt, thawedAt)), resumed.Sub(frozenAt).Round(10*time.Millisecond))
+}
+
+// Each node in turn is stopped (SIGTERM: a controlled shutdown that moves
+// its leadership away first), restarted, and caught up, under load.
+func TestApacheKafkaRollingRestart(t *testing.T) {
+	c, topic := failureSetup(t)
+	l := startClientLoad(t, "/", failureClients)
+	l.waitAcked(t, time.Time{}, 300, 30*time.Second)
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 180*time.Second)
+	defer cancel()
+	for _, n := range c.Nodes() {
+		if err := c.Stop(n); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Restart(ctx, n); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.WaitInSync(ctx, topic); err != nil {
+			t.Fatal(err)
+		}
+		l.waitAcked(t, time.Now(), 100, 30*time.Second)
+	}
+	took := time.Since(start)
+	l.finish()
+
+	as := l.answers()
+	checkAnswers(t, as)
+	tl := l.count(t, c, topic)
+	checkTally(t, tl)
+	t.Logf("rolling restart of the three nodes in %v: %v", took.Round(100*time.Millisecond), tl)
+}
+
+// Leadership moves to each follower in turn (a reassignment that makes it
+// the preferred leader, then a preferred leader election), under load.
+func TestApacheKafkaLeadershipMoved(t *testing.T) {
+	c, topic := failureSetup(t)
+	l := startClientLoad(t, "/", failureClients)
+	l.waitAcked(t, time.Time{}, 300, 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	var moves []string
+	for range 2 {
+		from, followers := leaderAndFollowers(t, c, topic)
+		movedAt := time.Now()
+		if err := c.MoveLeader(ctx, topic, 0, followers[0]); err != nil {
+			t.Fatal(err)
+		}
+		first := l.waitAcked(t, movedAt, 100, 30*time.Second)
+		moves = append(moves, fmt.Sprintf("node %d to %d (first 2xx after %v)", from.ID, followers[0].ID, first.Sub(movedAt).Round(10*time.Millisecond)))
+	}
+	l.finish()
+
+	as := l.answers()
+	checkAnswers(t, as)
+	tl := l.count(t, c, topic)
+	checkTally(t, tl)
+	t.Logf("leadership moved %v: %v", moves, tl)
+}
+
+// waitAnswered waits until n requests sent after since are answered.
+func waitAnswered(t *testing.T, l *clientLoad, since time.Time, n int) {
+	t.Helper()
+	deadline := time.Now().Add(time.Until(since) + 30*time.Second)
+	for len(sentBetween(l.answers(), since, time.Now())) < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("fewer than %d requests sent after %s were answered", n, since.Format(time.TimeOnly+".000"))
+		}
+		time.Sleep(20 * time.Millisecond) // polls the answers; nothing waits on this pace
+	}
+}
+
+// sentBetween are the answers to requests sent between from and to.
+func sentBetween(as []answered, from, to time.Time) []answered {
+	var in []answered
+	for _, a := range as {
+		if !a.start.Before(from) && a.start.Before(to) {
+			in = append(in, a)
+		}
+	}
+	return in
+}
