@@ -6,7 +6,10 @@
 // each process's CPU time from /proc/<pid>/stat around every run, checks
 // with kcat that every acknowledged record is in the topic, runs a bare
 // kafka-go producer with the same number of callers for comparison, and
-// prints a Markdown report with the ratios.
+// prints a Markdown report with the ratios. With -kafka the broker is one
+// Apache Kafka node (test/apachekafka) instead of the in-memory broker:
+// the same load, so that the two reports side by side say what a real
+// broker costs.
 package main
 
 import (
@@ -28,6 +31,7 @@ import (
 	"time"
 
 	"github.com/queuepublish/caddy-queue-publish/internal/harness"
+	"github.com/queuepublish/caddy-queue-publish/test/apachekafka"
 )
 
 const (
@@ -35,10 +39,10 @@ const (
 	publishURL = "http://127.0.0.1:18081/"
 	recordsURL = "http://127.0.0.1:18082/"
 	// perRequest is the number of records in each records-mode request.
-	perRequest = 100
-	brokerAddr = "127.0.0.1:19092"
-	topic      = "bench"
-	seedBody   = `{"messages": [{"msg":"hello world"}]}`
+	perRequest    = 100
+	devBrokerAddr = "127.0.0.1:19092"
+	topic         = "bench"
+	seedBody      = `{"messages": [{"msg":"hello world"}]}`
 )
 
 var (
@@ -51,6 +55,7 @@ var (
 	inFlight   = flag.Int("max-in-flight", 1, "queue_publish max_in_flight")
 	caddyBin   = flag.String("caddy", "", "a Caddy binary with queue_publish and the dev broker; built with xcaddy if empty")
 	out        = flag.String("out", "", "also write the report to this file")
+	realKafka  = flag.Bool("kafka", false, "produce to one Apache Kafka node (test/apachekafka; Java 17 and Maven) instead of the in-memory dev broker")
 )
 
 func main() {
@@ -74,7 +79,10 @@ type sample struct {
 }
 
 type procs struct {
-	caddy, broker *exec.Cmd
+	caddy *exec.Cmd
+	// brokerAddr and brokerPid are the broker's address and process.
+	brokerAddr string
+	brokerPid  int
 }
 
 func run() error {
@@ -111,17 +119,17 @@ func run() error {
 		"XDG_DATA_HOME="+filepath.Join(tmp, "data"),
 		"XDG_CONFIG_HOME="+filepath.Join(tmp, "config"),
 	)
-	if err := harness.PortsFree(brokerAddr, "127.0.0.1:18080", "127.0.0.1:18081", "127.0.0.1:18082"); err != nil {
+	if err := harness.PortsFree("127.0.0.1:18080", "127.0.0.1:18081", "127.0.0.1:18082"); err != nil {
 		return err
 	}
 	var p procs
-	defer func() { harness.Stop(p.caddy, p.broker) }()
-	if p.broker, err = harness.StartCaddy(bin, "bench/broker.Caddyfile", filepath.Join(tmp, "broker.log"), env); err != nil {
+	defer func() { harness.Stop(p.caddy) }()
+	stopBroker, err := p.startBroker(bin, tmp, env)
+	if err != nil {
 		return err
 	}
-	if err := harness.WaitPort(brokerAddr); err != nil {
-		return err
-	}
+	defer stopBroker()
+	env = append(env, "BENCH_BROKERS="+p.brokerAddr)
 	if p.caddy, err = harness.StartCaddy(bin, "bench/caddy.Caddyfile", filepath.Join(tmp, "caddy.log"), env); err != nil {
 		return err
 	}
@@ -196,7 +204,7 @@ func run() error {
 	}
 	expected := acked + kg.Records + kg100.Records + 2 // +2: the baselines' warm-up records
 
-	inTopic, err := countRecords()
+	inTopic, err := countRecords(p.brokerAddr)
 	if err != nil {
 		return err
 	}
@@ -217,6 +225,40 @@ func run() error {
 		return fmt.Errorf("%d records acknowledged, only %d in the topic", expected, inTopic)
 	}
 	return nil
+}
+
+// startBroker starts the broker: the dev broker in a Caddy process of its
+// own, or one Apache Kafka node with the topic; it returns a function
+// stopping it.
+func (p *procs) startBroker(bin, tmp string, env []string) (func(), error) {
+	if *realKafka {
+		c, err := apachekafka.Start(apachekafka.Options{Nodes: 1, Dir: filepath.Join(tmp, "kafka")})
+		if err != nil {
+			return nil, err
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := c.CreateTopic(ctx, topic, *partitions, nil); err != nil {
+			c.Close(false)
+			return nil, err
+		}
+		p.brokerAddr, p.brokerPid = c.Brokers(apachekafka.Plaintext)[0], c.Node(1).Pid()
+		return func() { c.Close(false) }, nil
+	}
+	if err := harness.PortsFree(devBrokerAddr); err != nil {
+		return nil, err
+	}
+	broker, err := harness.StartCaddy(bin, "bench/broker.Caddyfile", filepath.Join(tmp, "broker.log"), env)
+	if err != nil {
+		return nil, err
+	}
+	p.brokerAddr, p.brokerPid = devBrokerAddr, broker.Process.Pid
+	stop := func() { harness.Stop(broker) }
+	if err := harness.WaitPort(devBrokerAddr); err != nil {
+		stop()
+		return nil, err
+	}
+	return stop, nil
 }
 
 // recordsBody is a records-mode request of perRequest seed payloads.
@@ -246,8 +288,8 @@ type kafkagoResult struct {
 // same number of callers, perCall records a call.
 func (p *procs) kafkago(bin string, perCall int) (kafkagoResult, error) {
 	var r kafkagoResult
-	b0 := harness.CPUTime(p.broker.Process.Pid)
-	out, err := exec.Command(bin, "-brokers", brokerAddr, "-topic", topic, "-callers", strconv.Itoa(*conns),
+	b0 := harness.CPUTime(p.brokerPid)
+	out, err := exec.Command(bin, "-brokers", p.brokerAddr, "-topic", topic, "-callers", strconv.Itoa(*conns),
 		"-records-per-call", strconv.Itoa(perCall), "-duration", duration.String(), "-body", seedBody).Output()
 	if err != nil {
 		return r, fmt.Errorf("kafka-go baseline: %v", err)
@@ -255,14 +297,14 @@ func (p *procs) kafkago(bin string, perCall int) (kafkagoResult, error) {
 	if err := json.Unmarshal(out, &r); err != nil {
 		return r, fmt.Errorf("kafka-go baseline: %v: %s", err, out)
 	}
-	r.brokerCPU = harness.CPUTime(p.broker.Process.Pid) - b0
+	r.brokerCPU = harness.CPUTime(p.brokerPid) - b0
 	return r, nil
 }
 
 // measure runs wrk once against url and reads the CPU time that Caddy and
 // the broker used meanwhile.
 func (p *procs) measure(url string, c int, d time.Duration, env []string) (sample, error) {
-	c0, b0 := harness.CPUTime(p.caddy.Process.Pid), harness.CPUTime(p.broker.Process.Pid)
+	c0, b0 := harness.CPUTime(p.caddy.Process.Pid), harness.CPUTime(p.brokerPid)
 	cmd := exec.Command("wrk", "-t1", "-c"+strconv.Itoa(c), "-d"+strconv.Itoa(int(d.Seconds()))+"s",
 		"--latency", "-s", "bench/wrk.lua", url)
 	cmd.Env = env
@@ -285,13 +327,13 @@ func (p *procs) measure(url string, c int, d time.Duration, env []string) (sampl
 		return s, fmt.Errorf("no result from wrk:\n%s", outb)
 	}
 	s.caddyCPU = harness.CPUTime(p.caddy.Process.Pid) - c0
-	s.brokerCPU = harness.CPUTime(p.broker.Process.Pid) - b0
+	s.brokerCPU = harness.CPUTime(p.brokerPid) - b0
 	return s, nil
 }
 
 // countRecords counts the records in the topic with kcat, an independent
 // Kafka client.
-func countRecords() (int64, error) {
+func countRecords(brokerAddr string) (int64, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, "kcat", "-b", brokerAddr, "-C", "-t", topic, "-o", "beginning", "-e", "-q", "-f", "\n")
@@ -375,7 +417,11 @@ func renderReport(respond, publish, respond1, publish1, records []sample, kg, kg
 	perRecord := func(d time.Duration, n int64) float64 { return float64(d.Microseconds()) / float64(n) }
 
 	var b strings.Builder
-	fmt.Fprintf(&b, "Machine: %s. Caddy v2.11.9 built with xcaddy; broker: the in-memory dev broker (kfake) in its own process, %d partition(s).\n", harness.Machine(), *partitions)
+	broker := "the in-memory dev broker (kfake) in its own process"
+	if *realKafka {
+		broker = fmt.Sprintf("one Apache Kafka %s node (KRaft, broker and controller, JVM -Xmx512m, data on local disk)", apachekafka.Version)
+	}
+	fmt.Fprintf(&b, "Machine: %s. Caddy v2.11.9 built with xcaddy; broker: %s, %d partition(s).\n", harness.Machine(), broker, *partitions)
 	fmt.Fprintf(&b, "Load: wrk -t1 -c%d, %s runs, %d alternating rounds, POST of the seed payload (%d bytes), acks=all, linger %s, max_in_flight %d.\n\n", *conns, *duration, *rounds, len(seedBody), *linger, *inFlight)
 	fmt.Fprintf(&b, "| at %d connections | req/s | p50 | p99 | Caddy CPU/req | broker CPU/msg | non-2xx |\n", *conns)
 	b.WriteString("|---|---:|---:|---:|---:|---:|---:|\n")

@@ -98,9 +98,12 @@ func Start(opts Options) (*Cluster, error) {
 		c.heap = "512m"
 	}
 	if c.Dir == "" {
-		if c.Dir, err = os.MkdirTemp("", "apachekafka-"); err != nil {
-			return nil, err
-		}
+		c.Dir, err = os.MkdirTemp("", "apachekafka-")
+	} else {
+		err = os.MkdirAll(c.Dir, 0o755)
+	}
+	if err != nil {
+		return nil, err
 	}
 	if c.Certs, err = writeCerts(c.Dir); err != nil {
 		return nil, err
@@ -274,6 +277,16 @@ func (n *Node) Running() bool {
 	default:
 		return true
 	}
+}
+
+// Pid is the process ID of n's JVM, 0 if it never started.
+func (n *Node) Pid() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.cmd == nil {
+		return 0
+	}
+	return n.cmd.Process.Pid
 }
 
 func (n *Node) signal(sig syscall.Signal) error {

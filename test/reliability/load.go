@@ -70,6 +70,7 @@ type failure struct {
 // ids until stop is closed or total ids are sent.
 type load struct {
 	opts      loadOpts
+	brokers   []string // to read the topic back from
 	topic     string
 	prefix    string
 	next      atomic.Int64
@@ -105,7 +106,7 @@ var loadSeq atomic.Int64
 // reading the load's results.
 func (e *env) startLoad(o loadOpts) (*load, *sync.WaitGroup) {
 	topic := strings.Split(strings.TrimPrefix(o.path, "/"), "/")[1]
-	l := &load{opts: o, topic: topic, prefix: fmt.Sprintf("%s-%d", topic, loadSeq.Add(1)),
+	l := &load{opts: o, brokers: e.brokers.addrs(), topic: topic, prefix: fmt.Sprintf("%s-%d", topic, loadSeq.Add(1)),
 		ids: map[string]uint8{}, statuses: map[int]int{}, answers: map[string]int{},
 		transport: &http.Transport{MaxIdleConnsPerHost: o.clients, DisableKeepAlives: o.noKeepAlive}}
 	if o.h2c {
@@ -362,7 +363,7 @@ func (r result) String() string {
 
 // check reads the load's topic and compares it with the answers.
 func (l *load) check() (result, error) {
-	counts, err := readIDs(l.topic, l.prefix+"-")
+	counts, err := readIDs(l.brokers, l.topic, l.prefix+"-")
 	if err != nil {
 		return result{}, err
 	}
@@ -401,8 +402,8 @@ func (l *load) check() (result, error) {
 
 // readIDs counts the ids with prefix in topic, reading with franz-go up
 // to the partitions' end offsets as of the call.
-func readIDs(topic, prefix string) (map[string]int, error) {
-	cl, err := kgo.NewClient(kgo.SeedBrokers(brokerAddr), kgo.ConsumeTopics(topic),
+func readIDs(brokers []string, topic, prefix string) (map[string]int, error) {
+	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumeTopics(topic),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.FetchMaxWait(200*time.Millisecond))
 	if err != nil {
 		return nil, err

@@ -8,6 +8,14 @@
 //	go run ./test/reliability            # from the repository root
 //	go run ./test/reliability -requests 1000000
 //	go run ./test/reliability -run reload,shutdown
+//	go run ./test/reliability -kafka   # on three Apache Kafka nodes
+//
+// With -kafka the brokers are a three-node Apache Kafka cluster
+// (test/apachekafka; Java 17 and Maven fetch and run it) instead of the
+// development broker: topics of three partitions, replication factor 3,
+// min.insync.replicas 2; kill kills the node leading kill/0. There the
+// producer's own retries may store an id twice (kafka-go has no
+// idempotent producer), which kill-retry counts instead of failing.
 //
 // Scenarios:
 //   - load: many requests from 64 clients; every 2xx id stored exactly once.
@@ -53,15 +61,15 @@ import (
 )
 
 const (
-	brokerAddr = "127.0.0.1:19093"
-	caddyAddr  = "127.0.0.1:18090"
-	adminAddr  = "localhost:2031"
+	caddyAddr = "127.0.0.1:18090"
+	adminAddr = "localhost:2031"
 )
 
 var (
 	requests  = flag.Int("requests", 100000, "requests of the load scenario")
 	caddyBin  = flag.String("caddy", "", "a Caddy binary with queue_publish and the dev broker; built with xcaddy if empty")
 	h2c       = flag.Bool("h2c", true, "also run the reload scenario with HTTP/2 clients (h2c)")
+	realKafka = flag.Bool("kafka", false, "run against a three-node Apache Kafka cluster (Java 17, Maven) instead of the development broker")
 	scenarios = flag.String("run", "", "comma-separated scenarios to run (default all): "+strings.Join(scenarioNames(), ","))
 )
 
@@ -78,7 +86,8 @@ func main() {
 type env struct {
 	bin, tmp, secret string
 	vars             []string
-	broker, caddy    *exec.Cmd
+	caddy            *exec.Cmd
+	brokers          brokers
 }
 
 var allScenarios = []struct {
@@ -111,7 +120,7 @@ func run() error {
 			}
 		}
 	}
-	if err := harness.PortsFree(brokerAddr, caddyAddr, adminAddr); err != nil {
+	if err := harness.PortsFree(caddyAddr, adminAddr); err != nil {
 		return err
 	}
 	tmp, err := os.MkdirTemp("", "reliability")
@@ -134,14 +143,23 @@ func run() error {
 		"RELIABILITY_DATA="+filepath.Join(tmp, "kafka"),
 		"XDG_DATA_HOME="+filepath.Join(tmp, "data"),
 		"XDG_CONFIG_HOME="+filepath.Join(tmp, "config"))
-	defer func() { harness.Stop(e.caddy, e.broker) }()
-	if err := e.startBroker(); err != nil {
+	if *realKafka {
+		e.brokers, err = startKafka(e)
+	} else {
+		e.brokers, err = startDevBroker(e)
+	}
+	if err != nil {
 		return err
 	}
+	defer func() {
+		harness.Stop(e.caddy)
+		e.brokers.close()
+	}()
 	if err := e.startCaddy(); err != nil {
 		return err
 	}
 	fmt.Println("machine:", harness.Machine())
+	fmt.Println("brokers:", e.brokers)
 	start := time.Now()
 	for _, s := range allScenarios {
 		if selected != nil && !slices.Contains(selected, s.name) {
@@ -170,19 +188,11 @@ func (e *env) printLogTail() {
 	fmt.Fprintf(os.Stderr, "the last lines of Caddy's log:\n%s\n", strings.Join(lines[max(0, len(lines)-40):], "\n"))
 }
 
-func (e *env) startBroker() error {
-	var err error
-	if e.broker, err = harness.StartCaddy(e.bin, "test/reliability/broker.Caddyfile", filepath.Join(e.tmp, "broker.log"), e.vars); err != nil {
-		return err
-	}
-	return harness.WaitPort(brokerAddr)
-}
-
-// startCaddy starts the Caddy under test on caddyfile("reliability",
+// startCaddy starts the Caddy under test on e.caddyfile("reliability",
 // "1MB"); its log starts afresh.
 func (e *env) startCaddy() error {
 	config := filepath.Join(e.tmp, "Caddyfile")
-	if err := os.WriteFile(config, []byte(caddyfile("reliability", "1MB")), 0o600); err != nil {
+	if err := os.WriteFile(config, []byte(e.caddyfile("reliability", "1MB")), 0o600); err != nil {
 		return err
 	}
 	var err error
@@ -197,7 +207,7 @@ func (e *env) startCaddy() error {
 // are the same): /t/ answers once the broker has the record, /a/ with
 // delivery async, /i/ remembers Idempotency-Keys for 2 s only, so that
 // the memory scenario reaches the store's steady state quickly.
-func caddyfile(clientID, maxSize string) string {
+func (e *env) caddyfile(clientID, maxSize string) string {
 	protocols := ""
 	if *h2c {
 		protocols = "\n\tservers {\n\t\tprotocols h1 h2 h2c\n\t}"
@@ -237,5 +247,5 @@ http://%[2]s {
 		idempotency_window 2s
 	}
 }
-`, adminAddr, caddyAddr, brokerAddr, clientID, maxSize, protocols)
+`, adminAddr, caddyAddr, strings.Join(e.brokers.addrs(), " "), clientID, maxSize, protocols)
 }
