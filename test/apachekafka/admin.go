@@ -85,18 +85,35 @@ func (c *Cluster) Leader(ctx context.Context, topic string, partition int32) (*N
 	return c.Node(d.Leader), nil
 }
 
-// Partition describes topic's partition: leader, replicas, in-sync
-// replicas.
+// Partition describes topic's partition (leader, replicas, in-sync
+// replicas) as the first running node that answers within a second says:
+// asked directly, so that a node just killed delays nothing.
 func (c *Cluster) Partition(ctx context.Context, topic string, partition int32) (kadm.PartitionDetail, error) {
-	topics, err := c.Admin().ListTopics(ctx, topic)
-	if err != nil {
-		return kadm.PartitionDetail{}, err
+	err := errors.New("no node runs")
+	for _, n := range c.nodes {
+		if !n.Running() {
+			continue
+		}
+		var adm *kadm.Client
+		var done func()
+		if adm, done, err = c.adminOf(n); err != nil {
+			return kadm.PartitionDetail{}, err
+		}
+		rctx, cancel := context.WithTimeout(ctx, time.Second)
+		var topics kadm.TopicDetails
+		topics, err = adm.ListTopics(rctx, topic)
+		cancel()
+		done()
+		if err != nil {
+			continue
+		}
+		p, ok := topics[topic].Partitions[partition]
+		if !ok {
+			return kadm.PartitionDetail{}, fmt.Errorf("%s/%d not found: %v", topic, partition, topics[topic].Err)
+		}
+		return p, p.Err
 	}
-	p, ok := topics[topic].Partitions[partition]
-	if !ok {
-		return kadm.PartitionDetail{}, fmt.Errorf("%s/%d not found: %v", topic, partition, topics[topic].Err)
-	}
-	return p, p.Err
+	return kadm.PartitionDetail{}, err
 }
 
 // MoveLeader makes to the preferred leader of topic's partition, by

@@ -87,7 +87,7 @@ func Start(opts Options) (*Cluster, error) {
 		return nil, fmt.Errorf("a cluster has 1 or 3 nodes, not %d", opts.Nodes)
 	}
 	if _, err := exec.LookPath("java"); err != nil {
-		return nil, fmt.Errorf("Apache Kafka needs Java 17 or later: %w", err)
+		return nil, fmt.Errorf("running Apache Kafka needs Java 17 or later: %w", err)
 	}
 	lib, err := Jars()
 	if err != nil {
