@@ -20,13 +20,7 @@ import (
 func TestApacheKafkaBodyMode(t *testing.T) {
 	c := realKafka(t)
 	topic := realTopic(t, c, 3, nil)
-	startCaddy(t, filepath.Join(t.TempDir(), "caddy.log"), fmt.Sprintf(`queue_publish {
-		brokers %s
-		topic %s
-		secret %s
-		key {http.request.header.X-Message-Key}
-		header source {http.request.header.X-Source}
-	}`, brokersOf(c, apachekafka.Plaintext), topic, testSecret))
+	publishTo(t, c, topic, "key {http.request.header.X-Message-Key}", "header source {http.request.header.X-Source}")
 
 	type sent struct{ body, key string }
 	answers := map[where]sent{}
@@ -74,12 +68,7 @@ func TestApacheKafkaBodyMode(t *testing.T) {
 func TestApacheKafkaRecordsMode(t *testing.T) {
 	c := realKafka(t)
 	topic := realTopic(t, c, 6, nil)
-	startCaddy(t, filepath.Join(t.TempDir(), "caddy.log"), fmt.Sprintf(`queue_publish {
-		brokers %s
-		topic %s
-		secret %s
-		mode records
-	}`, brokersOf(c, apachekafka.Plaintext), topic, testSecret))
+	publishTo(t, c, topic, "mode records")
 
 	body := `{"records":[
 		{"value": {"order": 1}, "key": "customer-7"},
@@ -180,19 +169,7 @@ func TestApacheKafkaCompression(t *testing.T) {
 	c := realKafka(t)
 	topic := realTopic(t, c, 1, nil)
 	codecs := []string{"none", "gzip", "snappy", "lz4", "zstd"}
-	var site strings.Builder
-	for _, codec := range codecs {
-		fmt.Fprintf(&site, `handle /%s {
-		queue_publish {
-			brokers %s
-			topic %s
-			secret %s
-			compression %s
-		}
-	}
-	`, codec, brokersOf(c, apachekafka.Plaintext), topic, testSecret, codec)
-	}
-	startCaddy(t, filepath.Join(t.TempDir(), "caddy.log"), site.String())
+	startCaddy(t, filepath.Join(t.TempDir(), "caddy.log"), routeEach(c, topic, "compression", codecs))
 	long := strings.Repeat("compressible ", 100)
 	for _, codec := range codecs {
 		if a := do(t, "POST", "/"+codec, auth(testSecret), strings.NewReader(`{"codec":"`+codec+`","text":"`+long+`"}`)); a.status != 200 {
@@ -216,25 +193,31 @@ func TestApacheKafkaCompression(t *testing.T) {
 	}
 }
 
+// routeEach is a route /<value> for each of values, producing to topic
+// with the option set to the value.
+func routeEach(c *apachekafka.Cluster, topic, option string, values []string) string {
+	var site strings.Builder
+	for _, v := range values {
+		fmt.Fprintf(&site, `handle /%[1]s {
+		queue_publish {
+			brokers %[2]s
+			topic %[3]s
+			secret %[4]s
+			%[5]s %[1]s
+		}
+	}
+	`, v, brokersOf(c, apachekafka.Plaintext), topic, testSecret, option)
+	}
+	return site.String()
+}
+
 // Each acks level is answered once the broker has what it asks for; none
 // answers the partition but no offset, as no broker answers one.
 func TestApacheKafkaAcks(t *testing.T) {
 	c := realKafka(t)
 	topic := realTopic(t, c, 1, nil)
 	levels := []string{"all", "leader", "none"}
-	var site strings.Builder
-	for _, acks := range levels {
-		fmt.Fprintf(&site, `handle /%s {
-		queue_publish {
-			brokers %s
-			topic %s
-			secret %s
-			acks %s
-		}
-	}
-	`, acks, brokersOf(c, apachekafka.Plaintext), topic, testSecret, acks)
-	}
-	startCaddy(t, filepath.Join(t.TempDir(), "caddy.log"), site.String())
+	startCaddy(t, filepath.Join(t.TempDir(), "caddy.log"), routeEach(c, topic, "acks", levels))
 	for i, acks := range levels {
 		a := do(t, "POST", "/"+acks, auth(testSecret), strings.NewReader(`{"acks":"`+acks+`"}`))
 		want := fmt.Sprintf(`{"success":true,"partition":0,"offset":%d}`, i)

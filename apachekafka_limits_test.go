@@ -7,12 +7,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/queuepublish/caddy-queue-publish/test/apachekafka"
 )
 
 // A record above the topic's max.message.bytes is MESSAGE_TOO_LARGE: 413
@@ -21,13 +18,7 @@ func TestApacheKafkaRecordAboveMaxMessageBytes(t *testing.T) {
 	c := realKafka(t)
 	limit := "1024"
 	topic := realTopic(t, c, 1, map[string]*string{"max.message.bytes": &limit})
-	logFile := filepath.Join(t.TempDir(), "caddy.log")
-	startCaddy(t, logFile, fmt.Sprintf(`queue_publish {
-		brokers %s
-		topic %s
-		secret %s
-		timeout 10s
-	}`, brokersOf(c, apachekafka.Plaintext), topic, testSecret))
+	logFile := publishTo(t, c, topic, "timeout 10s")
 	big := `{"text":"` + strings.Repeat("x", 2000) + `"}`
 	start := time.Now()
 	a := do(t, "POST", "/", auth(testSecret), strings.NewReader(big))
@@ -58,12 +49,7 @@ func TestApacheKafkaRecordAboveMaxMessageBytes(t *testing.T) {
 func TestApacheKafkaTopicAndPartitionAddedWhileRunning(t *testing.T) {
 	c := realKafka(t)
 	topic := strings.ReplaceAll(t.Name(), "/", ".")
-	startCaddy(t, filepath.Join(t.TempDir(), "caddy.log"), fmt.Sprintf(`queue_publish {
-		brokers %s
-		topic %s
-		secret %s
-		mode records
-	}`, brokersOf(c, apachekafka.Plaintext), topic, testSecret))
+	publishTo(t, c, topic, "mode records")
 	post := func(body string) answerT {
 		return do(t, "POST", "/", auth(testSecret), strings.NewReader(body))
 	}

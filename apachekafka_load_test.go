@@ -132,11 +132,21 @@ type tally struct {
 	notWrittenStored               int // answered not_written, yet stored
 	unknownStored                  int // answered 504 or not answered, stored
 	statuses                       map[int]int
+	failures                       map[string]int // answers but 2xx, by status and body
 }
 
 func (t tally) String() string {
-	return fmt.Sprintf("%d requests, %d acknowledged, %d ids stored: %d lost, %d duplicated, %d stored though answered not_written, %d stored after an unknown outcome; statuses %v",
+	s := fmt.Sprintf("%d requests, %d acknowledged, %d ids stored: %d lost, %d duplicated, %d stored though answered not_written, %d stored after an unknown outcome; statuses %v",
 		t.requests, t.acknowledged, t.stored, t.lost, t.duplicated, t.notWrittenStored, t.unknownStored, t.statuses)
+	var fs []string
+	for f, n := range t.failures {
+		fs = append(fs, fmt.Sprintf("%d× %s", n, f))
+	}
+	slices.Sort(fs)
+	if len(fs) > 0 {
+		s += " (" + strings.Join(fs, "; ") + ")"
+	}
+	return s
 }
 
 // count reads topic back with franz-go and compares it with the answers.
@@ -151,9 +161,12 @@ func (l *clientLoad) count(t *testing.T, c *apachekafka.Cluster, topic string) t
 		copies[v.ID]++
 	}
 	answers := l.answers()
-	tl := tally{requests: len(answers), stored: len(copies), statuses: map[int]int{}}
+	tl := tally{requests: len(answers), stored: len(copies), statuses: map[int]int{}, failures: map[string]int{}}
 	for _, a := range answers {
 		tl.statuses[a.status]++
+		if a.status/100 != 2 {
+			tl.failures[fmt.Sprintf("%d %s", a.status, strings.TrimSpace(a.body))]++
+		}
 		n := copies[a.id]
 		tl.duplicated += max(n-1, 0)
 		switch {

@@ -13,6 +13,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -88,6 +89,21 @@ func realRecords(t *testing.T, c *apachekafka.Cluster, topic string) []*kgo.Reco
 // option takes them.
 func brokersOf(c *apachekafka.Cluster, l apachekafka.Listener) string {
 	return strings.Join(c.Brokers(l), " ")
+}
+
+// publishTo starts Caddy with one queue_publish producing to topic on the
+// cluster's PLAINTEXT listener, with the extra options, and returns the
+// file Caddy logs to.
+func publishTo(t *testing.T, c *apachekafka.Cluster, topic string, extra ...string) string {
+	t.Helper()
+	logFile := filepath.Join(t.TempDir(), "caddy.log")
+	startCaddy(t, logFile, fmt.Sprintf(`queue_publish {
+		brokers %s
+		topic %s
+		secret %s
+		%s
+	}`, brokersOf(c, apachekafka.Plaintext), topic, testSecret, strings.Join(extra, "\n\t\t")))
+	return logFile
 }
 
 // where is a record's place in the topic.

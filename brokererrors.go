@@ -144,11 +144,6 @@ func connectError(err error) *publishError {
 	return &publishError{outcome: outcomeRetry, reason: "no Kafka broker reachable", err: err}
 }
 
-// describe is the short reason for err that clients may see.
-func describe(err error) string {
-	return classify(err).reason
-}
-
 // recordAtFault reports whether the broker refused a whole batch for
 // something one of its records holds, without saying which.
 func recordAtFault(err error) bool {

@@ -301,8 +301,12 @@ func makeProducer(cfg producerConfig, logger *zap.Logger) (*producer, error) {
 	if mechanism != nil {
 		p.transport.SASL = trackedMechanism{Mechanism: mechanism, conns: &p.saslConns}
 	}
+	var bootstrap net.Addr = kafka.TCP(cfg.Brokers...)
+	if len(cfg.Brokers) > 1 {
+		bootstrap = bootstrapAddr{} // the first that answers: bootstrap.go
+	}
 	p.client = &kafka.Client{
-		Addr:      kafka.TCP(cfg.Brokers...),
+		Addr:      bootstrap,
 		Transport: p.transport,
 		// The broker-side timeout of a produce request is half of what
 		// is left of the request's deadline (or of this, if smaller).
@@ -327,6 +331,25 @@ func (p *producer) start() {
 // the SASL tracking above it, so that it sees a broker closing a TLS
 // connection too.
 func (p *producer) dial(ctx context.Context, network, address string) (net.Conn, error) {
+	if address == bootstrapName {
+		return p.dialBootstrap(ctx)
+	}
+	return p.dialBroker(ctx, network, address)
+}
+
+// dialBroker opens a connection to one broker, with TLS if set and the
+// SASL tracking.
+func (p *producer) dialBroker(ctx context.Context, network, address string) (net.Conn, error) {
+	conn, err := p.dialTLS(ctx, network, address)
+	if err != nil || p.cfg.SASL == nil {
+		return conn, err
+	}
+	return trackSASL(&p.saslConns, ctx, conn), nil
+}
+
+// dialTLS opens a TCP connection to address, with TLS if set (its
+// handshake happens on the first write).
+func (p *producer) dialTLS(ctx context.Context, network, address string) (net.Conn, error) {
 	conn, err := p.dialContext(ctx, network, address)
 	if err != nil {
 		return nil, err
@@ -340,10 +363,7 @@ func (p *producer) dial(ctx context.Context, network, address string) (net.Conn,
 		}
 		conn = tls.Client(conn, cfg)
 	}
-	if p.cfg.SASL == nil {
-		return conn, nil
-	}
-	return trackSASL(&p.saslConns, ctx, conn), nil
+	return conn, nil
 }
 
 // Destruct stops taking records and closes the producer once every queued
@@ -602,12 +622,18 @@ func (p *producer) abandon(rec *record) *publishError {
 	return &publishError{outcome: outcomeUnknown, reason: reasonUnknown, err: rec.lastErr}
 }
 
-// notWritten is why a record that no request wrote, and none will, failed.
+// notWritten is why a record that no request wrote, and none will, failed:
+// the last error met while it waited, if that is one that leaves records
+// unwritten. An error that left the outcome of the request it waited
+// behind unknown (a timeout) says nothing true of this record, which that
+// request did not carry.
 func notWritten(rec *record) *publishError {
-	if rec.lastErr == nil {
-		return &publishError{outcome: outcomeRetry, reason: "no acknowledgement from Kafka within the timeout; the record was not sent", err: errNotSent}
+	if rec.lastErr != nil {
+		if perr := classify(rec.lastErr); perr.outcome == outcomeRetry {
+			return perr
+		}
 	}
-	return &publishError{outcome: outcomeRetry, reason: describe(rec.lastErr), err: rec.lastErr}
+	return &publishError{outcome: outcomeRetry, reason: "no acknowledgement from Kafka within the timeout; the record was not sent", err: cmp.Or(rec.lastErr, errNotSent)}
 }
 
 const reasonUnknown = "no acknowledgement from Kafka within the timeout; the record may or may not have been written"

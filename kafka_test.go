@@ -1347,3 +1347,22 @@ func TestRecordRefusedByAClosedQueueIsNotQueued(t *testing.T) {
 		t.Errorf("push to a closed queue: %v, rec.q %p; want shutting down and no queue", perr, rec.q)
 	}
 }
+
+// A record that no request carried fails as not written, with a reason
+// that says so, whatever the request it waited behind met: a timeout
+// leaves that request's records unknown, not this one.
+func TestNotWrittenReasonIsTrueOfTheRecord(t *testing.T) {
+	for _, last := range []error{nil, context.DeadlineExceeded, kafka.RequestTimedOut, kafka.NotEnoughReplicas} {
+		rec := newRecord([]byte(`{}`), time.Now(), time.Second)
+		rec.lastErr = last
+		perr := notWritten(rec)
+		if perr.outcome != outcomeRetry || strings.Contains(perr.reason, "may or may not") {
+			t.Errorf("after %v: %v (outcome %v), want a retriable reason that the record was not written", last, perr, perr.outcome)
+		}
+	}
+	rec := newRecord([]byte(`{}`), time.Now(), time.Second)
+	rec.lastErr = kafka.NotEnoughReplicas
+	if got := notWritten(rec).reason; got != "Kafka broker not ready: Not Enough Replicas" {
+		t.Errorf("after NOT_ENOUGH_REPLICAS: %q, want the broker's reason", got)
+	}
+}

@@ -491,11 +491,12 @@ func adminRequest(t *testing.T, c *kfake.Cluster, req kmsg.Request) kmsg.Respons
 	return resp
 }
 
-// The first requests for a topic created while Caddy runs, arriving at
-// once, are all produced: those that see the topic missing from the
-// transport's cached metadata wait for the one that reads it afresh,
-// instead of answering 500 unknown topic.
-func TestBurstForATopicCreatedWhileRunning(t *testing.T) {
+// createdWhileRunning starts Caddy with a route to the topics events and
+// later (the directive's extra option besides), sends one record to
+// events so that the producer has read the cluster's metadata, then
+// creates later; it returns the cluster and the request headers.
+func createdWhileRunning(t *testing.T, extra string) (*kfake.Cluster, map[string]string) {
+	t.Helper()
 	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
 	t.Setenv("QP_TEST_SECRET", testSecret)
 	startCaddy(t, filepath.Join(t.TempDir(), "caddy.log"), fmt.Sprintf(`	queue_publish /topics/* {
@@ -503,9 +504,10 @@ func TestBurstForATopicCreatedWhileRunning(t *testing.T) {
 		topic {http.request.uri.path.1}
 		allow_topics events later
 		secret {env.QP_TEST_SECRET}
-	}`, c.ListenAddrs()[0]))
+		%s
+	}`, c.ListenAddrs()[0], extra))
 	ok := map[string]string{"Authorization": testSecret}
-	if got := do(t, "POST", "/topics/events", ok, strings.NewReader(`{}`)); got.status != 200 {
+	if got := do(t, "POST", "/topics/events", ok, strings.NewReader(`{"records":[{"value":1,"partition":0}]}`)); got.status != 200 {
 		t.Fatalf("events: %d %s", got.status, got.body)
 	}
 	create := kmsg.NewPtrCreateTopicsRequest()
@@ -515,6 +517,15 @@ func TestBurstForATopicCreatedWhileRunning(t *testing.T) {
 	if resp := adminRequest(t, c, create).(*kmsg.CreateTopicsResponse); resp.Topics[0].ErrorCode != 0 {
 		t.Fatalf("creating the topic: error %d", resp.Topics[0].ErrorCode)
 	}
+	return c, ok
+}
+
+// The first requests for a topic created while Caddy runs, arriving at
+// once, are all produced: those that see the topic missing from the
+// transport's cached metadata wait for the one that reads it afresh,
+// instead of answering 500 unknown topic.
+func TestBurstForATopicCreatedWhileRunning(t *testing.T) {
+	c, ok := createdWhileRunning(t, "")
 	const burst = 32
 	start := make(chan struct{})
 	answers := make(chan answerT, burst)
@@ -543,28 +554,7 @@ func TestBurstForATopicCreatedWhileRunning(t *testing.T) {
 // at once: a miss reads the metadata afresh instead of answering from a
 // cache that predates it.
 func TestTopicsAndPartitionsCreatedWhileRunning(t *testing.T) {
-	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
-	t.Setenv("QP_TEST_SECRET", testSecret)
-	startCaddy(t, filepath.Join(t.TempDir(), "caddy.log"), fmt.Sprintf(`	queue_publish /topics/* {
-		brokers %s
-		topic {http.request.uri.path.1}
-		allow_topics events later
-		secret {env.QP_TEST_SECRET}
-		mode records
-	}`, c.ListenAddrs()[0]))
-	ok := map[string]string{"Authorization": testSecret}
-	// The producer has read the cluster's metadata.
-	if got := do(t, "POST", "/topics/events", ok, strings.NewReader(`{"records":[{"value":1,"partition":0}]}`)); got.status != 200 {
-		t.Fatalf("events: %d %s", got.status, got.body)
-	}
-
-	create := kmsg.NewPtrCreateTopicsRequest()
-	topic := kmsg.NewCreateTopicsRequestTopic()
-	topic.Topic, topic.NumPartitions, topic.ReplicationFactor = "later", 1, 1
-	create.Topics = append(create.Topics, topic)
-	if resp := adminRequest(t, c, create).(*kmsg.CreateTopicsResponse); resp.Topics[0].ErrorCode != 0 {
-		t.Fatalf("creating the topic: error %d", resp.Topics[0].ErrorCode)
-	}
+	c, ok := createdWhileRunning(t, "mode records")
 	if got := do(t, "POST", "/topics/later", ok, strings.NewReader(`{"records":[{"value":"new topic"}]}`)); got.status != 200 {
 		t.Errorf("a topic created while Caddy runs: %d %s, want 200", got.status, got.body)
 	}
