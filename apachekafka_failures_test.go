@@ -275,7 +275,8 @@ func TestApacheKafkaLeadershipMoved(t *testing.T) {
 		if err := c.MoveLeader(ctx, topic, 0, followers[0]); err != nil {
 			t.Fatal(err)
 		}
-		first := l.waitAcked(t, movedAt, 100, 30*time.Second)
+		first := l.waitAcked(t, movedAt, 1, 30*time.Second)
+		l.waitAcked(t, movedAt, 3000, 30*time.Second) // a while under the new leader
 		moves = append(moves, fmt.Sprintf("node %d to %d (first 2xx after %v)", from.ID, followers[0].ID, first.Sub(movedAt).Round(10*time.Millisecond)))
 	}
 	_, tl := l.settle(t, c, topic)
