@@ -47,6 +47,9 @@ const probeStagger = 250 * time.Millisecond
 func (p *producer) dialBootstrap(ctx context.Context) (net.Conn, error) {
 	brokers := append([]string(nil), p.cfg.Brokers...)
 	rand.Shuffle(len(brokers), func(i, j int) { brokers[i], brokers[j] = brokers[j], brokers[i] })
+	// The connection is dialled with the caller's context: the SASL
+	// tracking finds the connection by it (security.go).
+	dialCtx := ctx
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel() // ends the probes still waiting
 	type answer struct {
@@ -74,7 +77,7 @@ func (p *producer) dialBootstrap(ctx context.Context) (net.Conn, error) {
 			stagger.Stop()
 			pending--
 			if a.err == nil {
-				return p.dialBroker(ctx, "tcp", brokers[a.i])
+				return p.dialBroker(dialCtx, "tcp", brokers[a.i])
 			}
 			errs[a.i] = a.err
 			start() // a failure: the next one at once
@@ -82,7 +85,7 @@ func (p *producer) dialBootstrap(ctx context.Context) (net.Conn, error) {
 			start() // silent so far: race the next one
 		case <-ctx.Done():
 			stagger.Stop()
-			return nil, ctx.Err()
+			return nil, errors.Join(append(errs, ctx.Err())...)
 		}
 	}
 	return nil, errors.Join(errs...)

@@ -550,15 +550,44 @@ func (p *producer) partitionsOf(ctx context.Context, topic string, recs []*recor
 // than answer 500 from the cache it replaces.
 func (ts *topicState) recheck(ctx context.Context, p *producer, seen *partitionSet, deadline time.Time) (*partitionSet, *publishError) {
 	ts.recheckMu.Lock()
-	defer ts.recheckMu.Unlock()
 	if cur := ts.current.Load(); cur != seen {
+		ts.recheckMu.Unlock()
 		return cur, cur.err // read afresh meanwhile
 	}
+	if flight := ts.rechecking; flight != nil {
+		// Another caller reads: wait for it, within this one's own
+		// deadline and while its client is there.
+		ts.recheckMu.Unlock()
+		timer := time.NewTimer(time.Until(deadline))
+		defer timer.Stop()
+		select {
+		case <-flight:
+		case <-ctx.Done():
+		case <-timer.C:
+		}
+		if cur := ts.current.Load(); cur != seen {
+			return cur, cur.err
+		}
+		// Still the miss seen, unconfirmed: nothing was sent.
+		return seen, &publishError{outcome: outcomeRetry, reason: "no acknowledgement from Kafka within the timeout; the record was not sent", err: errNotSent}
+	}
 	if !ts.mayRefresh() {
+		ts.recheckMu.Unlock()
 		return seen, seen.err
 	}
+	flight := make(chan struct{})
+	ts.rechecking = flight
+	ts.recheckMu.Unlock()
+	defer func() {
+		ts.recheckMu.Lock()
+		ts.rechecking = nil
+		ts.recheckMu.Unlock()
+		close(flight)
+	}()
 	p.refreshMetadata(true, nil)
-	return ts.partitions(ctx, p, deadline)
+	// Read now, past the gate of partitions: a request that took it
+	// meanwhile may have read from the transport's old cache.
+	return ts.read(ctx, p, deadline, ts.current.Load())
 }
 
 // maxWant is the highest partition asked for by recs, -1 if none asks.
@@ -651,9 +680,10 @@ type topicState struct {
 	name        string
 	current     atomic.Pointer[partitionSet]
 	refreshing  atomic.Bool
-	lastRefresh atomic.Int64 // UnixNano of the last refresh for a miss
-	recheckMu   sync.Mutex   // one refresh for a miss at a time
-	mu          sync.Mutex   // guards queues
+	lastRefresh atomic.Int64  // UnixNano of the last refresh for a miss
+	recheckMu   sync.Mutex    // guards rechecking
+	rechecking  chan struct{} // closed when the refresh for a miss ends
+	mu          sync.Mutex    // guards queues
 	queues      []*partitionQueue
 }
 
@@ -725,6 +755,12 @@ func (ts *topicState) partitions(ctx context.Context, p *producer, deadline time
 	if cur != nil {
 		defer ts.refreshing.Store(false)
 	}
+	return ts.read(ctx, p, deadline, cur)
+}
+
+// read reads the topic's metadata and makes it the current partition set,
+// unless another read replaced cur meanwhile: then that one is returned.
+func (ts *topicState) read(ctx context.Context, p *producer, deadline time.Time, cur *partitionSet) (*partitionSet, *publishError) {
 	// The caller's deadline, but not its cancellation: a client that left
 	// must not make the answer an error for everyone else.
 	ctx, cancel := context.WithDeadline(context.WithoutCancel(ctx), deadline)
