@@ -123,12 +123,12 @@ func run() error {
 		return err
 	}
 	var p procs
-	defer func() { harness.Stop(p.caddy) }()
 	stopBroker, err := p.startBroker(bin, tmp, env)
 	if err != nil {
 		return err
 	}
 	defer stopBroker()
+	defer func() { harness.Stop(p.caddy) }() // before the broker
 	env = append(env, "BENCH_BROKERS="+p.brokerAddr)
 	if p.caddy, err = harness.StartCaddy(bin, "bench/caddy.Caddyfile", filepath.Join(tmp, "caddy.log"), env); err != nil {
 		return err

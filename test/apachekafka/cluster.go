@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	mrand "math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -123,23 +124,25 @@ func Start(opts Options) (*Cluster, error) {
 		c.nodes = append(c.nodes, n)
 	}
 	if err := c.format(); err != nil {
+		return nil, fmt.Errorf("%w (files kept in %s)", err, c.Dir)
+	}
+	fail := func(err error) (*Cluster, error) {
+		err = fmt.Errorf("starting Apache Kafka (logs kept in %s): %v\n%s", c.Dir, err, c.LogTails(30))
+		c.Close(true)
 		return nil, err
 	}
 	for _, n := range c.nodes {
 		if err := c.launch(n); err != nil {
-			c.Close(false)
-			return nil, err
+			return fail(err)
 		}
 	}
 	if c.admin, err = newClient(c.Brokers(Plaintext)...); err != nil {
-		c.Close(false)
-		return nil, err
+		return fail(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	if err := c.WaitBrokers(ctx, c.nodes...); err != nil {
-		c.Close(false)
-		return nil, fmt.Errorf("%v\n%s", err, c.LogTails(30))
+		return fail(err)
 	}
 	return c, nil
 }
@@ -163,7 +166,7 @@ func (c *Cluster) format() error {
 			return err
 		}
 		go func() {
-			cmd := c.java("64m", "kafka.tools.StorageTool", "format", "-t", id, "-c", props,
+			cmd := c.java("128m", "kafka.tools.StorageTool", "format", "-t", id, "-c", props,
 				"--add-scram", fmt.Sprintf("SCRAM-SHA-256=[name=%s,password=%s]", User, Password),
 				"--add-scram", fmt.Sprintf("SCRAM-SHA-512=[name=%s,password=%s]", User, Password))
 			if out, err := cmd.CombinedOutput(); err != nil {
@@ -180,12 +183,18 @@ func (c *Cluster) format() error {
 	return err
 }
 
+// java is a JVM of at most heap running the class and arguments args,
+// with the broker's jars and the harness's logging; it is killed if the
+// process that started it dies (a test binary that panicked or timed out
+// leaves no broker behind).
 func (c *Cluster) java(heap string, args ...string) *exec.Cmd {
-	return exec.Command("java", append([]string{
-		"-Xms" + heap, "-Xmx" + heap,
+	cmd := exec.Command("java", append([]string{
+		"-Xmx" + heap,
 		"-Dlog4j2.configurationFile=" + filepath.Join(c.Dir, "log4j2.properties"),
 		"-cp", filepath.Join(c.lib, "*"),
 	}, args...)...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	return cmd
 }
 
 // launch starts n's JVM on its data, its output appended to its log.
@@ -195,8 +204,7 @@ func (c *Cluster) launch(n *Node) error {
 		return err
 	}
 	fmt.Fprintf(f, "=== node %d started by the harness at %s\n", n.ID, time.Now().Format(time.TimeOnly+".000"))
-	cmd := c.java("256m", "kafka.Kafka", filepath.Join(n.dir, "server.properties"))
-	cmd.Args[2] = "-Xmx" + c.heap
+	cmd := c.java(c.heap, "kafka.Kafka", filepath.Join(n.dir, "server.properties"))
 	cmd.Stdout, cmd.Stderr = f, f
 	if err := cmd.Start(); err != nil {
 		f.Close()
@@ -324,6 +332,11 @@ func (n *Node) stop(sig syscall.Signal) error {
 // controller.
 func (c *Cluster) WaitBrokers(ctx context.Context, nodes ...*Node) error {
 	for {
+		for _, n := range nodes {
+			if !n.Running() {
+				return fmt.Errorf("node %d exited (its log: %s)", n.ID, n.log)
+			}
+		}
 		missing, err := c.missingBrokers(ctx, nodes)
 		if err == nil && len(missing) == 0 {
 			return nil
@@ -422,8 +435,23 @@ func newClient(addrs ...string) (*kgo.Client, error) {
 	return kgo.NewClient(kgo.SeedBrokers(addrs...), kgo.RetryTimeout(5*time.Second))
 }
 
-// freePorts are n TCP ports on 127.0.0.1 that nothing listened on.
+// freePorts are n TCP ports on 127.0.0.1 that nothing listens on, below
+// the kernel's range of ephemeral ports: a node's port must stay free
+// while the node is down, and an outgoing connection (a client dialling
+// the node, even) may take any port of that range.
 func freePorts(n int) ([]int, error) {
+	low := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if v, err := strconv.Atoi(f[0]); err == nil {
+				low = v
+			}
+		}
+	}
+	const from = 20000 // above the fixed ports of the tests, the benchmark and the examples
+	if low <= from+n {
+		return nil, fmt.Errorf("no room for %d ports below the ephemeral range, which starts at %d", n, low)
+	}
 	var ports []int
 	var held []io.Closer
 	defer func() {
@@ -431,13 +459,17 @@ func freePorts(n int) ([]int, error) {
 			l.Close()
 		}
 	}()
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+	for tries := 0; len(ports) < n; tries++ {
+		if tries > 100*n {
+			return nil, fmt.Errorf("found %d free ports of %d between %d and %d", len(ports), n, from, low)
+		}
+		port := from + mrand.IntN(low-from)
+		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
 		if err != nil {
-			return nil, err
+			continue // taken
 		}
 		held = append(held, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+		ports = append(ports, port)
 	}
 	return ports, nil
 }

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"syscall"
 )
 
 // Version is the Apache Kafka release in pom.xml.
@@ -48,6 +49,18 @@ func Jars() (string, error) {
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", err
+	}
+	// One fetch at a time (two test binaries starting at once, say).
+	lock, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return "", err
+	}
+	defer lock.Close()
+	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
+		return "", err
+	}
+	if _, err := os.Stat(filepath.Join(lib, "complete")); err == nil {
+		return lib, nil // fetched while this one waited
 	}
 	pomFile := filepath.Join(dir, "pom.xml")
 	if err := os.WriteFile(pomFile, pom, 0o644); err != nil {

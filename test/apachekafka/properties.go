@@ -20,7 +20,7 @@ const (
 	// SessionTimeoutMs is broker.session.timeout.ms: how long the
 	// controller waits for a killed node's heartbeat before it fences the
 	// node and elects new leaders for its partitions (default 9000).
-	SessionTimeoutMs = 3000
+	SessionTimeoutMs = 2000
 	// ReplicaLagMs is replica.lag.time.max.ms: how long a leader waits for
 	// a follower that fetches nothing before it removes the follower from
 	// the in-sync replicas (default 30000).

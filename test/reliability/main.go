@@ -173,6 +173,9 @@ func run() error {
 		}
 		if err != nil {
 			e.printLogTail()
+			if k, ok := e.brokers.(*kafkaCluster); ok {
+				fmt.Fprint(os.Stderr, k.c.LogTails(20))
+			}
 			return fmt.Errorf("%s: %w", s.name, err)
 		}
 		fmt.Printf("%s: ok (%.1fs)\n", s.name, time.Since(begin).Seconds())
