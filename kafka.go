@@ -326,10 +326,11 @@ func (p *producer) start() {
 	p.watch("no Kafka broker reachable at start; requests are answered 503 until one is")
 }
 
-// dial opens broker connections for the transport: TLS, if set, as
-// kafka-go would do it (server name from the address unless given), then
-// the SASL tracking above it, so that it sees a broker closing a TLS
-// connection too.
+// dial opens broker connections for the transport: to the bootstrap
+// broker that answers first for bootstrapName (bootstrap.go), else to the
+// address; TLS, if set, as kafka-go would do it (server name from the
+// address unless given), then the SASL tracking above it, so that it sees
+// a broker closing a TLS connection too.
 func (p *producer) dial(ctx context.Context, network, address string) (net.Conn, error) {
 	if address == bootstrapName {
 		return p.dialBootstrap(ctx)
@@ -569,7 +570,7 @@ func (ts *topicState) recheck(ctx context.Context, p *producer, seen *partitionS
 			return cur, cur.err
 		}
 		// Still the miss seen, unconfirmed: nothing was sent.
-		return seen, &publishError{outcome: outcomeRetry, reason: "no acknowledgement from Kafka within the timeout; the record was not sent", err: errNotSent}
+		return seen, &publishError{outcome: outcomeRetry, reason: reasonNotSent, err: errNotSent}
 	}
 	if !ts.mayRefresh() {
 		ts.recheckMu.Unlock()
@@ -662,8 +663,10 @@ func notWritten(rec *record) *publishError {
 			return perr
 		}
 	}
-	return &publishError{outcome: outcomeRetry, reason: "no acknowledgement from Kafka within the timeout; the record was not sent", err: cmp.Or(rec.lastErr, errNotSent)}
+	return &publishError{outcome: outcomeRetry, reason: reasonNotSent, err: cmp.Or(rec.lastErr, errNotSent)}
 }
+
+const reasonNotSent = "no acknowledgement from Kafka within the timeout; the record was not sent"
 
 const reasonUnknown = "no acknowledgement from Kafka within the timeout; the record may or may not have been written"
 
