@@ -154,16 +154,19 @@ func TestMetrics(t *testing.T) {
 	send("/checked", ok, `{"m":1}`, 400)                     // schema
 	send("/down", ok, `{}`, 503)                             // retriable, before any produce request
 	send("/tiny", ok, `"`+strings.Repeat("x", 200)+`"`, 413) // too large
-	// The broker holds the slow record: it is waiting until the request
-	// gives up (504); then the producer stops waiting for it too.
+	// The broker holds the slow record: it is waiting while the broker
+	// holds it, past the request's 504, until the broker settles it.
 	slow := make(chan answerT, 1)
 	go func() { slow <- do(t, "POST", "/slow", ok, strings.NewReader(`{}`)) }()
 	waitFor(t, 2*time.Second, func() bool { return scrape(t)[`caddy_queue_publish_records_waiting{}`] == 1 })
 	if got := <-slow; got.status != 504 {
 		t.Errorf("/slow: %d %s, want 504", got.status, got.body)
 	}
-	waitFor(t, 2*time.Second, func() bool { return scrape(t)[`caddy_queue_publish_records_waiting{}`] == 0 })
+	if got := scrape(t)[`caddy_queue_publish_records_waiting{}`]; got != 1 {
+		t.Errorf("records waiting after the 504: %v, want the held one", got)
+	}
 	close(release)
+	waitFor(t, 2*time.Second, func() bool { return scrape(t)[`caddy_queue_publish_records_waiting{}`] == 0 })
 
 	after := scrape(t)
 	for series, want := range map[string]float64{

@@ -1,4 +1,4 @@
-package queuepublish
+package producer
 
 import (
 	"context"
@@ -11,61 +11,62 @@ import (
 
 	"github.com/segmentio/kafka-go"
 	"github.com/segmentio/kafka-go/protocol"
+	"github.com/segmentio/kafka-go/protocol/rawproduce"
 )
 
 // What a failed produce request means for the client: whether the records
 // may have been written (the status then says "outcome unknown") and
 // whether retrying can help.
 
-// outcome says what a failed publish means for the client.
-type outcome uint8
+// Outcome says what a failed publish means for the client.
+type Outcome uint8
 
 const (
-	// outcomeRetry: the record was not written; retrying is safe (503).
-	outcomeRetry outcome = iota + 1
-	// outcomeUnknown: the record may or may not have been written (504).
-	outcomeUnknown
-	// outcomeTooLarge: the broker will never take a record this large (413).
-	outcomeTooLarge
-	// outcomeRejected: the broker refused for a reason retrying does not
+	// OutcomeRetry: the record was not written; retrying is safe (503).
+	OutcomeRetry Outcome = iota + 1
+	// OutcomeUnknown: the record may or may not have been written (504).
+	OutcomeUnknown
+	// OutcomeTooLarge: the broker will never take a record this large (413).
+	OutcomeTooLarge
+	// OutcomeRejected: the broker refused for a reason retrying does not
 	// fix, such as an unknown topic or missing authorization (500).
-	outcomeRejected
+	OutcomeRejected
 )
 
-func (o outcome) String() string {
+func (o Outcome) String() string {
 	switch o {
-	case outcomeRetry:
+	case OutcomeRetry:
 		return "retriable"
-	case outcomeUnknown:
+	case OutcomeUnknown:
 		return "timeout"
-	case outcomeTooLarge:
+	case OutcomeTooLarge:
 		return "too_large"
-	case outcomeRejected:
+	case OutcomeRejected:
 		return "permanent"
 	}
 	return "unknown"
 }
 
-// publishError is why a record was not acknowledged.
-type publishError struct {
-	outcome outcome
-	// reason is short and safe to show to clients.
-	reason string
-	// err carries the details, for the log only.
-	err error
+// Error is why a record was not acknowledged.
+type Error struct {
+	Outcome Outcome
+	// Reason is short and safe to show to clients.
+	Reason string
+	// Err carries the details, for the log only.
+	Err error
 }
 
-func (e *publishError) Error() string {
-	if e.err == nil {
-		return e.reason
+func (e *Error) Error() string {
+	if e.Err == nil {
+		return e.Reason
 	}
-	return e.reason + ": " + e.err.Error()
+	return e.Reason + ": " + e.Err.Error()
 }
 
-func (e *publishError) Unwrap() error { return e.err }
+func (e *Error) Unwrap() error { return e.Err }
 
 // classify maps an error from kafka-go to what it means for the client.
-func classify(err error) *publishError {
+func classify(err error) *Error {
 	if perr := refusedConnection(err); perr != nil {
 		return perr
 	}
@@ -74,37 +75,38 @@ func classify(err error) *publishError {
 	case errors.As(err, &kerr):
 		switch kerr {
 		case kafka.MessageSizeTooLarge, kafka.RecordListTooLarge:
-			return &publishError{outcome: outcomeTooLarge, reason: "record too large for the Kafka broker", err: err}
+			return &Error{Outcome: OutcomeTooLarge, Reason: "record too large for the Kafka broker", Err: err}
 		case kafka.TopicAuthorizationFailed, kafka.ClusterAuthorizationFailed:
-			return &publishError{outcome: outcomeRejected, reason: "not authorized to write to the topic", err: err}
+			return &Error{Outcome: OutcomeRejected, Reason: "not authorized to write to the topic", Err: err}
 		case kafka.InvalidRecord, kafka.InvalidMessage:
 			// Retrying the same bytes gets the same answer; deliver
 			// isolates the record at fault.
-			return &publishError{outcome: outcomeRejected, reason: "Kafka broker refused the record: " + kerr.Title(), err: err}
+			return &Error{Outcome: OutcomeRejected, Reason: "Kafka broker refused the record: " + kerr.Title(), Err: err}
 		case kafka.RequestTimedOut:
-			return &publishError{outcome: outcomeUnknown, reason: "Kafka broker timed out", err: err}
+			return &Error{Outcome: OutcomeUnknown, Reason: "Kafka broker timed out", Err: err}
 		case kafka.BrokerNotAvailable:
 			// kafka-go's own answer while its cluster layout changes.
-			return &publishError{outcome: outcomeRetry, reason: "Kafka broker not available", err: err}
+			return &Error{Outcome: OutcomeRetry, Reason: "Kafka broker not available", Err: err}
 		}
 		if kerr.Temporary() {
-			return &publishError{outcome: outcomeRetry, reason: "Kafka broker not ready: " + kerr.Title(), err: err}
+			return &Error{Outcome: OutcomeRetry, Reason: "Kafka broker not ready: " + kerr.Title(), Err: err}
 		}
-		return &publishError{outcome: outcomeRejected, reason: "Kafka broker refused the record: " + kerr.Title(), err: err}
-	case errors.Is(err, protocol.ErrNoTopic), errors.Is(err, protocol.ErrNoLeader), errors.Is(err, protocol.ErrNoPartition):
+		return &Error{Outcome: OutcomeRejected, Reason: "Kafka broker refused the record: " + kerr.Title(), Err: err}
+	case errors.Is(err, protocol.ErrNoTopic), errors.Is(err, protocol.ErrNoLeader), errors.Is(err, protocol.ErrNoPartition),
+		errors.As(err, new(*rawproduce.Error)):
 		// The transport's cached layout lacks the partition or its
 		// leader: the cluster is not known yet, or is changing.
-		return &publishError{outcome: outcomeRetry, reason: "Kafka partition has no known leader", err: err}
+		return &Error{Outcome: OutcomeRetry, Reason: "Kafka partition has no known leader", Err: err}
 	case errors.Is(err, errSASLDropped):
-		return &publishError{outcome: outcomeRetry, reason: "Kafka connection lost during authentication", err: err}
+		return &Error{Outcome: OutcomeRetry, Reason: "Kafka connection lost during authentication", Err: err}
 	case errors.Is(err, errAnswerWithoutPartition):
-		return &publishError{outcome: outcomeUnknown, reason: reasonUnknown, err: err}
+		return &Error{Outcome: OutcomeUnknown, Reason: reasonUnknown, Err: err}
 	case isDialError(err):
-		return &publishError{outcome: outcomeRetry, reason: "no Kafka broker reachable", err: err}
+		return &Error{Outcome: OutcomeRetry, Reason: "no Kafka broker reachable", Err: err}
 	case errors.Is(err, context.DeadlineExceeded):
-		return &publishError{outcome: outcomeUnknown, reason: reasonUnknown, err: err}
+		return &Error{Outcome: OutcomeUnknown, Reason: reasonUnknown, Err: err}
 	}
-	return &publishError{outcome: outcomeRetry, reason: "Kafka connection failed", err: err}
+	return &Error{Outcome: OutcomeRetry, Reason: "Kafka connection failed", Err: err}
 }
 
 // refusedConnection recognises a connection the brokers refuse for a
@@ -112,12 +114,12 @@ func classify(err error) *publishError {
 // authentication failed, or TLS failed. These are configuration errors,
 // not an unreachable broker. A connection lost during SASL authentication
 // is not among them: a broker restarting drops it too.
-func refusedConnection(err error) *publishError {
+func refusedConnection(err error) *Error {
 	var kerr kafka.Error
 	if errors.As(err, &kerr) {
 		switch kerr {
 		case kafka.SASLAuthenticationFailed, kafka.IllegalSASLState, kafka.UnsupportedSASLMechanism:
-			return &publishError{outcome: outcomeRejected, reason: "Kafka authentication failed", err: err}
+			return &Error{Outcome: OutcomeRejected, Reason: "Kafka authentication failed", Err: err}
 		}
 		return nil
 	}
@@ -128,20 +130,42 @@ func refusedConnection(err error) *publishError {
 	var hostErr x509.HostnameError
 	if errors.As(err, &verr) || errors.As(err, &recErr) || errors.As(err, &alert) ||
 		errors.As(err, &unknownCA) || errors.As(err, &hostErr) || strings.Contains(err.Error(), "remote error: tls:") {
-		return &publishError{outcome: outcomeRejected, reason: "TLS with the Kafka broker failed", err: err}
+		return &Error{Outcome: OutcomeRejected, Reason: "TLS with the Kafka broker failed", Err: err}
 	}
 	return nil
 }
 
 // connectError is why no metadata could be read from the brokers.
-func connectError(err error) *publishError {
+func connectError(err error) *Error {
 	if perr := refusedConnection(err); perr != nil {
 		return perr
 	}
 	if errors.Is(err, errSASLDropped) {
 		return classify(err)
 	}
-	return &publishError{outcome: outcomeRetry, reason: "no Kafka broker reachable", err: err}
+	return &Error{Outcome: OutcomeRetry, Reason: "no Kafka broker reachable", Err: err}
+}
+
+// Errors the producer's decisions name.
+var (
+	errNotLeader     = kafka.NotLeaderForPartition
+	errInvalidRecord = kafka.InvalidRecord
+)
+
+// isSequenceError reports whether the broker refused a batch of the
+// idempotent producer for its identity or sequence: nothing was appended,
+// and the producer needs a new identity.
+func isSequenceError(err error) bool {
+	var kerr kafka.Error
+	if !errors.As(err, &kerr) {
+		return false
+	}
+	switch kerr {
+	case kafka.OutOfOrderSequenceNumber, kafka.UnknownProducerId, kafka.InvalidProducerEpoch,
+		kafka.InvalidProducerIDMapping, kafka.ProducerFenced:
+		return true
+	}
+	return false
 }
 
 // recordAtFault reports whether the broker refused a whole batch for
@@ -209,7 +233,8 @@ func mayBeWritten(err error, acks kafka.RequiredAcks) bool {
 		return !appendedNothing[kerr]
 	}
 	if errors.Is(err, protocol.ErrNoTopic) || errors.Is(err, protocol.ErrNoLeader) ||
-		errors.Is(err, protocol.ErrNoPartition) || errors.Is(err, errSASLDropped) {
+		errors.Is(err, protocol.ErrNoPartition) || errors.As(err, new(*rawproduce.Error)) ||
+		errors.Is(err, errSASLDropped) {
 		return false // routing and connecting come before sending
 	}
 	return !isDialError(err)

@@ -1,4 +1,4 @@
-package queuepublish
+package producer
 
 import (
 	"context"
@@ -44,7 +44,7 @@ const probeStagger = 250 * time.Millisecond
 // or fails is passed over at once, one that is silent after probeStagger
 // is raced by the next. If none answers, their errors are returned (a TLS
 // failure, say, whose cause the log must show).
-func (p *producer) dialBootstrap(ctx context.Context) (net.Conn, error) {
+func (p *Producer) dialBootstrap(ctx context.Context) (net.Conn, error) {
 	brokers := append([]string(nil), p.cfg.Brokers...)
 	rand.Shuffle(len(brokers), func(i, j int) { brokers[i], brokers[j] = brokers[j], brokers[i] })
 	// The connection is dialled with the caller's context: the SASL
@@ -93,7 +93,7 @@ func (p *producer) dialBootstrap(ctx context.Context) (net.Conn, error) {
 
 // probe asks address for its API versions on a connection of its own,
 // within the dial timeout.
-func (p *producer) probe(ctx context.Context, address string) error {
+func (p *Producer) probe(ctx context.Context, address string) error {
 	ctx, cancel := context.WithTimeout(ctx, dialTimeout)
 	defer cancel()
 	conn, err := p.dialTLS(ctx, "tcp", address)

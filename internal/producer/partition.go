@@ -1,0 +1,480 @@
+package producer
+
+import (
+	"errors"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// partition holds the records waiting for one partition of a topic, and
+// the one batch of it that is sent and not yet settled: a partition never
+// has two batches in flight, so that its records are stored in the order
+// they were queued and its sequence numbers stay in order on the wire,
+// however the transport spreads requests over connections.
+type partition struct {
+	p     *Producer
+	topic *topicState
+	id    int32
+
+	mu     sync.Mutex
+	queue  []*Record // queued records, oldest first; completed ones are skipped
+	dead   int       // completed records still in queue
+	batch  *batch    // sent and not settled; nil if none
+	// leader is the broker ID of the leader, -1 if unknown; written
+	// with mu held.
+	leader atomic.Int32
+	// ready: the partition is on its leader's sink's list.
+	ready bool
+	// paused: a failed batch waits for its backoff before it goes again.
+	paused  bool
+	retries int // consecutive failed attempts, for the backoff
+	// limit bounds the records of the next batch after the broker refused
+	// a batch for a record it did not name; 0: the configured bound.
+	limit   int
+	session *session // whose sequence numbers nextSeq counts
+	nextSeq int32
+	closed  bool
+}
+
+// batch is records of one partition sent in one piece, encoded once:
+// every attempt sends the same bytes, so that the broker recognises a
+// retry by its sequence numbers.
+type batch struct {
+	part    *partition
+	recs    []*Record
+	session *session // nil without idempotence
+	seq     int32
+	bytes   []byte // encoded lazily, by the sink, outside the lock
+	created time.Time
+	// timeout is how long one attempt may wait for the broker: the
+	// longest timeout of its records.
+	timeout time.Duration
+	// mayBeWritten: an attempt may have appended the batch.
+	mayBeWritten bool
+	// sending: an attempt is under way.
+	sending bool
+}
+
+func newPartition(p *Producer, ts *topicState, id int32) *partition {
+	pt := &partition{p: p, topic: ts, id: id, closed: p.isStopped()}
+	pt.leader.Store(-1)
+	return pt
+}
+
+// push queues rec; rec.part is set only once it is queued, so that a record
+// refused here is known never to have been queued.
+func (pt *partition) push(rec *Record) *Error {
+	pt.mu.Lock()
+	defer pt.mu.Unlock()
+	if pt.closed {
+		return errShuttingDown
+	}
+	rec.part = pt
+	rec.Partition = int(pt.id)
+	rec.state = stateQueued
+	pt.p.outstanding.Add(1)
+	pt.queue = append(pt.queue, rec)
+	if pt.pending() >= pt.p.cfg.MaxBatchRecords {
+		pt.topic.batchTaken(pt) // full: the next records go elsewhere
+	}
+	pt.signal()
+	return nil
+}
+
+// pending is the number of queued records not yet taken back.
+func (pt *partition) pending() int { return len(pt.queue) - pt.dead }
+
+// signal puts the partition on its leader's sink's list if it has
+// something to send and may send it. pt.mu is held.
+func (pt *partition) signal() {
+	if pt.ready || pt.paused || (pt.batch != nil && pt.batch.sending) {
+		return
+	}
+	if pt.batch == nil && pt.pending() == 0 {
+		return
+	}
+	leader := pt.leader.Load()
+	if leader < 0 {
+		// No leader known: look again after a pause, while records wait.
+		pt.pauseFor(refreshInterval, nil)
+		return
+	}
+	pt.ready = true
+	pt.p.sink(leader).add(pt)
+}
+
+// pauseFor keeps the partition off its sink for d, then signals it again.
+// pt.mu is held.
+func (pt *partition) pauseFor(d time.Duration, cause error) {
+	if pt.paused {
+		return
+	}
+	pt.paused = true
+	time.AfterFunc(d, func() {
+		if pt.leader.Load() < 0 || cause != nil && needsMetadata(cause) {
+			// Learn the leader before the next attempt.
+			pt.topic.expire()
+			pt.topic.partitions(pt.p.ctx, time.Now().Add(dialTimeout))
+		}
+		pt.mu.Lock()
+		pt.paused = false
+		pt.expireQueued(time.Now())
+		pt.signal()
+		pt.mu.Unlock()
+	})
+}
+
+// backoff is the pause before the next attempt after n failed ones.
+func backoff(n int) time.Duration {
+	d := retryBackoffMin << min(n, 8)
+	return min(d, retryBackoffMax)
+}
+
+// setLeader records the partition's leader from fresh metadata.
+func (pt *partition) setLeader(id int32) {
+	pt.mu.Lock()
+	defer pt.mu.Unlock()
+	if pt.leader.Load() == id {
+		return
+	}
+	pt.leader.Store(id)
+	pt.signal()
+}
+
+// close stops the partition from taking records; it still sends those it
+// holds.
+func (pt *partition) close() {
+	pt.mu.Lock()
+	pt.closed = true
+	pt.mu.Unlock()
+}
+
+// abandon is called when the caller stops waiting for rec: it completed,
+// its deadline passed or its client left. It returns why rec was not
+// acknowledged, or nil if it was. A record no batch holds is taken back,
+// so that none will.
+func (pt *partition) abandon(rec *Record) *Error {
+	pt.mu.Lock()
+	defer pt.mu.Unlock()
+	switch rec.state {
+	case stateCompleted:
+		return rec.err
+	case stateQueued:
+		pt.takeBack(rec)
+		return rec.err
+	}
+	rec.abandoned = true
+	// A batch holds it: the batch settles it, and an idempotent repeat
+	// learns the outcome then.
+	return &Error{Outcome: OutcomeUnknown, Reason: reasonUnknown, Err: rec.lastErr}
+}
+
+// takeBack completes a queued record as not written. pt.mu is held.
+func (pt *partition) takeBack(rec *Record) {
+	rec.complete(notWritten(rec), -1)
+	pt.dead++
+	if pt.dead > 64 && pt.dead > len(pt.queue)/2 {
+		// Many records left a partition that cannot send (its
+		// batch is held): drop them, so that memory follows the
+		// records still waiting.
+		pt.queue = slices.DeleteFunc(pt.queue, func(r *Record) bool { return r.state == stateCompleted })
+		pt.dead = 0
+	}
+}
+
+// expireQueued takes back the queued records without a waiter whose
+// deadline passed (a waiter takes its own back): no request will carry
+// them. pt.mu is held.
+func (pt *partition) expireQueued(now time.Time) {
+	for _, rec := range pt.queue {
+		if rec.state == stateQueued && rec.OnDone != nil && !now.Before(rec.Deadline) {
+			pt.takeBack(rec)
+		}
+	}
+}
+
+// drain returns what the sink of broker should send for the partition: the
+// batch to retry, or a new batch of the queued records; nil if nothing.
+// The batch is marked sending until its result is in.
+func (pt *partition) drain(broker int32, now time.Time) *batch {
+	pt.mu.Lock()
+	defer pt.mu.Unlock()
+	pt.ready = false
+	if pt.leader.Load() != broker {
+		pt.signal() // the leader moved: to its sink
+		return nil
+	}
+	if b := pt.batch; b != nil {
+		if !pt.givenUp(b, now) {
+			b.sending = true
+			for _, rec := range b.recs {
+				rec.attempts++
+			}
+			return b
+		}
+	}
+	return pt.newBatch(now)
+}
+
+// givenUp settles a batch that is not to be sent again, and reports so:
+// without idempotence once every record's caller has stopped waiting for
+// its outcome; with it, once the delivery timeout has passed too (or the
+// producer is closing), after which the producer takes a new identity: the
+// broker's sequence for the partition is then unknown. pt.mu is held.
+func (pt *partition) givenUp(b *batch, now time.Time) bool {
+	for _, rec := range b.recs {
+		if now.Before(later(rec.Deadline, rec.AckBy)) {
+			return false
+		}
+	}
+	if b.session != nil && now.Before(b.created.Add(pt.p.cfg.DeliveryTimeout)) && !pt.p.isStopped() {
+		return false
+	}
+	perr := &Error{Outcome: OutcomeUnknown, Reason: reasonUnknown, Err: b.recs[0].lastErr}
+	if !b.mayBeWritten {
+		perr = nil // per record, below
+	}
+	for _, rec := range b.recs {
+		if perr == nil {
+			rec.complete(notWritten(rec), -1)
+		} else {
+			rec.complete(perr, -1)
+		}
+	}
+	pt.batch = nil
+	if b.session != nil && b.mayBeWritten {
+		pt.p.renewSession(b.session, errGivenUp)
+	}
+	return true
+}
+
+var errGivenUp = errors.New("a batch was given up after the delivery timeout")
+
+// newBatch moves the next queued records into a batch, taking back those
+// whose callers left or whose deadline passed. pt.mu is held.
+func (pt *partition) newBatch(now time.Time) *batch {
+	cfg := &pt.p.cfg
+	maxRecords := cfg.MaxBatchRecords
+	if pt.limit > 0 {
+		maxRecords = min(maxRecords, pt.limit)
+	}
+	var recs []*Record
+	size, n := 0, 0
+	var timeout time.Duration
+	for ; n < len(pt.queue); n++ {
+		rec := pt.queue[n]
+		if rec.state == stateCompleted {
+			continue
+		}
+		if rec.abandoned || !now.Before(rec.Deadline) {
+			pt.takeBack(rec)
+			continue
+		}
+		if len(recs) == maxRecords || (len(recs) > 0 && size+rec.size() > cfg.MaxBatchBytes) {
+			break
+		}
+		size += rec.size()
+		recs = append(recs, rec)
+		timeout = max(timeout, rec.Deadline.Sub(rec.Time))
+	}
+	rest := copy(pt.queue, pt.queue[n:])
+	clear(pt.queue[rest:])
+	pt.queue = pt.queue[:rest]
+	pt.dead = 0
+	for _, rec := range pt.queue {
+		if rec.state == stateCompleted {
+			pt.dead++
+		}
+	}
+	if len(recs) == 0 {
+		return nil
+	}
+	b := &batch{part: pt, recs: recs, created: now, timeout: timeout, sending: true}
+	if s := pt.p.currentSession(); s != nil {
+		if pt.session != s {
+			pt.session, pt.nextSeq = s, 0
+		}
+		b.session, b.seq = s, pt.nextSeq
+		pt.nextSeq = nextSequence(pt.nextSeq, len(recs))
+	}
+	for _, rec := range recs {
+		rec.state = stateBatched
+		rec.attempts++
+	}
+	pt.batch = b
+	pt.topic.batchTaken(pt)
+	return b
+}
+
+// nextSequence is the sequence number after n records from seq: Kafka's
+// sequences wrap from the largest int32 to 0.
+func nextSequence(seq int32, n int) int32 {
+	return int32((int64(seq) + int64(n)) % (1 << 31))
+}
+
+// identity is what the batch carries of the producer.
+func (b *batch) identity() producerIdentity {
+	if b.session == nil {
+		return noProducer
+	}
+	return producerIdentity{id: b.session.id, epoch: b.session.epoch, sequence: b.seq}
+}
+
+// acknowledged settles the batch as written at base (-1 if the broker does
+// not say).
+func (pt *partition) acknowledged(b *batch, base int64) {
+	pt.mu.Lock()
+	defer pt.mu.Unlock()
+	for i, rec := range b.recs {
+		off := int64(-1)
+		if base >= 0 {
+			off = base + int64(i)
+		}
+		rec.complete(nil, off)
+	}
+	pt.batch, pt.limit, pt.retries = nil, 0, 0
+	pt.signal()
+}
+
+// failed handles a failed attempt of the batch: err is the broker's answer
+// for the partition or the request's failure, ans what else the answer
+// said (nil if none came).
+func (pt *partition) failed(b *batch, ans *produceAnswer, err error) {
+	p := pt.p
+	pt.mu.Lock()
+	defer pt.mu.Unlock()
+	b.sending = false
+	for _, rec := range b.recs {
+		rec.lastErr = err
+	}
+	written := mayBeWritten(err, p.cfg.Acks)
+	perr := classify(err)
+	switch {
+	case pt.refuseNamed(b, ans, err):
+		// The broker named the records at fault and appended nothing:
+		// the others go again at once, without them.
+		pt.signal()
+	case b.session != nil && isSequenceError(err):
+		// The broker lost track of the producer or of the
+		// partition's sequence: nothing was appended; the records
+		// go again under a new identity.
+		p.renewSession(b.session, err)
+		pt.dissolve(b)
+		pt.retry(err)
+	case !b.mayBeWritten && recordAtFault(err) && len(b.recs) > 1:
+		// The broker refused the batch for a record it did not name
+		// (too large, corrupt, invalid): halve the batches until each
+		// goes through or one record alone is refused, so that only
+		// it gets the permanent answer.
+		pt.limit = len(b.recs) / 2
+		pt.dissolve(b)
+		pt.signal()
+	case perr.Outcome == OutcomeTooLarge || perr.Outcome == OutcomeRejected:
+		pt.settle(b, perr)
+		pt.signal()
+	case !written && !b.mayBeWritten:
+		// Proven not appended, by any attempt: the records are queued
+		// again, and their callers may take them back meanwhile.
+		pt.dissolve(b)
+		pt.retry(err)
+	case b.session == nil && b.mayBeWritten && written && !errors.Is(err, errNotLeader):
+		// Without idempotence, each retry of a batch that may have
+		// been written may store one more copy: the client's
+		// Idempotency-Key, not more copies, must decide the rest.
+		// NOT_LEADER does not end it: the broker appended only if it
+		// lost the partition meanwhile, so such copies are bounded by
+		// the leader changes.
+		pt.settle(b, &Error{Outcome: OutcomeUnknown, Reason: reasonUnknownTwice, Err: err})
+		pt.signal()
+	default:
+		b.mayBeWritten = b.mayBeWritten || written
+		pt.retry(err)
+	}
+	if needsMetadata(err) {
+		p.refreshMetadata(false, err)
+	}
+}
+
+// retry pauses the partition before its next attempt. pt.mu is held.
+func (pt *partition) retry(err error) {
+	pt.retries++
+	pt.pauseFor(backoff(pt.retries-1), err)
+}
+
+// dissolve puts the records of a batch that no attempt appended back at
+// the head of the queue, and its sequence numbers back. pt.mu is held.
+func (pt *partition) dissolve(b *batch) {
+	live := make([]*Record, 0, len(b.recs)+len(pt.queue))
+	for _, rec := range b.recs {
+		if rec.state == stateBatched {
+			rec.state = stateQueued
+			live = append(live, rec)
+		}
+	}
+	pt.queue = append(live, pt.queue...)
+	if b.session != nil && pt.session == b.session {
+		pt.nextSeq = b.seq
+	}
+	pt.batch = nil
+	pt.expireQueued(time.Now())
+}
+
+// settle completes every record of the batch with perr, as "outcome
+// unknown" if an attempt may have appended it. pt.mu is held.
+func (pt *partition) settle(b *batch, perr *Error) {
+	if b.mayBeWritten && perr.Outcome != OutcomeUnknown {
+		perr = &Error{Outcome: OutcomeUnknown, Reason: perr.Reason + "; an earlier attempt may have written the record", Err: perr.Err}
+	}
+	for _, rec := range b.recs {
+		rec.complete(perr, -1)
+	}
+	pt.batch = nil
+}
+
+// refuseNamed handles an INVALID_RECORD answer that names the records at
+// fault (Kafka 2.4 and later, KIP-467): they fail for good with the
+// broker's message, and the others, which the broker did not append
+// either, are queued again. It reports false for any other answer. pt.mu
+// is held.
+func (pt *partition) refuseNamed(b *batch, ans *produceAnswer, err error) bool {
+	if ans == nil || len(ans.recordErrors) == 0 || !errors.Is(err, errInvalidRecord) {
+		return false
+	}
+	named := false
+	for i, msg := range ans.recordErrors {
+		if i < 0 || i >= len(b.recs) {
+			continue
+		}
+		named = true
+		perr := &Error{Outcome: OutcomeRejected, Reason: "Kafka broker refused the record: " + cmpOr(msg, errInvalidRecord.Title()), Err: err}
+		if b.mayBeWritten {
+			perr = &Error{Outcome: OutcomeUnknown, Reason: perr.Reason + "; an earlier attempt may have written the record", Err: err}
+		}
+		b.recs[i].complete(perr, -1)
+	}
+	if !named {
+		return false
+	}
+	if b.mayBeWritten {
+		pt.settle(b, &Error{Outcome: OutcomeUnknown, Reason: reasonUnknown, Err: err})
+		return true
+	}
+	pt.dissolve(b)
+	return true
+}
+
+func cmpOr(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
+
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}

@@ -1,0 +1,183 @@
+package producer
+
+import (
+	"time"
+
+	"github.com/segmentio/kafka-go"
+)
+
+// A record's life, guarded by its partition's lock:
+//
+//	queued ──drain──▶ batched ──settle──▶ completed
+//	   │                 │
+//	   │                 └─dissolve (the broker proved it appended nothing)─▶ queued
+//	   └─taken back (caller left, deadline passed)─▶ completed
+//
+// A queued record is in its partition's buffer and no request carries it;
+// a batched record is in a batch that is being or has been sent, and is
+// completed only when that batch is settled: acknowledged, refused, or given
+// up. So a record is completed once, by the one who holds it.
+type recordState uint8
+
+const (
+	stateNew recordState = iota
+	stateQueued
+	stateBatched
+	stateCompleted
+)
+
+// Record is one Kafka record on its way to the broker. The caller fills the
+// exported fields before it sends the record and reads the results once
+// Done is closed (or Send returned).
+type Record struct {
+	Key     []byte // nil: no key
+	Value   []byte
+	Headers []kafka.Header
+	// Partition is the partition asked for, or -1 to let the
+	// partitioner choose; once the record is queued, the partition it
+	// went to.
+	Partition int
+	// Offset is the record's offset once acknowledged, -1 if the broker
+	// does not say.
+	Offset int64
+	Time   time.Time
+	// Deadline is when the caller stops waiting: a record no request
+	// carried by then is not sent.
+	Deadline time.Time
+	// AckBy, if later than Deadline, keeps a request carrying the record
+	// retried (without idempotence) or waited for until then, so that
+	// the outcome of a record answered "outcome unknown" is learned.
+	AckBy time.Time
+	// OnDone, if set, is called (with the partition locked) when the
+	// record is completed. A record with OnDone has no waiter: the
+	// producer takes it back at its deadline.
+	OnDone func(*Record)
+	// Answer is what the caller that waited tells its client: set by Send
+	// when it stops waiting, nil if the record was acknowledged. It
+	// belongs to that caller, which may also set it.
+	Answer *Error
+
+	done  chan struct{}
+	part  *partition // set once queued
+	state recordState
+	// abandoned: the caller stopped waiting.
+	abandoned bool
+	attempts  int
+	lastErr   error
+	err       *Error // the outcome, once completed
+	valueLen  int
+}
+
+// NewRecord returns a record of value that its caller waits for until
+// timeout after now.
+func NewRecord(value []byte, now time.Time, timeout time.Duration) *Record {
+	return &Record{
+		Value:     value,
+		Partition: -1,
+		Offset:    -1,
+		Time:      now,
+		Deadline:  now.Add(timeout),
+		done:      make(chan struct{}),
+	}
+}
+
+// Done is closed when the record is completed.
+func (r *Record) Done() <-chan struct{} { return r.done }
+
+// Queued reports whether the record was queued on a partition (so that it
+// may have been written, or its outcome is known).
+func (r *Record) Queued() bool { return r.part != nil }
+
+// Err is the record's outcome once Done is closed: nil if acknowledged.
+func (r *Record) Err() *Error { return r.err }
+
+// ValueLen is the length of the value, once the record is completed (its
+// bytes are let go of then).
+func (r *Record) ValueLen() int { return r.valueLen }
+
+// Topic is the topic of a queued record.
+func (r *Record) Topic() string { return r.part.topic.name }
+
+// Progress is the partition of a queued record and the requests that
+// carried it so far.
+func (r *Record) Progress() (partition, attempts int) {
+	r.part.mu.Lock()
+	defer r.part.mu.Unlock()
+	return r.Partition, r.attempts
+}
+
+// Attempts is the number of requests that carried the record, read in
+// OnDone or once Done is closed.
+func (r *Record) Attempts() int { return r.attempts }
+
+// ProvenNotWritten reports whether the queued record provably was not
+// written and never will be: it completed without an acknowledgement, and
+// not as "outcome unknown".
+func (r *Record) ProvenNotWritten() bool {
+	r.part.mu.Lock()
+	defer r.part.mu.Unlock()
+	return r.state == stateCompleted && r.err != nil && r.err.Outcome != OutcomeUnknown
+}
+
+// OutcomeNow is the queued record's outcome as known now: nil if
+// acknowledged, "outcome unknown" while it may be written and is not
+// acknowledged yet.
+func (r *Record) OutcomeNow() *Error {
+	r.part.mu.Lock()
+	defer r.part.mu.Unlock()
+	if r.state == stateCompleted {
+		return r.err
+	}
+	return &Error{Outcome: OutcomeUnknown, Reason: reasonUnknown, Err: r.lastErr}
+}
+
+// size approximates the bytes the record takes in a batch.
+func (r *Record) size() int {
+	n := len(r.Key) + len(r.Value) + recordOverhead
+	for _, h := range r.Headers {
+		n += len(h.Key) + len(h.Value) + 2
+	}
+	return n
+}
+
+// recordOverhead approximates the bytes a record adds to a batch besides
+// its key, value and headers.
+const recordOverhead = 24
+
+// complete ends the record's life with err (nil: acknowledged at offset).
+// The partition is locked.
+func (r *Record) complete(err *Error, offset int64) {
+	if r.state == stateCompleted {
+		return
+	}
+	r.state = stateCompleted
+	r.err = err
+	r.Offset = offset
+	// The bytes are sent or never will be: let them go.
+	r.valueLen = len(r.Value)
+	r.Key, r.Value, r.Headers = nil, nil, nil
+	close(r.done)
+	if r.OnDone != nil {
+		r.OnDone(r)
+	}
+	if r.part != nil {
+		r.part.p.recordDone()
+	}
+}
+
+// notWritten is why a record that no request wrote, and none will, failed:
+// the last error met while it waited, if that is one that leaves records
+// unwritten. An error that left the outcome of another request unknown (a
+// timeout) says nothing true of this record, which that request did not
+// carry.
+func notWritten(r *Record) *Error {
+	if r.lastErr != nil {
+		if perr := classify(r.lastErr); perr.Outcome == OutcomeRetry {
+			return perr
+		}
+	}
+	if r.lastErr != nil {
+		return &Error{Outcome: OutcomeRetry, Reason: reasonNotSent, Err: r.lastErr}
+	}
+	return &Error{Outcome: OutcomeRetry, Reason: reasonNotSent, Err: errNotSent}
+}
