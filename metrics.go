@@ -31,7 +31,7 @@ var (
 	}, []string{"topic"})
 	metricBatch = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "caddy_queue_publish_batch_records",
-		Help:    "Records in each produce request sent to Kafka.",
+		Help:    "Records in each batch Kafka acknowledged (a produce request carries a batch per partition).",
 		Buckets: prometheus.ExponentialBuckets(1, 2, 11), // 1 to 1024
 	})
 	metricWaiting = prometheus.NewGaugeFunc(prometheus.GaugeOpts{

@@ -227,7 +227,7 @@ func TestRecordsMode(t *testing.T) {
 		if err := json.Unmarshal([]byte(got.body), &ans); err != nil || len(ans.Results) != 2 {
 			t.Fatalf("answer %s", got.body)
 		}
-		// Both partitions have one leader: a record that missed the
+		// When both partitions have one leader, a record that missed the
 		// held request waits behind it, and is not sent.
 		unknown := 0
 		for _, r := range ans.Results {

@@ -18,10 +18,10 @@ type partition struct {
 	topic *topicState
 	id    int32
 
-	mu     sync.Mutex
-	queue  []*Record // queued records, oldest first; completed ones are skipped
-	dead   int       // completed records still in queue
-	batch  *batch    // sent and not settled; nil if none
+	mu    sync.Mutex
+	queue []*Record // queued records, oldest first; completed ones are skipped
+	dead  int       // completed records still in queue
+	batch *batch    // sent and not settled; nil if none
 	// leader is the broker ID of the leader, -1 if unknown; written
 	// with mu held.
 	leader atomic.Int32
@@ -51,6 +51,10 @@ type batch struct {
 	// timeout is how long one attempt may wait for the broker: the
 	// longest timeout of its records.
 	timeout time.Duration
+	// ackBy, without idempotence, is how long an attempt waits for the
+	// broker's answer past timeout: the latest AckBy of its records,
+	// which wait to learn the outcome (there is no retry to learn it).
+	ackBy time.Time
 	// mayBeWritten: an attempt may have appended the batch.
 	mayBeWritten bool
 	// sending: an attempt is under way.
@@ -225,7 +229,7 @@ func (pt *partition) drain(broker int32, now time.Time) *batch {
 // broker's sequence for the partition is then unknown. pt.mu is held.
 func (pt *partition) givenUp(b *batch, now time.Time) bool {
 	for _, rec := range b.recs {
-		if now.Before(later(rec.Deadline, rec.AckBy)) {
+		if now.Before(rec.Deadline) || b.session != nil && now.Before(rec.AckBy) {
 			return false
 		}
 	}
@@ -263,6 +267,7 @@ func (pt *partition) newBatch(now time.Time) *batch {
 	var recs []*Record
 	size, n := 0, 0
 	var timeout time.Duration
+	var ackBy time.Time
 	for ; n < len(pt.queue); n++ {
 		rec := pt.queue[n]
 		if rec.state == stateCompleted {
@@ -278,6 +283,7 @@ func (pt *partition) newBatch(now time.Time) *batch {
 		size += rec.size()
 		recs = append(recs, rec)
 		timeout = max(timeout, rec.Deadline.Sub(rec.Time))
+		ackBy = later(ackBy, rec.AckBy)
 	}
 	rest := copy(pt.queue, pt.queue[n:])
 	clear(pt.queue[rest:])
@@ -292,6 +298,9 @@ func (pt *partition) newBatch(now time.Time) *batch {
 		return nil
 	}
 	b := &batch{part: pt, recs: recs, created: now, timeout: timeout, sending: true}
+	if pt.p.currentSession() == nil {
+		b.ackBy = ackBy
+	}
 	if s := pt.p.currentSession(); s != nil {
 		if pt.session != s {
 			pt.session, pt.nextSeq = s, 0

@@ -52,8 +52,8 @@ type Config struct {
 	Acks        kafka.RequiredAcks
 	Compression kafka.Compression
 	ClientID    string
-	TLS         *tls.Config     // nil: plain TCP
-	SASL        sasl.Mechanism  // nil: none
+	TLS         *tls.Config    // nil: plain TCP
+	SASL        sasl.Mechanism // nil: none
 	Idempotence Idempotence
 	// Linger is how long a sink waits, after its previous request
 	// started, before sending the next one, when the previous one held

@@ -157,13 +157,15 @@ func (s *sink) send(batches []*batch) {
 		}
 	}()
 	var timeout time.Duration
+	var ackBy time.Time
 	for _, b := range batches {
 		if b.bytes == nil {
 			b.bytes = b.encode(p.cfg.Compression)
 		}
 		timeout = max(timeout, b.timeout)
+		ackBy = later(ackBy, b.ackBy)
 	}
-	until := time.Now().Add(timeout)
+	until := later(time.Now().Add(timeout), ackBy)
 	req := &rawproduce.Request{Acks: int16(p.cfg.Acks), Timeout: brokerTimeout(until)}
 	for _, b := range batches {
 		topic := b.part.topic.name
