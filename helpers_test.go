@@ -6,12 +6,10 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
-	"go.uber.org/goleak"
 	"go.uber.org/zap"
 
 	"github.com/queuepublish/caddy-queue-publish/internal/kafkatest"
@@ -74,14 +72,6 @@ func adminConfig(t *testing.T) string {
 	return string(b)
 }
 
-// noLeaks fails the test if goroutines it started are still running once
-// all its other cleanups (producers, brokers) have run.
-func noLeaks(t *testing.T) {
-	t.Helper()
-	current := goleak.IgnoreCurrent()
-	t.Cleanup(func() { goleak.VerifyNone(t, current) })
-}
-
 // noGoroutinesLeftBy fails the test if, once Caddy runs a config without
 // queue_publish, a goroutine of this module or of kafka-go is still
 // running. goleak's VerifyNone cannot be used around a Caddy server the
@@ -103,26 +93,6 @@ func noGoroutinesLeftBy(t *testing.T, owners ...string) {
 	}
 }
 
-// goroutinesOf returns the stacks of the goroutines that run code of one
-// of owners, other than those running the tests' own code.
-func goroutinesOf(owners ...string) []string {
-	buf := make([]byte, 1<<22)
-	buf = buf[:runtime.Stack(buf, true)]
-	var found []string
-	for g := range strings.SplitSeq(string(buf), "\n\n") {
-		if strings.Contains(g, "_test.go:") {
-			continue
-		}
-		for _, o := range owners {
-			if strings.Contains(g, o) {
-				found = append(found, g)
-				break
-			}
-		}
-	}
-	return found
-}
-
 // Shared with the producer's tests.
 var (
 	newCluster       = kafkatest.NewCluster
@@ -133,6 +103,8 @@ var (
 	waitFor          = kafkatest.WaitFor
 	holdProduce      = kafkatest.HoldProduce
 	holdFirstProduce = kafkatest.HoldFirstProduce
+	noLeaks          = kafkatest.NoLeaks
+	goroutinesOf     = kafkatest.GoroutinesOf
 )
 
 // unloadChecksLeaks loads a config without queue_publish and checks that

@@ -9,6 +9,8 @@ import (
 	"context"
 	"encoding/binary"
 	"net"
+	"runtime"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -17,6 +19,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
+	"go.uber.org/goleak"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
@@ -223,4 +226,32 @@ func splitRecords(batch kmsg.RecordBatch) [][]byte {
 		b = b[used+int(n):]
 	}
 	return recs
+}
+
+// NoLeaks fails the test if goroutines it started are still running once
+// all its other cleanups (producers, brokers) have run.
+func NoLeaks(t testing.TB) {
+	t.Helper()
+	current := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, current) })
+}
+
+// GoroutinesOf returns the stacks of the goroutines that run code of one
+// of owners, other than those running the tests' own code.
+func GoroutinesOf(owners ...string) []string {
+	buf := make([]byte, 1<<22)
+	buf = buf[:runtime.Stack(buf, true)]
+	var found []string
+	for g := range strings.SplitSeq(string(buf), "\n\n") {
+		if strings.Contains(g, "_test.go:") {
+			continue
+		}
+		for _, o := range owners {
+			if strings.Contains(g, o) {
+				found = append(found, g)
+				break
+			}
+		}
+	}
+	return found
 }
