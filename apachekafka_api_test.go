@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/queuepublish/caddy-queue-publish/internal/kafkatest"
 	"github.com/queuepublish/caddy-queue-publish/test/apachekafka"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
@@ -37,14 +38,14 @@ func TestApacheKafkaBodyMode(t *testing.T) {
 		if err := json.Unmarshal([]byte(a.body), &got); a.status != 200 || err != nil || !got.Success {
 			t.Fatalf("%s: %d %s", body, a.status, a.body)
 		}
-		if key != "" && got.Partition != javaPartition(key, 3) {
-			t.Errorf("key %q went to partition %d; Kafka's Java client puts it in %d", key, got.Partition, javaPartition(key, 3))
+		if key != "" && got.Partition != kafkatest.JavaPartition(key, 3) {
+			t.Errorf("key %q went to partition %d; Kafka's Java client puts it in %d", key, got.Partition, kafkatest.JavaPartition(key, 3))
 		}
 		answers[got.where] = sent{body, key}
 	}
 	send(`{"messages": [{"msg":"hello world"}]}`, "") // the Worker's example
 	i := 0
-	for key := range javaMurmur2 {
+	for key := range kafkatest.JavaMurmur2 {
 		send(fmt.Sprintf(`{"n":%d}`, i), key)
 		i++
 	}
@@ -92,7 +93,7 @@ func TestApacheKafkaRecordsMode(t *testing.T) {
 		{`{"order": 1}`, "customer-7", map[string]string{}, javaPartitionOf(t, "customer-7", 6)},
 		{`"plain text"`, "", map[string]string{"source": "batch", "trace": "t-1"}, -1},
 		{`[1, 2, 3]`, "", map[string]string{}, 4},
-		{`{"order": 2}`, "foobar", map[string]string{"source": "batch"}, javaPartition("foobar", 6)},
+		{`{"order": 2}`, "foobar", map[string]string{"source": "batch"}, kafkatest.JavaPartition("foobar", 6)},
 		{`null`, "21", map[string]string{}, 5}, // an explicit partition wins over the key
 	}
 	recs := byPlace(realRecords(t, c, topic))
@@ -114,7 +115,7 @@ func TestApacheKafkaRecordsMode(t *testing.T) {
 }
 
 // javaPartitionOf is where the Java client puts key, computed by franz-go's
-// partitioner that mirrors it, for keys javaMurmur2 does not list.
+// partitioner that mirrors it, for keys kafkatest.JavaMurmur2 does not list.
 func javaPartitionOf(t *testing.T, key string, partitions int) int32 {
 	t.Helper()
 	p := kgo.StickyKeyPartitioner(nil).ForTopic("")

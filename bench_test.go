@@ -2,7 +2,6 @@ package queuepublish
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"net/http/httptest"
 	"strconv"
@@ -61,67 +60,18 @@ func BenchmarkNewRecord(b *testing.B) {
 	}
 }
 
-// benchCluster is one broker with the topic "bench" of the given number of
-// partitions.
-func benchCluster(b *testing.B, partitions int32) *kfake.Cluster {
-	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.SeedTopics(partitions, "bench"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(c.Close)
-	return c
-}
-
-// BenchmarkProducerSend measures the producer from enqueue to
-// acknowledgement, with acks=all, from 1 and from 64 concurrent callers.
-// It reports the records per produce request that group commit achieved.
-func BenchmarkProducerSend(b *testing.B) {
-	for _, callers := range []int{1, 64} {
-		b.Run("callers="+strconv.Itoa(callers), func(b *testing.B) {
-			c := benchCluster(b, 1)
-			p := mustProducer(b, producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll}, zap.NewNop())
-			defer p.close()
-			body := []byte(seedBody)
-			// Warm up: metadata and connections.
-			if _, perr := sendOne(p, "bench", body, 5*time.Second); perr != nil {
-				b.Fatal(perr)
-			}
-			batches0, records0 := p.batches.Load(), p.records.Load()
-			b.ReportAllocs()
-			b.SetParallelism((callers + 1) / 2) // GOMAXPROCS is 2 here
-			if callers == 1 {
-				b.SetParallelism(1)
-			}
-			b.ResetTimer()
-			b.RunParallel(func(pb *testing.PB) {
-				for pb.Next() {
-					rec := newRecord(body, time.Now(), 5*time.Second)
-					if perr := p.send(context.Background(), "bench", rec); perr != nil {
-						b.Error(perr)
-						return
-					}
-				}
-			})
-			b.StopTimer()
-			if n := p.batches.Load() - batches0; n > 0 {
-				b.ReportMetric(float64(p.records.Load()-records0)/float64(n), "records/batch")
-			}
-		})
-	}
-}
-
 // BenchmarkHandler runs the handler's ServeHTTP, from the method check to
 // the answer, against the in-process broker (without Caddy's server and
 // without the network on the HTTP side).
 func BenchmarkHandler(b *testing.B) {
 	for _, callers := range []int{1, 64} {
 		b.Run("callers="+strconv.Itoa(callers), func(b *testing.B) {
-			c := benchCluster(b, 1)
+			c := newCluster(b, kfake.NumBrokers(1), kfake.SeedTopics(1, "bench"))
 			h := handlerForUnitTest(1000000)
 			h.Topic = "bench"
 			h.producer = mustProducer(b, producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll}, zap.NewNop())
 			h.logger = zap.NewNop()
-			defer h.producer.close()
+			defer h.producer.Close()
 			body := []byte(seedBody)
 			serve := func() {
 				req := httptest.NewRequest("POST", "/", bodyReader(body))

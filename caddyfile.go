@@ -45,6 +45,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_size <size>
 //		timeout  <duration>
 //		acks     all|leader|none
+//		idempotent on|off
 //		compression       none|gzip|snappy|lz4|zstd
 //		client_id         <id>
 //		sasl              plain|scram-sha-256|scram-sha-512 <user> <password>
@@ -187,6 +188,11 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.MaxRecords, err = parseCount(val)
 		case "key":
 			h.Key = val
+		case "idempotent":
+			h.Idempotent = val
+			if _, ok := idempotenceValues[val]; !ok || val == "" {
+				err = fmt.Errorf("%q is not on or off", val)
+			}
 		case "acks":
 			h.Acks = val
 			if _, ok := acksValues[val]; !ok {

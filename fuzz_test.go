@@ -112,11 +112,11 @@ func FuzzParseEnvelope(f *testing.F) {
 		}
 		for _, rec := range recs {
 			// Each value is valid JSON, taken verbatim from the body.
-			if !validJSON(rec.value) || !bytes.Contains(body, rec.value) {
-				t.Fatalf("%q: value %q is not a JSON value of the body", body, rec.value)
+			if !validJSON(rec.Value) || !bytes.Contains(body, rec.Value) {
+				t.Fatalf("%q: value %q is not a JSON value of the body", body, rec.Value)
 			}
-			if rec.want < -1 {
-				t.Fatalf("%q: partition %d", body, rec.want)
+			if rec.Partition < -1 {
+				t.Fatalf("%q: partition %d", body, rec.Partition)
 			}
 		}
 	})

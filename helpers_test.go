@@ -3,102 +3,54 @@ package queuepublish
 import (
 	"context"
 	"io"
+	"net"
 	"net/http"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/twmb/franz-go/pkg/kfake"
-	"github.com/twmb/franz-go/pkg/kgo"
-	"go.uber.org/goleak"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
-	"go.uber.org/zap/zaptest/observer"
+
+	"github.com/queuepublish/caddy-queue-publish/internal/kafkatest"
+	"github.com/queuepublish/caddy-queue-publish/internal/producer"
 )
 
-// newCluster starts an in-process Kafka-protocol broker (kfake) that is
-// closed when the test ends.
-func newCluster(t testing.TB, opts ...kfake.Opt) *kfake.Cluster {
-	t.Helper()
-	c, err := kfake.NewCluster(opts...)
-	if err != nil {
-		t.Fatalf("starting kfake: %v", err)
-	}
-	t.Cleanup(c.Close)
-	return c
-}
-
-// stored reads every record of topic, up to what the brokers report as
-// written, with franz-go's client: a Kafka client independent of ours.
-func stored(t testing.TB, c *kfake.Cluster, topic string) []*kgo.Record {
-	t.Helper()
-	want := int64(0)
-	for _, p := range c.PartitionInfos(topic) {
-		want += p.HighWatermark - p.LogStartOffset
-	}
-	if want == 0 {
-		return nil
-	}
-	cl, err := kgo.NewClient(
-		kgo.SeedBrokers(c.ListenAddrs()...),
-		kgo.ConsumeTopics(topic),
-		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()),
-	)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	var recs []*kgo.Record
-	for int64(len(recs)) < want {
-		fetches := cl.PollFetches(ctx)
-		if ctx.Err() != nil {
-			t.Fatalf("read %d of %d records of %s: %v", len(recs), want, topic, ctx.Err())
-		}
-		fetches.EachError(func(_ string, _ int32, err error) { t.Fatalf("consuming: %v", err) })
-		recs = append(recs, fetches.Records()...)
-	}
-	return recs
-}
-
-// observedLogger returns a logger whose entries, at debug level and above,
-// the test can inspect.
-func observedLogger() (*zap.Logger, *observer.ObservedLogs) {
-	core, logs := observer.New(zapcore.DebugLevel)
-	return zap.New(core), logs
-}
-
 // publishNoWait queues rec without waiting for its outcome; the test
-// waits on rec.done.
-func publishNoWait(p *producer, ctx context.Context, topic string, rec *record) *publishError {
-	set, perr := p.partitionsOf(ctx, topic, []*record{rec})
+// waits on rec.Done().
+func publishNoWait(p *producer.Producer, ctx context.Context, topic string, rec *record) *publishError {
+	set, perr := p.Topic(ctx, topic, []*record{rec})
 	if perr != nil {
 		return perr
 	}
-	return set.queueFor(rec).push(rec)
+	_, perr = p.Enqueue(set, []*record{rec})
+	return perr
 }
 
-// mustProducer is a started producer for cfg; the caller destructs it.
-func mustProducer(t testing.TB, cfg producerConfig, logger *zap.Logger) *producer {
+// sendOne publishes one record and waits for its outcome.
+func sendOne(p *producer.Producer, topic string, value []byte, timeout time.Duration) (*record, *publishError) {
+	rec := newRecord(value, time.Now(), timeout)
+	recs := []*record{rec}
+	set, perr := p.Topic(context.Background(), topic, recs)
+	if perr != nil {
+		return rec, perr
+	}
+	p.Send(context.Background(), set, recs)
+	return rec, rec.Answer
+}
+
+// mustProducer is a started producer for cfg; dial, if given, opens its
+// connections. The caller closes it.
+func mustProducer(t testing.TB, cfg producerConfig, logger *zap.Logger, dial ...func(ctx context.Context, network, address string) (net.Conn, error)) *producer.Producer {
 	t.Helper()
-	p, err := newProducer(cfg, logger)
+	c, err := cfg.config(logger)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return p
-}
-
-// mustMake is a producer for cfg, not started.
-func mustMake(t testing.TB, cfg producerConfig, logger *zap.Logger) *producer {
-	t.Helper()
-	p, err := makeProducer(cfg, logger)
-	if err != nil {
-		t.Fatal(err)
+	if len(dial) > 0 {
+		c.Dial = dial[0]
 	}
-	return p
+	return producer.New(c)
 }
 
 func contextWithTimeout(d time.Duration) (context.Context, context.CancelFunc) {
@@ -118,14 +70,6 @@ func adminConfig(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return string(b)
-}
-
-// noLeaks fails the test if goroutines it started are still running once
-// all its other cleanups (producers, brokers) have run.
-func noLeaks(t *testing.T) {
-	t.Helper()
-	current := goleak.IgnoreCurrent()
-	t.Cleanup(func() { goleak.VerifyNone(t, current) })
 }
 
 // noGoroutinesLeftBy fails the test if, once Caddy runs a config without
@@ -149,25 +93,19 @@ func noGoroutinesLeftBy(t *testing.T, owners ...string) {
 	}
 }
 
-// goroutinesOf returns the stacks of the goroutines that run code of one
-// of owners, other than those running the tests' own code.
-func goroutinesOf(owners ...string) []string {
-	buf := make([]byte, 1<<22)
-	buf = buf[:runtime.Stack(buf, true)]
-	var found []string
-	for g := range strings.SplitSeq(string(buf), "\n\n") {
-		if strings.Contains(g, "_test.go:") {
-			continue
-		}
-		for _, o := range owners {
-			if strings.Contains(g, o) {
-				found = append(found, g)
-				break
-			}
-		}
-	}
-	return found
-}
+// Shared with the producer's tests.
+var (
+	newCluster       = kafkatest.NewCluster
+	stored           = kafkatest.Stored
+	observedLogger   = kafkatest.ObservedLogger
+	recordsByValue   = kafkatest.RecordsByValue
+	closedPort       = kafkatest.ClosedPort
+	waitFor          = kafkatest.WaitFor
+	holdProduce      = kafkatest.HoldProduce
+	holdFirstProduce = kafkatest.HoldFirstProduce
+	noLeaks          = kafkatest.NoLeaks
+	goroutinesOf     = kafkatest.GoroutinesOf
+)
 
 // unloadChecksLeaks loads a config without queue_publish and checks that
 // nothing of the module or of kafka-go keeps running: the end of an

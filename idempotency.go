@@ -119,9 +119,9 @@ func idemDigest(mode string, body []byte, recs []*record) [sha256.Size]byte {
 	field(body)
 	if mode == modeBody {
 		rec := recs[0]
-		field([]byte{boolByte(rec.key != nil)}) // no key, or an empty one
-		field(rec.key)
-		for _, hd := range rec.headers {
+		field([]byte{boolByte(rec.Key != nil)}) // no key, or an empty one
+		field(rec.Key)
+		for _, hd := range rec.Headers {
 			field([]byte(hd.Key))
 			field(hd.Value)
 		}
@@ -260,43 +260,22 @@ func (e *idemEntry) reuse(ctx context.Context, recs []*record, deadline time.Tim
 	waiting := wait
 	final = make([]*record, len(recs))
 	for i, prev := range e.recs {
-		if prev.q != nil && waiting {
+		if prev.Queued() && waiting {
 			select {
-			case <-prev.done:
+			case <-prev.Done():
 			case <-timer.C:
 				waiting = false
 			case <-ctx.Done():
 				waiting = false
 			}
 		}
-		if prev.q == nil || prev.provenNotWritten() {
+		if !prev.Queued() || prev.ProvenNotWritten() {
 			final[i] = recs[i]
 			send = append(send, recs[i])
 			continue
 		}
-		prev.failure = prev.outcomeNow()
+		prev.Answer = prev.OutcomeNow()
 		final[i] = prev
 	}
 	return final, send
-}
-
-// provenNotWritten reports whether rec provably was not written and never
-// will be: it completed without an acknowledgement, and not as "outcome
-// unknown" (taken back before any request carried it, or refused by a
-// broker answer given before appending).
-func (r *record) provenNotWritten() bool {
-	r.q.mu.Lock()
-	defer r.q.mu.Unlock()
-	return r.completed && r.err != nil && r.err.outcome != outcomeUnknown
-}
-
-// outcomeNow is rec's outcome as known now: nil if acknowledged, "unknown"
-// if it may have been written and is not acknowledged.
-func (r *record) outcomeNow() *publishError {
-	r.q.mu.Lock()
-	defer r.q.mu.Unlock()
-	if r.completed {
-		return r.err
-	}
-	return &publishError{outcome: outcomeUnknown, reason: reasonUnknown, err: r.lastErr}
 }

@@ -136,10 +136,10 @@ func TestIdempotencyDigest(t *testing.T) {
 	rec := func(key string, headers ...string) []*record {
 		r := &record{}
 		if key != "-" {
-			r.key = []byte(key)
+			r.Key = []byte(key)
 		}
 		for i := 0; i+1 < len(headers); i += 2 {
-			r.headers = append(r.headers, kafka.Header{Key: headers[i], Value: []byte(headers[i+1])})
+			r.Headers = append(r.Headers, kafka.Header{Key: headers[i], Value: []byte(headers[i+1])})
 		}
 		return []*record{r}
 	}
@@ -242,7 +242,7 @@ func TestIdempotencyAfterUnknownOutcome(t *testing.T) {
 	release := make(chan struct{})
 	received := holdProduce(c, release)
 
-	// The broker holds the request past the timeout: 504, outcome unknown.
+	// The broker holds the request past the timeout: 504, producer.Outcome unknown.
 	answered := make(chan answerT, 1)
 	go func() { answered <- do(t, "POST", "/one", withKey("slow"), strings.NewReader(`{"slow":1}`)) }()
 	waitFor(t, 5*time.Second, func() bool { return received.Load() == 1 })
@@ -409,7 +409,7 @@ func TestIdempotentRetriesWhileBrokerIsSlow(t *testing.T) {
 		}
 		retried += len(seen) - 1
 		if slices.Contains(seen, 504) {
-			unknown++ // a key retried after an unknown outcome
+			unknown++ // a key retried after an unknown producer.Outcome
 		}
 	}
 	perKey := map[string]int{}
@@ -429,7 +429,7 @@ func TestIdempotentRetriesWhileBrokerIsSlow(t *testing.T) {
 
 // A client whose connection drops while the broker holds its record
 // retries with the same Idempotency-Key: the retries wait for the first
-// attempt's outcome instead of producing again, and once the record lands
+// attempt's producer.Outcome instead of producing again, and once the record lands
 // they get its answer. The key ends up as one record.
 func TestIdempotentRetryAfterDroppedConnection(t *testing.T) {
 	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
@@ -460,7 +460,7 @@ func TestIdempotentRetryAfterDroppedConnection(t *testing.T) {
 	}
 
 	// While the first attempt's record is held, a retry is refused as in
-	// progress (409) or waits for it and answers that its outcome is
+	// progress (409) or waits for it and answers that its producer.Outcome is
 	// unknown (504); it never produces again.
 	statuses := map[int]int{}
 	waitFor(t, 5*time.Second, func() bool {
@@ -498,7 +498,9 @@ func TestIdempotentRetryAfterDroppedConnection(t *testing.T) {
 // in vain nor answers 504 for the whole window.
 func TestRepeatProducesWhatTheBrokerProvedNotWritten(t *testing.T) {
 	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
-	idemServer(t, c, "")
+	// Without idempotence: with it, the producer retries the held batch
+	// until the broker settles it (the next test).
+	idemServer(t, c, "idempotent off")
 	release := make(chan struct{})
 	received := holdProduce(c, release)
 
@@ -526,6 +528,35 @@ func TestRepeatProducesWhatTheBrokerProvedNotWritten(t *testing.T) {
 	again := do(t, "POST", "/one", withKey("refused"), strings.NewReader(`{"refused":1}`))
 	if again.status != 200 || again.body != got.body || again.header.Get("Idempotent-Replayed") != "true" {
 		t.Errorf("the next repeat: %d %s, want the stored answer replayed", again.status, again.body)
+	}
+	unloadChecksLeaks(t)
+}
+
+// With the idempotent producer, a batch the broker held past the
+// client's 504 is retried, byte for byte, until the broker settles it: a
+// repeat of the request then gets the record's real outcome, stored once.
+func TestRepeatGetsTheOutcomeTheIdempotentProducerLearned(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	idemServer(t, c, "")
+	release := make(chan struct{})
+	received := holdProduce(c, release)
+
+	answered := make(chan answerT, 1)
+	go func() { answered <- do(t, "POST", "/one", withKey("held"), strings.NewReader(`{"held":1}`)) }()
+	waitFor(t, 5*time.Second, func() bool { return received.Load() == 1 })
+	if got := <-answered; got.status != 504 {
+		t.Fatalf("first: %d %s, want 504 while the broker holds the request", got.status, got.body)
+	}
+	waitFor(t, 5*time.Second, func() bool { return received.Load() >= 2 }) // the retry, held too
+	close(release)
+	waitFor(t, 5*time.Second, func() bool { return c.PartitionInfo("events", 0).HighWatermark >= 1 })
+	got := do(t, "POST", "/one", withKey("held"), strings.NewReader(`{"held":1}`))
+	if got.status != 200 || got.header.Get("Idempotent-Replayed") != "true" || got.body != `{"success":true,"partition":0,"offset":0}` {
+		t.Fatalf("repeat after the held batch was settled: %d %s (replayed %q), want the stored answer replayed",
+			got.status, got.body, got.header.Get("Idempotent-Replayed"))
+	}
+	if got := stored(t, c, "events"); len(got) != 1 {
+		t.Errorf("the topic holds %d records, want 1: the broker stored a retry twice", len(got))
 	}
 	unloadChecksLeaks(t)
 }
@@ -625,7 +656,7 @@ func TestKeyHeaderIsSharedByTheRecords(t *testing.T) {
 	recs := []*record{{}, {}, {}}
 	addKeyHeader(recs, strings.Repeat("k", 255))
 	for _, rec := range recs {
-		if len(rec.headers) != 1 || unsafe.SliceData(rec.headers[0].Value) != unsafe.SliceData(recs[0].headers[0].Value) {
+		if len(rec.Headers) != 1 || unsafe.SliceData(rec.Headers[0].Value) != unsafe.SliceData(recs[0].Headers[0].Value) {
 			t.Fatal("a record holds its own copy of the key")
 		}
 	}

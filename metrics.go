@@ -31,7 +31,7 @@ var (
 	}, []string{"topic"})
 	metricBatch = prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name:    "caddy_queue_publish_batch_records",
-		Help:    "Records in each produce request sent to Kafka.",
+		Help:    "Records in each batch Kafka acknowledged (a produce request carries a batch per partition).",
 		Buckets: prometheus.ExponentialBuckets(1, 2, 11), // 1 to 1024
 	})
 	metricWaiting = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -117,18 +117,18 @@ func countRequest(topic string, status int) {
 
 // countRecord counts a record's outcome.
 func countRecord(topic string, rec *record) {
-	if rec.failure != nil {
+	if rec.Answer != nil {
 		// The producer may still be completing it: read nothing else.
-		countOutcome(topic, rec.failure, 0)
+		countOutcome(topic, rec.Answer, 0)
 		return
 	}
-	countOutcome(topic, nil, rec.valueLen)
+	countOutcome(topic, nil, rec.ValueLen())
 }
 
 // countOutcome counts one record's outcome: failure nil if acknowledged.
 func countOutcome(topic string, failure *publishError, valueLen int) {
 	if failure != nil {
-		metricProducerErrors.WithLabelValues(failure.outcome.String()).Inc()
+		metricProducerErrors.WithLabelValues(failure.Outcome.String()).Inc()
 		return
 	}
 	m := metricsFor(topic)
@@ -141,19 +141,13 @@ func countOutcome(topic string, failure *publishError, valueLen int) {
 func recordsWaiting() float64 {
 	n := 0
 	producers.Range(func(_, v any) bool {
-		v.(*producer).topics.Range(func(_, t any) bool {
-			ts := t.(*topicState)
-			ts.mu.Lock()
-			queues := ts.queues
-			ts.mu.Unlock()
-			for _, q := range queues {
-				q.mu.Lock()
-				n += len(q.queue) + q.inFlight
-				q.mu.Unlock()
-			}
-			return true
-		})
+		n += v.(pooledProducer).Waiting()
 		return true
 	})
 	return float64(n)
 }
+
+// producerMetrics is told of the producers' batches.
+type producerMetrics struct{}
+
+func (producerMetrics) Batch(_ string, records int) { metricBatch.Observe(float64(records)) }

@@ -6,6 +6,7 @@ package queuepublish
 import (
 	"bytes"
 	"cmp"
+	"context"
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/queuepublish/caddy-queue-publish/internal/producer"
 	"github.com/santhosh-tekuri/jsonschema/v6"
 	"github.com/segmentio/kafka-go"
 	"go.uber.org/zap"
@@ -127,6 +129,15 @@ type Handler struct {
 	// sent). Default: "all".
 	Acks string `json:"acks,omitempty"`
 
+	// Whether the producer is idempotent: "on" or "off". Unset, it is,
+	// unless the cluster refuses it (an ACL, an old version): then it
+	// warns and produces without. "on" makes a refusal a config error
+	// when a broker answers at load, and every record's refusal after.
+	// Idempotence removes the duplicates the producer's own retries can
+	// store; a client's repeat of a request is what Idempotency-Key
+	// covers.
+	Idempotent string `json:"idempotent,omitempty"`
+
 	// How record batches are compressed on the way to the brokers:
 	// "none", "gzip", "snappy", "lz4" or "zstd". Default: "none".
 	Compression string `json:"compression,omitempty"`
@@ -201,7 +212,7 @@ type Handler struct {
 	secretDigests [][sha256.Size]byte
 	headerNames   []string
 	allowTopics   map[string]bool
-	producer      *producer
+	producer      *producer.Producer
 	use           *producerUse
 	logger        *zap.Logger
 }
@@ -217,12 +228,12 @@ type Handler struct {
 type producerUse struct {
 	cfg      producerConfig
 	logger   *zap.Logger
-	original *producer // the producer while the config is loaded
+	original *producer.Producer // the producer while the config is loaded
 	inflight atomic.Int64
 	unloaded atomic.Bool
 
 	mu       sync.Mutex // guards the fields below once unloaded
-	current  *producer
+	current  *producer.Producer
 	key      string
 	released bool
 	err      error
@@ -230,7 +241,7 @@ type producerUse struct {
 
 // begin counts a request and returns the producer it publishes with (nil
 // if none can be had); end must follow.
-func (u *producerUse) begin() *producer {
+func (u *producerUse) begin() *producer.Producer {
 	u.inflight.Add(1)
 	if !u.unloaded.Load() {
 		// unload sees this request in flight, and keeps the producer.
@@ -371,6 +382,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	cfg := producerConfig{
 		Brokers:         h.brokers,
 		Acks:            acksValues[h.Acks],
+		Idempotence:     idempotenceValues[h.Idempotent],
 		Compression:     compressionCodes[h.Compression],
 		Linger:          time.Duration(h.Linger),
 		MaxBatchRecords: h.MaxBatchRecords,
@@ -391,11 +403,24 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	var key string
 	h.producer, key, err = acquireProducer(cfg, h.logger)
-	if err == nil {
-		h.use = &producerUse{cfg: cfg, logger: h.logger, original: h.producer, current: h.producer, key: key}
+	if err != nil {
+		return err
 	}
-	return err
+	h.use = &producerUse{cfg: cfg, logger: h.logger, original: h.producer, current: h.producer, key: key}
+	if h.Idempotent == "on" {
+		// A cluster that answers now and refuses is a config error;
+		// one that does not answer is not (it may come up later).
+		ctx, cancel := context.WithTimeout(context.Background(), idempotenceCheckTimeout)
+		defer cancel()
+		if err := h.producer.CheckIdempotence(ctx); err != nil {
+			return fmt.Errorf("idempotent on: %v", err)
+		}
+	}
+	return nil
 }
+
+// idempotenceCheckTimeout bounds the check of idempotent on at load.
+const idempotenceCheckTimeout = 2 * time.Second
 
 var compressionCodes = map[string]kafka.Compression{
 	"none":   0,
@@ -403,6 +428,12 @@ var compressionCodes = map[string]kafka.Compression{
 	"snappy": kafka.Snappy,
 	"lz4":    kafka.Lz4,
 	"zstd":   kafka.Zstd,
+}
+
+var idempotenceValues = map[string]producer.Idempotence{
+	"":    producer.IdempotenceAuto,
+	"on":  producer.IdempotenceOn,
+	"off": producer.IdempotenceOff,
 }
 
 var acksValues = map[string]kafka.RequiredAcks{
@@ -454,6 +485,9 @@ func (h *Handler) Validate() error {
 	}
 	if h.Timeout < 0 {
 		return errors.New("timeout: must be positive")
+	}
+	if _, ok := idempotenceValues[h.Idempotent]; !ok {
+		return fmt.Errorf("idempotent: %q is not on or off", h.Idempotent)
 	}
 	if _, ok := acksValues[h.Acks]; !ok {
 		return fmt.Errorf("acks: %q is not all, leader or none", h.Acks)
@@ -614,7 +648,7 @@ func (h *Handler) serve(x *exchange, r *http.Request) error {
 	}
 
 	for _, rec := range recs {
-		rec.ackBy = rec.deadline.Add(lateAckWait)
+		rec.AckBy = rec.Deadline.Add(lateAckWait)
 	}
 	entry, st := h.idem.begin(h.idemScope+topic+"\x00"+idemKey, digest, start)
 	switch st {
@@ -635,7 +669,7 @@ func (h *Handler) serve(x *exchange, r *http.Request) error {
 	}
 	final, send := recs, recs
 	if st == idemRepeat {
-		final, send = entry.reuse(r.Context(), recs, recs[0].deadline, h.Delivery == deliverySync)
+		final, send = entry.reuse(r.Context(), recs, recs[0].Deadline, h.Delivery == deliverySync)
 		if len(send) == 0 {
 			w.Header()["Idempotent-Replayed"] = []string{"true"}
 			metricReplays.Inc()
@@ -644,7 +678,7 @@ func (h *Handler) serve(x *exchange, r *http.Request) error {
 	var stored []*record
 	defer func() { h.idem.end(entry, stored) }()
 	err := h.publish(x, r, final, send, start)
-	if send == nil || send[0].q != nil {
+	if send == nil || send[0].Queued() {
 		stored = final // the records were queued
 	}
 	return err
@@ -668,11 +702,11 @@ func (h *Handler) publish(x *exchange, r *http.Request, final, send []*record, s
 			}
 			return x.answer(http.StatusAccepted, bodyAccepted)
 		}
-		set, perr := x.producer.partitionsOf(r.Context(), topic, send)
+		set, perr := x.producer.Topic(r.Context(), topic, send)
 		if perr != nil {
 			// Every record failed alike, before any was queued.
 			for _, rec := range send {
-				rec.failure = perr
+				rec.Answer = perr
 				countRecord(topic, rec)
 			}
 			h.logFailure(topic, send, start)
@@ -681,14 +715,14 @@ func (h *Handler) publish(x *exchange, r *http.Request, final, send []*record, s
 			}
 			return x.answerError(perr)
 		}
-		if cerr := checkPartitions(send, set.count()); cerr != nil {
+		if cerr := checkPartitions(send, set.Partitions()); cerr != nil {
 			return x.reject(rejectRecords, cerr.status, cerr.body)
 		}
-		x.producer.sendAll(r.Context(), set, send)
+		x.producer.Send(r.Context(), set, send)
 		failed := false
 		for _, rec := range send {
 			countRecord(topic, rec)
-			failed = failed || rec.failure != nil
+			failed = failed || rec.Answer != nil
 		}
 		if failed {
 			h.logFailure(topic, send, start)
@@ -706,33 +740,33 @@ func (h *Handler) publish(x *exchange, r *http.Request, final, send []*record, s
 
 // enqueue queues the records for delivery async, if they fit in
 // queue_size, without waiting for the broker.
-func (h *Handler) enqueue(p *producer, r *http.Request, topic string, recs []*record) *clientError {
+func (h *Handler) enqueue(p *producer.Producer, r *http.Request, topic string, recs []*record) *clientError {
 	n := int64(len(recs))
 	if h.asyncPending.Add(n) > int64(h.QueueSize) {
 		h.asyncPending.Add(-n)
 		return errQueueFull
 	}
-	set, perr := p.partitionsOf(r.Context(), topic, recs)
+	set, perr := p.Topic(r.Context(), topic, recs)
 	if perr != nil {
 		h.asyncPending.Add(-n)
 		for _, rec := range recs {
-			rec.failure = perr
+			rec.Answer = perr
 			countRecord(topic, rec)
 		}
-		h.logFailure(topic, recs, recs[0].time)
+		h.logFailure(topic, recs, recs[0].Time)
 		return errorAnswer(perr)
 	}
-	if cerr := checkPartitions(recs, set.count()); cerr != nil {
+	if cerr := checkPartitions(recs, set.Partitions()); cerr != nil {
 		h.asyncPending.Add(-n)
 		return cerr
 	}
-	for i, rec := range recs {
-		rec.onDone = h.asyncDone
-		if perr := set.queueFor(rec).push(rec); perr != nil {
-			// Shutting down: the records before were queued.
-			h.asyncPending.Add(-int64(len(recs) - i))
-			return errorAnswer(perr)
-		}
+	for _, rec := range recs {
+		rec.OnDone = h.asyncDone
+	}
+	if queued, perr := p.Enqueue(set, recs); perr != nil {
+		// Shutting down: the records before were queued.
+		h.asyncPending.Add(-int64(len(recs) - queued))
+		return errorAnswer(perr)
 	}
 	return nil
 }
@@ -741,17 +775,17 @@ func (h *Handler) enqueue(p *producer, r *http.Request, topic string, recs []*re
 // logs it if it failed. The record's queue is locked.
 func (h *Handler) onAsyncDone(rec *record) {
 	h.asyncPending.Add(-1)
-	// rec.failure is its waiter's; a record of delivery async has none,
+	// rec.Answer is its waiter's; a record of delivery async has none,
 	// but a repeat of its request may read it.
-	countOutcome(rec.q.topic, rec.err, rec.valueLen)
-	if rec.err != nil {
+	countOutcome(rec.Topic(), rec.Err(), rec.ValueLen())
+	if rec.Err() != nil {
 		h.logger.Error("asynchronous publish failed",
-			zap.String("topic", rec.q.topic),
-			zap.Int("partition", rec.partition),
-			zap.String("kind", rec.err.outcome.String()),
-			zap.Int("attempts", rec.attempts),
-			zap.Duration("duration", time.Since(rec.time)),
-			zap.Error(rec.err))
+			zap.String("topic", rec.Topic()),
+			zap.Int("partition", rec.Partition),
+			zap.String("kind", rec.Err().Outcome.String()),
+			zap.Int("attempts", rec.Attempts()),
+			zap.Duration("duration", time.Since(rec.Time)),
+			zap.Error(rec.Err()))
 	}
 }
 
@@ -763,7 +797,7 @@ func (h *Handler) logFailure(topic string, recs []*record, start time.Time) {
 	var first *record
 	failed := 0
 	for _, rec := range recs {
-		if rec.failure != nil {
+		if rec.Answer != nil {
 			first = cmp.Or(first, rec)
 			failed++
 		}
@@ -773,16 +807,16 @@ func (h *Handler) logFailure(topic string, recs []*record, start time.Time) {
 	}
 	fields := []zap.Field{
 		zap.String("topic", topic),
-		zap.String("kind", first.failure.outcome.String()),
+		zap.String("kind", first.Answer.Outcome.String()),
 		zap.Int("records", len(recs)),
 		zap.Int("failed", failed),
 		zap.Duration("duration", time.Since(start)),
-		zap.Error(first.failure),
+		zap.Error(first.Answer),
 	}
 	attempts := 0
-	if first.q != nil {
+	if first.Queued() {
 		var partition int
-		partition, attempts = first.progress()
+		partition, attempts = first.Progress()
 		fields = append(fields, zap.Int("partition", partition))
 	}
 	fields = append(fields, zap.Int("attempts", attempts))
@@ -884,7 +918,7 @@ func validJSON(body []byte) bool {
 // the topic, and why the request was refused, for the metrics.
 type exchange struct {
 	w        http.ResponseWriter
-	producer *producer // nil if the handler has none any more
+	producer *producer.Producer // nil if the handler has none any more
 	status   int
 	topic    string
 	reason   string
@@ -923,12 +957,12 @@ func errorAnswer(perr *publishError) *clientError {
 	body, _ := json.Marshal(struct {
 		Error   string `json:"error"`
 		Outcome string `json:"outcome,omitempty"`
-	}{perr.reason, outcomeWord(perr.outcome)})
-	return &clientError{status: statusOf(perr.outcome), body: body}
+	}{perr.Reason, outcomeWord(perr.Outcome)})
+	return &clientError{status: statusOf(perr.Outcome), body: body}
 }
 
 // statusOf is the HTTP status for a failed publish.
-func statusOf(o outcome) int {
+func statusOf(o producer.Outcome) int {
 	switch o {
 	case outcomeRetry:
 		return http.StatusServiceUnavailable
@@ -941,7 +975,7 @@ func statusOf(o outcome) int {
 }
 
 // outcomeWord tells a client whether the record may have been written.
-func outcomeWord(o outcome) string {
+func outcomeWord(o producer.Outcome) string {
 	if o == outcomeUnknown {
 		return "unknown"
 	}

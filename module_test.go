@@ -2,6 +2,7 @@ package queuepublish
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
@@ -25,6 +26,8 @@ import (
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
 	"go.uber.org/zap"
+
+	"github.com/queuepublish/caddy-queue-publish/internal/producer"
 )
 
 // The seed's example request.
@@ -342,7 +345,7 @@ func TestProducerSharedAcrossReload(t *testing.T) {
 	if len(second) != 1 || second[0] != first[0] {
 		t.Fatalf("after a reload with the same brokers: %v, want the same producer %p", second, first[0])
 	}
-	if first[0].isClosed() {
+	if isClosed(first[0]) {
 		t.Fatal("the shared producer was closed by the reload")
 	}
 	if got := do(t, "POST", "/", auth(testSecret), strings.NewReader(`{"n":2}`)); got.status != 200 {
@@ -355,7 +358,7 @@ func TestProducerSharedAcrossReload(t *testing.T) {
 	if len(third) != 1 || third[0] == first[0] {
 		t.Fatalf("after a reload with other brokers: %v, want one new producer", third)
 	}
-	if !first[0].isClosed() {
+	if !isClosed(first[0]) {
 		t.Fatal("the producer no config uses is still open")
 	}
 	if got := do(t, "POST", "/", auth(testSecret), strings.NewReader(`{"n":3}`)); got.status != 200 {
@@ -368,7 +371,7 @@ func TestProducerSharedAcrossReload(t *testing.T) {
 	// No config uses queue_publish any more: the last producer is closed
 	// and nothing of it, or of kafka-go, keeps running.
 	unloadChecksLeaks(t)
-	if !third[0].isClosed() || len(pooledProducers(t)) != 0 {
+	if !isClosed(third[0]) || len(pooledProducers(t)) != 0 {
 		t.Fatal("a producer is still open after the last config using it was unloaded")
 	}
 }
@@ -437,8 +440,8 @@ func TestRequestAcrossReload(t *testing.T) {
 				t.Error("the request was not answered by the handler it reached, of the first config")
 			}
 			if tt.closes {
-				waitFor(t, 5*time.Second, func() bool { return before[0].isClosed() })
-			} else if before[0].isClosed() {
+				waitFor(t, 5*time.Second, func() bool { return isClosed(before[0]) })
+			} else if isClosed(before[0]) {
 				t.Error("the shared producer was closed")
 			}
 		})
@@ -491,20 +494,21 @@ func TestReloadDoesNotWaitForTheOldProducer(t *testing.T) {
 	unloadChecksLeaks(t)
 }
 
-func pooledProducers(t *testing.T) []*producer {
+func pooledProducers(t *testing.T) []*producer.Producer {
 	t.Helper()
-	var list []*producer
+	var list []*producer.Producer
 	producers.Range(func(_, v any) bool {
-		list = append(list, v.(*producer))
+		list = append(list, v.(pooledProducer).Producer)
 		return true
 	})
 	return list
 }
 
-func (p *producer) isClosed() bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.closed
+// isClosed reports whether p stopped taking records: it refuses one
+// before looking for its topic.
+func isClosed(p *producer.Producer) bool {
+	_, perr := p.Topic(context.Background(), "any", []*record{newRecord(nil, time.Now(), time.Second)})
+	return perr != nil && perr.Reason == "shutting down"
 }
 
 // TestSecretMustResolve checks that a secret which resolves empty or
@@ -845,25 +849,25 @@ func TestRequestAfterCleanupStillPublishes(t *testing.T) {
 	if err := u.unload(); err != nil {
 		t.Fatal(err)
 	}
-	if p.isClosed() {
+	if isClosed(p) {
 		t.Fatal("the producer was closed under a running request")
 	}
 	u.end()
-	if !p.isClosed() {
+	if !isClosed(p) {
 		t.Fatal("the producer no config uses is still open after its last request")
 	}
 
 	// A request after that gets a producer again, which publishes, and
 	// which is closed when the request ends.
 	again := u.begin()
-	if again == nil || again.isClosed() {
+	if again == nil || isClosed(again) {
 		t.Fatal("no open producer for a request after Cleanup")
 	}
 	if _, perr := sendOne(again, "events", []byte(`"late"`), time.Second); perr != nil {
 		t.Fatal(perr)
 	}
 	u.end()
-	if !again.isClosed() || len(pooledProducers(t)) != 0 {
+	if !isClosed(again) || len(pooledProducers(t)) != 0 {
 		t.Error("the producer taken for a late request is still open after it")
 	}
 	if got := stored(t, c, "events"); len(got) != 1 {

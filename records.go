@@ -12,6 +12,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/go-json-experiment/json/jsontext"
+	"github.com/queuepublish/caddy-queue-publish/internal/producer"
 	"github.com/segmentio/kafka-go"
 )
 
@@ -44,7 +45,7 @@ func badRequest(format string, args ...any) *clientError {
 func addKeyHeader(recs []*record, key string) {
 	header := kafka.Header{Key: idempotencyHeader, Value: []byte(key)}
 	for _, rec := range recs {
-		rec.headers = append(rec.headers, header)
+		rec.Headers = append(rec.Headers, header)
 	}
 }
 
@@ -61,12 +62,12 @@ func (h *Handler) bodyRecord(r *http.Request, body []byte, now time.Time) *recor
 	}
 	if h.Key != "" {
 		if key := repl.ReplaceAll(h.Key, ""); key != "" {
-			rec.key = []byte(key)
+			rec.Key = []byte(key)
 		}
 	}
 	for _, name := range h.headerNames {
 		if v := repl.ReplaceAll(h.Headers[name], ""); v != "" {
-			rec.headers = append(rec.headers, kafka.Header{Key: name, Value: []byte(v)})
+			rec.Headers = append(rec.Headers, kafka.Header{Key: name, Value: []byte(v)})
 		}
 	}
 	return rec
@@ -168,11 +169,11 @@ func (p *envelopeParser) record(i int, h *Handler, now time.Time) (*record, *cli
 				return nil, p.fail("")
 			}
 			end := int(p.d.InputOffset())
-			rec.value = p.body[end-len(v) : end]
+			rec.Value = p.body[end-len(v) : end]
 		case "key":
 			switch kind {
 			case '"':
-				rec.key = []byte(p.token().String())
+				rec.Key = []byte(p.token().String())
 			case 'n':
 				p.token()
 			default:
@@ -193,7 +194,7 @@ func (p *envelopeParser) record(i int, h *Handler, now time.Time) (*record, *cli
 			case n < 0:
 				return nil, p.fail(`record %d: "partition" must not be negative`, i)
 			}
-			rec.want = int(min(n, math.MaxInt32))
+			rec.Partition = int(min(n, math.MaxInt32))
 		case "headers":
 			if kind != '{' {
 				return nil, p.fail(`record %d: "headers" has the wrong type (%s)`, i, kindName(kind))
@@ -204,7 +205,7 @@ func (p *envelopeParser) record(i int, h *Handler, now time.Time) (*record, *cli
 				if p.d.PeekKind() != '"' {
 					return nil, p.fail("record %d: header %q is not a string", i, name)
 				}
-				rec.headers = append(rec.headers, kafka.Header{Key: name, Value: []byte(p.token().String())})
+				rec.Headers = append(rec.Headers, kafka.Header{Key: name, Value: []byte(p.token().String())})
 			}
 			p.token() // }
 		default:
@@ -214,7 +215,7 @@ func (p *envelopeParser) record(i int, h *Handler, now time.Time) (*record, *cli
 	if p.token().Kind() != '}' {
 		return nil, p.fail("")
 	}
-	if rec.value == nil {
+	if rec.Value == nil {
 		return nil, p.fail(`record %d: no "value"`, i)
 	}
 	return rec, nil
@@ -270,8 +271,8 @@ func kindName(k jsontext.Kind) string {
 // not have.
 func checkPartitions(recs []*record, count int) *clientError {
 	for i, rec := range recs {
-		if rec.want >= count {
-			return badRequest("record %d: partition %d does not exist (the topic has %d)", i, rec.want, count)
+		if rec.Partition >= count {
+			return badRequest("record %d: partition %d does not exist (the topic has %d)", i, rec.Partition, count)
 		}
 	}
 	return nil
@@ -280,15 +281,15 @@ func checkPartitions(recs []*record, count int) *clientError {
 // answerBody answers a body-mode request: the seed's {"success":true},
 // with the record's partition and offset.
 func (x *exchange) answerBody(rec *record) error {
-	if rec.failure != nil {
-		return x.answerError(rec.failure)
+	if rec.Answer != nil {
+		return x.answerError(rec.Answer)
 	}
 	b := make([]byte, 0, 64)
 	b = append(b, `{"success":true,"partition":`...)
-	b = strconv.AppendInt(b, int64(rec.partition), 10)
-	if rec.offset >= 0 {
+	b = strconv.AppendInt(b, int64(rec.Partition), 10)
+	if rec.Offset >= 0 {
 		b = append(b, `,"offset":`...)
-		b = strconv.AppendInt(b, rec.offset, 10)
+		b = strconv.AppendInt(b, rec.Offset, 10)
 	}
 	b = append(b, '}')
 	return x.answer(http.StatusOK, b)
@@ -303,7 +304,7 @@ func (x *exchange) answerBody(rec *record) error {
 func (x *exchange) answerRecords(recs []*record) error {
 	var worst *publishError
 	for _, rec := range recs {
-		if f := rec.failure; f != nil && (worst == nil || severity(f.outcome) > severity(worst.outcome)) {
+		if f := rec.Answer; f != nil && (worst == nil || severity(f.Outcome) > severity(worst.Outcome)) {
 			worst = f
 		}
 	}
@@ -312,28 +313,28 @@ func (x *exchange) answerRecords(recs []*record) error {
 		b = append(b, `{"success":true,"offsets":[`...)
 	} else {
 		b = append(b, `{"success":false,"error":`...)
-		b = appendJSONString(b, worst.reason)
+		b = appendJSONString(b, worst.Reason)
 		b = append(b, `,"results":[`...)
 	}
 	for i, rec := range recs {
 		if i > 0 {
 			b = append(b, ',')
 		}
-		if f := rec.failure; f != nil {
+		if f := rec.Answer; f != nil {
 			b = append(b, `{"error":`...)
-			b = appendJSONString(b, f.reason)
+			b = appendJSONString(b, f.Reason)
 			b = append(b, `,"outcome":"`...)
-			b = append(b, outcomeWord(f.outcome)...)
+			b = append(b, outcomeWord(f.Outcome)...)
 			b = append(b, `","status":`...)
-			b = strconv.AppendInt(b, int64(statusOf(f.outcome)), 10)
+			b = strconv.AppendInt(b, int64(statusOf(f.Outcome)), 10)
 			b = append(b, '}')
 			continue
 		}
 		b = append(b, `{"partition":`...)
-		b = strconv.AppendInt(b, int64(rec.partition), 10)
-		if rec.offset >= 0 {
+		b = strconv.AppendInt(b, int64(rec.Partition), 10)
+		if rec.Offset >= 0 {
 			b = append(b, `,"offset":`...)
-			b = strconv.AppendInt(b, rec.offset, 10)
+			b = strconv.AppendInt(b, rec.Offset, 10)
 		}
 		b = append(b, '}')
 	}
@@ -341,11 +342,11 @@ func (x *exchange) answerRecords(recs []*record) error {
 	if worst == nil {
 		return x.answer(http.StatusOK, b)
 	}
-	return x.answer(statusOf(worst.outcome), b)
+	return x.answer(statusOf(worst.Outcome), b)
 }
 
 // severity orders outcomes from "retry is safe" to "never works".
-func severity(o outcome) int {
+func severity(o producer.Outcome) int {
 	switch o {
 	case outcomeRetry:
 		return 1

@@ -44,7 +44,7 @@ func (h *Handler) checkSchema(recs []*record) *clientError {
 		if h.Mode == modeRecords {
 			prefix = "/records/" + strconv.Itoa(i) + "/value"
 		}
-		doc, err := jsonschema.UnmarshalJSON(bytes.NewReader(rec.value))
+		doc, err := jsonschema.UnmarshalJSON(bytes.NewReader(rec.Value))
 		if err != nil {
 			// The body passed the JSON check: this cannot happen.
 			return badRequest("record %d: %v", i, err)

@@ -25,6 +25,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/queuepublish/caddy-queue-publish/internal/producer"
 	"github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
@@ -152,7 +153,7 @@ func TestTLSBrokers(t *testing.T) {
 			c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"), kfake.TLS(serverTLS))
 			logger, logs := observedLogger()
 			p := mustProducer(t, producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll, TLS: tt.tls}, logger)
-			defer p.close()
+			defer p.Close()
 			_, perr := sendOne(p, "events", []byte(`{"tls":true}`), 2*time.Second)
 			if tt.want == "" {
 				if perr != nil {
@@ -163,12 +164,12 @@ func TestTLSBrokers(t *testing.T) {
 				}
 				return
 			}
-			if perr == nil || perr.reason != tt.want {
+			if perr == nil || perr.Reason != tt.want {
 				t.Fatalf("got %v, want %q", perr, tt.want)
 			}
 			if tt.want != "no Kafka broker reachable" {
-				if perr.outcome != outcomeRejected {
-					t.Errorf("outcome %v, want permanent: retrying does not fix a TLS setting", perr.outcome)
+				if perr.Outcome != outcomeRejected {
+					t.Errorf("outcome %v, want permanent: retrying does not fix a TLS setting", perr.Outcome)
 				}
 				waitFor(t, 5*time.Second, func() bool {
 					return logs.FilterMessage("the Kafka brokers refuse the connection: TLS with the Kafka broker failed; check the settings").Len() == 1
@@ -239,7 +240,7 @@ func TestSASLBrokers(t *testing.T) {
 func saslAnswers(t *testing.T, c *kfake.Cluster, brokers []string) {
 	for _, tt := range []struct {
 		mechanism, user, password string
-		want                      outcome // 0: acknowledged
+		want                      producer.Outcome // 0: acknowledged
 	}{
 		{"plain", "plain-user", "plain-pass", 0},
 		{"scram-sha-256", "scram256-user", "scram256-pass", 0},
@@ -252,7 +253,7 @@ func saslAnswers(t *testing.T, c *kfake.Cluster, brokers []string) {
 			logger, logs := observedLogger()
 			p := mustProducer(t, producerConfig{Brokers: brokers, Acks: kafka.RequireAll,
 				SASL: &saslCredentials{Mechanism: tt.mechanism, Username: tt.user, Password: tt.password}}, logger)
-			defer p.close()
+			defer p.Close()
 			_, perr := sendOne(p, "events", []byte(`{"sasl":"`+tt.mechanism+`"}`), 2*time.Second)
 			switch tt.want {
 			case 0:
@@ -261,17 +262,19 @@ func saslAnswers(t *testing.T, c *kfake.Cluster, brokers []string) {
 				}
 				return
 			case outcomeRejected:
-				if perr == nil || perr.outcome != outcomeRejected || perr.reason != "Kafka authentication failed" {
+				if perr == nil || perr.Outcome != outcomeRejected || perr.Reason != "Kafka authentication failed" {
 					t.Fatalf("got %v, want a permanent 'Kafka authentication failed'", perr)
 				}
 				waitFor(t, 5*time.Second, func() bool {
 					return logs.FilterMessage("the Kafka brokers refuse the connection: Kafka authentication failed; check the settings").Len() == 1
 				})
 			case outcomeRetry:
-				if perr == nil || perr.outcome != outcomeRetry || perr.reason != "Kafka connection lost during authentication" {
+				if perr == nil || perr.Outcome != outcomeRetry || perr.Reason != "Kafka connection lost during authentication" {
 					t.Fatalf("got %v, want a retriable 'Kafka connection lost during authentication'", perr)
 				}
-				waitFor(t, 5*time.Second, func() bool { return logs.FilterMessage(msgSASLDropped).Len() == 1 })
+				waitFor(t, 5*time.Second, func() bool {
+					return logs.FilterMessageSnippet("closed the connection during SASL authentication").Len() == 1
+				})
 			}
 			if n := logs.FilterMessageSnippet("no Kafka broker reachable").Len(); n > 0 {
 				t.Errorf("a refused connection was logged as an unreachable broker")
@@ -314,29 +317,29 @@ func (c *resetConn) Read(b []byte) (int, error) {
 // connection authenticates.
 func TestSASLConnectionResetIsRetriable(t *testing.T) {
 	c := saslCluster(t)
-	p := mustMake(t, producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll,
-		SASL: &saslCredentials{Mechanism: "plain", Username: "plain-user", Password: "plain-pass"}}, zap.NewNop())
-	defer p.close()
 	var armed atomic.Bool
 	armed.Store(true)
-	dial := p.dialContext
-	p.dialContext = func(ctx context.Context, network, address string) (net.Conn, error) {
-		conn, err := dial(ctx, network, address)
-		if err != nil {
-			return nil, err
-		}
-		return &resetConn{Conn: conn, armed: &armed}, nil
-	}
+	var dialer net.Dialer
+	p := mustProducer(t, producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll,
+		SASL: &saslCredentials{Mechanism: "plain", Username: "plain-user", Password: "plain-pass"}}, zap.NewNop(),
+		func(ctx context.Context, network, address string) (net.Conn, error) {
+			conn, err := dialer.DialContext(ctx, network, address)
+			if err != nil {
+				return nil, err
+			}
+			return &resetConn{Conn: conn, armed: &armed}, nil
+		})
+	defer p.Close()
 	_, perr := sendOne(p, "events", []byte(`{"reset":1}`), 2*time.Second)
 	if armed.Load() {
 		t.Fatal("the connection was never reset during SASL")
 	}
-	if perr == nil || perr.outcome != outcomeRetry {
+	if perr == nil || perr.Outcome != outcomeRetry {
 		t.Fatalf("a reset during SASL: %v, want a retriable failure", perr)
 	}
 	waitFor(t, 5*time.Second, func() bool {
 		_, perr := sendOne(p, "events", []byte(`{"reset":2}`), 2*time.Second)
-		if perr != nil && perr.outcome != outcomeRetry {
+		if perr != nil && perr.Outcome != outcomeRetry {
 			t.Fatalf("after a reset during SASL: %v, want 503s until the next connection authenticates", perr)
 		}
 		return perr == nil

@@ -1,15 +1,13 @@
-package queuepublish
+package producer
 
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"maps"
 	"net"
-	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
@@ -20,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/queuepublish/caddy-queue-publish/internal/kafkatest"
 	"github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
@@ -30,19 +29,19 @@ import (
 
 // testProducer returns a started producer for c's brokers, destructed when
 // the test ends.
-func testProducer(t testing.TB, c *kfake.Cluster) *producer {
+func testProducer(t testing.TB, c *kfake.Cluster) *Producer {
 	t.Helper()
-	p := mustProducer(t, producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll}, zap.NewNop())
-	t.Cleanup(func() { p.close() })
+	p := mustProducer(t, Config{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll}, zap.NewNop())
+	t.Cleanup(func() { p.Close() })
 	return p
 }
 
 // warmProducer returns a cluster with one topic, "events", and a started
 // producer that has stored the record "warm" in it: it knows the
 // partition's leader and holds a connection to it.
-func warmProducer(t testing.TB) (*kfake.Cluster, *producer) {
+func warmProducer(t testing.TB) (*kfake.Cluster, *Producer) {
 	t.Helper()
-	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	c := kafkatest.NewCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
 	p := testProducer(t, c)
 	if _, perr := sendOne(p, "events", []byte(`"warm"`), time.Second); perr != nil {
 		t.Fatal(perr)
@@ -51,13 +50,42 @@ func warmProducer(t testing.TB) (*kfake.Cluster, *producer) {
 }
 
 // sendOne publishes value and waits for its outcome.
-func sendOne(p *producer, topic string, value []byte, timeout time.Duration) (*record, *publishError) {
-	rec := newRecord(value, time.Now(), timeout)
+func sendOne(p *Producer, topic string, value []byte, timeout time.Duration) (*Record, *Error) {
+	rec := NewRecord(value, time.Now(), timeout)
 	return rec, p.send(context.Background(), topic, rec)
 }
 
+// send publishes rec and waits for its outcome.
+func (p *Producer) send(ctx context.Context, topic string, rec *Record) *Error {
+	recs := []*Record{rec}
+	t, perr := p.Topic(ctx, topic, recs)
+	if perr != nil {
+		return perr
+	}
+	p.Send(ctx, t, recs)
+	return rec.Answer
+}
+
+// publishNoWait queues rec without waiting for its outcome; the test
+// waits on rec.done.
+func publishNoWait(p *Producer, ctx context.Context, topic string, rec *Record) *Error {
+	t, perr := p.Topic(ctx, topic, []*Record{rec})
+	if perr != nil {
+		return perr
+	}
+	_, perr = p.Enqueue(t, []*Record{rec})
+	return perr
+}
+
+// mustProducer is a started producer for cfg; the caller closes it.
+func mustProducer(t testing.TB, cfg Config, logger *zap.Logger) *Producer {
+	t.Helper()
+	cfg.Logger = logger
+	return New(cfg)
+}
+
 func TestProducerStoresExactBytesOnPartitionsLedByDifferentBrokers(t *testing.T) {
-	c := newCluster(t, kfake.NumBrokers(3), kfake.SeedTopics(6, "events"))
+	c := kafkatest.NewCluster(t, kfake.NumBrokers(3), kfake.SeedTopics(6, "events"))
 	leaders := map[int32]bool{}
 	for _, pi := range c.PartitionInfos("events") {
 		leaders[pi.Leader] = true
@@ -68,7 +96,7 @@ func TestProducerStoresExactBytesOnPartitionsLedByDifferentBrokers(t *testing.T)
 	p := testProducer(t, c)
 
 	const n = 120
-	recs := make([]*record, n)
+	recs := make([]*Record, n)
 	var wg sync.WaitGroup
 	for i := range n {
 		wg.Add(1)
@@ -81,13 +109,13 @@ func TestProducerStoresExactBytesOnPartitionsLedByDifferentBrokers(t *testing.T)
 			if perr != nil {
 				t.Errorf("record %d: %v", i, perr)
 			}
-			rec.value = value // the producer let go of it
+			rec.Value = value // the producer let go of it
 			recs[i] = rec
 		}()
 	}
 	wg.Wait()
 
-	got := stored(t, c, "events")
+	got := kafkatest.Stored(t, c, "events")
 	if len(got) != n {
 		t.Fatalf("topic holds %d records, want %d", len(got), n)
 	}
@@ -101,9 +129,9 @@ func TestProducerStoresExactBytesOnPartitionsLedByDifferentBrokers(t *testing.T)
 		}
 	}
 	for i, rec := range recs {
-		v, ok := at[fmt.Sprint(rec.partition, "/", rec.offset)]
-		if !ok || !bytes.Equal(v, rec.value) {
-			t.Errorf("record %d: at %d/%d the topic holds %q, want %q", i, rec.partition, rec.offset, v, rec.value)
+		v, ok := at[fmt.Sprint(rec.Partition, "/", rec.Offset)]
+		if !ok || !bytes.Equal(v, rec.Value) {
+			t.Errorf("record %d: at %d/%d the topic holds %q, want %q", i, rec.Partition, rec.Offset, v, rec.Value)
 		}
 	}
 	if len(partitions) != 6 {
@@ -112,7 +140,7 @@ func TestProducerStoresExactBytesOnPartitionsLedByDifferentBrokers(t *testing.T)
 }
 
 func TestProducerRetriesRetriableErrors(t *testing.T) {
-	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	c := kafkatest.NewCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
 	p := testProducer(t, c)
 	faults := c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "events", Err: kerr.NotEnoughReplicas, Count: 3})
 
@@ -126,7 +154,7 @@ func TestProducerRetriesRetriableErrors(t *testing.T) {
 	if hits := faults.Hits(); hits != 3 {
 		t.Errorf("broker refused %d times, want 3", hits)
 	}
-	if got := stored(t, c, "events"); len(got) != 1 || string(got[0].Value) != `{"retry":1}` {
+	if got := kafkatest.Stored(t, c, "events"); len(got) != 1 || string(got[0].Value) != `{"retry":1}` {
 		t.Errorf("topic holds %v, want the one record", got)
 	}
 }
@@ -135,29 +163,29 @@ func TestProducerRetriableErrorUntilTimeoutIsNotWritten(t *testing.T) {
 	for _, tt := range []struct {
 		err     *kerr.Error
 		acks    kafka.RequiredAcks
-		outcome outcome
+		outcome Outcome
 		reason  string
 	}{
-		{kerr.NotEnoughReplicas, kafka.RequireAll, outcomeRetry, "Kafka broker not ready: Not Enough Replicas"},
-		{kerr.NotLeaderForPartition, kafka.RequireOne, outcomeRetry, "Kafka broker not ready: Not Leader For Partition"},
+		{kerr.NotEnoughReplicas, kafka.RequireAll, OutcomeRetry, "Kafka broker not ready: Not Enough Replicas"},
+		{kerr.NotLeaderForPartition, kafka.RequireOne, OutcomeRetry, "Kafka broker not ready: Not Leader For Partition"},
 		// With acks=all a broker may say NOT_LEADER after appending,
 		// when leadership moved while it waited for the replicas.
-		{kerr.NotLeaderForPartition, kafka.RequireAll, outcomeUnknown, reasonUnknown},
+		{kerr.NotLeaderForPartition, kafka.RequireAll, OutcomeUnknown, reasonUnknown},
 		// Answered before anything is appended: the topic is being
 		// created, or the metadata is stale.
-		{kerr.UnknownTopicOrPartition, kafka.RequireAll, outcomeRetry, "Kafka broker not ready: Unknown Topic Or Partition"},
+		{kerr.UnknownTopicOrPartition, kafka.RequireAll, OutcomeRetry, "Kafka broker not ready: Unknown Topic Or Partition"},
 	} {
 		t.Run(fmt.Sprint(tt.err.Message, " acks ", tt.acks), func(t *testing.T) {
-			noLeaks(t)
-			c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
-			p := mustProducer(t, producerConfig{Brokers: c.ListenAddrs(), Acks: tt.acks}, zap.NewNop())
-			t.Cleanup(func() { p.close() })
+			kafkatest.NoLeaks(t)
+			c := kafkatest.NewCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+			p := mustProducer(t, Config{Brokers: c.ListenAddrs(), Acks: tt.acks}, zap.NewNop())
+			t.Cleanup(func() { p.Close() })
 			c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "events", Err: tt.err, Count: -1})
 
 			start := time.Now()
 			rec, perr := sendOne(p, "events", []byte(`{}`), 300*time.Millisecond)
 			took := time.Since(start)
-			if perr == nil || perr.outcome != tt.outcome || perr.reason != tt.reason {
+			if perr == nil || perr.Outcome != tt.outcome || perr.Reason != tt.reason {
 				t.Fatalf("got %v, want %v %q", perr, tt.outcome, tt.reason)
 			}
 			if took > 300*time.Millisecond+200*time.Millisecond {
@@ -166,7 +194,7 @@ func TestProducerRetriableErrorUntilTimeoutIsNotWritten(t *testing.T) {
 			if rec.attempts < 2 {
 				t.Errorf("attempts = %d, want retries", rec.attempts)
 			}
-			if got := stored(t, c, "events"); len(got) != 0 {
+			if got := kafkatest.Stored(t, c, "events"); len(got) != 0 {
 				t.Errorf("topic holds %d records, want none", len(got))
 			}
 		})
@@ -174,8 +202,8 @@ func TestProducerRetriableErrorUntilTimeoutIsNotWritten(t *testing.T) {
 }
 
 func TestProducerNoAcknowledgementIsUnknownOutcome(t *testing.T) {
-	noLeaks(t)
-	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	kafkatest.NoLeaks(t)
+	c := kafkatest.NewCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
 	p := testProducer(t, c)
 	release := make(chan struct{})
 	c.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
@@ -186,7 +214,7 @@ func TestProducerNoAcknowledgementIsUnknownOutcome(t *testing.T) {
 	start := time.Now()
 	_, perr := sendOne(p, "events", []byte(`{"slow":1}`), 300*time.Millisecond)
 	took := time.Since(start)
-	if perr == nil || perr.outcome != outcomeUnknown {
+	if perr == nil || perr.Outcome != OutcomeUnknown {
 		t.Fatalf("want outcome unknown, got %v", perr)
 	}
 	if took > 300*time.Millisecond+200*time.Millisecond {
@@ -194,15 +222,15 @@ func TestProducerNoAcknowledgementIsUnknownOutcome(t *testing.T) {
 	}
 	// The answer was honest: the record was sent and does land.
 	close(release)
-	waitFor(t, 5*time.Second, func() bool { return c.PartitionInfo("events", 0).HighWatermark == 1 })
-	if got := stored(t, c, "events"); len(got) != 1 {
+	kafkatest.WaitFor(t, 5*time.Second, func() bool { return c.PartitionInfo("events", 0).HighWatermark == 1 })
+	if got := kafkatest.Stored(t, c, "events"); len(got) != 1 {
 		t.Errorf("topic holds %d records, want the one whose outcome was unknown", len(got))
 	}
 }
 
 func TestProducerSplitsBatchesTheBrokerFindsTooLarge(t *testing.T) {
-	noLeaks(t)
-	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"),
+	kafkatest.NoLeaks(t)
+	c := kafkatest.NewCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"),
 		kfake.BrokerConfigs(map[string]string{"message.max.bytes": "1000"}))
 	p := testProducer(t, c)
 
@@ -214,13 +242,13 @@ func TestProducerSplitsBatchesTheBrokerFindsTooLarge(t *testing.T) {
 		return nil, nil, false
 	})
 	value := func(i int) []byte { return fmt.Appendf(nil, `{"i":%d,"pad":"%0200d"}`, i, 0) }
-	first := newRecord(value(0), time.Now(), 5*time.Second)
+	first := NewRecord(value(0), time.Now(), 5*time.Second)
 	if perr := publishNoWait(p, context.Background(), "events", first); perr != nil {
 		t.Fatal(perr)
 	}
-	recs := []*record{first}
+	recs := []*Record{first}
 	for i := 1; i < 20; i++ {
-		rec := newRecord(value(i), time.Now(), 5*time.Second)
+		rec := NewRecord(value(i), time.Now(), 5*time.Second)
 		if perr := publishNoWait(p, context.Background(), "events", rec); perr != nil {
 			t.Fatal(perr)
 		}
@@ -233,23 +261,23 @@ func TestProducerSplitsBatchesTheBrokerFindsTooLarge(t *testing.T) {
 			t.Errorf("record %d: %v", i, rec.err)
 		}
 	}
-	if got := stored(t, c, "events"); len(got) != 20 {
+	if got := kafkatest.Stored(t, c, "events"); len(got) != 20 {
 		t.Errorf("topic holds %d records, want 20", len(got))
 	}
 
 	// One record alone over the limit is refused for good, at once.
 	rec, perr := sendOne(p, "events", fmt.Appendf(nil, `"%01000d"`, 0), 5*time.Second)
-	if perr == nil || perr.outcome != outcomeTooLarge || rec.attempts != 1 {
+	if perr == nil || perr.Outcome != OutcomeTooLarge || rec.attempts != 1 {
 		t.Errorf("want too large after one attempt, got %v after %d", perr, rec.attempts)
 	}
 }
 
 func TestProducerPermanentErrors(t *testing.T) {
-	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	c := kafkatest.NewCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
 	p := testProducer(t, c)
 
 	_, perr := sendOne(p, "nope", []byte(`{}`), 2*time.Second)
-	if perr == nil || perr.outcome != outcomeRejected || perr.reason != "unknown topic" {
+	if perr == nil || perr.Outcome != OutcomeRejected || perr.Reason != "unknown topic" {
 		t.Errorf("unknown topic: got %v", perr)
 	}
 
@@ -265,57 +293,45 @@ func TestProducerPermanentErrors(t *testing.T) {
 	} {
 		c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "events", Err: tt.err})
 		rec, perr := sendOne(p, "events", []byte(`{}`), 2*time.Second)
-		if perr == nil || perr.outcome != outcomeRejected || perr.reason != tt.reason {
+		if perr == nil || perr.Outcome != OutcomeRejected || perr.Reason != tt.reason {
 			t.Errorf("%s: got %v, want permanent (500) %q", tt.err.Message, perr, tt.reason)
 		}
 		if rec.attempts != 1 {
 			t.Errorf("%s: a permanent error was tried %d times, want once", tt.err.Message, rec.attempts)
 		}
 	}
-	if got := stored(t, c, "events"); len(got) != 0 {
+	if got := kafkatest.Stored(t, c, "events"); len(got) != 0 {
 		t.Errorf("the topic holds %d records, want none", len(got))
 	}
 }
 
-// closedPort returns a local address where nothing listens.
-func closedPort(t testing.TB) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
-}
-
 func TestProducerWithoutBrokerAnswers503AndRecoversWhenOneComesUp(t *testing.T) {
-	noLeaks(t)
-	addr := closedPort(t)
-	logger, logs := observedLogger()
-	p := mustProducer(t, producerConfig{Brokers: []string{addr}, Acks: kafka.RequireAll}, logger)
-	t.Cleanup(func() { p.close() })
+	kafkatest.NoLeaks(t)
+	addr := kafkatest.ClosedPort(t)
+	logger, logs := kafkatest.ObservedLogger()
+	p := mustProducer(t, Config{Brokers: []string{addr}, Acks: kafka.RequireAll}, logger)
+	t.Cleanup(func() { p.Close() })
 
 	start := time.Now()
 	_, perr := sendOne(p, "events", []byte(`{}`), 2*time.Second)
-	if perr == nil || perr.outcome != outcomeRetry || perr.reason != "no Kafka broker reachable" {
+	if perr == nil || perr.Outcome != OutcomeRetry || perr.Reason != "no Kafka broker reachable" {
 		t.Fatalf("want 'no Kafka broker reachable', got %v", perr)
 	}
 	if took := time.Since(start); took > time.Second {
 		t.Errorf("answered after %v; an unreachable cluster should fail fast", took)
 	}
-	waitFor(t, 5*time.Second, func() bool {
+	kafkatest.WaitFor(t, 5*time.Second, func() bool {
 		return logs.FilterMessageSnippet("no Kafka broker reachable at start").Len() == 1
 	})
 
 	_, port, _ := net.SplitHostPort(addr)
 	portNum, _ := strconv.Atoi(port)
-	c := newCluster(t, kfake.Ports(portNum), kfake.SeedTopics(1, "events"))
-	waitFor(t, 10*time.Second, func() bool {
+	c := kafkatest.NewCluster(t, kfake.Ports(portNum), kfake.SeedTopics(1, "events"))
+	kafkatest.WaitFor(t, 10*time.Second, func() bool {
 		_, perr := sendOne(p, "events", []byte(`{"up":1}`), time.Second)
 		return perr == nil
 	})
-	if got := stored(t, c, "events"); len(got) != 1 {
+	if got := kafkatest.Stored(t, c, "events"); len(got) != 1 {
 		t.Errorf("topic holds %d records, want 1", len(got))
 	}
 	if logs.FilterMessage("Kafka broker reachable").Len() != 1 {
@@ -327,28 +343,27 @@ func TestProducerWithoutBrokerAnswers503AndRecoversWhenOneComesUp(t *testing.T) 
 // leaders go through leaderDial; it is not started. The producer
 // bootstraps from "localhost:<port>" while the brokers advertise
 // "127.0.0.1:<port>", which tells the metadata connections apart.
-func hookedProducer(t *testing.T, c *kfake.Cluster, leaderDial func(ctx context.Context, network, address string) (net.Conn, error)) *producer {
+func hookedProducer(t *testing.T, c *kfake.Cluster, leaderDial func(ctx context.Context, network, address string) (net.Conn, error)) *Producer {
 	t.Helper()
 	var brokers []string
 	for _, a := range c.ListenAddrs() {
 		_, port, _ := net.SplitHostPort(a)
 		brokers = append(brokers, "localhost:"+port)
 	}
-	p := mustMake(t, producerConfig{Brokers: brokers, Acks: kafka.RequireAll}, zap.NewNop())
-	real := p.dialContext
-	p.dialContext = func(ctx context.Context, network, address string) (net.Conn, error) {
+	var dialer net.Dialer
+	p := mustProducer(t, Config{Brokers: brokers, Acks: kafka.RequireAll, Dial: func(ctx context.Context, network, address string) (net.Conn, error) {
 		if strings.HasPrefix(address, "127.0.0.1:") {
 			return leaderDial(ctx, network, address)
 		}
-		return real(ctx, network, address)
-	}
-	t.Cleanup(func() { p.close() })
+		return dialer.DialContext(ctx, network, address)
+	}}, zap.NewNop())
+	t.Cleanup(func() { p.Close() })
 	return p
 }
 
 func TestAbandonWhileConnectingIsNotWritten(t *testing.T) {
-	noLeaks(t)
-	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	kafkatest.NoLeaks(t)
+	c := kafkatest.NewCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
 	var dials atomic.Int32
 	p := hookedProducer(t, c, func(ctx context.Context, _, _ string) (net.Conn, error) {
 		// A leader whose host drops our packets: the dial hangs.
@@ -359,13 +374,13 @@ func TestAbandonWhileConnectingIsNotWritten(t *testing.T) {
 	p.start()
 
 	rec, perr := sendOne(p, "events", []byte(`{}`), 300*time.Millisecond)
-	if perr == nil || perr.outcome != outcomeRetry {
+	if perr == nil || perr.Outcome != OutcomeRetry {
 		t.Fatalf("want not written (safe to retry), got %v", perr)
 	}
 	if rec.attempts != 1 || dials.Load() != 1 {
 		t.Errorf("attempts = %d, dials = %d, want 1 and 1", rec.attempts, dials.Load())
 	}
-	if got := stored(t, c, "events"); len(got) != 0 {
+	if got := kafkatest.Stored(t, c, "events"); len(got) != 0 {
 		t.Errorf("topic holds %d records, want none", len(got))
 	}
 }
@@ -388,8 +403,8 @@ func (c *brokenConn) Write(b []byte) (int, error) {
 // append) is never followed by a "not written" answer, whatever the later
 // attempts do: here the connection dies, then connecting hangs.
 func TestPossiblyWrittenIsNeverAnsweredNotWritten(t *testing.T) {
-	noLeaks(t)
-	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	kafkatest.NoLeaks(t)
+	c := kafkatest.NewCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
 	var broken atomic.Bool
 	var dials atomic.Int32
 	p := hookedProducer(t, c, func(ctx context.Context, network, address string) (net.Conn, error) {
@@ -408,27 +423,27 @@ func TestPossiblyWrittenIsNeverAnsweredNotWritten(t *testing.T) {
 		When: func(kmsg.Request) bool { broken.Store(true); return true }})
 
 	rec, perr := sendOne(p, "events", []byte(`{"x":1}`), 600*time.Millisecond)
-	if perr == nil || perr.outcome != outcomeUnknown {
+	if perr == nil || perr.Outcome != OutcomeUnknown {
 		t.Fatalf("want outcome unknown, got %v", perr)
 	}
 	if rec.attempts < 2 {
 		t.Errorf("attempts = %d, want retries", rec.attempts)
 	}
-	if got := stored(t, c, "events"); len(got) != 1 {
+	if got := kafkatest.Stored(t, c, "events"); len(got) != 1 {
 		t.Errorf("topic holds %d records; the first attempt wrote one", len(got))
 	}
 }
 
 func TestPermanentErrorAfterPossibleWriteIsUnknown(t *testing.T) {
-	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	c := kafkatest.NewCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
 	p := testProducer(t, c)
 	c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "events", Err: kerr.RequestTimedOut})
 	c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "events", Err: kerr.UnknownServerError})
 	_, perr := sendOne(p, "events", []byte(`{"x":1}`), 2*time.Second)
-	if perr == nil || perr.outcome != outcomeUnknown {
+	if perr == nil || perr.Outcome != OutcomeUnknown {
 		t.Fatalf("want outcome unknown, got %v", perr)
 	}
-	if got := stored(t, c, "events"); len(got) != 1 {
+	if got := kafkatest.Stored(t, c, "events"); len(got) != 1 {
 		t.Errorf("topic holds %d records; the first attempt wrote one", len(got))
 	}
 }
@@ -437,8 +452,8 @@ func TestPermanentErrorAfterPossibleWriteIsUnknown(t *testing.T) {
 // the leader is slow, the records whose callers gave up meanwhile are not
 // sent (and answered so), and the others are delivered once it connects.
 func TestSlowConnectionStillDelivers(t *testing.T) {
-	noLeaks(t)
-	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	kafkatest.NoLeaks(t)
+	c := kafkatest.NewCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
 	connect := make(chan struct{})
 	p := hookedProducer(t, c, func(ctx context.Context, network, address string) (net.Conn, error) {
 		select {
@@ -453,11 +468,11 @@ func TestSlowConnectionStillDelivers(t *testing.T) {
 	// Deadlines 50ms apart; the leader connection opens once the first
 	// five callers gave up.
 	const n = 20
-	recs := make([]*record, n)
-	results := make([]*publishError, n)
+	recs := make([]*Record, n)
+	results := make([]*Error, n)
 	now := time.Now()
 	for i := range n {
-		recs[i] = newRecord(fmt.Appendf(nil, `%d`, i), now, time.Duration(i+1)*50*time.Millisecond)
+		recs[i] = NewRecord(fmt.Appendf(nil, `%d`, i), now, time.Duration(i+1)*50*time.Millisecond)
 		if perr := publishNoWait(p, context.Background(), "events", recs[i]); perr != nil {
 			t.Fatal(perr)
 		}
@@ -467,37 +482,37 @@ func TestSlowConnectionStillDelivers(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			timer := time.NewTimer(time.Until(rec.deadline))
+			timer := time.NewTimer(time.Until(rec.Deadline))
 			defer timer.Stop()
 			select {
 			case <-rec.done:
 				results[i] = rec.err
 			case <-timer.C:
-				results[i] = p.abandon(rec)
+				results[i] = rec.part.abandon(rec)
 			}
 		}()
 	}
-	waitFor(t, 5*time.Second, func() bool {
-		recs[4].q.mu.Lock()
-		defer recs[4].q.mu.Unlock()
+	kafkatest.WaitFor(t, 5*time.Second, func() bool {
+		recs[4].part.mu.Lock()
+		defer recs[4].part.mu.Unlock()
 		return recs[4].abandoned
 	})
 	close(connect)
 	wg.Wait()
 
 	values := map[string]bool{}
-	for _, r := range stored(t, c, "events") {
+	for _, r := range kafkatest.Stored(t, c, "events") {
 		values[string(r.Value)] = true
 	}
 	for i, perr := range results {
 		switch {
-		case i < 5 && (perr == nil || perr.outcome != outcomeRetry):
+		case i < 5 && (perr == nil || perr.Outcome != OutcomeRetry):
 			t.Errorf("record %d gave up before the connection opened: got %v, want not written", i, perr)
 		case i >= 8 && perr != nil:
 			t.Errorf("record %d (deadline %v) failed: %v", i, time.Duration(i+1)*50*time.Millisecond, perr)
 		case perr == nil && !values[fmt.Sprint(i)]:
 			t.Errorf("record %d acknowledged but not stored", i)
-		case perr != nil && perr.outcome == outcomeRetry && values[fmt.Sprint(i)]:
+		case perr != nil && perr.Outcome == OutcomeRetry && values[fmt.Sprint(i)]:
 			t.Errorf("record %d answered not written but stored", i)
 		}
 	}
@@ -506,13 +521,13 @@ func TestSlowConnectionStillDelivers(t *testing.T) {
 // A client that left while its request read metadata does not turn the
 // metadata into an error for the other clients.
 func TestCancelledCallerDoesNotPoisonMetadata(t *testing.T) {
-	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	c := kafkatest.NewCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
 	p := testProducer(t, c)
 	gone, cancel := context.WithCancel(context.Background())
 	cancel()
 	for range 20 {
 		p.topic("events").expire()
-		rec := newRecord([]byte(`{}`), time.Now(), 2*time.Second)
+		rec := NewRecord([]byte(`{}`), time.Now(), 2*time.Second)
 		if perr := publishNoWait(p, gone, "events", rec); perr != nil {
 			t.Fatalf("a publish whose client left got %v", perr)
 		}
@@ -531,34 +546,34 @@ func TestNothingRunsAfterClose(t *testing.T) {
 		return strings.Count(string(buf[:runtime.Stack(buf, true)]), "kafka-go.(*connPool).discover")
 	}
 	before := discoverers()
-	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
-	p := mustProducer(t, producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll}, zap.NewNop())
+	c := kafkatest.NewCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	p := mustProducer(t, Config{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll}, zap.NewNop())
 	if _, perr := sendOne(p, "events", []byte(`{}`), 2*time.Second); perr != nil {
 		t.Fatal(perr)
 	}
-	p.close()
+	p.Close()
 	for _, topic := range []string{"events", "other"} {
 		if _, perr := sendOne(p, topic, []byte(`{}`), time.Second); perr != errShuttingDown {
 			t.Errorf("%s after close: %v, want %v", topic, perr, errShuttingDown)
 		}
 	}
 	// Goroutines of earlier tests may still be ending: none may be added.
-	waitFor(t, 5*time.Second, func() bool { return discoverers() <= before })
+	kafkatest.WaitFor(t, 5*time.Second, func() bool { return discoverers() <= before })
 }
 
 func TestCloseFlushesQueuedRecords(t *testing.T) {
-	noLeaks(t)
-	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
-	p := mustProducer(t, producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll}, zap.NewNop())
+	kafkatest.NoLeaks(t)
+	c := kafkatest.NewCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	p := mustProducer(t, Config{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll}, zap.NewNop())
 
 	release := make(chan struct{})
 	c.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
 		c.SleepControl(func() { <-release })
 		return nil, nil, false
 	})
-	var recs []*record
+	var recs []*Record
 	for i := range 10 {
-		rec := newRecord(fmt.Appendf(nil, `{"i":%d}`, i), time.Now(), 5*time.Second)
+		rec := NewRecord(fmt.Appendf(nil, `{"i":%d}`, i), time.Now(), 5*time.Second)
 		if perr := publishNoWait(p, context.Background(), "events", rec); perr != nil {
 			t.Fatal(perr)
 		}
@@ -566,7 +581,7 @@ func TestCloseFlushesQueuedRecords(t *testing.T) {
 	}
 	destructed := make(chan struct{})
 	go func() {
-		p.close()
+		p.Close()
 		close(destructed)
 	}()
 	select {
@@ -588,7 +603,7 @@ func TestCloseFlushesQueuedRecords(t *testing.T) {
 			t.Errorf("record %d not completed when Destruct returned", i)
 		}
 	}
-	if got := stored(t, c, "events"); len(got) != 10 {
+	if got := kafkatest.Stored(t, c, "events"); len(got) != 10 {
 		t.Errorf("topic holds %d records, want 10", len(got))
 	}
 	if _, perr := sendOne(p, "events", []byte(`{}`), time.Second); perr != errShuttingDown {
@@ -596,65 +611,27 @@ func TestCloseFlushesQueuedRecords(t *testing.T) {
 	}
 }
 
-// waitFor polls cond until it holds, failing the test after limit.
-func waitFor(t testing.TB, limit time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(limit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("condition not met within %v", limit)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-// holdProduce makes the broker hold every produce request until release
-// is closed, and counts the requests it received.
-func holdProduce(c *kfake.Cluster, release <-chan struct{}) *atomic.Int32 {
-	var received atomic.Int32
-	c.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
-		received.Add(1)
-		c.SleepControl(func() { <-release })
-		return nil, nil, false
-	})
-	return &received
-}
-
-// holdFirstProduce makes the broker hold the first produce request until
-// release is closed, and answer the others; it counts the requests.
-func holdFirstProduce(c *kfake.Cluster, release <-chan struct{}) *atomic.Int32 {
-	var received atomic.Int32
-	c.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
-		c.KeepControl()
-		if received.Add(1) == 1 {
-			c.SleepControl(func() { <-release })
-		}
-		return nil, nil, false
-	})
-	return &received
-}
-
 func TestMaxInFlightSendsConcurrentRequests(t *testing.T) {
 	for _, inFlight := range []int{1, 2} {
 		t.Run(fmt.Sprint("max_in_flight=", inFlight), func(t *testing.T) {
-			c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
-			p := mustProducer(t, producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll, MaxInFlight: inFlight}, zap.NewNop())
-			t.Cleanup(func() { p.close() })
+			c := kafkatest.NewCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+			p := mustProducer(t, Config{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll, MaxInFlight: inFlight}, zap.NewNop())
+			t.Cleanup(func() { p.Close() })
 			release := make(chan struct{})
-			received := holdProduce(c, release)
+			received := kafkatest.HoldProduce(c, release)
 
-			first := newRecord([]byte(`1`), time.Now(), 5*time.Second)
+			first := NewRecord([]byte(`1`), time.Now(), 5*time.Second)
 			if perr := publishNoWait(p, context.Background(), "events", first); perr != nil {
 				t.Fatal(perr)
 			}
-			waitFor(t, 5*time.Second, func() bool { return received.Load() == 1 })
-			second := newRecord([]byte(`2`), time.Now(), 5*time.Second)
+			kafkatest.WaitFor(t, 5*time.Second, func() bool { return received.Load() == 1 })
+			second := NewRecord([]byte(`2`), time.Now(), 5*time.Second)
 			if perr := publishNoWait(p, context.Background(), "events", second); perr != nil {
 				t.Fatal(perr)
 			}
 			if inFlight == 2 {
 				// A second sender takes it while the first request is held.
-				waitFor(t, 5*time.Second, func() bool { return received.Load() == 2 })
+				kafkatest.WaitFor(t, 5*time.Second, func() bool { return received.Load() == 2 })
 			}
 			close(release)
 			<-first.done
@@ -671,9 +648,9 @@ func TestMaxInFlightSendsConcurrentRequests(t *testing.T) {
 
 func TestLingerOnlyUnderConcurrentLoad(t *testing.T) {
 	const linger = 300 * time.Millisecond
-	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
-	p := mustProducer(t, producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll, Linger: linger}, zap.NewNop())
-	t.Cleanup(func() { p.close() })
+	c := kafkatest.NewCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	p := mustProducer(t, Config{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll, Linger: linger}, zap.NewNop())
+	t.Cleanup(func() { p.Close() })
 
 	// An idle partition sends a lone record at once, again and again.
 	for range 3 {
@@ -689,14 +666,14 @@ func TestLingerOnlyUnderConcurrentLoad(t *testing.T) {
 	// Under load (the previous request carried several records) the
 	// sender waits for linger after that request started.
 	release := make(chan struct{})
-	received := holdProduce(c, release)
-	var recs []*record
+	received := kafkatest.HoldProduce(c, release)
+	var recs []*Record
 	for i := range 3 {
 		if i == 1 {
 			// The first request is held: the next two pile up.
-			waitFor(t, 5*time.Second, func() bool { return received.Load() == 1 })
+			kafkatest.WaitFor(t, 5*time.Second, func() bool { return received.Load() == 1 })
 		}
-		rec := newRecord(fmt.Appendf(nil, `%d`, i), time.Now(), 5*time.Second)
+		rec := NewRecord(fmt.Appendf(nil, `%d`, i), time.Now(), 5*time.Second)
 		if perr := publishNoWait(p, context.Background(), "events", rec); perr != nil {
 			t.Fatal(perr)
 		}
@@ -711,7 +688,7 @@ func TestLingerOnlyUnderConcurrentLoad(t *testing.T) {
 		t.Fatalf("%d produce requests, want 2", received.Load())
 	}
 	secondBatch := time.Now()
-	late := newRecord([]byte(`"late"`), time.Now(), 5*time.Second)
+	late := NewRecord([]byte(`"late"`), time.Now(), 5*time.Second)
 	if perr := publishNoWait(p, context.Background(), "events", late); perr != nil {
 		t.Fatal(perr)
 	}
@@ -728,7 +705,7 @@ func TestLingerOnlyUnderConcurrentLoad(t *testing.T) {
 }
 
 func TestLeaderMoveIsFollowed(t *testing.T) {
-	c := newCluster(t, kfake.NumBrokers(3), kfake.SeedTopics(1, "events"))
+	c := kafkatest.NewCluster(t, kfake.NumBrokers(3), kfake.SeedTopics(1, "events"))
 	p := testProducer(t, c)
 	if _, perr := sendOne(p, "events", []byte(`"before"`), 5*time.Second); perr != nil {
 		t.Fatal(perr)
@@ -746,7 +723,7 @@ func TestLeaderMoveIsFollowed(t *testing.T) {
 		t.Errorf("attempts = %d; the old leader should have refused the first", rec.attempts)
 	}
 	var values []string
-	for _, r := range stored(t, c, "events") {
+	for _, r := range kafkatest.Stored(t, c, "events") {
 		values = append(values, string(r.Value))
 	}
 	if strings.Join(values, ",") != `"before","after"` {
@@ -754,17 +731,19 @@ func TestLeaderMoveIsFollowed(t *testing.T) {
 	}
 }
 
+var compressionByName = map[string]kafka.Compression{"gzip": kafka.Gzip, "snappy": kafka.Snappy, "lz4": kafka.Lz4, "zstd": kafka.Zstd}
+
 func TestCompressedRecordsReadBack(t *testing.T) {
 	for _, codec := range []string{"gzip", "snappy", "lz4", "zstd"} {
 		t.Run(codec, func(t *testing.T) {
-			c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
-			p := mustProducer(t, producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll, Compression: compressionCodes[codec]}, zap.NewNop())
-			t.Cleanup(func() { p.close() })
+			c := kafkatest.NewCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+			p := mustProducer(t, Config{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll, Compression: compressionByName[codec]}, zap.NewNop())
+			t.Cleanup(func() { p.Close() })
 			value := []byte(`{"text":"` + strings.Repeat("compressible ", 100) + `"}`)
 			if _, perr := sendOne(p, "events", value, 5*time.Second); perr != nil {
 				t.Fatal(perr)
 			}
-			got := stored(t, c, "events")
+			got := kafkatest.Stored(t, c, "events")
 			if len(got) != 1 || !bytes.Equal(got[0].Value, value) {
 				t.Fatalf("read back %d records", len(got))
 			}
@@ -779,7 +758,7 @@ func TestCompressedRecordsReadBack(t *testing.T) {
 // time, 504 if its record was sent and 503 if it never was (it queued
 // behind the slow request), none 2xx; and nothing is left running.
 func TestSlowBrokerAnswersEveryWaiterOnTime(t *testing.T) {
-	noLeaks(t)
+	kafkatest.NoLeaks(t)
 	c, p := warmProducer(t)
 	baseline := ownGoroutines()
 	release := make(chan struct{})
@@ -794,7 +773,7 @@ func TestSlowBrokerAnswersEveryWaiterOnTime(t *testing.T) {
 	const n = 30
 	type result struct {
 		value string
-		perr  *publishError
+		perr  *Error
 		took  time.Duration
 	}
 	results := make(chan result, n)
@@ -805,8 +784,8 @@ func TestSlowBrokerAnswersEveryWaiterOnTime(t *testing.T) {
 			results <- result{fmt.Sprint(i), perr, time.Since(start)}
 		}()
 	}
-	counts := map[outcome]int{}
-	answered := map[string]outcome{}
+	counts := map[Outcome]int{}
+	answered := map[string]Outcome{}
 	for range n {
 		r := <-results
 		if r.perr == nil {
@@ -815,26 +794,26 @@ func TestSlowBrokerAnswersEveryWaiterOnTime(t *testing.T) {
 		if r.took > timeout+150*time.Millisecond {
 			t.Errorf("answered after %v, want within the %v timeout", r.took, timeout)
 		}
-		counts[r.perr.outcome]++
-		answered[r.value] = r.perr.outcome
+		counts[r.perr.Outcome]++
+		answered[r.value] = r.perr.Outcome
 	}
-	if counts[outcomeUnknown] == 0 || counts[outcomeUnknown]+counts[outcomeRetry] != n {
+	if counts[OutcomeUnknown] == 0 || counts[OutcomeUnknown]+counts[OutcomeRetry] != n {
 		t.Errorf("outcomes %v: want 504s for the records sent, 503s for the others", counts)
 	}
 	// Every waiter is answered while the broker still holds the
 	// requests: nothing of the producer waits on them any more.
-	waitFor(t, 5*time.Second, func() bool { return ownGoroutines() <= baseline })
+	kafkatest.WaitFor(t, 5*time.Second, func() bool { return ownGoroutines() <= baseline })
 
 	// The held requests land once the broker wakes; a record sent after
 	// them is appended after them. Then only records answered "unknown"
 	// may be in the topic, never one answered "not written".
 	close(release)
-	waitFor(t, 5*time.Second, func() bool { return woken.Load() == received.Load() })
+	kafkatest.WaitFor(t, 5*time.Second, func() bool { return woken.Load() == received.Load() })
 	if _, perr := sendOne(p, "events", []byte(`"after"`), time.Second); perr != nil {
 		t.Fatal(perr)
 	}
-	for v := range recordsByValue(t, c, "events") {
-		if o, ok := answered[v]; ok && o != outcomeUnknown {
+	for v := range kafkatest.RecordsByValue(t, c, "events") {
+		if o, ok := answered[v]; ok && o != OutcomeUnknown {
 			t.Errorf("record %s was answered %v and is in the topic", v, o)
 		}
 	}
@@ -843,12 +822,12 @@ func TestSlowBrokerAnswersEveryWaiterOnTime(t *testing.T) {
 // ownGoroutines counts the goroutines running this module's code or
 // kafka-go's, outside the tests themselves.
 func ownGoroutines() int {
-	return len(goroutinesOf("caddy-queue-publish.", "segmentio/kafka-go"))
+	return len(kafkatest.GoroutinesOf("caddy-queue-publish/internal/producer.", "segmentio/kafka-go"))
 }
 
 // A connection dropped mid-request is retried; the record is stored once.
 func TestDroppedConnectionIsRetried(t *testing.T) {
-	noLeaks(t)
+	kafkatest.NoLeaks(t)
 	c, p := warmProducer(t)
 	dropped := 0
 	c.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
@@ -862,74 +841,13 @@ func TestDroppedConnectionIsRetried(t *testing.T) {
 	if rec.attempts != 2 || dropped != 1 {
 		t.Errorf("attempts %d, drops %d; want a retry after the one drop", rec.attempts, dropped)
 	}
-	if got := recordsByValue(t, c, "events"); len(got) != 2 || got[`"dropped once"`] == nil {
+	if got := kafkatest.RecordsByValue(t, c, "events"); len(got) != 2 || got[`"dropped once"`] == nil {
 		t.Errorf("the topic holds %d records, want the warm-up and the retried one", len(got))
 	}
 }
 
 // Leaders move while records are sent: every acknowledged record is in
 // the topic and sending goes on.
-func TestLeadersMovingUnderLoad(t *testing.T) {
-	c := newCluster(t, kfake.NumBrokers(3), kfake.SeedTopics(6, "events"))
-	t.Setenv("QP_TEST_SECRET", testSecret)
-	startCaddy(t, filepath.Join(t.TempDir(), "caddy.log"), fmt.Sprintf(`	queue_publish {
-		brokers %s
-		topic events
-		secret {env.QP_TEST_SECRET}
-		timeout 5s
-	}`, strings.Join(c.ListenAddrs(), " ")))
-
-	// Clients publish through Caddy while the partitions' leaders are
-	// shuffled between the brokers every few milliseconds, 30 times.
-	var shuffles atomic.Int32
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	acked := map[string]bool{}
-	statuses := map[int]int{}
-	for w := range 8 {
-		wg.Go(func() {
-			for i := 0; shuffles.Load() < 30; i++ {
-				v := fmt.Sprintf(`"w%d-%d"`, w, i)
-				got := do(t, "POST", "/", auth(testSecret), strings.NewReader(v))
-				mu.Lock()
-				statuses[got.status]++
-				if got.status == 200 {
-					acked[v] = true
-				}
-				mu.Unlock()
-			}
-		})
-	}
-	for shuffles.Load() < 30 {
-		c.ShufflePartitionLeaders()
-		shuffles.Add(1)
-		time.Sleep(10 * time.Millisecond)
-	}
-	wg.Wait()
-	t.Logf("answers %v over %d leader shuffles", statuses, shuffles.Load())
-
-	// Every 2xx is stored; a request that is not answered 2xx may only
-	// be a 503 or 504, within its timeout; the service goes on.
-	stored := recordsByValue(t, c, "events")
-	for v := range acked {
-		if stored[v] == nil {
-			t.Errorf("%s acknowledged but not stored", v)
-		}
-	}
-	for status, n := range statuses {
-		if status != 200 && status != 503 && status != 504 {
-			t.Errorf("%d answers %d", n, status)
-		}
-	}
-	if total := len(acked) + statuses[503] + statuses[504]; statuses[200] < total*99/100 {
-		t.Errorf("%d of %d requests acknowledged, want at least 99%% (retries within the timeout)", statuses[200], total)
-	}
-	if got := do(t, "POST", "/", auth(testSecret), strings.NewReader(`"after"`)); got.status != 200 {
-		t.Errorf("after the moves: %d %s", got.status, got.body)
-	}
-	unloadChecksLeaks(t)
-}
-
 func TestMayBeWritten(t *testing.T) {
 	for _, tt := range []struct {
 		err  error
@@ -965,10 +883,10 @@ func TestMayBeWritten(t *testing.T) {
 // A leader move is logged once as a warning; successful requests log
 // nothing at info level or above but the producer's start.
 func TestLogsOfALeaderMove(t *testing.T) {
-	c := newCluster(t, kfake.NumBrokers(2), kfake.SeedTopics(1, "events"))
-	logger, logs := observedLogger()
-	p := mustProducer(t, producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll}, logger)
-	t.Cleanup(func() { p.close() })
+	c := kafkatest.NewCluster(t, kfake.NumBrokers(2), kfake.SeedTopics(1, "events"))
+	logger, logs := kafkatest.ObservedLogger()
+	p := mustProducer(t, Config{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll}, logger)
+	t.Cleanup(func() { p.Close() })
 	for range 5 {
 		if _, perr := sendOne(p, "events", []byte(`{}`), 5*time.Second); perr != nil {
 			t.Fatal(perr)
@@ -996,8 +914,8 @@ func TestLogsOfALeaderMove(t *testing.T) {
 // the others, each once: the expired record is dropped from the batch,
 // not the batch's last record repeated in its place.
 func TestRetriedBatchWithAnExpiredRecord(t *testing.T) {
-	noLeaks(t)
-	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	kafkatest.NoLeaks(t)
+	c := kafkatest.NewCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
 	p := testProducer(t, c)
 	fault := c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "events", Err: kerr.NotEnoughReplicas, Count: -1})
 
@@ -1006,13 +924,13 @@ func TestRetriedBatchWithAnExpiredRecord(t *testing.T) {
 	// alone until it expires; the others pile up behind it and make the
 	// next batch, retried until its first record expires too.
 	now := time.Now()
-	var recs []*record
+	var recs []*Record
 	for _, tt := range []struct {
 		value   string
 		timeout time.Duration
 	}{{`"first"`, 100 * time.Millisecond}, {`"expires"`, 300 * time.Millisecond}, {`"b"`, 5 * time.Second}, {`"c"`, 5 * time.Second}} {
-		rec := newRecord([]byte(tt.value), now, tt.timeout)
-		rec.onDone = func(*record) {}
+		rec := NewRecord([]byte(tt.value), now, tt.timeout)
+		rec.OnDone = func(*Record) {}
 		if perr := publishNoWait(p, context.Background(), "events", rec); perr != nil {
 			t.Fatal(perr)
 		}
@@ -1028,11 +946,11 @@ func TestRetriedBatchWithAnExpiredRecord(t *testing.T) {
 		}
 	}
 	for _, rec := range recs[:2] {
-		if rec.err == nil || rec.err.outcome != outcomeRetry {
+		if rec.err == nil || rec.err.Outcome != OutcomeRetry {
 			t.Errorf("an expired record: %v, want not written", rec.err)
 		}
 	}
-	got := recordsByValue(t, c, "events")
+	got := kafkatest.RecordsByValue(t, c, "events")
 	if len(got) != 2 || got[`"b"`] == nil || got[`"c"`] == nil || c.PartitionInfo("events", 0).HighWatermark != 2 {
 		t.Errorf("the topic holds %v (high watermark %d), want b and c once each", slices.Collect(maps.Keys(got)), c.PartitionInfo("events", 0).HighWatermark)
 	}
@@ -1042,14 +960,14 @@ func TestRetriedBatchWithAnExpiredRecord(t *testing.T) {
 // gave up, is completed as "unknown" once no request carries it again: an
 // idempotent repeat waiting for its outcome must not wait in vain.
 func TestGivenUpRecordIsCompleted(t *testing.T) {
-	noLeaks(t)
+	kafkatest.NoLeaks(t)
 	c, p := warmProducer(t)
 	c.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
 		c.KeepControl()
 		return nil, errors.New("drop the connection"), true // may have been written
 	})
 	rec, perr := sendOne(p, "events", []byte(`"dropped"`), 300*time.Millisecond)
-	if perr == nil || perr.outcome != outcomeUnknown {
+	if perr == nil || perr.Outcome != OutcomeUnknown {
 		t.Fatalf("got %v, want an unknown outcome", perr)
 	}
 	select {
@@ -1057,82 +975,9 @@ func TestGivenUpRecordIsCompleted(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the record was never completed")
 	}
-	if got := rec.outcomeNow(); got == nil || got.outcome != outcomeUnknown {
+	if got := rec.OutcomeNow(); got == nil || got.Outcome != OutcomeUnknown {
 		t.Errorf("completed as %v, want unknown", got)
 	}
-}
-
-// refuseBadRecords makes c refuse every produce request holding a record
-// whose bytes contain "bad", as Kafka refuses a record it will never take
-// (a record without a key on a compacted topic): with INVALID_RECORD
-// naming the records at fault if named, else with CORRUPT_MESSAGE and no
-// names, as older brokers do. The first after produce requests are left
-// alone. It reports the records of each refused request.
-func refuseBadRecords(t *testing.T, c *kfake.Cluster, named bool, after int) <-chan int {
-	refused := make(chan int, 100)
-	seen := 0
-	c.ControlKey(int16(kmsg.Produce), func(kreq kmsg.Request) (kmsg.Response, error, bool) {
-		c.KeepControl()
-		if seen++; seen <= after {
-			return nil, nil, false
-		}
-		req := kreq.(*kmsg.ProduceRequest)
-		resp := req.ResponseKind().(*kmsg.ProduceResponse)
-		refuse := false
-		for _, rt := range req.Topics {
-			st := kmsg.NewProduceResponseTopic()
-			st.Topic = rt.Topic
-			for _, rp := range rt.Partitions {
-				sp := kmsg.NewProduceResponseTopicPartition()
-				sp.Partition = rp.Partition
-				var batch kmsg.RecordBatch
-				if err := batch.ReadFrom(rp.Records); err != nil {
-					t.Errorf("reading a record batch: %v", err)
-				}
-				for i, raw := range splitRecords(batch) {
-					if !bytes.Contains(raw, []byte("bad")) {
-						continue
-					}
-					refuse = true
-					if named {
-						sp.ErrorCode = kerr.InvalidRecord.Code
-						er := kmsg.NewProduceResponseTopicPartitionErrorRecord()
-						er.RelativeOffset = int32(i)
-						msg := "Compacted topic cannot accept message without key in topic partition " + rt.Topic
-						er.ErrorMessage = &msg
-						sp.ErrorRecords = append(sp.ErrorRecords, er)
-					} else {
-						sp.ErrorCode = kerr.CorruptMessage.Code
-					}
-				}
-				if refuse {
-					select {
-					case refused <- int(batch.NumRecords):
-					default:
-					}
-				}
-				st.Partitions = append(st.Partitions, sp)
-			}
-			resp.Topics = append(resp.Topics, st)
-		}
-		if !refuse {
-			return nil, nil, false
-		}
-		return resp, nil, true
-	})
-	return refused
-}
-
-// splitRecords returns the bytes of each record of an uncompressed batch.
-func splitRecords(batch kmsg.RecordBatch) [][]byte {
-	var recs [][]byte
-	b := batch.Records
-	for range batch.NumRecords {
-		n, used := binary.Varint(b)
-		recs = append(recs, b[used:used+int(n)])
-		b = b[used+int(n):]
-	}
-	return recs
 }
 
 // One bad record in a group-commit batch fails alone, for good; the
@@ -1140,26 +985,26 @@ func splitRecords(batch kmsg.RecordBatch) [][]byte {
 func TestBadRecordFailsAlone(t *testing.T) {
 	for _, named := range []bool{true, false} {
 		t.Run(fmt.Sprint("named=", named), func(t *testing.T) {
-			noLeaks(t)
+			kafkatest.NoLeaks(t)
 			c, p := warmProducer(t)
 			// Hold one request so that the records pile up into the
 			// next batch.
 			release := make(chan struct{})
-			received := holdProduce(c, release)
-			held := newRecord([]byte(`"held"`), time.Now(), 5*time.Second)
+			received := kafkatest.HoldProduce(c, release)
+			held := NewRecord([]byte(`"held"`), time.Now(), 5*time.Second)
 			if perr := publishNoWait(p, context.Background(), "events", held); perr != nil {
 				t.Fatal(perr)
 			}
-			waitFor(t, 5*time.Second, func() bool { return received.Load() == 1 })
-			var recs []*record
+			kafkatest.WaitFor(t, 5*time.Second, func() bool { return received.Load() == 1 })
+			var recs []*Record
 			for _, v := range []string{`"a"`, `"bad"`, `"b"`, `"c"`, `"d"`} {
-				rec := newRecord([]byte(v), time.Now(), 5*time.Second)
+				rec := NewRecord([]byte(v), time.Now(), 5*time.Second)
 				if perr := publishNoWait(p, context.Background(), "events", rec); perr != nil {
 					t.Fatal(perr)
 				}
 				recs = append(recs, rec)
 			}
-			refused := refuseBadRecords(t, c, named, 0)
+			refused := kafkatest.RefuseBadRecords(t, c, named, 0)
 			close(release)
 			for _, rec := range append(recs, held) {
 				<-rec.done
@@ -1169,16 +1014,16 @@ func TestBadRecordFailsAlone(t *testing.T) {
 			}
 			for i, rec := range recs {
 				switch {
-				case i == 1 && (rec.err == nil || rec.err.outcome != outcomeRejected):
+				case i == 1 && (rec.err == nil || rec.err.Outcome != OutcomeRejected):
 					t.Errorf("the bad record: %v, want a permanent failure", rec.err)
 				case i != 1 && rec.err != nil:
 					t.Errorf("record %d, beside the bad one: %v", i, rec.err)
 				}
 			}
-			if named && !strings.Contains(recs[1].err.reason, "Compacted topic cannot accept message without key") {
-				t.Errorf("the bad record's reason %q does not give the broker's message", recs[1].err.reason)
+			if named && !strings.Contains(recs[1].err.Reason, "Compacted topic cannot accept message without key") {
+				t.Errorf("the bad record's reason %q does not give the broker's message", recs[1].err.Reason)
 			}
-			got := recordsByValue(t, c, "events")
+			got := kafkatest.RecordsByValue(t, c, "events")
 			for _, v := range []string{`"warm"`, `"held"`, `"a"`, `"b"`, `"c"`, `"d"`} {
 				if got[v] == nil {
 					t.Errorf("%s is not stored", v)
@@ -1196,8 +1041,8 @@ func TestBadRecordFailsAlone(t *testing.T) {
 // 504 stands for at most two copies. Each attempt gives the broker the
 // request's whole remaining time.
 func TestRequestTimedOutIsRetriedOnce(t *testing.T) {
-	noLeaks(t)
-	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	kafkatest.NoLeaks(t)
+	c := kafkatest.NewCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
 	p := testProducer(t, c)
 	var mu sync.Mutex
 	var brokerTimeouts []int32
@@ -1212,7 +1057,7 @@ func TestRequestTimedOutIsRetriedOnce(t *testing.T) {
 	c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "events", Err: kerr.RequestTimedOut, Count: -1})
 
 	rec, perr := sendOne(p, "events", []byte(`"slow replicas"`), 2*time.Second)
-	if perr == nil || perr.outcome != outcomeUnknown {
+	if perr == nil || perr.Outcome != OutcomeUnknown {
 		t.Fatalf("got %v, want 504 (outcome unknown)", perr)
 	}
 	if rec.attempts != 2 {
@@ -1232,19 +1077,19 @@ func TestRequestTimedOutIsRetriedOnce(t *testing.T) {
 // that had the request: the record may be written (504), unlike a request
 // that was never routed.
 func TestAnswerWithoutThePartitionIsUnknown(t *testing.T) {
-	noLeaks(t)
+	kafkatest.NoLeaks(t)
 	c, p := warmProducer(t)
 	c.ControlKey(int16(kmsg.Produce), func(req kmsg.Request) (kmsg.Response, error, bool) {
 		c.KeepControl()
 		return req.ResponseKind(), nil, true // no topic, no partition
 	})
-	if _, perr := sendOne(p, "events", []byte(`"lost"`), 500*time.Millisecond); perr == nil || perr.outcome != outcomeUnknown {
+	if _, perr := sendOne(p, "events", []byte(`"lost"`), 500*time.Millisecond); perr == nil || perr.Outcome != OutcomeUnknown {
 		t.Errorf("got %v, want 504 (outcome unknown)", perr)
 	}
 }
 
 // completedWithin fails the test unless rec is completed within limit.
-func completedWithin(t *testing.T, rec *record, limit time.Duration) {
+func completedWithin(t *testing.T, rec *Record, limit time.Duration) {
 	t.Helper()
 	select {
 	case <-rec.done:
@@ -1257,13 +1102,13 @@ func completedWithin(t *testing.T, rec *record, limit time.Duration) {
 // its caller gave up on it, completes as not written, so that a repeat
 // produces it; its bytes are let go at once.
 func TestNotWrittenAfterCallerLeftCompletes(t *testing.T) {
-	noLeaks(t)
+	kafkatest.NoLeaks(t)
 	c, p := warmProducer(t)
 	release := make(chan struct{})
-	received := holdProduce(c, release)
-	rec := newRecord([]byte(`"held"`), time.Now(), 300*time.Millisecond)
-	rec.ackBy = rec.deadline.Add(lateAckWait)
-	if perr := p.send(context.Background(), "events", rec); perr == nil || perr.outcome != outcomeUnknown {
+	received := kafkatest.HoldProduce(c, release)
+	rec := NewRecord([]byte(`"held"`), time.Now(), 300*time.Millisecond)
+	rec.AckBy = rec.Deadline.Add(lateWait)
+	if perr := p.send(context.Background(), "events", rec); perr == nil || perr.Outcome != OutcomeUnknown {
 		t.Fatalf("got %v, want 504 while the broker holds the request", perr)
 	}
 	if received.Load() != 1 {
@@ -1275,8 +1120,8 @@ func TestNotWrittenAfterCallerLeftCompletes(t *testing.T) {
 	if fault.Hits() != 1 {
 		t.Errorf("the fault answered %d requests, want the held one", fault.Hits())
 	}
-	if !rec.provenNotWritten() {
-		t.Errorf("completed as %v, want not written", rec.outcomeNow())
+	if !rec.ProvenNotWritten() {
+		t.Errorf("completed as %v, want not written", rec.OutcomeNow())
 	}
 	if hw := c.PartitionInfo("events", 0).HighWatermark; hw != 1 {
 		t.Errorf("the topic holds %d records, want the warm-up only", hw)
@@ -1289,34 +1134,34 @@ func TestNotWrittenAfterCallerLeftCompletes(t *testing.T) {
 // of their bytes, and the held request's answer, when it comes, still
 // settles its record for an idempotent repeat.
 func TestHeldRequestDoesNotStallThePartition(t *testing.T) {
-	noLeaks(t)
+	kafkatest.NoLeaks(t)
 	c, p := warmProducer(t)
 	release := make(chan struct{})
-	received := holdFirstProduce(c, release)
-	held := newRecord([]byte(`"held"`), time.Now(), 500*time.Millisecond)
-	held.ackBy = held.deadline.Add(lateAckWait) // waits 30 s more for a late answer
+	received := kafkatest.HoldFirstProduce(c, release)
+	held := NewRecord([]byte(`"held"`), time.Now(), 500*time.Millisecond)
+	held.AckBy = held.Deadline.Add(lateWait) // waits 30 s more for a late answer
 	if perr := publishNoWait(p, context.Background(), "events", held); perr != nil {
 		t.Fatal(perr)
 	}
-	waitFor(t, 5*time.Second, func() bool { return received.Load() == 1 })
+	kafkatest.WaitFor(t, 5*time.Second, func() bool { return received.Load() == 1 })
 	behind, perr := sendOne(p, "events", []byte(`"gives up"`), 100*time.Millisecond)
-	if perr == nil || perr.outcome != outcomeRetry {
+	if perr == nil || perr.Outcome != OutcomeRetry {
 		t.Fatalf("a record behind the held request: %v, want 503 after its 100ms", perr)
 	}
-	if behind.q.mu.Lock(); !behind.completed || behind.value != nil {
+	if behind.part.mu.Lock(); behind.state != stateCompleted || behind.Value != nil {
 		t.Error("a record whose caller gave up before it was sent still holds its bytes")
 	}
-	behind.q.mu.Unlock()
+	behind.part.mu.Unlock()
 
 	if _, perr := sendOne(p, "events", []byte(`"next"`), 5*time.Second); perr != nil {
 		t.Errorf("a record sent after the held one's timeout: %v, want it stored within its 5s", perr)
 	}
 	close(release)
 	completedWithin(t, held, 10*time.Second)
-	if got := held.outcomeNow(); got != nil {
+	if got := held.OutcomeNow(); got != nil {
 		t.Errorf("the held request landed, but its record completed as %v", got)
 	}
-	if got := recordsByValue(t, c, "events"); len(got) != 3 || got[`"next"`] == nil || got[`"held"`] == nil {
+	if got := kafkatest.RecordsByValue(t, c, "events"); len(got) != 3 || got[`"next"`] == nil || got[`"held"`] == nil {
 		t.Errorf("the topic holds %v, want warm, held and next", slices.Collect(maps.Keys(got)))
 	}
 }
@@ -1325,12 +1170,12 @@ func TestHeldRequestDoesNotStallThePartition(t *testing.T) {
 // (INVALID_RECORD), is answered "outcome unknown", not "not written": a
 // repeat must not produce it again.
 func TestRefusalAfterAPossibleWriteIsUnknown(t *testing.T) {
-	noLeaks(t)
+	kafkatest.NoLeaks(t)
 	c, p := warmProducer(t)
-	refuseBadRecords(t, c, true, 1) // the first attempt passes
+	kafkatest.RefuseBadRecords(t, c, true, 1) // the first attempt passes
 	c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "events", Err: kerr.RequestTimedOut})
 	rec, perr := sendOne(p, "events", []byte(`"bad after a timeout"`), 2*time.Second)
-	if perr == nil || perr.outcome != outcomeUnknown || rec.attempts != 2 {
+	if perr == nil || perr.Outcome != OutcomeUnknown || rec.attempts != 2 {
 		t.Errorf("got %v after %d attempts, want 504 after 2", perr, rec.attempts)
 	}
 	if hw := c.PartitionInfo("events", 0).HighWatermark; hw != 2 {
@@ -1341,10 +1186,10 @@ func TestRefusalAfterAPossibleWriteIsUnknown(t *testing.T) {
 // A record refused by a closed queue was never queued: it says so, so
 // that an idempotent repeat produces it rather than wait for it.
 func TestRecordRefusedByAClosedQueueIsNotQueued(t *testing.T) {
-	q := &partitionQueue{closed: true}
-	rec := newRecord([]byte(`{}`), time.Now(), time.Second)
-	if perr := q.push(rec); perr != errShuttingDown || rec.q != nil {
-		t.Errorf("push to a closed queue: %v, rec.q %p; want shutting down and no queue", perr, rec.q)
+	q := &partition{p: newProducer(Config{}), closed: true}
+	rec := NewRecord([]byte(`{}`), time.Now(), time.Second)
+	if perr := q.push(rec); perr != errShuttingDown || rec.part != nil {
+		t.Errorf("push to a closed queue: %v, rec.part %p; want shutting down and no queue", perr, rec.part)
 	}
 }
 
@@ -1353,16 +1198,20 @@ func TestRecordRefusedByAClosedQueueIsNotQueued(t *testing.T) {
 // leaves that request's records unknown, not this one.
 func TestNotWrittenReasonIsTrueOfTheRecord(t *testing.T) {
 	for _, last := range []error{nil, context.DeadlineExceeded, kafka.RequestTimedOut, kafka.NotEnoughReplicas} {
-		rec := newRecord([]byte(`{}`), time.Now(), time.Second)
+		rec := NewRecord([]byte(`{}`), time.Now(), time.Second)
 		rec.lastErr = last
 		perr := notWritten(rec)
-		if perr.outcome != outcomeRetry || strings.Contains(perr.reason, "may or may not") {
-			t.Errorf("after %v: %v (outcome %v), want a retriable reason that the record was not written", last, perr, perr.outcome)
+		if perr.Outcome != OutcomeRetry || strings.Contains(perr.Reason, "may or may not") {
+			t.Errorf("after %v: %v (outcome %v), want a retriable reason that the record was not written", last, perr, perr.Outcome)
 		}
 	}
-	rec := newRecord([]byte(`{}`), time.Now(), time.Second)
+	rec := NewRecord([]byte(`{}`), time.Now(), time.Second)
 	rec.lastErr = kafka.NotEnoughReplicas
-	if got := notWritten(rec).reason; got != "Kafka broker not ready: Not Enough Replicas" {
+	if got := notWritten(rec).Reason; got != "Kafka broker not ready: Not Enough Replicas" {
 		t.Errorf("after NOT_ENOUGH_REPLICAS: %q, want the broker's reason", got)
 	}
 }
+
+// lateWait is how long past its deadline a test's record waits for a late
+// answer (AckBy), as the handler's Idempotency-Key store asks.
+const lateWait = 30 * time.Second

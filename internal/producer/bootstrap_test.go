@@ -1,4 +1,4 @@
-package queuepublish
+package producer
 
 import (
 	"net"
@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/queuepublish/caddy-queue-publish/internal/kafkatest"
 	"github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"go.uber.org/zap"
@@ -50,24 +51,24 @@ func frozenBroker(t *testing.T) string {
 // tries first. Before, a pool whose control connection went to the frozen
 // broker failed every request for the 5 s dial timeout.
 func TestFrozenBootstrapBrokerIsPassedOver(t *testing.T) {
-	noLeaks(t)
-	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	kafkatest.NoLeaks(t)
+	c := kafkatest.NewCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
 	frozen := frozenBroker(t)
 	for i := range 8 { // the order is random: 8 producers try both first
 		brokers := []string{frozen, c.ListenAddrs()[0]}
 		if i%2 == 1 {
 			brokers[0], brokers[1] = brokers[1], brokers[0]
 		}
-		p := mustProducer(t, producerConfig{Brokers: brokers, Acks: kafka.RequireAll}, zap.NewNop())
+		p := mustProducer(t, Config{Brokers: brokers, Acks: kafka.RequireAll}, zap.NewNop())
 		start := time.Now()
 		_, perr := sendOne(p, "events", []byte(`{}`), 2*time.Second)
 		took := time.Since(start)
-		p.close()
+		p.Close()
 		if perr != nil {
 			t.Fatalf("producer %d: %v after %v", i, perr, took)
 		}
 	}
-	if got := len(stored(t, c, "events")); got != 8 {
+	if got := len(kafkatest.Stored(t, c, "events")); got != 8 {
 		t.Errorf("the topic holds %d records, want 8", got)
 	}
 }
@@ -75,12 +76,12 @@ func TestFrozenBootstrapBrokerIsPassedOver(t *testing.T) {
 // With every bootstrap broker frozen or down, the answer is 503, within
 // the request's timeout.
 func TestNoBootstrapBrokerAnswers(t *testing.T) {
-	noLeaks(t)
-	p := mustProducer(t, producerConfig{Brokers: []string{frozenBroker(t), closedPort(t)}, Acks: kafka.RequireAll}, zap.NewNop())
-	defer p.close()
+	kafkatest.NoLeaks(t)
+	p := mustProducer(t, Config{Brokers: []string{frozenBroker(t), kafkatest.ClosedPort(t)}, Acks: kafka.RequireAll}, zap.NewNop())
+	defer p.Close()
 	start := time.Now()
 	_, perr := sendOne(p, "events", []byte(`{}`), time.Second)
-	if took := time.Since(start); perr == nil || perr.outcome != outcomeRetry || took > 2*time.Second {
+	if took := time.Since(start); perr == nil || perr.Outcome != OutcomeRetry || took > 2*time.Second {
 		t.Errorf("%v after %v, want a 503 within the 1 s timeout", perr, took)
 	}
 }
