@@ -232,7 +232,7 @@ func mayBeWritten(err error, acks kafka.RequiredAcks) bool {
 		}
 		return !appendedNothing[kerr]
 	}
-	if errors.Is(err, protocol.ErrNoTopic) || errors.Is(err, protocol.ErrNoLeader) ||
+	if errors.Is(err, protocol.ErrNoTopic) || errors.Is(err, protocol.ErrNoLeader) || errors.Is(err, protocol.ErrNoRecord) ||
 		errors.Is(err, protocol.ErrNoPartition) || errors.As(err, new(*rawproduce.Error)) ||
 		errors.Is(err, errSASLDropped) {
 		return false // routing and connecting come before sending

@@ -6,6 +6,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/protocol"
 )
 
 // partition holds the records waiting for one partition of a topic, and
@@ -46,7 +49,10 @@ type batch struct {
 	recs    []*Record
 	session *session // nil without idempotence
 	seq     int32
-	bytes   []byte // encoded lazily, by the sink, outside the lock
+	// claimed: the transport took the batch for a request (claim); its
+	// records are fixed from then on, and bytes is encoded once.
+	claimed bool
+	bytes   []byte
 	created time.Time
 	// timeout is how long one attempt may wait for the broker: the
 	// longest timeout of its records.
@@ -170,6 +176,11 @@ func (pt *partition) abandon(rec *Record) *Error {
 		return rec.err
 	}
 	rec.abandoned = true
+	if b := pt.batch; b != nil && !b.claimed {
+		// Drained, but no request took it yet: claim leaves it out.
+		rec.complete(notWritten(rec), -1)
+		return rec.err
+	}
 	// A batch holds it: the batch settles it, and an idempotent repeat
 	// learns the outcome then.
 	return &Error{Outcome: OutcomeUnknown, Reason: reasonUnknown, Err: rec.lastErr}
@@ -305,8 +316,7 @@ func (pt *partition) newBatch(now time.Time) *batch {
 		if pt.session != s {
 			pt.session, pt.nextSeq = s, 0
 		}
-		b.session, b.seq = s, pt.nextSeq
-		pt.nextSeq = nextSequence(pt.nextSeq, len(recs))
+		b.session = s // the sequence is taken by claim
 	}
 	for _, rec := range recs {
 		rec.state = stateBatched
@@ -315,6 +325,50 @@ func (pt *partition) newBatch(now time.Time) *batch {
 	pt.batch = b
 	pt.topic.batchTaken(pt)
 	return b
+}
+
+// claim is called when the transport writes the batch into a request: the
+// records whose callers gave up before are left out (they were never
+// sent, and are answered so), and the others get their sequence numbers
+// and are encoded, once for every attempt. It returns nil if no record is
+// left: the request is then not sent.
+func (pt *partition) claim(b *batch, codec kafka.Compression) []byte {
+	pt.mu.Lock()
+	if b.claimed {
+		enc := b.bytes
+		pt.mu.Unlock()
+		return enc
+	}
+	b.claimed = true
+	now := time.Now()
+	live := b.recs[:0]
+	for _, rec := range b.recs {
+		if rec.state == stateCompleted {
+			continue // taken back by its caller
+		}
+		if rec.OnDone != nil && !now.Before(rec.Deadline) {
+			rec.complete(notWritten(rec), -1)
+			continue
+		}
+		live = append(live, rec)
+	}
+	clear(b.recs[len(live):])
+	b.recs = live
+	if len(live) == 0 {
+		pt.mu.Unlock()
+		return nil
+	}
+	if b.session != nil {
+		b.seq = pt.nextSeq
+		pt.nextSeq = nextSequence(pt.nextSeq, len(live))
+	}
+	pt.mu.Unlock()
+	// The records are fixed now: encoded outside the lock.
+	enc := b.encode(codec)
+	pt.mu.Lock()
+	b.bytes = enc
+	pt.mu.Unlock()
+	return enc
 }
 
 // nextSequence is the sequence number after n records from seq: Kafka's
@@ -336,6 +390,9 @@ func (b *batch) identity() producerIdentity {
 func (pt *partition) acknowledged(b *batch, base int64) {
 	pt.mu.Lock()
 	defer pt.mu.Unlock()
+	if hooks := pt.p.cfg.Hooks; hooks != nil {
+		hooks.Batch(pt.topic.name, len(b.recs))
+	}
 	for i, rec := range b.recs {
 		off := int64(-1)
 		if base >= 0 {
@@ -355,6 +412,13 @@ func (pt *partition) failed(b *batch, ans *produceAnswer, err error) {
 	pt.mu.Lock()
 	defer pt.mu.Unlock()
 	b.sending = false
+	if errors.Is(err, protocol.ErrNoRecord) {
+		// The request was never written: a batch of it had no record
+		// left (claim). The others go again at once.
+		pt.dissolve(b)
+		pt.signal()
+		return
+	}
 	for _, rec := range b.recs {
 		rec.lastErr = err
 	}
@@ -423,7 +487,7 @@ func (pt *partition) dissolve(b *batch) {
 		}
 	}
 	pt.queue = append(live, pt.queue...)
-	if b.session != nil && pt.session == b.session {
+	if b.claimed && b.session != nil && pt.session == b.session {
 		pt.nextSeq = b.seq
 	}
 	pt.batch = nil

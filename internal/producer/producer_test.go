@@ -105,8 +105,9 @@ func TestProducerStoresExactBytesOnPartitionsLedByDifferentBrokers(t *testing.T)
 			// Bytes a re-encoding would change: spacing, key order,
 			// escapes, a number with many digits.
 			value := fmt.Appendf(nil, `{ "id" : %d,"z":1, "a" : "\u00e9\n", "n": 1.50000000000000000001 }`, i)
-			rec, perr := sendOne(p, "events", value, 5*time.Second)
-			if perr != nil {
+			rec := NewRecord(value, time.Now(), 5*time.Second)
+			rec.Partition = i % 6
+			if perr := p.send(context.Background(), "events", rec); perr != nil {
 				t.Errorf("record %d: %v", i, perr)
 			}
 			rec.Value = value // the producer let go of it
@@ -136,6 +137,50 @@ func TestProducerStoresExactBytesOnPartitionsLedByDifferentBrokers(t *testing.T)
 	}
 	if len(partitions) != 6 {
 		t.Errorf("records landed on %d partitions, want all 6", len(partitions))
+	}
+}
+
+// Records without a key stick to one partition until its batch is taken,
+// then move to another (KIP-480): the records that pile up while a
+// request is in flight make one batch.
+func TestRecordsWithoutAKeyStickToAPartitionUntilItsBatchIsTaken(t *testing.T) {
+	c := kafkatest.NewCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(6, "events"))
+	p := testProducer(t, c)
+	if _, perr := sendOne(p, "events", []byte(`"warm"`), 5*time.Second); perr != nil {
+		t.Fatal(perr)
+	}
+	release := make(chan struct{})
+	received := kafkatest.HoldProduce(c, release)
+	first := NewRecord([]byte(`"first"`), time.Now(), 5*time.Second)
+	if perr := publishNoWait(p, context.Background(), "events", first); perr != nil {
+		t.Fatal(perr)
+	}
+	kafkatest.WaitFor(t, 5*time.Second, func() bool { return received.Load() == 1 })
+	var piled []*Record
+	for i := range 10 {
+		rec := NewRecord(fmt.Appendf(nil, `%d`, i), time.Now(), 5*time.Second)
+		if perr := publishNoWait(p, context.Background(), "events", rec); perr != nil {
+			t.Fatal(perr)
+		}
+		piled = append(piled, rec)
+	}
+	close(release)
+	for _, rec := range append(piled, first) {
+		<-rec.done
+		if rec.err != nil {
+			t.Fatal(rec.err)
+		}
+	}
+	for _, rec := range piled {
+		if rec.Partition != piled[0].Partition {
+			t.Fatalf("the piled-up records went to partitions %d and %d, want one", piled[0].Partition, rec.Partition)
+		}
+	}
+	if piled[0].Partition == first.Partition {
+		t.Errorf("the records after a taken batch stayed on its partition %d", first.Partition)
+	}
+	if got := received.Load(); got != 2 {
+		t.Errorf("the broker received %d produce requests, want 2: the held one and one batch of the 10", got)
 	}
 }
 
@@ -611,26 +656,30 @@ func TestCloseFlushesQueuedRecords(t *testing.T) {
 	}
 }
 
+// max_in_flight bounds the requests in flight to one broker: with 2, a
+// record of another partition goes out while the first request is held.
 func TestMaxInFlightSendsConcurrentRequests(t *testing.T) {
 	for _, inFlight := range []int{1, 2} {
 		t.Run(fmt.Sprint("max_in_flight=", inFlight), func(t *testing.T) {
-			c := kafkatest.NewCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+			c := kafkatest.NewCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(2, "events"))
 			p := mustProducer(t, Config{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll, MaxInFlight: inFlight}, zap.NewNop())
 			t.Cleanup(func() { p.Close() })
 			release := make(chan struct{})
 			received := kafkatest.HoldProduce(c, release)
 
 			first := NewRecord([]byte(`1`), time.Now(), 5*time.Second)
+			first.Partition = 0
 			if perr := publishNoWait(p, context.Background(), "events", first); perr != nil {
 				t.Fatal(perr)
 			}
 			kafkatest.WaitFor(t, 5*time.Second, func() bool { return received.Load() == 1 })
 			second := NewRecord([]byte(`2`), time.Now(), 5*time.Second)
+			second.Partition = 1
 			if perr := publishNoWait(p, context.Background(), "events", second); perr != nil {
 				t.Fatal(perr)
 			}
 			if inFlight == 2 {
-				// A second sender takes it while the first request is held.
+				// A second request carries it while the first is held.
 				kafkatest.WaitFor(t, 5*time.Second, func() bool { return received.Load() == 2 })
 			}
 			close(release)
@@ -846,8 +895,6 @@ func TestDroppedConnectionIsRetried(t *testing.T) {
 	}
 }
 
-// Leaders move while records are sent: every acknowledged record is in
-// the topic and sending goes on.
 func TestMayBeWritten(t *testing.T) {
 	for _, tt := range []struct {
 		err  error
@@ -959,24 +1006,53 @@ func TestRetriedBatchWithAnExpiredRecord(t *testing.T) {
 // A record whose requests may have written it, retried until its caller
 // gave up, is completed as "unknown" once no request carries it again: an
 // idempotent repeat waiting for its outcome must not wait in vain.
+// With idempotence, the batch is retried past its caller's deadline, until
+// the delivery timeout; then the producer takes a new identity, since the
+// partition's sequence at the broker is no longer known.
 func TestGivenUpRecordIsCompleted(t *testing.T) {
-	kafkatest.NoLeaks(t)
-	c, p := warmProducer(t)
-	c.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
-		c.KeepControl()
-		return nil, errors.New("drop the connection"), true // may have been written
-	})
-	rec, perr := sendOne(p, "events", []byte(`"dropped"`), 300*time.Millisecond)
-	if perr == nil || perr.Outcome != OutcomeUnknown {
-		t.Fatalf("got %v, want an unknown outcome", perr)
-	}
-	select {
-	case <-rec.done:
-	case <-time.After(5 * time.Second):
-		t.Fatal("the record was never completed")
-	}
-	if got := rec.OutcomeNow(); got == nil || got.Outcome != OutcomeUnknown {
-		t.Errorf("completed as %v, want unknown", got)
+	for _, idem := range []Idempotence{IdempotenceOff, IdempotenceOn} {
+		t.Run(fmt.Sprint("idempotence=", idem), func(t *testing.T) {
+			kafkatest.NoLeaks(t)
+			c := kafkatest.NewCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+			p := mustProducer(t, Config{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll, Idempotence: idem, DeliveryTimeout: time.Second}, zap.NewNop())
+			t.Cleanup(p.Close)
+			if _, perr := sendOne(p, "events", []byte(`"warm"`), time.Second); perr != nil {
+				t.Fatal(perr)
+			}
+			before := p.currentSession()
+			var healed atomic.Bool
+			c.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
+				c.KeepControl()
+				if healed.Load() {
+					return nil, nil, false
+				}
+				return nil, errors.New("drop the connection"), true // may have been written
+			})
+			rec, perr := sendOne(p, "events", []byte(`"dropped"`), 300*time.Millisecond)
+			if perr == nil || perr.Outcome != OutcomeUnknown {
+				t.Fatalf("got %v, want an unknown outcome", perr)
+			}
+			select {
+			case <-rec.done:
+			case <-time.After(5 * time.Second):
+				t.Fatal("the record was never completed")
+			}
+			if got := rec.OutcomeNow(); got == nil || got.Outcome != OutcomeUnknown {
+				t.Errorf("completed as %v, want unknown", got)
+			}
+			if idem == IdempotenceOn {
+				if took := time.Since(rec.Time); took < time.Second {
+					t.Errorf("given up after %v, before the delivery timeout", took)
+				}
+				healed.Store(true)
+				if _, perr := sendOne(p, "events", []byte(`"after"`), time.Second); perr != nil {
+					t.Fatal(perr)
+				}
+				if s := p.currentSession(); s == nil || s == before || s.id == before.id {
+					t.Errorf("the producer kept its identity %v after giving a batch up, now %v", before, s)
+				}
+			}
+		})
 	}
 }
 
@@ -1043,7 +1119,8 @@ func TestBadRecordFailsAlone(t *testing.T) {
 func TestRequestTimedOutIsRetriedOnce(t *testing.T) {
 	kafkatest.NoLeaks(t)
 	c := kafkatest.NewCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
-	p := testProducer(t, c)
+	p := mustProducer(t, Config{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll, Idempotence: IdempotenceOff}, zap.NewNop())
+	t.Cleanup(p.Close)
 	var mu sync.Mutex
 	var brokerTimeouts []int32
 	c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "events", Observe: true, Count: -1, When: func(req kmsg.Request) bool {
@@ -1073,6 +1150,27 @@ func TestRequestTimedOutIsRetriedOnce(t *testing.T) {
 	}
 }
 
+// With idempotence, REQUEST_TIMED_OUT after an append is retried until
+// the broker answers otherwise: the retries carry the same sequence
+// numbers, and the broker stores the record once.
+func TestRequestTimedOutRetriedIdempotentlyIsStoredOnce(t *testing.T) {
+	kafkatest.NoLeaks(t)
+	c := kafkatest.NewCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	p := testProducer(t, c)
+	// kfake appends, then answers REQUEST_TIMED_OUT 3 times.
+	fault := c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "events", Err: kerr.RequestTimedOut, Count: 3})
+	rec, perr := sendOne(p, "events", []byte(`"slow replicas"`), 5*time.Second)
+	if perr != nil {
+		t.Fatalf("got %v, want the record acknowledged", perr)
+	}
+	if rec.attempts != 4 || fault.Hits() != 3 {
+		t.Errorf("attempts = %d, faults %d, want 4 and 3", rec.attempts, fault.Hits())
+	}
+	if hw := c.PartitionInfo("events", 0).HighWatermark; hw != 1 {
+		t.Errorf("the topic holds %d copies, want 1", hw)
+	}
+}
+
 // A produce answer that does not mention the partition came from a broker
 // that had the request: the record may be written (504), unlike a request
 // that was never routed.
@@ -1098,12 +1196,18 @@ func completedWithin(t *testing.T, rec *Record, limit time.Duration) {
 	}
 }
 
-// A record the broker proves it did not write (NOT_ENOUGH_REPLICAS), after
-// its caller gave up on it, completes as not written, so that a repeat
-// produces it; its bytes are let go at once.
+// Without idempotence, a record the broker proves it did not write
+// (NOT_ENOUGH_REPLICAS), after its caller gave up on it, completes as not
+// written, so that a repeat produces it; its bytes are let go at once.
+// (With idempotence the batch is retried until settled instead.)
 func TestNotWrittenAfterCallerLeftCompletes(t *testing.T) {
 	kafkatest.NoLeaks(t)
-	c, p := warmProducer(t)
+	c := kafkatest.NewCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	p := mustProducer(t, Config{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll, Idempotence: IdempotenceOff}, zap.NewNop())
+	t.Cleanup(p.Close)
+	if _, perr := sendOne(p, "events", []byte(`"warm"`), time.Second); perr != nil {
+		t.Fatal(perr)
+	}
 	release := make(chan struct{})
 	received := kafkatest.HoldProduce(c, release)
 	rec := NewRecord([]byte(`"held"`), time.Now(), 300*time.Millisecond)

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -159,9 +160,6 @@ func (s *sink) send(batches []*batch) {
 	var timeout time.Duration
 	var ackBy time.Time
 	for _, b := range batches {
-		if b.bytes == nil {
-			b.bytes = b.encode(p.cfg.Compression)
-		}
 		timeout = max(timeout, b.timeout)
 		ackBy = later(ackBy, b.ackBy)
 	}
@@ -176,7 +174,7 @@ func (s *sink) send(batches []*batch) {
 		}
 		req.Topics[i].Partitions = append(req.Topics[i].Partitions, rawproduce.RequestPartition{
 			Partition: b.part.id,
-			RecordSet: protocol.RawRecordSet{Reader: bytes.NewReader(b.bytes)},
+			RecordSet: protocol.RawRecordSet{Reader: &wireBatch{b: b, codec: p.cfg.Compression}},
 		})
 	}
 	ctx, cancel := context.WithDeadline(p.ctx, until)
@@ -197,11 +195,41 @@ func (s *sink) send(batches []*batch) {
 			b.part.failed(b, ans, err)
 			continue
 		}
-		if p.cfg.Hooks != nil {
-			p.cfg.Hooks.Batch(b.part.topic.name, len(b.recs))
-		}
 		b.part.acknowledged(b, ans.base)
 	}
+}
+
+// wireBatch is a batch as one request carries it: kafka-go's encoder reads
+// it when it writes the request, which is when the batch is claimed.
+type wireBatch struct {
+	b     *batch
+	codec kafka.Compression
+	r     *bytes.Reader
+}
+
+func (w *wireBatch) open() error {
+	if w.r == nil {
+		enc := w.b.part.claim(w.b, w.codec)
+		if enc == nil {
+			return protocol.ErrNoRecord
+		}
+		w.r = bytes.NewReader(enc)
+	}
+	return nil
+}
+
+func (w *wireBatch) Read(p []byte) (int, error) {
+	if err := w.open(); err != nil {
+		return 0, err
+	}
+	return w.r.Read(p)
+}
+
+func (w *wireBatch) WriteTo(dst io.Writer) (int64, error) {
+	if err := w.open(); err != nil {
+		return 0, err
+	}
+	return w.r.WriteTo(dst)
 }
 
 // encode is the batch as a request carries it: its length, then the
