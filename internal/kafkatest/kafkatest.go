@@ -11,6 +11,7 @@ import (
 	"net"
 	"runtime"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -254,4 +255,44 @@ func GoroutinesOf(owners ...string) []string {
 		}
 	}
 	return found
+}
+
+// BatchID is what tells a producer's batches apart: its producer ID and
+// the sequence number of its first record (-1 without idempotence), and
+// its records.
+type BatchID struct {
+	ProducerID int64
+	Sequence   int32
+	Records    int32
+}
+
+// ProducedBatches records the batches of every produce request c receives,
+// as it receives them (before the controls added after it); the function
+// it returns lists the distinct ones so far.
+func ProducedBatches(c *kfake.Cluster) func() []BatchID {
+	var mu sync.Mutex
+	seen := map[BatchID]bool{}
+	c.ControlKey(int16(kmsg.Produce), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		c.KeepControl()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, t := range req.(*kmsg.ProduceRequest).Topics {
+			for _, p := range t.Partitions {
+				var b kmsg.RecordBatch
+				if b.ReadFrom(p.Records) == nil {
+					seen[BatchID{b.ProducerID, b.FirstSequence, b.NumRecords}] = true
+				}
+			}
+		}
+		return nil, nil, false
+	})
+	return func() []BatchID {
+		mu.Lock()
+		defer mu.Unlock()
+		var list []BatchID
+		for id := range seen {
+			list = append(list, id)
+		}
+		return list
+	}
 }
