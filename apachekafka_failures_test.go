@@ -5,6 +5,8 @@ package queuepublish
 import (
 	"context"
 	"fmt"
+	"net"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -31,7 +33,7 @@ const (
 // underLoad creates the topic, starts Caddy in front of it and the clients'
 // load, and waits until 300 requests are acknowledged. The cluster is made
 // whole again when the test ends.
-func underLoad(t *testing.T) (*apachekafka.Cluster, string, *clientLoad) {
+func underLoad(t *testing.T, idempotent string, via ...string) (*apachekafka.Cluster, string, *clientLoad) {
 	t.Helper()
 	c := realKafka(t)
 	topic := realTopic(t, c, 1, nil)
@@ -50,10 +52,24 @@ func underLoad(t *testing.T) (*apachekafka.Cluster, string, *clientLoad) {
 			t.Errorf("after the test: %v", err)
 		}
 	})
-	publishTo(t, c, topic, "timeout "+failureTimeout.String())
+	if len(via) == 0 {
+		publishTo(t, c, topic, "timeout "+failureTimeout.String(), "idempotent "+idempotent)
+	} else {
+		publishVia(t, c, apachekafka.SASLPlaintext, topic, "timeout "+failureTimeout.String(), "idempotent "+idempotent, via[0])
+	}
 	l := startClientLoad(t, "/", failureClients)
+	l.idempotent = idempotent == "on"
 	l.waitAcked(t, time.Time{}, 300, 30*time.Second)
 	return c, topic, l
+}
+
+// eachIdempotence runs a failure scenario with the idempotent producer and
+// without: with it, no id may be stored twice (settle checks); without, the
+// log shows the duplicates that idempotence removes.
+func eachIdempotence(t *testing.T, scenario func(t *testing.T, idempotent string)) {
+	for _, idem := range []string{"on", "off"} {
+		t.Run("idempotent="+idem, func(t *testing.T) { scenario(t, idem) })
+	}
 }
 
 // settle stops the load and checks its answers (checkAnswers) and what
@@ -64,7 +80,7 @@ func (l *clientLoad) settle(t *testing.T, c *apachekafka.Cluster, topic string) 
 	as := l.answers()
 	checkAnswers(t, as)
 	tl := l.count(t, c, topic)
-	checkTally(t, tl)
+	checkTally(t, tl, l.idempotent)
 	return as, tl
 }
 
@@ -104,18 +120,21 @@ func checkAnswers(t *testing.T, as []answered) {
 	}
 }
 
-// checkTally fails the test if an acknowledged record is missing or a
-// record answered not_written is stored.
-func checkTally(t *testing.T, tl tally) {
+// checkTally fails the test if an acknowledged record is missing, a
+// record answered not_written is stored, or, with the idempotent producer,
+// an id is stored twice.
+func checkTally(t *testing.T, tl tally, idempotent bool) {
 	t.Helper()
-	if tl.lost > 0 || tl.notWrittenStored > 0 || tl.acknowledged == 0 {
+	if tl.lost > 0 || tl.notWrittenStored > 0 || tl.acknowledged == 0 || idempotent && tl.duplicated > 0 {
 		t.Errorf("%v", tl)
 	}
 }
 
 // The leader is killed (SIGKILL), then restarted on its data.
-func TestApacheKafkaLeaderKilled(t *testing.T) {
-	c, topic, l := underLoad(t)
+func TestApacheKafkaLeaderKilled(t *testing.T) { eachIdempotence(t, leaderKilled) }
+
+func leaderKilled(t *testing.T, idempotent string) {
+	c, topic, l := underLoad(t, idempotent)
 
 	leader, _ := leaderAndFollowers(t, c, topic)
 	role := "the leader"
@@ -174,7 +193,7 @@ func TestApacheKafkaLeaderKilled(t *testing.T) {
 // everything is answered 503 or 504 on time; once the nodes are back, so
 // is the service, by itself.
 func TestApacheKafkaTwoNodesDown(t *testing.T) {
-	c, topic, l := underLoad(t)
+	c, topic, l := underLoad(t, "on")
 
 	_, followers := leaderAndFollowers(t, c, topic)
 	downAt := time.Now()
@@ -214,8 +233,10 @@ func TestApacheKafkaTwoNodesDown(t *testing.T) {
 // leaves the in-sync replicas (the controller fences a node whose
 // heartbeats stop, or its leader drops it after the replica lag), and
 // nothing acknowledged is lost.
-func TestApacheKafkaFollowerFrozen(t *testing.T) {
-	c, topic, l := underLoad(t)
+func TestApacheKafkaFollowerFrozen(t *testing.T) { eachIdempotence(t, followerFrozen) }
+
+func followerFrozen(t *testing.T, idempotent string) {
+	c, topic, l := underLoad(t, idempotent)
 
 	_, followers := leaderAndFollowers(t, c, topic)
 	frozen := followers[0]
@@ -252,8 +273,10 @@ func TestApacheKafkaFollowerFrozen(t *testing.T) {
 
 // Each node in turn is stopped (SIGTERM: a controlled shutdown that moves
 // its leadership away first), restarted, and caught up, under load.
-func TestApacheKafkaRollingRestart(t *testing.T) {
-	c, topic, l := underLoad(t)
+func TestApacheKafkaRollingRestart(t *testing.T) { eachIdempotence(t, rollingRestart) }
+
+func rollingRestart(t *testing.T, idempotent string) {
+	c, topic, l := underLoad(t, idempotent)
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), 180*time.Second)
 	defer cancel()
@@ -277,7 +300,7 @@ func TestApacheKafkaRollingRestart(t *testing.T) {
 // Leadership moves to each follower in turn (a reassignment that makes it
 // the preferred leader, then a preferred leader election), under load.
 func TestApacheKafkaLeadershipMoved(t *testing.T) {
-	c, topic, l := underLoad(t)
+	c, topic, l := underLoad(t, "on")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	var moves []string
@@ -293,6 +316,39 @@ func TestApacheKafkaLeadershipMoved(t *testing.T) {
 	}
 	_, tl := l.settle(t, c, topic)
 	t.Logf("leadership moved %v: %v", moves, tl)
+}
+
+// The producer's connections to the brokers are dropped (the kernel
+// destroys them: ss -K), again and again under load, so that some drop
+// with a request in flight whose answer is lost. The producer uses the
+// SASL listener, which nothing else does, so that the brokers'
+// replication is left alone.
+func TestApacheKafkaConnectionsDropped(t *testing.T) { eachIdempotence(t, connectionsDropped) }
+
+func connectionsDropped(t *testing.T, idempotent string) {
+	c, topic, l := underLoad(t, idempotent, fmt.Sprintf("sasl scram-sha-512 %s %s", apachekafka.User, apachekafka.Password))
+	var ports []string
+	for _, addr := range c.Brokers(apachekafka.SASLPlaintext) {
+		_, port, _ := net.SplitHostPort(addr)
+		ports = append(ports, "dport = :"+port)
+	}
+	filter := "( " + strings.Join(ports, " or ") + " )"
+	start := time.Now()
+	dropped := 0
+	for time.Since(start) < 6*time.Second {
+		out, err := exec.Command("ss", "-K", "-tn", "state", "established", filter).CombinedOutput()
+		if err != nil {
+			t.Fatalf("ss -K: %v: %s", err, out)
+		}
+		dropped += strings.Count(string(out), "\n") - 1 // a header, then a line per socket
+		time.Sleep(200 * time.Millisecond)              // the pace of the drops; nothing waits on it
+	}
+	l.waitAcked(t, time.Now(), 300, 30*time.Second)
+	_, tl := l.settle(t, c, topic)
+	if dropped == 0 {
+		t.Fatal("no connection was dropped")
+	}
+	t.Logf("%d connections dropped over %v: %v", dropped, time.Since(start).Round(100*time.Millisecond), tl)
 }
 
 // waitAnswered waits until n requests sent after since are answered.

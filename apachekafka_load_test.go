@@ -32,11 +32,14 @@ type answered struct {
 // its own, once each (no client retries: a duplicate in the topic comes
 // from the producer), until stopped.
 type clientLoad struct {
-	stop chan struct{}
-	wg   sync.WaitGroup
-	next atomic.Int64
-	mu   sync.Mutex
-	log  []answered
+	// idempotent: the handler's producer is idempotent (settle checks
+	// that no id is stored twice).
+	idempotent bool
+	stop       chan struct{}
+	wg         sync.WaitGroup
+	next       atomic.Int64
+	mu         sync.Mutex
+	log        []answered
 }
 
 func startClientLoad(t *testing.T, path string, clients int) *clientLoad {

@@ -64,7 +64,7 @@ func realKafka(t *testing.T) *apachekafka.Cluster {
 // nodes with min.insync.replicas 2, and waits until every node knows it.
 func realTopic(t *testing.T, c *apachekafka.Cluster, partitions int, configs map[string]*string) string {
 	t.Helper()
-	name := strings.NewReplacer("/", ".", "#", ".").Replace(t.Name())
+	name := strings.NewReplacer("/", ".", "#", ".", "=", "-").Replace(t.Name()) // Kafka allows [a-zA-Z0-9._-]
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := c.CreateTopic(ctx, name, partitions, configs); err != nil {
@@ -96,13 +96,19 @@ func brokersOf(c *apachekafka.Cluster, l apachekafka.Listener) string {
 // file Caddy logs to.
 func publishTo(t *testing.T, c *apachekafka.Cluster, topic string, extra ...string) string {
 	t.Helper()
+	return publishVia(t, c, apachekafka.Plaintext, topic, extra...)
+}
+
+// publishVia is publishTo on another of the cluster's listeners.
+func publishVia(t *testing.T, c *apachekafka.Cluster, l apachekafka.Listener, topic string, extra ...string) string {
+	t.Helper()
 	logFile := filepath.Join(t.TempDir(), "caddy.log")
 	startCaddy(t, logFile, fmt.Sprintf(`queue_publish {
 		brokers %s
 		topic %s
 		secret %s
 		%s
-	}`, brokersOf(c, apachekafka.Plaintext), topic, testSecret, strings.Join(extra, "\n\t\t")))
+	}`, brokersOf(c, l), topic, testSecret, strings.Join(extra, "\n\t\t")))
 	return logFile
 }
 
