@@ -38,6 +38,13 @@ const (
 	respondURL = "http://127.0.0.1:18080/"
 	publishURL = "http://127.0.0.1:18081/"
 	recordsURL = "http://127.0.0.1:18082/"
+	keyedURL   = "http://127.0.0.1:18083/"
+	// The same as respondURL and publishURL over HTTPS with HTTP/2.
+	respondTLS = "https://localhost:18443/"
+	publishTLS = "https://localhost:18444/"
+	// h2Streams is the number of concurrent HTTP/2 streams of the HTTPS
+	// runs, on one connection.
+	h2Streams = 64
 	// perRequest is the number of records in each records-mode request.
 	perRequest    = 100
 	devBrokerAddr = "127.0.0.1:19092"
@@ -49,7 +56,7 @@ var (
 	duration   = flag.Duration("duration", 10*time.Second, "length of each measured run")
 	rounds     = flag.Int("rounds", 3, "alternating rounds of respond and queue_publish")
 	conns      = flag.Int("conns", 64, "wrk connections (and kafka-go callers)")
-	partitions = flag.Int("partitions", 1, "partitions of the benchmark topic")
+	partitions = flag.Int("partitions", 6, "partitions of the benchmark topic")
 	latencyDur = flag.Duration("latency-duration", 5*time.Second, "length of each run at 1 connection")
 	linger     = flag.String("linger", "0", "queue_publish linger")
 	inFlight   = flag.Int("max-in-flight", 1, "queue_publish max_in_flight")
@@ -86,9 +93,9 @@ type procs struct {
 }
 
 func run() error {
-	for _, tool := range []string{"wrk", "kcat"} {
+	for _, tool := range []string{"wrk", "kcat", "h2load"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			return fmt.Errorf("%s is needed (apt-get install %s)", tool, tool)
+			return fmt.Errorf("%s is needed (apt-get install wrk kcat nghttp2-client)", tool)
 		}
 	}
 	tmp, err := os.MkdirTemp("", "loadbench")
@@ -119,7 +126,7 @@ func run() error {
 		"XDG_DATA_HOME="+filepath.Join(tmp, "data"),
 		"XDG_CONFIG_HOME="+filepath.Join(tmp, "config"),
 	)
-	if err := harness.PortsFree("127.0.0.1:18080", "127.0.0.1:18081", "127.0.0.1:18082"); err != nil {
+	if err := harness.PortsFree("127.0.0.1:18080", "127.0.0.1:18081", "127.0.0.1:18082", "127.0.0.1:18083", "127.0.0.1:18443", "127.0.0.1:18444"); err != nil {
 		return err
 	}
 	var p procs
@@ -133,8 +140,8 @@ func run() error {
 	if p.caddy, err = harness.StartCaddy(bin, "bench/caddy.Caddyfile", filepath.Join(tmp, "caddy.log"), env); err != nil {
 		return err
 	}
-	for _, u := range []string{respondURL, publishURL, recordsURL} {
-		if err := harness.WaitPort(strings.TrimSuffix(strings.TrimPrefix(u, "http://"), "/")); err != nil {
+	for _, addr := range []string{"127.0.0.1:18080", "127.0.0.1:18081", "127.0.0.1:18082", "127.0.0.1:18083", "127.0.0.1:18443", "127.0.0.1:18444"} {
+		if err := harness.WaitPort(addr); err != nil {
 			return err
 		}
 	}
@@ -147,29 +154,36 @@ func run() error {
 			acked += perRequest * (s.Requests - s.Non2xx)
 			return s, err
 		}
-		s, err := p.measure(url, c, d, env)
-		if url == publishURL {
+		var s sample
+		var err error
+		if strings.HasPrefix(url, "https://") {
+			s, err = p.measureH2(url, d, env)
+		} else {
+			s, err = p.measure(url, c, d, env)
+		}
+		if url != respondURL && url != respondTLS {
 			acked += s.Requests - s.Non2xx
 		}
 		return s, err
 	}
 	// Warm up the endpoints (connections, metadata).
-	for _, u := range []string{respondURL, publishURL, recordsURL} {
+	for _, u := range []string{respondURL, publishURL, keyedURL, recordsURL, respondTLS, publishTLS} {
 		if _, err := measure(u, *conns, 2*time.Second); err != nil {
 			return err
 		}
 	}
-	var respond, publish, respond1, publish1 []sample
+	var respond, publish, keyed, respond1, publish1, respondH2, publishH2 []sample
 	for range *rounds {
-		s, err := measure(respondURL, *conns, *duration)
-		if err != nil {
-			return err
+		for _, run := range []struct {
+			url string
+			to  *[]sample
+		}{{respondURL, &respond}, {publishURL, &publish}, {keyedURL, &keyed}, {respondTLS, &respondH2}, {publishTLS, &publishH2}} {
+			s, err := measure(run.url, *conns, *duration)
+			if err != nil {
+				return err
+			}
+			*run.to = append(*run.to, s)
 		}
-		respond = append(respond, s)
-		if s, err = measure(publishURL, *conns, *duration); err != nil {
-			return err
-		}
-		publish = append(publish, s)
 	}
 	for range *rounds {
 		s, err := measure(respondURL, 1, *latencyDur)
@@ -209,14 +223,14 @@ func run() error {
 		return err
 	}
 
-	report := renderReport(respond, publish, respond1, publish1, records, kg, kg100, expected, inTopic)
+	report := renderReport(runs{respond, publish, keyed, respond1, publish1, records, respondH2, publishH2}, kg, kg100, expected, inTopic)
 	fmt.Print(report)
 	if *out != "" {
 		if err := os.WriteFile(*out, []byte(report), 0o644); err != nil {
 			return err
 		}
 	}
-	for _, s := range slices.Concat(publish, publish1, records) {
+	for _, s := range slices.Concat(publish, keyed, publish1, records, publishH2) {
 		if s.Non2xx > 0 || s.SocketErrs > 0 {
 			return fmt.Errorf("queue_publish answered %d non-2xx, %d socket errors", s.Non2xx, s.SocketErrs)
 		}
@@ -331,6 +345,52 @@ func (p *procs) measure(url string, c int, d time.Duration, env []string) (sampl
 	return s, nil
 }
 
+// measureH2 runs h2load once against url (HTTPS, HTTP/2, h2Streams
+// streams on one connection) and reads the CPU time that Caddy and the
+// broker used meanwhile. h2load gives no percentiles: the sample has none.
+func (p *procs) measureH2(url string, d time.Duration, env []string) (sample, error) {
+	body := filepath.Join(os.TempDir(), "loadbench-body.json")
+	if err := os.WriteFile(body, []byte(seedBody), 0o600); err != nil {
+		return sample{}, err
+	}
+	defer os.Remove(body)
+	var secret string
+	for _, kv := range env {
+		if v, ok := strings.CutPrefix(kv, "QUEUE_AUTH_SECRET="); ok {
+			secret = v
+		}
+	}
+	c0, b0 := harness.CPUTime(p.caddy.Process.Pid), harness.CPUTime(p.brokerPid)
+	outb, err := exec.Command("h2load", "-D", strconv.Itoa(int(d.Seconds())), "-c1", "-m"+strconv.Itoa(h2Streams),
+		"-d", body, "-H", "Authorization: "+secret, "-H", "Content-Type: application/json", url).CombinedOutput()
+	if err != nil {
+		return sample{}, fmt.Errorf("h2load: %v\n%s", err, outb)
+	}
+	s := sample{DurationUS: d.Microseconds()}
+	// "status codes: N 2xx, N 3xx, N 4xx, N 5xx": every answer, also
+	// those that came after the run's end; "requests: ... N failed, N
+	// errored, N timeout".
+	var ok2xx, s3, s4, s5, failed, errored, timeouts int64
+	found := false
+	for line := range strings.Lines(string(outb)) {
+		if _, err := fmt.Sscanf(line, "status codes: %d 2xx, %d 3xx, %d 4xx, %d 5xx", &ok2xx, &s3, &s4, &s5); err == nil {
+			found = true
+		}
+		if i := strings.Index(line, "succeeded, "); strings.HasPrefix(line, "requests: ") && i > 0 {
+			fmt.Sscanf(line[i:], "succeeded, %d failed, %d errored, %d timeout", &failed, &errored, &timeouts)
+		}
+	}
+	if !found {
+		return s, fmt.Errorf("no result from h2load:\n%s", outb)
+	}
+	s.Requests = ok2xx + s3 + s4 + s5
+	s.Non2xx = s3 + s4 + s5
+	s.SocketErrs = errored + timeouts
+	s.caddyCPU = harness.CPUTime(p.caddy.Process.Pid) - c0
+	s.brokerCPU = harness.CPUTime(p.brokerPid) - b0
+	return s, nil
+}
+
 // countRecords counts the records in the topic with kcat, an independent
 // Kafka client.
 func countRecords(brokerAddr string) (int64, error) {
@@ -408,10 +468,16 @@ func median(v []float64) float64 {
 	return (v[len(v)/2-1] + v[len(v)/2]) / 2
 }
 
-func renderReport(respond, publish, respond1, publish1, records []sample, kg, kg100 kafkagoResult, expected, inTopic int64) string {
-	r, q := summarize(respond), summarize(publish)
-	r1, q1 := summarize(respond1), summarize(publish1)
-	rm := summarize(records)
+// runs are the measured runs of each endpoint.
+type runs struct {
+	respond, publish, keyed, respond1, publish1, records, respondH2, publishH2 []sample
+}
+
+func renderReport(rs runs, kg, kg100 kafkagoResult, expected, inTopic int64) string {
+	r, q, k := summarize(rs.respond), summarize(rs.publish), summarize(rs.keyed)
+	r1, q1 := summarize(rs.respond1), summarize(rs.publish1)
+	rm := summarize(rs.records)
+	rh, qh := summarize(rs.respondH2), summarize(rs.publishH2)
 	kgRate := float64(kg.Records) / kg.Seconds
 	kg100Rate := float64(kg100.Records) / kg100.Seconds
 	perRecord := func(d time.Duration, n int64) float64 { return float64(d.Microseconds()) / float64(n) }
@@ -427,15 +493,22 @@ func renderReport(respond, publish, respond1, publish1, records []sample, kg, kg
 	b.WriteString("|---|---:|---:|---:|---:|---:|---:|\n")
 	fmt.Fprintf(&b, "| Caddy `respond` | %.0f | %.2f ms | %.2f ms | %.1f us | - | %d |\n", r.reqPerSec, r.p50ms, r.p99ms, r.caddyUS, r.non2xx)
 	fmt.Fprintf(&b, "| `queue_publish` | %.0f | %.2f ms | %.2f ms | %.1f us | %.1f us | %d |\n", q.reqPerSec, q.p50ms, q.p99ms, q.caddyUS, q.brokerUS, q.non2xx)
+	fmt.Fprintf(&b, "| `queue_publish`, a distinct key per request | %.0f | %.2f ms | %.2f ms | %.1f us | %.1f us | %d |\n", k.reqPerSec, k.p50ms, k.p99ms, k.caddyUS, k.brokerUS, k.non2xx)
 	fmt.Fprintf(&b, "| bare kafka-go `Writer`, %d callers, 1 record a call (msg/s) | %.0f | - | - | %.1f us (client) | %.1f us | %d failed |\n\n", *conns, kgRate, kg.CPUSeconds*1e6/float64(kg.Records), perRecord(kg.brokerCPU, kg.Records), kg.Failed)
 	fmt.Fprintf(&b, "| %d records a request or call, %d connections or callers | records/s | p50 | p99 | client CPU/record | broker CPU/record | non-2xx |\n", perRequest, *conns)
 	b.WriteString("|---|---:|---:|---:|---:|---:|---:|\n")
 	fmt.Fprintf(&b, "| `queue_publish` `mode records` (Caddy CPU) | %.0f | %.2f ms | %.2f ms | %.2f us | %.2f us | %d |\n", rm.reqPerSec*perRequest, rm.p50ms, rm.p99ms, rm.caddyUS/perRequest, rm.brokerUS/perRequest, rm.non2xx)
 	fmt.Fprintf(&b, "| bare kafka-go `Writer` | %.0f | - | - | %.2f us | %.2f us | %d failed |\n\n", kg100Rate, kg100.CPUSeconds*1e6/float64(kg100.Records), perRecord(kg100.brokerCPU, kg100.Records), kg100.Failed)
+	fmt.Fprintf(&b, "| HTTPS (tls internal), HTTP/2: h2load, 1 connection, %d streams | req/s | Caddy CPU/req | broker CPU/msg | non-2xx |\n|---|---:|---:|---:|---:|\n", h2Streams)
+	fmt.Fprintf(&b, "| Caddy `respond` | %.0f | %.1f us | - | %d |\n", rh.reqPerSec, rh.caddyUS, rh.non2xx)
+	fmt.Fprintf(&b, "| `queue_publish` | %.0f | %.1f us | %.1f us | %d |\n\n", qh.reqPerSec, qh.caddyUS, qh.brokerUS, qh.non2xx)
 	fmt.Fprintf(&b, "| at 1 connection | req/s | p50 | p99 |\n|---|---:|---:|---:|\n")
 	fmt.Fprintf(&b, "| Caddy `respond` | %.0f | %.3f ms | %.3f ms |\n", r1.reqPerSec, r1.p50ms, r1.p99ms)
 	fmt.Fprintf(&b, "| `queue_publish` | %.0f | %.3f ms | %.3f ms |\n\n", q1.reqPerSec, q1.p50ms, q1.p99ms)
 	fmt.Fprintf(&b, "Ratios at %d connections: throughput queue_publish/respond = %.2f; Caddy CPU per request queue_publish/respond = %.2f; p99 queue_publish - respond = %+.2f ms; throughput queue_publish/bare kafka-go = %.2f.\n", *conns, q.reqPerSec/r.reqPerSec, q.caddyUS/r.caddyUS, q.p99ms-r.p99ms, q.reqPerSec/kgRate)
+	fmt.Fprintf(&b, "A distinct key per request: throughput queue_publish/respond = %.2f; Caddy CPU per request = %.2f.\n", k.reqPerSec/r.reqPerSec, k.caddyUS/r.caddyUS)
+	fmt.Fprintf(&b, "HTTPS, HTTP/2: throughput queue_publish/respond = %.2f; Caddy CPU per request queue_publish/respond = %.2f.\n", qh.reqPerSec/rh.reqPerSec, qh.caddyUS/rh.caddyUS)
+	fmt.Fprintf(&b, "Broker CPU per message: queue_publish %.1f us, bare kafka-go %.1f us.\n", q.brokerUS, perRecord(kg.brokerCPU, kg.Records))
 	fmt.Fprintf(&b, "Records mode: records/s queue_publish/bare kafka-go at %d records a call = %.2f.\n", perRequest, rm.reqPerSec*perRequest/kg100Rate)
 	fmt.Fprintf(&b, "At 1 connection: p50 queue_publish - respond = %+.3f ms.\n", q1.p50ms-r1.p50ms)
 	check := "ok"
