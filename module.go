@@ -180,25 +180,24 @@ type Handler struct {
 	// SASL authentication to the brokers.
 	SASL *BrokerSASL `json:"sasl,omitempty"`
 
-	// How long a partition's sender waits, under concurrent load, for
+	// How long a broker's sender waits, under concurrent load, for
 	// more records before sending the next produce request, counted from
 	// the start of the previous one. A record arriving at an idle
-	// partition is always sent at once. Default: 0 (send as soon as the
+	// broker is always sent at once. Default: 0 (send as soon as the
 	// previous request is answered).
 	Linger caddy.Duration `json:"linger,omitempty"`
 
-	// The most records in one produce request. Default: 1000.
+	// The most records in one partition's batch (a produce request
+	// carries a batch of each partition the broker leads). Default: 1000.
 	MaxBatchRecords int `json:"max_batch_records,omitempty"`
 
-	// The most bytes of records in one produce request; keep it at or
+	// The most bytes of records in one partition's batch; keep it at or
 	// below the brokers' message.max.bytes. Default: 1000000.
 	MaxBatchBytes int `json:"max_batch_bytes,omitempty"`
 
-	// How many produce requests each partition may have in flight.
-	// Above 1, records of a partition may be stored out of order even
-	// without retries: kafka-go sends concurrent requests on separate
-	// connections, which the broker appends in the order they arrive.
-	// Default: 1.
+	// How many produce requests each broker may have in flight. A
+	// partition has one batch in flight at a time whatever this is, so
+	// its records are stored in the order they were queued. Default: 1.
 	MaxInFlight int `json:"max_in_flight,omitempty"`
 
 	brokers       []string

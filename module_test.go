@@ -541,6 +541,34 @@ func TestSecretMustResolve(t *testing.T) {
 	}
 }
 
+// idempotent on makes a cluster that refuses the idempotent producer (here
+// without IDEMPOTENT_WRITE) a load error, naming it, and keeps no
+// producer; unset, the same cluster is produced to, without idempotence.
+func TestIdempotentOnRefusedByTheClusterFailsTheLoad(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.InitProducerID}, Err: kerr.ClusterAuthorizationFailed, Count: -1})
+	before := len(pooledProducers(t))
+	t.Setenv("QP_TEST_SECRET", testSecret)
+	site := func(extra string) string {
+		return fmt.Sprintf(`	queue_publish {
+		brokers %s
+		topic events
+		secret {env.QP_TEST_SECRET}
+		%s
+	}`, c.ListenAddrs()[0], extra)
+	}
+	caddytest.AssertLoadError(t, caddyConfig(filepath.Join(t.TempDir(), "caddy.log"), site("idempotent on")), "caddyfile",
+		"idempotent on: the Kafka cluster refuses the idempotent producer")
+	if n := len(pooledProducers(t)); n != before {
+		t.Errorf("%d producers after the refused config, want %d as before", n, before)
+	}
+	startCaddy(t, filepath.Join(t.TempDir(), "caddy.log"), site(""))
+	if got := do(t, "POST", "/", auth(testSecret), strings.NewReader(`{"a":1}`)); got.status != 200 {
+		t.Errorf("without idempotent on: %d %s, want 200", got.status, got.body)
+	}
+	unloadChecksLeaks(t)
+}
+
 // TestSecretNeverLogged runs accepted and refused requests with the secret
 // and with near misses, through a config with debug logging and access
 // logs, then looks for the secret in every log line, answer and in the

@@ -136,6 +136,31 @@ func (pt *partition) pauseFor(d time.Duration, cause error) {
 	})
 }
 
+// refuse handles the queued records while the idempotent producer has no
+// identity (err): with idempotent on and a cluster that refuses it, they
+// fail at once; otherwise (no broker answers yet) they wait, and their
+// callers take them back.
+func (pt *partition) refuse(err error) {
+	pt.mu.Lock()
+	defer pt.mu.Unlock()
+	pt.ready = false
+	var perr *Error
+	if errors.As(err, &perr) && perr.Outcome == OutcomeRejected {
+		for _, rec := range pt.queue {
+			if rec.state == stateQueued {
+				rec.complete(perr, -1)
+			}
+		}
+		clear(pt.queue)
+		pt.queue, pt.dead = pt.queue[:0], 0
+		return
+	}
+	for _, rec := range pt.queue {
+		rec.lastErr = err
+	}
+	pt.retry(err)
+}
+
 // backoff is the pause before the next attempt after n failed ones.
 func backoff(n int) time.Duration {
 	d := retryBackoffMin << min(n, 8)

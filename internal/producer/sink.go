@@ -93,16 +93,8 @@ func (s *sink) run() {
 		s.mu.Unlock()
 
 		if err := p.ensureSession(); err != nil {
-			// No identity for the idempotent producer yet: the
-			// records wait, and their callers take them back.
 			for _, pt := range parts {
-				pt.mu.Lock()
-				pt.ready = false
-				for _, rec := range pt.queue {
-					rec.lastErr = err
-				}
-				pt.retry(err)
-				pt.mu.Unlock()
+				pt.refuse(err)
 			}
 			s.recycle(parts)
 			continue
