@@ -43,7 +43,7 @@ type goroutines struct {
 
 // Creators of the goroutines of a producer.
 const (
-	creatorSender = "caddy-queue-publish/internal/producer.(*Producer).sink"
+	creatorSender = "producer.(*Producer).sink"
 	creatorPool   = "kafka-go.(*Transport).grabPool"
 	creatorConn   = "kafka-go.(*connGroup).connect"
 )

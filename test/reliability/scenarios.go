@@ -247,7 +247,7 @@ func (e *env) reload() error {
 	case started != closed || started < changes || started > changes+late:
 		return fmt.Errorf("%d producers started and %d closed, want as many, one per change of the producer settings (%d) and at most one per late request (%d)", started, closed, changes, late)
 	case after.senders != one.senders || after.pools != one.pools || after.etc != 0 || after.conns > after.senders+2:
-		return fmt.Errorf("after the reloads: %v; want what one producer needs: %d partition senders, %d kafka-go metadata goroutine, at most one connection per request in flight (%d)",
+		return fmt.Errorf("after the reloads: %v; want what one producer needs: %d broker sinks, %d kafka-go metadata goroutine, at most one connection per request in flight (%d)",
 			after, one.senders, one.pools, after.senders+2)
 	}
 	return nil
