@@ -16,17 +16,6 @@ import (
 	"github.com/queuepublish/caddy-queue-publish/internal/producer"
 )
 
-// publishNoWait queues rec without waiting for its outcome; the test
-// waits on rec.Done().
-func publishNoWait(p *producer.Producer, ctx context.Context, topic string, rec *record) *publishError {
-	set, perr := p.Topic(ctx, topic, []*record{rec})
-	if perr != nil {
-		return perr
-	}
-	_, perr = p.Enqueue(set, []*record{rec})
-	return perr
-}
-
 // sendOne publishes one record and waits for its outcome.
 func sendOne(p *producer.Producer, topic string, value []byte, timeout time.Duration) (*record, *publishError) {
 	rec := newRecord(value, time.Now(), timeout)
@@ -95,16 +84,15 @@ func noGoroutinesLeftBy(t *testing.T, owners ...string) {
 
 // Shared with the producer's tests.
 var (
-	newCluster       = kafkatest.NewCluster
-	stored           = kafkatest.Stored
-	observedLogger   = kafkatest.ObservedLogger
-	recordsByValue   = kafkatest.RecordsByValue
-	closedPort       = kafkatest.ClosedPort
-	waitFor          = kafkatest.WaitFor
-	holdProduce      = kafkatest.HoldProduce
-	holdFirstProduce = kafkatest.HoldFirstProduce
-	noLeaks          = kafkatest.NoLeaks
-	goroutinesOf     = kafkatest.GoroutinesOf
+	newCluster     = kafkatest.NewCluster
+	stored         = kafkatest.Stored
+	observedLogger = kafkatest.ObservedLogger
+	recordsByValue = kafkatest.RecordsByValue
+	closedPort     = kafkatest.ClosedPort
+	waitFor        = kafkatest.WaitFor
+	holdProduce    = kafkatest.HoldProduce
+	noLeaks        = kafkatest.NoLeaks
+	goroutinesOf   = kafkatest.GoroutinesOf
 )
 
 // unloadChecksLeaks loads a config without queue_publish and checks that

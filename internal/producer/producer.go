@@ -188,10 +188,6 @@ func (p *Producer) start() {
 	p.watch("no Kafka broker reachable at start; requests are answered 503 until one is")
 }
 
-// Idempotent reports whether the producer's batches carry an identity the
-// brokers deduplicate by (false after a cluster refused it).
-func (p *Producer) Idempotent() bool { return p.idempotent.Load() }
-
 // CheckIdempotence asks the cluster for an identity within ctx: it fails
 // only if the cluster refuses the idempotent producer, not if no broker
 // answers.
