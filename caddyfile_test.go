@@ -138,6 +138,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{name: "bad duration", input: block("timeout soon"), wantErr: `timeout: invalid duration "soon"`},
 		{name: "negative duration", input: block("timeout -1s"), wantErr: `timeout: invalid duration "-1s"`},
 		{name: "bad acks", input: block("acks some"), wantErr: `acks: "some" is not all, leader or none`},
+		{name: "bad idempotent", input: block("idempotent maybe"), wantErr: `idempotent: "maybe" is not on or off`},
 		{name: "zero linger", input: block("linger 0"), want: Handler{}},
 		{name: "zero timeout", input: block("timeout 0s"), wantErr: `timeout: invalid duration "0s"`},
 		{name: "negative linger", input: block("linger -1ms"), wantErr: `linger: invalid duration "-1ms"`},

@@ -129,7 +129,8 @@ type Handler struct {
 	// sent). Default: "all".
 	Acks string `json:"acks,omitempty"`
 
-	// Whether the producer is idempotent: "on" or "off". Unset, it is,
+	// Whether the producer is idempotent: "on" or "off". Unset, it is
+	// with acks "all" (as in Kafka's clients, idempotence needs it),
 	// unless the cluster refuses it (an ACL, an old version): then it
 	// warns and produces without. "on" makes a refusal a config error
 	// when a broker answers at load, and every record's refusal after.
@@ -487,6 +488,9 @@ func (h *Handler) Validate() error {
 	}
 	if _, ok := idempotenceValues[h.Idempotent]; !ok {
 		return fmt.Errorf("idempotent: %q is not on or off", h.Idempotent)
+	}
+	if h.Idempotent == "on" && cmp.Or(h.Acks, "all") != "all" {
+		return fmt.Errorf("idempotent on: needs acks all, not %s", h.Acks)
 	}
 	if _, ok := acksValues[h.Acks]; !ok {
 		return fmt.Errorf("acks: %q is not all, leader or none", h.Acks)

@@ -814,6 +814,8 @@ func TestProvisionErrors(t *testing.T) {
 		{"key in records mode", func(h *Handler) { h.Mode = "records"; h.Key = "{http.request.header.K}" }, "key, header: apply to mode body only"},
 		{"second secret unset", func(h *Handler) { h.Secrets = append(h.Secrets, "{env.QP_UNSET_SECRET}") }, "secret 2: evaluated placeholder {env.QP_UNSET_SECRET} is empty"},
 		{"bad compression", func(h *Handler) { h.Compression = "brotli" }, `compression: "brotli" is not none, gzip, snappy, lz4 or zstd`},
+		{"bad idempotent", func(h *Handler) { h.Idempotent = "yes" }, `idempotent: "yes" is not on or off`},
+		{"idempotent on without acks all", func(h *Handler) { h.Idempotent, h.Acks = "on", "leader" }, "idempotent on: needs acks all, not leader"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

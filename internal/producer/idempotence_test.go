@@ -114,3 +114,24 @@ func TestClusterRefusingIdempotence(t *testing.T) {
 		})
 	}
 }
+
+// Idempotence needs acks=all, as in Kafka's clients: with fewer acks the
+// producer's batches carry no producer ID.
+func TestIdempotenceOnlyWithAcksAll(t *testing.T) {
+	for _, acks := range []kafka.RequiredAcks{kafka.RequireOne, kafka.RequireNone} {
+		t.Run(acks.String(), func(t *testing.T) {
+			c := kafkatest.NewCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+			batches := kafkatest.ProducedBatches(c)
+			p := mustProducer(t, Config{Brokers: c.ListenAddrs(), Acks: acks}, nil)
+			t.Cleanup(p.Close)
+			if _, perr := sendOne(p, "events", []byte(`"x"`), 5*time.Second); perr != nil {
+				t.Fatal(perr)
+			}
+			// With acks=none, acknowledged once sent: wait for the append.
+			kafkatest.WaitFor(t, 5*time.Second, func() bool { return c.PartitionInfo("events", 0).HighWatermark == 1 })
+			if got := batches(); len(got) != 1 || got[0].ProducerID != -1 {
+				t.Errorf("batches %v, want one without a producer ID", got)
+			}
+		})
+	}
+}

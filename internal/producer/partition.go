@@ -28,6 +28,8 @@ type partition struct {
 	// leader is the broker ID of the leader, -1 if unknown; written
 	// with mu held.
 	leader atomic.Int32
+	// sink is the sink the partition was last handed to.
+	sink atomic.Pointer[sink]
 	// ready: the partition is on its leader's sink's list.
 	ready bool
 	// paused: a failed batch waits for its backoff before it goes again.
@@ -52,8 +54,11 @@ type batch struct {
 	// claimed: the transport took the batch for a request (claim); its
 	// records are fixed from then on, and bytes is encoded once.
 	claimed bool
-	bytes   []byte
-	created time.Time
+	// sequenced: claim gave the batch its sequence numbers (seq on): a
+	// batch no attempt appended gives them back.
+	sequenced bool
+	bytes     []byte
+	created   time.Time
 	// timeout is how long one attempt may wait for the broker: the
 	// longest timeout of its records.
 	timeout time.Duration
@@ -112,7 +117,9 @@ func (pt *partition) signal() {
 		return
 	}
 	pt.ready = true
-	pt.p.sink(leader).add(pt)
+	sk := pt.p.sink(leader)
+	pt.sink.Store(sk)
+	sk.add(pt)
 }
 
 // pauseFor keeps the partition off its sink for d, then signals it again.
@@ -122,28 +129,35 @@ func (pt *partition) pauseFor(d time.Duration, cause error) {
 		return
 	}
 	pt.paused = true
+	p := pt.p
 	time.AfterFunc(d, func() {
+		if p.ctx.Err() != nil {
+			return // the producer is closed: nothing is left to send
+		}
 		if pt.leader.Load() < 0 || cause != nil && needsMetadata(cause) {
 			// Learn the leader before the next attempt.
 			pt.topic.expire()
-			pt.topic.partitions(pt.p.ctx, time.Now().Add(dialTimeout))
+			pt.topic.partitions(p.ctx, time.Now().Add(dialTimeout))
 		}
 		pt.mu.Lock()
+		defer pt.mu.Unlock()
 		pt.paused = false
-		pt.expireQueued(time.Now())
+		now := time.Now()
+		if b := pt.batch; b != nil && !b.sending {
+			// Its time may be over while the partition cannot send
+			// (no leader): settled here, not only by a sink.
+			pt.givenUp(b, now)
+		}
+		pt.expireQueued(now)
 		pt.signal()
-		pt.mu.Unlock()
 	})
 }
 
 // refuse handles the queued records while the idempotent producer has no
 // identity (err): with idempotent on and a cluster that refuses it, they
-// fail at once; otherwise (no broker answers yet) they wait, and their
-// callers take them back.
+// fail at once; otherwise (no broker answers yet, or the identity is being
+// renewed) they wait, and their callers take them back. pt.mu is held.
 func (pt *partition) refuse(err error) {
-	pt.mu.Lock()
-	defer pt.mu.Unlock()
-	pt.ready = false
 	var perr *Error
 	if errors.As(err, &perr) && perr.Outcome == OutcomeRejected {
 		for _, rec := range pt.queue {
@@ -198,6 +212,7 @@ func (pt *partition) abandon(rec *Record) *Error {
 		return rec.err
 	case stateQueued:
 		pt.takeBack(rec)
+		pt.compact()
 		return rec.err
 	}
 	rec.abandoned = true
@@ -211,14 +226,19 @@ func (pt *partition) abandon(rec *Record) *Error {
 	return &Error{Outcome: OutcomeUnknown, Reason: reasonUnknown, Err: rec.lastErr}
 }
 
-// takeBack completes a queued record as not written. pt.mu is held.
+// takeBack completes a queued record as not written; it stays in the
+// queue, skipped, until compact or newBatch drops it. pt.mu is held.
 func (pt *partition) takeBack(rec *Record) {
 	rec.complete(notWritten(rec), -1)
 	pt.dead++
+}
+
+// compact drops the completed records from the queue once they are most
+// of it: many records left a partition that cannot send (its batch is
+// held), and memory must follow the records still waiting. Never called
+// while the queue is being walked. pt.mu is held.
+func (pt *partition) compact() {
 	if pt.dead > 64 && pt.dead > len(pt.queue)/2 {
-		// Many records left a partition that cannot send (its
-		// batch is held): drop them, so that memory follows the
-		// records still waiting.
 		pt.queue = slices.DeleteFunc(pt.queue, func(r *Record) bool { return r.state == stateCompleted })
 		pt.dead = 0
 	}
@@ -233,12 +253,15 @@ func (pt *partition) expireQueued(now time.Time) {
 			pt.takeBack(rec)
 		}
 	}
+	pt.compact()
 }
 
 // drain returns what the sink of broker should send for the partition: the
 // batch to retry, or a new batch of the queued records; nil if nothing.
-// The batch is marked sending until its result is in.
-func (pt *partition) drain(broker int32, now time.Time) *batch {
+// The batch is marked sending until its result is in. noIdentity, if not
+// nil, is why the idempotent producer has no identity for a new batch: a
+// batch sent before keeps its own.
+func (pt *partition) drain(broker int32, now time.Time, noIdentity error) *batch {
 	pt.mu.Lock()
 	defer pt.mu.Unlock()
 	pt.ready = false
@@ -255,7 +278,32 @@ func (pt *partition) drain(broker int32, now time.Time) *batch {
 			return b
 		}
 	}
-	return pt.newBatch(now)
+	if pt.pending() == 0 {
+		clear(pt.queue)
+		pt.queue, pt.dead = pt.queue[:0], 0
+		return nil
+	}
+	var s *session
+	if pt.p.idempotent.Load() {
+		if s = pt.p.currentSession(); s == nil {
+			// Given up or renewed meanwhile (another partition's
+			// batch): the sink takes a new identity first.
+			pt.refuse(cmpErr(noIdentity, errNoIdentity))
+			return nil
+		}
+	}
+	return pt.newBatch(now, s)
+}
+
+// errNoIdentity is why records wait while the idempotent producer takes a
+// new identity.
+var errNoIdentity = errors.New("the idempotent producer is taking a new producer ID")
+
+func cmpErr(a, b error) error {
+	if a != nil {
+		return a
+	}
+	return b
 }
 
 // givenUp settles a batch that is not to be sent again, and reports so:
@@ -294,7 +342,7 @@ var errGivenUp = errors.New("a batch was given up after the delivery timeout")
 
 // newBatch moves the next queued records into a batch, taking back those
 // whose callers left or whose deadline passed. pt.mu is held.
-func (pt *partition) newBatch(now time.Time) *batch {
+func (pt *partition) newBatch(now time.Time, s *session) *batch {
 	cfg := &pt.p.cfg
 	maxRecords := cfg.MaxBatchRecords
 	if pt.limit > 0 {
@@ -334,10 +382,9 @@ func (pt *partition) newBatch(now time.Time) *batch {
 		return nil
 	}
 	b := &batch{part: pt, recs: recs, created: now, timeout: timeout, sending: true}
-	if pt.p.currentSession() == nil {
+	if s == nil {
 		b.ackBy = ackBy
-	}
-	if s := pt.p.currentSession(); s != nil {
+	} else {
 		if pt.session != s {
 			pt.session, pt.nextSeq = s, 0
 		}
@@ -384,7 +431,7 @@ func (pt *partition) claim(b *batch, codec kafka.Compression) []byte {
 		return nil
 	}
 	if b.session != nil {
-		b.seq = pt.nextSeq
+		b.seq, b.sequenced = pt.nextSeq, true
 		pt.nextSeq = nextSequence(pt.nextSeq, len(live))
 	}
 	pt.mu.Unlock()
@@ -439,8 +486,11 @@ func (pt *partition) failed(b *batch, ans *produceAnswer, err error) {
 	b.sending = false
 	if errors.Is(err, protocol.ErrNoRecord) {
 		// The request was never written: a batch of it had no record
-		// left (claim). The others go again at once.
-		pt.dissolve(b)
+		// left (claim). The others go again at once: as they are if an
+		// earlier attempt may have appended them, else queued again.
+		if !b.mayBeWritten {
+			pt.dissolve(b)
+		}
 		pt.signal()
 		return
 	}
@@ -456,9 +506,16 @@ func (pt *partition) failed(b *batch, ans *produceAnswer, err error) {
 		pt.signal()
 	case b.session != nil && isSequenceError(err):
 		// The broker lost track of the producer or of the
-		// partition's sequence: nothing was appended; the records
-		// go again under a new identity.
+		// partition's sequence: this attempt appended nothing, and
+		// the records go again under a new identity, unless an
+		// earlier attempt may have appended them (sending them again
+		// could store them twice).
 		p.renewSession(b.session, err)
+		if b.mayBeWritten {
+			pt.settle(b, &Error{Outcome: OutcomeUnknown, Reason: reasonUnknown, Err: err})
+			pt.signal()
+			break
+		}
 		pt.dissolve(b)
 		pt.retry(err)
 	case !b.mayBeWritten && recordAtFault(err) && len(b.recs) > 1:
@@ -470,6 +527,9 @@ func (pt *partition) failed(b *batch, ans *produceAnswer, err error) {
 		pt.dissolve(b)
 		pt.signal()
 	case perr.Outcome == OutcomeTooLarge || perr.Outcome == OutcomeRejected:
+		// Final; "outcome unknown" if this attempt or an earlier one
+		// may have appended the batch (UNKNOWN_SERVER_ERROR, say).
+		b.mayBeWritten = b.mayBeWritten || written
 		pt.settle(b, perr)
 		pt.signal()
 	case !written && !b.mayBeWritten:
@@ -512,18 +572,26 @@ func (pt *partition) dissolve(b *batch) {
 		}
 	}
 	pt.queue = append(live, pt.queue...)
-	if b.claimed && b.session != nil && pt.session == b.session {
-		pt.nextSeq = b.seq
-	}
+	pt.giveSequenceBack(b)
 	pt.batch = nil
 	pt.expireQueued(time.Now())
+}
+
+// giveSequenceBack returns the sequence numbers of a batch that no attempt
+// appended, so that the partition's next batch follows the last one the
+// broker has. pt.mu is held.
+func (pt *partition) giveSequenceBack(b *batch) {
+	if b.sequenced && !b.mayBeWritten && b.session == pt.session {
+		pt.nextSeq = b.seq
+	}
 }
 
 // settle completes every record of the batch with perr, as "outcome
 // unknown" if an attempt may have appended it. pt.mu is held.
 func (pt *partition) settle(b *batch, perr *Error) {
+	pt.giveSequenceBack(b)
 	if b.mayBeWritten && perr.Outcome != OutcomeUnknown {
-		perr = &Error{Outcome: OutcomeUnknown, Reason: perr.Reason + "; an earlier attempt may have written the record", Err: perr.Err}
+		perr = &Error{Outcome: OutcomeUnknown, Reason: perr.Reason + "; an attempt may have written the record", Err: perr.Err}
 	}
 	for _, rec := range b.recs {
 		rec.complete(perr, -1)

@@ -26,13 +26,22 @@ func (t *Topic) partitionFor(rec *Record) *partition {
 // sticky returns the partition that records without a key go to: one
 // partition until its batch is taken, then another (KIP-480), so that
 // batches stay large however many partitions the topic has.
+//
+// A sticky partition that lost its leader, or whose broker did not answer
+// the last request, is left at once: its records would wait there while
+// the other partitions take them. The sticky choice is shared by the
+// topic's snapshots, and a snapshot older than the one that chose it may
+// have fewer partitions: it then picks among its own.
 func (t *Topic) sticky() *partition {
-	if id := t.ts.sticky.Load(); id >= 0 && int(id) < len(t.parts) {
-		return t.parts[id]
+	id := t.ts.sticky.Load()
+	if id >= 0 && int(id) < len(t.parts) {
+		if pt := t.parts[id]; pt.leader.Load() >= 0 && !pt.p.sinkFailing(pt) {
+			return pt
+		}
 	}
-	pt := t.pick(-1)
-	t.ts.sticky.CompareAndSwap(-1, pt.id)
-	return t.parts[t.ts.sticky.Load()]
+	pt := t.pick(id)
+	t.ts.sticky.CompareAndSwap(id, pt.id)
+	return pt
 }
 
 // pick chooses a partition other than not at random, among those whose

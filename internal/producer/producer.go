@@ -154,7 +154,10 @@ func newProducer(cfg Config) *Producer {
 		cfg.Dial = (&net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}).DialContext
 	}
 	p := &Producer{cfg: cfg, logger: cfg.Logger, sinkByID: map[int32]*sink{}, drained: make(chan struct{})}
-	p.idempotent.Store(cfg.Idempotence != IdempotenceOff)
+	// As in Kafka's clients, idempotence needs acks=all: with fewer acks
+	// a record the broker lost, or refused unanswered (acks=0), leaves a
+	// gap in the partition's sequence that refuses every later batch.
+	p.idempotent.Store(cfg.Idempotence != IdempotenceOff && cfg.Acks == kafka.RequireAll)
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	p.transport = &kafka.Transport{
 		Dial:        p.dial,
@@ -182,7 +185,7 @@ func (p *Producer) start() {
 		zap.Strings("brokers", p.cfg.Brokers),
 		zap.String("client_id", p.cfg.ClientID),
 		zap.String("acks", p.cfg.Acks.String()),
-		zap.Bool("idempotent", p.cfg.Idempotence != IdempotenceOff),
+		zap.Bool("idempotent", p.idempotent.Load()),
 		zap.Bool("tls", p.cfg.TLS != nil),
 		zap.Bool("sasl", p.cfg.SASL != nil))
 	p.watch("no Kafka broker reachable at start; requests are answered 503 until one is")
@@ -192,7 +195,7 @@ func (p *Producer) start() {
 // only if the cluster refuses the idempotent producer, not if no broker
 // answers.
 func (p *Producer) CheckIdempotence(ctx context.Context) error {
-	if p.cfg.Idempotence == IdempotenceOff {
+	if !p.idempotent.Load() {
 		return nil
 	}
 	_, err := p.initProducerID(ctx)
@@ -227,10 +230,8 @@ func (p *Producer) sink(id int32) *sink {
 // sinkFailing reports whether the last request to pt's leader failed to
 // reach it.
 func (p *Producer) sinkFailing(pt *partition) bool {
-	p.sinksMu.RLock()
-	s := p.sinkByID[pt.leader.Load()]
-	p.sinksMu.RUnlock()
-	return s != nil && s.failing.Load()
+	s := pt.sink.Load()
+	return s != nil && s.id == pt.leader.Load() && s.failing.Load()
 }
 
 // recordDone counts a completed queued record.

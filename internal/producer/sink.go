@@ -92,17 +92,13 @@ func (s *sink) run() {
 		s.ready, s.spare = s.spare[:0], nil
 		s.mu.Unlock()
 
-		if err := p.ensureSession(); err != nil {
-			for _, pt := range parts {
-				pt.refuse(err)
-			}
-			s.recycle(parts)
-			continue
-		}
+		// New batches of the idempotent producer need its identity;
+		// batches sent before keep theirs, and go on meanwhile.
+		noIdentity := p.ensureSession()
 		now := time.Now()
 		var batches []*batch
 		for _, pt := range parts {
-			if b := pt.drain(s.id, now); b != nil {
+			if b := pt.drain(s.id, now, noIdentity); b != nil {
 				batches = append(batches, b)
 			}
 		}
