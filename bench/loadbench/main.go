@@ -30,7 +30,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/segmentio/kafka-go"
+
 	"github.com/queuepublish/caddy-queue-publish/internal/harness"
+	"github.com/queuepublish/caddy-queue-publish/internal/producer"
 	"github.com/queuepublish/caddy-queue-publish/test/apachekafka"
 )
 
@@ -197,6 +200,12 @@ func run() error {
 		publish1 = append(publish1, s)
 	}
 
+	alone, err := producerAlone(p.brokerAddr)
+	if err != nil {
+		return err
+	}
+	acked += producerAloneRecords
+
 	var records []sample
 	for range *rounds {
 		s, err := measure(recordsURL, *conns, *duration)
@@ -223,7 +232,7 @@ func run() error {
 		return err
 	}
 
-	report := renderReport(runs{respond, publish, keyed, respond1, publish1, records, respondH2, publishH2}, kg, kg100, expected, inTopic)
+	report := renderReport(runs{respond, publish, keyed, respond1, publish1, records, respondH2, publishH2, alone}, kg, kg100, expected, inTopic)
 	fmt.Print(report)
 	if *out != "" {
 		if err := os.WriteFile(*out, []byte(report), 0o644); err != nil {
@@ -471,7 +480,44 @@ func median(v []float64) float64 {
 // runs are the measured runs of each endpoint.
 type runs struct {
 	respond, publish, keyed, respond1, publish1, records, respondH2, publishH2 []sample
+	alone                                                                      sample
 }
+
+// producerAlone sends records one at a time with the module's producer,
+// in this process and without HTTP, to the broker: the round trip that a
+// request at 1 connection waits for.
+func producerAlone(brokerAddr string) (sample, error) {
+	const n, warm = producerAloneRecords - 500, 500
+	p := producer.New(producer.Config{Brokers: []string{brokerAddr}, Acks: kafka.RequireAll})
+	defer p.Close()
+	var lat []time.Duration
+	start := time.Now()
+	for i := range n + warm {
+		if i == warm {
+			start = time.Now()
+		}
+		rec := producer.NewRecord([]byte(seedBody), time.Now(), 5*time.Second)
+		recs := []*producer.Record{rec}
+		t0 := time.Now()
+		t, perr := p.Topic(context.Background(), topic, recs)
+		if perr != nil {
+			return sample{}, fmt.Errorf("the producer alone: %v", perr)
+		}
+		p.Send(context.Background(), t, recs)
+		if rec.Answer != nil {
+			return sample{}, fmt.Errorf("the producer alone: %v", rec.Answer)
+		}
+		if i >= warm {
+			lat = append(lat, time.Since(t0))
+		}
+	}
+	slices.Sort(lat)
+	return sample{Requests: n, DurationUS: time.Since(start).Microseconds(),
+		P50US: lat[n/2].Microseconds(), P99US: lat[n*99/100].Microseconds()}, nil
+}
+
+// producerAloneRecords is the number of records producerAlone sends.
+const producerAloneRecords = 5500
 
 func renderReport(rs runs, kg, kg100 kafkagoResult, expected, inTopic int64) string {
 	r, q, k := summarize(rs.respond), summarize(rs.publish), summarize(rs.keyed)
@@ -504,7 +550,8 @@ func renderReport(rs runs, kg, kg100 kafkagoResult, expected, inTopic int64) str
 	fmt.Fprintf(&b, "| `queue_publish` | %.0f | %.1f us | %.1f us | %d |\n\n", qh.reqPerSec, qh.caddyUS, qh.brokerUS, qh.non2xx)
 	fmt.Fprintf(&b, "| at 1 connection | req/s | p50 | p99 |\n|---|---:|---:|---:|\n")
 	fmt.Fprintf(&b, "| Caddy `respond` | %.0f | %.3f ms | %.3f ms |\n", r1.reqPerSec, r1.p50ms, r1.p99ms)
-	fmt.Fprintf(&b, "| `queue_publish` | %.0f | %.3f ms | %.3f ms |\n\n", q1.reqPerSec, q1.p50ms, q1.p99ms)
+	fmt.Fprintf(&b, "| `queue_publish` | %.0f | %.3f ms | %.3f ms |\n", q1.reqPerSec, q1.p50ms, q1.p99ms)
+	fmt.Fprintf(&b, "| the producer alone, in the benchmark's process, no HTTP | %.0f | %.3f ms | %.3f ms |\n\n", float64(rs.alone.Requests)/(float64(rs.alone.DurationUS)/1e6), float64(rs.alone.P50US)/1000, float64(rs.alone.P99US)/1000)
 	fmt.Fprintf(&b, "Ratios at %d connections: throughput queue_publish/respond = %.2f; Caddy CPU per request queue_publish/respond = %.2f; p99 queue_publish - respond = %+.2f ms; throughput queue_publish/bare kafka-go = %.2f.\n", *conns, q.reqPerSec/r.reqPerSec, q.caddyUS/r.caddyUS, q.p99ms-r.p99ms, q.reqPerSec/kgRate)
 	fmt.Fprintf(&b, "A distinct key per request: throughput queue_publish/respond = %.2f; Caddy CPU per request = %.2f.\n", k.reqPerSec/r.reqPerSec, k.caddyUS/r.caddyUS)
 	fmt.Fprintf(&b, "HTTPS, HTTP/2: throughput queue_publish/respond = %.2f; Caddy CPU per request queue_publish/respond = %.2f.\n", qh.reqPerSec/rh.reqPerSec, qh.caddyUS/rh.caddyUS)
