@@ -147,15 +147,29 @@ func Start(opts Options) (*Cluster, error) {
 	return c, nil
 }
 
+// newClusterID returns a random cluster ID as Kafka's random-uuid makes it: a
+// version 4 UUID in URL-safe base64. Like Kafka's Uuid.randomUuid, it never
+// starts with '-', which the storage tool would read as an option.
+func newClusterID() (string, error) {
+	for {
+		var uuid [16]byte
+		if _, err := rand.Read(uuid[:]); err != nil {
+			return "", err
+		}
+		uuid[6] = uuid[6]&0x0f | 0x40
+		if id := base64.RawURLEncoding.EncodeToString(uuid[:]); id[0] != '-' {
+			return id, nil
+		}
+	}
+}
+
 // format writes each node's server.properties and formats its storage, all
 // with one cluster ID and the SCRAM credentials of User.
 func (c *Cluster) format() error {
-	var uuid [16]byte
-	if _, err := rand.Read(uuid[:]); err != nil {
+	id, err := newClusterID()
+	if err != nil {
 		return err
 	}
-	uuid[6] = uuid[6]&0x0f | 0x40 // a version 4 UUID, as Kafka's random-uuid makes
-	id := base64.RawURLEncoding.EncodeToString(uuid[:])
 	errs := make(chan error, len(c.nodes))
 	for _, n := range c.nodes {
 		if err := os.MkdirAll(n.dir, 0o755); err != nil {
@@ -176,7 +190,6 @@ func (c *Cluster) format() error {
 			errs <- nil
 		}()
 	}
-	var err error
 	for range c.nodes {
 		err = errors.Join(err, <-errs)
 	}
