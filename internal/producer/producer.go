@@ -249,35 +249,54 @@ func (p *Producer) Waiting() int { return int(p.outstanding.Load()) }
 // client left); then each record's Answer says how it ended. The records
 // share one deadline, and a record's Partition must be one of t's.
 func (p *Producer) Send(ctx context.Context, t *Topic, recs []*Record) {
+	waitWith(recs)
 	for _, rec := range recs {
-		rec.Answer = t.partitionFor(rec).push(rec)
+		if rec.Answer = t.partitionFor(rec).push(rec); rec.Answer != nil {
+			rec.release() // not queued
+		}
 	}
-	timer := time.NewTimer(time.Until(recs[0].Deadline))
-	defer timer.Stop()
-	waiting := true
+	timer := startTimer(time.Until(recs[0].Deadline))
+	select {
+	case <-recs[0].done:
+	case <-timer.C:
+	case <-ctx.Done():
+	}
+	stopTimer(timer)
 	for _, rec := range recs {
-		if rec.Answer != nil {
-			continue // not queued
+		if rec.Answer == nil {
+			rec.Answer = rec.part.abandon(rec)
 		}
-		if waiting {
-			select {
-			case <-rec.done:
-			case <-timer.C:
-				waiting = false
-			case <-ctx.Done():
-				waiting = false
-			}
-		}
-		rec.Answer = rec.part.abandon(rec)
 	}
+}
+
+// timers are the stopped timers of Send calls that returned: a request
+// waits on one, and a pooled timer costs no allocation. (Since Go 1.23 a
+// stopped or reset timer never delivers a stale tick.)
+var timers sync.Pool
+
+func startTimer(d time.Duration) *time.Timer {
+	if t, ok := timers.Get().(*time.Timer); ok {
+		t.Reset(d)
+		return t
+	}
+	return time.NewTimer(d)
+}
+
+func stopTimer(t *time.Timer) {
+	t.Stop()
+	timers.Put(t)
 }
 
 // Enqueue queues the records on their partitions of t without waiting;
 // each record's OnDone must be set. It returns how many were queued before
 // one was refused (the producer is closing), and why.
 func (p *Producer) Enqueue(t *Topic, recs []*Record) (int, *Error) {
+	waitWith(recs)
 	for i, rec := range recs {
 		if perr := t.partitionFor(rec).push(rec); perr != nil {
+			for _, rest := range recs[i:] {
+				rest.release() // not queued
+			}
 			return i, perr
 		}
 	}

@@ -1319,3 +1319,54 @@ func TestNotWrittenReasonIsTrueOfTheRecord(t *testing.T) {
 // lateWait is how long past its deadline a test's record waits for a late
 // answer (AckBy), as the handler's Idempotency-Key store asks.
 const lateWait = 30 * time.Second
+
+// The records of one call share one done channel: it closes when the last
+// of them is completed or was refused, not before.
+func TestDoneClosesWithTheLastRecordOfItsCall(t *testing.T) {
+	recs := []*Record{
+		NewRecord([]byte(`1`), time.Now(), time.Second),
+		NewRecord([]byte(`2`), time.Now(), time.Second),
+		NewRecord([]byte(`3`), time.Now(), time.Second),
+	}
+	waitWith(recs)
+	isClosed := func() bool {
+		select {
+		case <-recs[0].Done():
+			return true
+		default:
+			return false
+		}
+	}
+	recs[0].complete(nil, 1)
+	recs[2].complete(errShuttingDown, -1)
+	recs[2].complete(errShuttingDown, -1) // completed once: counted once
+	if isClosed() {
+		t.Fatal("done closed with a record of the call still under way")
+	}
+	recs[1].release() // refused: never queued
+	if !isClosed() {
+		t.Fatal("done still open once every record of the call is completed or refused")
+	}
+}
+
+// Records that a stopped producer refuses are counted out of their call's
+// wait, so that one waiting on them is not kept waiting.
+func TestRefusedEnqueueClosesDone(t *testing.T) {
+	c := kafkatest.NewCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	p := mustProducer(t, Config{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll}, zap.NewNop())
+	rec := NewRecord([]byte(`{}`), time.Now(), time.Second)
+	rec.OnDone = func(*Record) {}
+	topic, perr := p.Topic(context.Background(), "events", []*Record{rec})
+	if perr != nil {
+		t.Fatal(perr)
+	}
+	p.Close()
+	if n, perr := p.Enqueue(topic, []*Record{rec}); n != 0 || perr != errShuttingDown {
+		t.Fatalf("Enqueue on a closed producer: %d queued, %v; want 0, %v", n, perr, errShuttingDown)
+	}
+	select {
+	case <-rec.Done():
+	default:
+		t.Fatal("done still open for a record the producer refused")
+	}
+}

@@ -1,6 +1,7 @@
 package producer
 
 import (
+	"sync/atomic"
 	"time"
 
 	"github.com/segmentio/kafka-go"
@@ -57,7 +58,12 @@ type Record struct {
 	// belongs to that caller, which may also set it.
 	Answer *Error
 
+	// done is closed when every record of the Send or Enqueue call that
+	// took this one is completed; left counts those still to complete
+	// (nil for a call of one record). One channel a call, not a record:
+	// a request of many records waits once.
 	done  chan struct{}
+	left  *atomic.Int32
 	part  *partition // set once queued
 	state recordState
 	// abandoned: the caller stopped waiting.
@@ -71,18 +77,49 @@ type Record struct {
 // NewRecord returns a record of value that its caller waits for until
 // timeout after now.
 func NewRecord(value []byte, now time.Time, timeout time.Duration) *Record {
-	return &Record{
+	rec := MakeRecord(value, now, timeout)
+	return &rec
+}
+
+// MakeRecord is NewRecord for a caller that keeps its records in a slice
+// of its own, one allocation for many records. The record must not be
+// copied once it is sent.
+func MakeRecord(value []byte, now time.Time, timeout time.Duration) Record {
+	return Record{
 		Value:     value,
 		Partition: -1,
 		Offset:    -1,
 		Time:      now,
 		Deadline:  now.Add(timeout),
-		done:      make(chan struct{}),
 	}
 }
 
-// Done is closed when the record is completed.
+// Done is closed when the record and the others of the Send or Enqueue
+// call that took it are completed (or were refused); nil before such a
+// call.
 func (r *Record) Done() <-chan struct{} { return r.done }
+
+// waitWith makes the records share one done channel, closed when the
+// last of them is completed or released.
+func waitWith(recs []*Record) {
+	done := make(chan struct{})
+	var left *atomic.Int32
+	if len(recs) > 1 {
+		left = new(atomic.Int32)
+		left.Store(int32(len(recs)))
+	}
+	for _, rec := range recs {
+		rec.done, rec.left = done, left
+	}
+}
+
+// release counts the record out of its call's wait: it is completed,
+// or it was never queued.
+func (r *Record) release() {
+	if r.done != nil && (r.left == nil || r.left.Add(-1) == 0) {
+		close(r.done)
+	}
+}
 
 // Queued reports whether the record was queued on a partition (so that it
 // may have been written, or its outcome is known).
@@ -156,7 +193,7 @@ func (r *Record) complete(err *Error, offset int64) {
 	// The bytes are sent or never will be: let them go.
 	r.valueLen = len(r.Value)
 	r.Key, r.Value, r.Headers = nil, nil, nil
-	close(r.done)
+	r.release()
 	if r.OnDone != nil {
 		r.OnDone(r)
 	}
