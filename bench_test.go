@@ -62,54 +62,72 @@ func BenchmarkNewRecord(b *testing.B) {
 
 // BenchmarkHandler runs the handler's ServeHTTP, from the method check to
 // the answer, against the in-process broker (without Caddy's server and
-// without the network on the HTTP side).
+// without the network on the HTTP side): in body mode, and in records mode
+// with 100 records a request.
 func BenchmarkHandler(b *testing.B) {
-	for _, callers := range []int{1, 64} {
-		b.Run("callers="+strconv.Itoa(callers), func(b *testing.B) {
-			c := newCluster(b, kfake.NumBrokers(1), kfake.SeedTopics(1, "bench"))
-			h := handlerForUnitTest(1000000)
-			h.Topic = "bench"
-			h.producer = mustProducer(b, producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll}, zap.NewNop())
-			h.logger = zap.NewNop()
-			defer h.producer.Close()
-			body := []byte(seedBody)
-			serve := func() {
-				req := httptest.NewRequest("POST", "/", bodyReader(body))
-				req.Header.Set("Authorization", testSecret)
-				w := httptest.NewRecorder()
-				if err := h.ServeHTTP(w, req, nil); err != nil || w.Code != 200 {
-					b.Errorf("%d %s %v", w.Code, w.Body, err)
-				}
-			}
-			serve() // warm up
-			b.ReportAllocs()
-			b.SetParallelism((callers + 1) / 2)
-			if callers == 1 {
-				b.SetParallelism(1)
-			}
-			b.ResetTimer()
-			b.RunParallel(func(pb *testing.PB) {
-				for pb.Next() {
-					serve()
-				}
+	for _, mode := range []string{modeBody, modeRecords} {
+		body := []byte(seedBody)
+		if mode == modeRecords {
+			body = []byte(recordsBody(100, func(int) string { return "" }))
+		}
+		for _, callers := range []int{1, 64} {
+			b.Run("mode="+mode+"/callers="+strconv.Itoa(callers), func(b *testing.B) {
+				benchmarkHandler(b, mode, body, callers)
 			})
-		})
+		}
 	}
+}
+
+func benchmarkHandler(b *testing.B, mode string, body []byte, callers int) {
+	c := newCluster(b, kfake.NumBrokers(1), kfake.SeedTopics(1, "bench"))
+	h := handlerForUnitTest(1000000)
+	h.Topic, h.Mode, h.MaxRecords = "bench", mode, 1000
+	h.producer = mustProducer(b, producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll}, zap.NewNop())
+	h.logger = zap.NewNop()
+	defer h.producer.Close()
+	serve := func() {
+		req := httptest.NewRequest("POST", "/", bodyReader(body))
+		req.Header.Set("Authorization", testSecret)
+		w := httptest.NewRecorder()
+		if err := h.ServeHTTP(w, req, nil); err != nil || w.Code != 200 {
+			b.Errorf("%d %s %v", w.Code, w.Body, err)
+		}
+	}
+	serve() // warm up
+	b.ReportAllocs()
+	b.SetParallelism((callers + 1) / 2)
+	if callers == 1 {
+		b.SetParallelism(1)
+	}
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			serve()
+		}
+	})
+}
+
+// recordsBody is a records-mode body of n seed payloads, each record with
+// the fields that extra(i) adds (a leading comma each).
+func recordsBody(n int, extra func(i int) string) string {
+	var sb strings.Builder
+	sb.WriteString(`{"records":[`)
+	for i := range n {
+		if i > 0 {
+			sb.WriteByte(',')
+		}
+		fmt.Fprintf(&sb, `{"value":%s%s}`, seedBody, extra(i))
+	}
+	sb.WriteString(`]}`)
+	return sb.String()
 }
 
 // BenchmarkParseEnvelope parses a records-mode body of 100 seed payloads.
 func BenchmarkParseEnvelope(b *testing.B) {
 	h := &Handler{MaxRecords: 500, Mode: modeRecords}
-	var sb strings.Builder
-	sb.WriteString(`{"records":[`)
-	for i := range 100 {
-		if i > 0 {
-			sb.WriteByte(',')
-		}
-		fmt.Fprintf(&sb, `{"value":%s,"key":"k%d","headers":{"source":"bench"}}`, seedBody, i)
-	}
-	sb.WriteString(`]}`)
-	body := []byte(sb.String())
+	body := []byte(recordsBody(100, func(i int) string {
+		return fmt.Sprintf(`,"key":"k%d","headers":{"source":"bench"}`, i)
+	}))
 	b.SetBytes(int64(len(body)))
 	b.ReportAllocs()
 	for b.Loop() {

@@ -8,6 +8,7 @@ import (
 	"math"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -116,12 +117,15 @@ func (p *envelopeParser) parse(h *Handler, now time.Time) ([]*record, *clientErr
 		return nil, p.fail(envelopeShape + "not a JSON object")
 	}
 	p.token()
-	var recs []*record
+	// The records are held in one slice, one allocation for all: about as
+	// many as the body has "value" fields, never more than max_records.
+	block := make([]record, 0, min(bytes.Count(p.body, []byte(`"value"`)), h.MaxRecords))
 	seen := false
 	for !p.syntax && p.d.PeekKind() == '"' {
 		name := p.token().String()
 		if name != "records" {
-			return nil, p.fail(envelopeShape+"unknown field %q", name)
+			// A copy, so that name itself stays off the heap.
+			return nil, p.fail(envelopeShape+"unknown field %q", strings.Clone(name))
 		}
 		if k := p.d.PeekKind(); k != '[' {
 			return nil, p.fail(envelopeShape+`"records" has the wrong type (%s)`, kindName(k))
@@ -129,14 +133,13 @@ func (p *envelopeParser) parse(h *Handler, now time.Time) ([]*record, *clientErr
 		p.token()
 		seen = true
 		for p.d.PeekKind() != ']' && !p.syntax {
-			if len(recs) == h.MaxRecords {
+			if len(block) == h.MaxRecords {
 				return nil, p.fail(`"records" holds more than max_records (%d) records`, h.MaxRecords)
 			}
-			rec, cerr := p.record(len(recs), h, now)
-			if cerr != nil {
+			block = append(block, producer.MakeRecord(nil, now, time.Duration(h.Timeout)))
+			if cerr := p.record(len(block)-1, &block[len(block)-1]); cerr != nil {
 				return nil, cerr
 			}
-			recs = append(recs, rec)
 		}
 		p.token() // ]
 	}
@@ -146,19 +149,22 @@ func (p *envelopeParser) parse(h *Handler, now time.Time) ([]*record, *clientErr
 	switch {
 	case !seen:
 		return nil, p.fail(`body has no "records" list`)
-	case len(recs) == 0:
+	case len(block) == 0:
 		return nil, p.fail(`"records" is empty`)
+	}
+	recs := make([]*record, len(block))
+	for i := range block {
+		recs[i] = &block[i]
 	}
 	return recs, nil
 }
 
-// record reads the i-th record.
-func (p *envelopeParser) record(i int, h *Handler, now time.Time) (*record, *clientError) {
+// record reads the i-th record into rec.
+func (p *envelopeParser) record(i int, rec *record) *clientError {
 	if k := p.d.PeekKind(); k != '{' {
-		return nil, p.fail("record %d: not a JSON object", i)
+		return p.fail("record %d: not a JSON object", i)
 	}
 	p.token()
-	rec := newRecord(nil, now, time.Duration(h.Timeout))
 	for !p.syntax && p.d.PeekKind() == '"' {
 		field := p.token().String()
 		kind := p.d.PeekKind()
@@ -166,7 +172,7 @@ func (p *envelopeParser) record(i int, h *Handler, now time.Time) (*record, *cli
 		case "value":
 			v, err := p.d.ReadValue()
 			if err != nil {
-				return nil, p.fail("")
+				return p.fail("")
 			}
 			end := int(p.d.InputOffset())
 			rec.Value = p.body[end-len(v) : end]
@@ -177,48 +183,49 @@ func (p *envelopeParser) record(i int, h *Handler, now time.Time) (*record, *cli
 			case 'n':
 				p.token()
 			default:
-				return nil, p.fail(`record %d: "key" has the wrong type (%s)`, i, kindName(kind))
+				return p.fail(`record %d: "key" has the wrong type (%s)`, i, kindName(kind))
 			}
 		case "partition":
 			if kind != '0' {
-				return nil, p.fail(`record %d: "partition" has the wrong type (%s)`, i, kindName(kind))
+				return p.fail(`record %d: "partition" has the wrong type (%s)`, i, kindName(kind))
 			}
 			tok := p.token()
 			if p.syntax {
-				return nil, invalidJSON
+				return invalidJSON
 			}
 			n, err := tok.Int()
 			switch {
 			case err != nil:
-				return nil, p.fail(`record %d: "partition" must be a whole number`, i)
+				return p.fail(`record %d: "partition" must be a whole number`, i)
 			case n < 0:
-				return nil, p.fail(`record %d: "partition" must not be negative`, i)
+				return p.fail(`record %d: "partition" must not be negative`, i)
 			}
 			rec.Partition = int(min(n, math.MaxInt32))
 		case "headers":
 			if kind != '{' {
-				return nil, p.fail(`record %d: "headers" has the wrong type (%s)`, i, kindName(kind))
+				return p.fail(`record %d: "headers" has the wrong type (%s)`, i, kindName(kind))
 			}
 			p.token()
 			for !p.syntax && p.d.PeekKind() == '"' {
 				name := p.token().String()
 				if p.d.PeekKind() != '"' {
-					return nil, p.fail("record %d: header %q is not a string", i, name)
+					return p.fail("record %d: header %q is not a string", i, name)
 				}
 				rec.Headers = append(rec.Headers, kafka.Header{Key: name, Value: []byte(p.token().String())})
 			}
 			p.token() // }
 		default:
-			return nil, p.fail("record %d: unknown field %q", i, field)
+			// A copy, so that field itself stays off the heap.
+			return p.fail("record %d: unknown field %q", i, strings.Clone(field))
 		}
 	}
 	if p.token().Kind() != '}' {
-		return nil, p.fail("")
+		return p.fail("")
 	}
 	if rec.Value == nil {
-		return nil, p.fail(`record %d: no "value"`, i)
+		return p.fail(`record %d: no "value"`, i)
 	}
-	return rec, nil
+	return nil
 }
 
 // token reads the next token; a syntax error marks the body invalid.
