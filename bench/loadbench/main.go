@@ -6,7 +6,8 @@
 // each process's CPU time from /proc/<pid>/stat around every run, checks
 // with kcat that every acknowledged record is in the topic, runs a bare
 // kafka-go producer with the same number of callers for comparison, and
-// prints a Markdown report with the ratios. With -kafka the broker is one
+// prints a Markdown report with the ratios; the kafka-go runs alternate
+// with the endpoints' rounds too. With -kafka the broker is one
 // Apache Kafka node (test/apachekafka) instead of the in-memory broker:
 // the same load, so that the two reports side by side say what a real
 // broker costs.
@@ -175,7 +176,12 @@ func run() error {
 			return err
 		}
 	}
+	// Each round measures every endpoint and, beside them, the bare
+	// kafka-go producer against the same broker process, so that each
+	// comparison is of runs on a broker in the same state: the in-memory
+	// broker slows as it fills.
 	var respond, publish, keyed, respond1, publish1, respondH2, publishH2 []sample
+	var kg kafkagoResult
 	for range *rounds {
 		for _, run := range []struct {
 			url string
@@ -187,6 +193,11 @@ func run() error {
 			}
 			*run.to = append(*run.to, s)
 		}
+		r, err := p.kafkago(kafkago, 1)
+		if err != nil {
+			return err
+		}
+		kg.add(r)
 	}
 	for range *rounds {
 		s, err := measure(respondURL, 1, *latencyDur)
@@ -207,25 +218,21 @@ func run() error {
 	acked += producerAloneRecords
 
 	var records []sample
+	var kg100 kafkagoResult
 	for range *rounds {
 		s, err := measure(recordsURL, *conns, *duration)
 		if err != nil {
 			return err
 		}
 		records = append(records, s)
+		r, err := p.kafkago(kafkago, perRequest)
+		if err != nil {
+			return err
+		}
+		kg100.add(r)
 	}
-
-	// The bare kafka-go producer, against the same broker process, with
-	// one record and with perRequest records a call.
-	kg, err := p.kafkago(kafkago, 1)
-	if err != nil {
-		return err
-	}
-	kg100, err := p.kafkago(kafkago, perRequest)
-	if err != nil {
-		return err
-	}
-	expected := acked + kg.Records + kg100.Records + 2 // +2: the baselines' warm-up records
+	// +1 a run: the baselines' warm-up records.
+	expected := acked + kg.Records + kg100.Records + 2*int64(*rounds)
 
 	inTopic, err := countRecords(p.brokerAddr)
 	if err != nil {
@@ -305,6 +312,15 @@ type kafkagoResult struct {
 	Seconds    float64 `json:"seconds"`
 	CPUSeconds float64 `json:"cpu_seconds"`
 	brokerCPU  time.Duration
+}
+
+// add sums the runs of r into k.
+func (k *kafkagoResult) add(r kafkagoResult) {
+	k.Records += r.Records
+	k.Failed += r.Failed
+	k.Seconds += r.Seconds
+	k.CPUSeconds += r.CPUSeconds
+	k.brokerCPU += r.brokerCPU
 }
 
 // kafkago runs the bare kafka-go producer for one run's duration with the
