@@ -6,6 +6,7 @@ import (
 	"crypto/subtle"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"strings"
 	"unsafe"
 
@@ -90,4 +91,26 @@ var compareDigests = subtle.ConstantTimeCompare
 // written to. The hash and hex functions only read it.
 func stringBytes(s string) []byte {
 	return unsafe.Slice(unsafe.StringData(s), len(s))
+}
+
+// provisionSecrets resolves each secret's placeholders and keeps it, and
+// its digest for the comparison of an Authorization header.
+func (h *Handler) provisionSecrets(repl *caddy.Replacer) error {
+	h.secrets, h.secretDigests = nil, nil
+	for i, s := range h.Secrets {
+		field := "secret"
+		if len(h.Secrets) > 1 {
+			field = fmt.Sprintf("secret %d", i+1)
+		}
+		secret, err := resolveSecret(repl, s)
+		if err != nil {
+			return fmt.Errorf("%s: %v", field, err)
+		}
+		if secret == "" {
+			return fmt.Errorf("%s: resolves to an empty value", field)
+		}
+		h.secrets = append(h.secrets, []byte(secret))
+		h.secretDigests = append(h.secretDigests, sha256.Sum256([]byte(secret)))
+	}
+	return nil
 }

@@ -1,6 +1,7 @@
 package queuepublish
 
 import (
+	"bytes"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
@@ -13,7 +14,10 @@ import (
 	"testing"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddytest"
+	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
 func signature(secret, body string) string {
@@ -25,10 +29,9 @@ func signature(secret, body string) string {
 // handlerWithSecrets is a handler as Provision leaves it with these
 // secrets, without a producer.
 func handlerWithSecrets(secrets ...string) *Handler {
-	h := &Handler{}
-	for _, s := range secrets {
-		h.secrets = append(h.secrets, []byte(s))
-		h.secretDigests = append(h.secretDigests, sha256.Sum256([]byte(s)))
+	h := &Handler{Secrets: secrets}
+	if err := h.provisionSecrets(caddy.NewReplacer()); err != nil {
+		panic(err)
 	}
 	return h
 }
@@ -168,4 +171,192 @@ func TestSecretErrorsQuoteNoSecret(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestSecretMustResolve checks that a secret which resolves empty or
+// cannot be resolved stops the config from loading, naming the field.
+func TestSecretMustResolve(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "my-queue"))
+	os.Unsetenv("QP_UNSET_SECRET")
+	before := len(pooledProducers(t))
+	empty := filepath.Join(t.TempDir(), "empty")
+	if err := os.WriteFile(empty, []byte("\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for name, secret := range map[string]string{
+		"unset environment variable": "{env.QP_UNSET_SECRET}",
+		"missing file":               "{file./nonexistent/secret}",
+		"empty file":                 "{file." + empty + "}",
+		"unknown placeholder":        "{http.request.header.X}",
+	} {
+		t.Run(name, func(t *testing.T) {
+			cfg := caddyConfig(filepath.Join(t.TempDir(), "caddy.log"), fmt.Sprintf(`	queue_publish {
+		brokers %s
+		topic my-queue
+		secret %s
+	}`, c.ListenAddrs()[0], secret))
+			caddytest.AssertLoadError(t, cfg, "caddyfile", "secret: ")
+		})
+	}
+	if n := len(pooledProducers(t)); n != before {
+		t.Errorf("%d producers after refused configs, want %d as before", n, before)
+	}
+}
+
+// TestSecretNeverLogged runs accepted and refused requests with the secret
+// and with near misses, through a config with debug logging and access
+// logs, then looks for the secret in every log line, answer and in the
+// running config.
+func TestSecretNeverLogged(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "my-queue"))
+	c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "my-queue", Err: kerr.TopicAuthorizationFailed, Count: 1})
+	t.Setenv("QP_TEST_SECRET", testSecret)
+	dir := t.TempDir()
+	// A second secret, from a file, and a third for signed webhooks.
+	fileSecret := strings.Repeat("f1e2d3c4", 8)
+	hookSecret := strings.Repeat("9a8b7c6d", 8)
+	t.Setenv("QP_HOOK_SECRET", hookSecret)
+	secretFile := filepath.Join(dir, "secret")
+	if err := os.WriteFile(secretFile, []byte(fileSecret+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	logFile := filepath.Join(dir, "caddy.log")
+	accessLog := filepath.Join(dir, "access.log")
+	startCaddy(t, logFile, fmt.Sprintf(`	log {
+		output file %[1]s
+	}
+	handle /hook {
+		queue_publish {
+			brokers %[2]s %[3]s
+			topic my-queue
+			secret {env.QP_HOOK_SECRET}
+			signature_header X-Hub-Signature-256
+			max_size 100
+		}
+	}
+	handle {
+		queue_publish {
+			brokers %[2]s %[3]s
+			topic my-queue
+			secret {env.QP_TEST_SECRET}
+			secret {file.%[4]s}
+			max_size 100
+		}
+	}`, accessLog, c.ListenAddrs()[0], closedPort(t), secretFile))
+
+	var answers strings.Builder
+	statuses := map[int]int{}
+	for _, secret := range []string{testSecret, fileSecret} {
+		for _, h := range []string{secret, "Bearer " + secret, secret[:32], secret + "x", "Bearer " + secret[1:]} {
+			for _, body := range []string{`{}`, `nope`, strings.Repeat("x", 200)} {
+				got := do(t, "POST", "/", auth(h), strings.NewReader(body))
+				fmt.Fprintln(&answers, got.status, got.header, got.body)
+				statuses[got.status]++
+			}
+		}
+	}
+	for _, sig := range []string{signature(hookSecret, `{}`), signature(hookSecret[:32], `{}`), signature(hookSecret, `{"other":1}`), "sha256=" + strings.Repeat("0", 64)} {
+		got := do(t, "POST", "/hook", map[string]string{"X-Hub-Signature-256": sig}, strings.NewReader(`{}`))
+		fmt.Fprintln(&answers, got.status, got.header, got.body)
+		statuses[got.status]++
+	}
+	// 200s for both secrets and the signature (one 500 from the fault),
+	// 400s, 403s and 413s.
+	if statuses[200]+statuses[500] != 5 || statuses[400] != 4 || statuses[403] != 21 || statuses[413] != 4 {
+		t.Errorf("statuses %v", statuses)
+	}
+	running := []byte(adminConfig(t))
+
+	logs, _ := os.ReadFile(logFile)
+	access, _ := os.ReadFile(accessLog)
+	for _, placeholder := range []string{"{env.QP_TEST_SECRET}", "{file." + secretFile + "}", "{env.QP_HOOK_SECRET}"} {
+		if !bytes.Contains(running, []byte(placeholder)) {
+			t.Errorf("the running config should hold the placeholder %s: %s", placeholder, running)
+		}
+	}
+	if !hasLogLine(logs, "error", "publish failed", "Topic Authorization Failed") || len(access) == 0 {
+		t.Fatal("the test should produce error logs and access logs")
+	}
+	for name, text := range map[string][]byte{
+		"Caddy's log": logs, "the access log": access,
+		"the answers": []byte(answers.String()), "the running config": running,
+	} {
+		for _, secret := range []string{testSecret, fileSecret, hookSecret} {
+			for _, part := range []string{secret, secret[:32], secret[1:]} {
+				if bytes.Contains(text, []byte(part)) {
+					t.Errorf("%s contains (part of) a secret", name)
+				}
+			}
+		}
+	}
+	unloadChecksLeaks(t)
+}
+
+func TestAuthorized(t *testing.T) {
+	h := handlerForUnitTest(10)
+	for header, want := range map[string]bool{
+		testSecret:                   true,
+		"Bearer " + testSecret:       true,
+		"BEARER " + testSecret:       true,
+		"":                           false,
+		"Bearer":                     false,
+		"Bearer ":                    false,
+		"Bearer  " + testSecret:      false,
+		testSecret[:63]:              false,
+		testSecret + "0":             false,
+		" " + testSecret:             false,
+		"Basic " + testSecret:        false,
+		strings.ToUpper(testSecret):  false,
+		"Bearer " + testSecret + " ": false,
+	} {
+		if got := h.authorized(header); got != want {
+			t.Errorf("authorized(%q) = %v, want %v", header, got, want)
+		}
+	}
+	// A secret that itself starts with "Bearer " is accepted whole.
+	h = handlerWithSecrets("Bearer xyz")
+	if !h.authorized("Bearer xyz") || !h.authorized("Bearer Bearer xyz") || h.authorized("xyz") {
+		t.Error("a secret starting with \"Bearer \" should match as sent, with or without a Bearer prefix")
+	}
+}
+
+func FuzzAuthorized(f *testing.F) {
+	const secret = "s3cr3t-with-some-length"
+	for _, s := range []string{secret, "Bearer " + secret, "bearer " + secret, "BEARER " + secret,
+		secret[:5], secret + "x", "Bearer ", "Bearer", "", " " + secret, "Bearer  " + secret, "\x00", strings.Repeat("A", 10000)} {
+		f.Add(s)
+	}
+	h := handlerWithSecrets(secret, "other-secret")
+	f.Fuzz(func(t *testing.T, header string) {
+		want := header == secret || header == "other-secret"
+		if len(header) > 7 && strings.EqualFold(header[:7], "Bearer ") {
+			want = want || header[7:] == secret || header[7:] == "other-secret"
+		}
+		if got := h.authorized(header); got != want {
+			t.Errorf("authorized(%q) = %v, want %v", header, got, want)
+		}
+	})
+}
+
+func FuzzSigned(f *testing.F) {
+	const secret = "webhook-secret"
+	sign := func(body string) string {
+		mac := hmac.New(sha256.New, []byte(secret))
+		mac.Write([]byte(body))
+		return "sha256=" + hex.EncodeToString(mac.Sum(nil))
+	}
+	for _, body := range []string{`{}`, ``, `{"a":1}`, "\x00\xff"} {
+		f.Add(sign(body), body)
+		f.Add(strings.ToUpper(sign(body)), body)
+		f.Add(sign(body)[:20], body)
+		f.Add("sha1="+sign(body)[7:], body)
+	}
+	h := handlerWithSecrets(secret)
+	f.Fuzz(func(t *testing.T, header, body string) {
+		hexSig, ok := strings.CutPrefix(header, "sha256=")
+		want := ok && strings.EqualFold(hexSig, sign(body)[len("sha256="):])
+		if got := signedHeader(h, header, []byte(body)); got != want {
+			t.Errorf("signed(%q, %q) = %v, want %v", header, body, got, want)
+		}
+	})
 }

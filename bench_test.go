@@ -1,7 +1,6 @@
 package queuepublish
 
 import (
-	"bytes"
 	"fmt"
 	"net/http/httptest"
 	"strconv"
@@ -46,12 +45,6 @@ func BenchmarkReadBodyAndValidate(b *testing.B) {
 		}
 	}
 }
-
-type nopCloser struct{ *bytes.Reader }
-
-func (nopCloser) Close() error { return nil }
-
-func bodyReader(b []byte) nopCloser { return nopCloser{bytes.NewReader(b)} }
 
 func BenchmarkNewRecord(b *testing.B) {
 	body := []byte(seedBody)

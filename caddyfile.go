@@ -131,8 +131,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if len(args) != 3 {
 				return d.ArgErr()
 			}
-			if !saslMechanisms[args[0]] {
-				return d.Errf("sasl: %q is not plain, scram-sha-256 or scram-sha-512", args[0])
+			if err := saslMechanisms.check(args[0]); err != nil {
+				return d.Errf("sasl: %v", err)
 			}
 			h.SASL = &BrokerSASL{Mechanism: args[0], Username: args[1], Password: args[2]}
 			continue
@@ -161,10 +161,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "secret":
 			h.Secrets = append(h.Secrets, val)
 		case "delivery":
-			h.Delivery = val
-			if val != deliverySync && val != deliveryAsync {
-				err = fmt.Errorf("%q is not sync or async", val)
-			}
+			h.Delivery, err = val, deliveries.check(val)
 		case "queue_size":
 			h.QueueSize, err = parseCount(val)
 		case "idempotency_window":
@@ -180,29 +177,17 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "signature_header":
 			h.SignatureHeader = val
 		case "mode":
-			h.Mode = val
-			if val != modeBody && val != modeRecords {
-				err = fmt.Errorf("%q is not body or records", val)
-			}
+			h.Mode, err = val, modes.check(val)
 		case "max_records":
 			h.MaxRecords, err = parseCount(val)
 		case "key":
 			h.Key = val
 		case "idempotent":
-			h.Idempotent = val
-			if _, ok := idempotenceValues[val]; !ok || val == "" {
-				err = fmt.Errorf("%q is not on or off", val)
-			}
+			h.Idempotent, err = val, idempotence.check(val)
 		case "acks":
-			h.Acks = val
-			if _, ok := acksValues[val]; !ok {
-				err = fmt.Errorf("%q is not all, leader or none", val)
-			}
+			h.Acks, err = val, acksLevels.check(val)
 		case "compression":
-			h.Compression = val
-			if _, ok := compressionCodes[val]; !ok {
-				err = fmt.Errorf("%q is not none, gzip, snappy, lz4 or zstd", val)
-			}
+			h.Compression, err = val, compressions.check(val)
 		case "max_size":
 			h.MaxSize, err = parseSize(val, 1<<40)
 		case "max_batch_bytes":

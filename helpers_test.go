@@ -1,7 +1,10 @@
 package queuepublish
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -12,8 +15,13 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddytest"
 	"github.com/queuepublish/caddy-queue-publish/internal/kafkatest"
 	"github.com/queuepublish/caddy-queue-publish/internal/producer"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
 // sendOne publishes one record and waits for its outcome.
@@ -102,4 +110,191 @@ func unloadChecksLeaks(t *testing.T) {
 	t.Helper()
 	startCaddy(t, filepath.Join(t.TempDir(), "caddy.log"), `	respond "{\"success\":true}"`)
 	noGoroutinesLeftBy(t, "caddy-queue-publish.", "segmentio/kafka-go")
+}
+
+// startCaddy loads a config into the in-process Caddy of caddytest: the
+// global options every test needs, Caddy's own log written to logFile, and
+// site as the body of the :9080 site.
+func startCaddy(t *testing.T, logFile, site string) {
+	t.Helper()
+	caddytest.NewTester(t).InitServer(caddyConfig(logFile, site), "caddyfile")
+	if t.Failed() {
+		t.FailNow()
+	}
+}
+
+func caddyConfig(logFile, site string) string {
+	return fmt.Sprintf(`{
+	admin %s
+	http_port 9080
+	https_port 9443
+	grace_period 1ns
+	skip_install_trust
+	log {
+		output file %s
+		level DEBUG
+	}
+}
+
+:9080 {
+%s
+}
+`, adminAddr, logFile, site)
+}
+
+// do sends one request to the test server.
+func do(t *testing.T, method, path string, header map[string]string, body io.Reader) answerT {
+	t.Helper()
+	// Errors are reported with t.Error, not t.Fatal, so that tests may
+	// call do from goroutines; the caller sees status 0.
+	req, err := http.NewRequest(method, baseURL+path, body)
+	if err != nil {
+		t.Error(err)
+		return answerT{body: err.Error()}
+	}
+	for k, v := range header {
+		req.Header.Set(k, v)
+	}
+	res, err := testClient.Do(req)
+	if err != nil {
+		t.Error(err)
+		return answerT{body: err.Error()}
+	}
+	defer res.Body.Close()
+	b, err := io.ReadAll(res.Body)
+	if err != nil {
+		t.Error(err)
+	}
+	return answerT{res.StatusCode, res.Header, string(b)}
+}
+
+func auth(v string) map[string]string { return map[string]string{"Authorization": v} }
+
+func deref[T any](p *T) any {
+	if p == nil {
+		return nil
+	}
+	return *p
+}
+
+// hasLogLine reports whether the JSON log holds a line at level with msg
+// whose text contains detail.
+func hasLogLine(log []byte, level, msg, detail string) bool {
+	for line := range bytes.Lines(log) {
+		var entry struct {
+			Level string `json:"level"`
+			Msg   string `json:"msg"`
+		}
+		if json.Unmarshal(line, &entry) == nil && entry.Level == level && entry.Msg == msg &&
+			strings.Contains(string(line), detail) {
+			return true
+		}
+	}
+	return false
+}
+
+// handlerForUnitTest is a Handler as Provision leaves it, without a
+// producer: enough for the answers that never reach Kafka.
+func handlerForUnitTest(maxSize int64) *Handler {
+	h := handlerWithSecrets(testSecret)
+	h.MaxSize, h.Timeout = maxSize, caddy.Duration(time.Second)
+	return h
+}
+
+func headerMap(r *kgo.Record) map[string]string {
+	m := map[string]string{}
+	for _, h := range r.Headers {
+		m[h.Key] = string(h.Value)
+	}
+	return m
+}
+
+// adminRequest sends req to c with franz-go's client and fails the test on
+// an error code in the answer.
+func adminRequest(t *testing.T, c *kfake.Cluster, req kmsg.Request) kmsg.Response {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	ctx, cancel := contextWithTimeout(5 * time.Second)
+	defer cancel()
+	resp, err := cl.Request(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp
+}
+
+type nopCloser struct{ *bytes.Reader }
+
+func (nopCloser) Close() error { return nil }
+
+func bodyReader(b []byte) nopCloser { return nopCloser{bytes.NewReader(b)} }
+
+// The seed's example request.
+const seedBody = `{"messages": [{"msg":"hello world"}]}`
+
+// testSecret is what `openssl rand -hex 32` gives: 64 hex digits.
+const testSecret = "4f1c0d5e9a7b3c2d1e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d"
+
+const (
+	adminAddr = "localhost:2999" // caddytest's admin endpoint
+	baseURL   = "http://127.0.0.1:9080"
+)
+
+type answerT struct {
+	status int
+	header http.Header
+	body   string
+}
+
+// testClient opens a connection per request: a config reload closes the
+// server's idle connections, which a kept-alive connection would meet as
+// an EOF.
+var testClient = &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+
+// onlyBody hides the length of a body from the client, which then sends
+// it chunked, without Content-Length.
+type onlyBody struct{ io.Reader }
+
+// answerCase is a request and the answer it must get.
+type answerCase struct {
+	name       string
+	method     string
+	path       string
+	header     map[string]string
+	body       io.Reader
+	wantStatus int
+	wantBody   string
+	wantHeader map[string]string
+	within     time.Duration // if set, the timeout it must be answered in
+}
+
+// expectAnswers sends each request to the Caddy of the test and checks its
+// answer: status, JSON body, headers, and how soon.
+func expectAnswers(t *testing.T, cases []answerCase) {
+	t.Helper()
+	for _, tt := range cases {
+		t.Run(tt.name, func(t *testing.T) {
+			start := time.Now()
+			got := do(t, tt.method, tt.path, tt.header, tt.body)
+			took := time.Since(start)
+			if got.status != tt.wantStatus || got.body != tt.wantBody {
+				t.Errorf("got %d %s, want %d %s", got.status, got.body, tt.wantStatus, tt.wantBody)
+			}
+			if ct := got.header.Get("Content-Type"); ct != "application/json" {
+				t.Errorf("Content-Type = %q, want application/json", ct)
+			}
+			for k, v := range tt.wantHeader {
+				if got.header.Get(k) != v {
+					t.Errorf("%s = %q, want %q", k, got.header.Get(k), v)
+				}
+			}
+			if tt.within > 0 && took > tt.within+300*time.Millisecond {
+				t.Errorf("answered after %v, want within the %v timeout", took, tt.within)
+			}
+		})
+	}
 }

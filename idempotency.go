@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
+	"net/http"
 	"slices"
 	"strings"
 	"sync"
@@ -12,6 +13,7 @@ import (
 	"unsafe"
 
 	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
 )
 
 // idempotencyStore remembers, for idempotency_window, what each request
@@ -45,7 +47,7 @@ type idemEntry struct {
 	recs    []*record // by position in the request; nil before the first
 }
 
-// Outcomes of idempotencyStore.begin.
+// Outcomes of idempotencyStore.claim.
 type idemStatus int
 
 const (
@@ -138,9 +140,9 @@ func boolByte(b bool) byte {
 	return 0
 }
 
-// begin looks the key up and, unless the status is idemOtherBody or
-// idemInProgress, returns its entry marked busy; the caller must end it.
-func (s *idempotencyStore) begin(key string, digest [sha256.Size]byte, now time.Time) (*idemEntry, idemStatus) {
+// claim looks the key up and, unless the status is idemOtherBody or
+// idemInProgress, returns its entry marked busy; the caller must settle it.
+func (s *idempotencyStore) claim(key string, digest [sha256.Size]byte, now time.Time) (*idemEntry, idemStatus) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	defer s.compact()
@@ -163,9 +165,9 @@ func (s *idempotencyStore) begin(key string, digest [sha256.Size]byte, now time.
 	return e, idemNew
 }
 
-// end releases the entry with the records that now stand for the request;
+// settle releases the entry with the records that now stand for the request;
 // nil recs forgets it (the request produced nothing).
-func (s *idempotencyStore) end(e *idemEntry, recs []*record) {
+func (s *idempotencyStore) settle(e *idemEntry, recs []*record) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	defer s.compact()
@@ -278,4 +280,63 @@ func (e *idemEntry) reuse(ctx context.Context, recs []*record, deadline time.Tim
 		final[i] = prev
 	}
 	return final, send
+}
+
+// provisionIdempotency takes the store of Idempotency-Keys shared by the
+// configs with the same window and bounds, if the window is set.
+func (h *Handler) provisionIdempotency() {
+	h.idem = nil
+	if h.IdempotencyWindow > 0 {
+		h.idem, h.idemPoolKey = acquireIdempotencyStore(time.Duration(h.IdempotencyWindow), h.IdempotencyMaxKeys, h.IdempotencyMaxBytes)
+	}
+}
+
+// publishOnce publishes a request that carries an Idempotency-Key: the
+// key goes in a header of each record and, with a store, a repeat within
+// the window is answered as the first attempt was, producing again only
+// the records that provably were not written.
+func (h *Handler) publishOnce(x *exchange, r *http.Request, key string, body []byte, recs []*record, start time.Time) error {
+	var digest [sha256.Size]byte
+	if h.idem != nil {
+		digest = idemDigest(h.Mode, body, recs) // before the key joins the headers
+	}
+	addKeyHeader(recs, key)
+	if h.idem == nil {
+		return h.publish(x, r, recs, recs, start)
+	}
+	for _, rec := range recs {
+		rec.AckBy = rec.Deadline.Add(lateAckWait)
+	}
+	entry, st := h.idem.claim(h.idemScope+x.topic+"\x00"+key, digest, start)
+	switch st {
+	case idemOtherBody:
+		return x.refuse(refusedKeyReused)
+	case idemInProgress:
+		return x.refuse(refusedKeyInProgress)
+	}
+	if st == idemRepeat && len(entry.recs) != len(recs) {
+		// Not the same request after all (the digest covers the mode,
+		// so this needs a hash collision); never pair records wrongly.
+		h.idem.settle(entry, nil)
+		return x.refuse(refusedKeyReused)
+	}
+	if h.idem.evictedOnce() {
+		h.logger.Warn("more Idempotency-Keys than idempotency_max_keys or idempotency_max_bytes hold within idempotency_window: the oldest are forgotten early",
+			zap.Int("idempotency_max_keys", h.IdempotencyMaxKeys), zap.Int64("idempotency_max_bytes", h.IdempotencyMaxBytes))
+	}
+	final, send := recs, recs
+	if st == idemRepeat {
+		final, send = entry.reuse(r.Context(), recs, recs[0].Deadline, h.Delivery == deliverySync)
+		if len(send) == 0 {
+			x.w.Header()["Idempotent-Replayed"] = []string{"true"}
+			metricReplays.Inc()
+		}
+	}
+	var stored []*record
+	defer func() { h.idem.settle(entry, stored) }()
+	err := h.publish(x, r, final, send, start)
+	if send == nil || send[0].Queued() {
+		stored = final // the records were queued
+	}
+	return err
 }

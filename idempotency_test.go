@@ -27,41 +27,41 @@ func TestIdempotencyStoreWindowAndBound(t *testing.T) {
 	body := func(b string) [sha256.Size]byte { return idemDigest(modeRecords, []byte(b), nil) }
 	d := body(`{}`)
 	now := time.Now()
-	e, st := s.begin("a", d, now)
+	e, st := s.claim("a", d, now)
 	if st != idemNew {
 		t.Fatalf("first use: %v", st)
 	}
-	if _, st := s.begin("a", d, now); st != idemInProgress {
+	if _, st := s.claim("a", d, now); st != idemInProgress {
 		t.Errorf("while in use: %v, want in progress", st)
 	}
-	s.end(e, []*record{{}})
-	if _, st := s.begin("a", body(`[]`), now); st != idemOtherBody {
+	s.settle(e, []*record{{}})
+	if _, st := s.claim("a", body(`[]`), now); st != idemOtherBody {
 		t.Errorf("another body: %v", st)
 	}
-	e, st = s.begin("a", d, now.Add(59*time.Second))
+	e, st = s.claim("a", d, now.Add(59*time.Second))
 	if st != idemRepeat {
 		t.Fatalf("within the window: %v", st)
 	}
-	s.end(e, nil) // keeps what the first request stored
-	if e, st = s.begin("a", d, now.Add(61*time.Second)); st != idemNew {
+	s.settle(e, nil) // keeps what the first request stored
+	if e, st = s.claim("a", d, now.Add(61*time.Second)); st != idemNew {
 		t.Errorf("after the window: %v, want new", st)
 	}
-	s.end(e, []*record{{}})
+	s.settle(e, []*record{{}})
 
 	// The bound: a third key forgets the oldest.
 	for _, k := range []string{"b", "c"} {
-		e, _ := s.begin(k, d, now.Add(62*time.Second))
-		s.end(e, []*record{{}})
+		e, _ := s.claim(k, d, now.Add(62*time.Second))
+		s.settle(e, []*record{{}})
 	}
 	if len(s.entries) != 2 || !s.evictedOnce() || s.evictedOnce() {
 		t.Errorf("entries %d, want 2 and one eviction reported once", len(s.entries))
 	}
-	if _, st := s.begin("a", d, now.Add(62*time.Second)); st != idemNew {
+	if _, st := s.claim("a", d, now.Add(62*time.Second)); st != idemNew {
 		t.Errorf("the evicted key: %v, want new", st)
 	}
 	// A request that produced nothing leaves no entry.
-	e, _ = s.begin("nothing", d, now.Add(62*time.Second))
-	s.end(e, nil)
+	e, _ = s.claim("nothing", d, now.Add(62*time.Second))
+	s.settle(e, nil)
 	if _, ok := s.entries["nothing"]; ok {
 		t.Error("an entry without records was kept")
 	}
@@ -74,8 +74,8 @@ func TestIdempotencyStoreBytesBound(t *testing.T) {
 	now := time.Now()
 	d := idemDigest(modeRecords, []byte(`{}`), nil)
 	for i := range 3 {
-		e, _ := s.begin(fmt.Sprint("key-", i), d, now)
-		s.end(e, make([]*record, 4)) // 4 records each
+		e, _ := s.claim(fmt.Sprint("key-", i), d, now)
+		s.settle(e, make([]*record, 4)) // 4 records each
 	}
 	if len(s.entries) != 2 || s.entries["key-0"] != nil || !s.evictedOnce() {
 		t.Errorf("keys held %d (key-0 held: %v), want the 2 newest: 3 x 4 records do not fit in 10", len(s.entries), s.entries["key-0"] != nil)
@@ -107,8 +107,8 @@ func TestIdempotencyStoreKeepsTheEntryItGrows(t *testing.T) {
 	now := time.Now()
 	d := idemDigest(modeRecords, []byte(`{}`), nil)
 	for i := range 5 {
-		e, _ := s.begin(fmt.Sprint("key-", i), d, now)
-		s.end(e, make([]*record, 10))
+		e, _ := s.claim(fmt.Sprint("key-", i), d, now)
+		s.settle(e, make([]*record, 10))
 		checkBytes(t, s)
 		if s.entries[e.key] != e {
 			t.Errorf("request %d: its own key was forgotten", i)
@@ -123,8 +123,8 @@ func TestIdempotencyStoreDuringAnOutage(t *testing.T) {
 	now := time.Now()
 	d := idemDigest(modeBody, []byte(`{}`), []*record{{}})
 	for i := range 100000 {
-		e, _ := s.begin(fmt.Sprint("failed-", i), d, now)
-		s.end(e, nil)
+		e, _ := s.claim(fmt.Sprint("failed-", i), d, now)
+		s.settle(e, nil)
 	}
 	if len(s.entries) != 0 || len(s.order) > 128 || s.bytes != 0 {
 		t.Errorf("after 100000 requests that produced nothing: %d entries, order of %d, %d bytes", len(s.entries), len(s.order), s.bytes)

@@ -2,10 +2,16 @@ package queuepublish
 
 import (
 	"cmp"
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -155,4 +161,152 @@ func acquireProducer(c producerConfig, logger *zap.Logger) (p *producer.Producer
 func releaseProducer(key string) error {
 	_, err := producers.Delete(key)
 	return err
+}
+
+// producerUse is a handler's use of its shared producer. It lasts until the
+// config is unloaded and the handler's last request has finished: Caddy
+// does not wait for running requests on a reload, and they must still be
+// able to publish. Caddy even stops the old servers in the background, so
+// a request may reach a handler after its Cleanup and after its last
+// request ended: then the handler takes its producer from the pool again
+// (the same one if the new config kept the settings) for as long as such
+// requests run.
+type producerUse struct {
+	cfg      producerConfig
+	logger   *zap.Logger
+	original *producer.Producer // the producer while the config is loaded
+	inflight atomic.Int64
+	unloaded atomic.Bool
+
+	mu       sync.Mutex // guards the fields below once unloaded
+	current  *producer.Producer
+	key      string
+	released bool
+	err      error
+}
+
+// enter counts a request and returns the producer it publishes with (nil
+// if none can be had); leave must follow.
+func (u *producerUse) enter() *producer.Producer {
+	u.inflight.Add(1)
+	if !u.unloaded.Load() {
+		// unload sees this request in flight, and keeps the producer.
+		return u.original
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.released {
+		u.logger.Info(msgTakenAgain, zap.Strings("brokers", u.cfg.Brokers))
+		p, key, err := acquireProducer(u.cfg, u.logger)
+		if err != nil {
+			return nil
+		}
+		u.current, u.key, u.released = p, key, false
+	}
+	return u.current
+}
+
+// msgTakenAgain is logged when a request reaches an unloaded config whose
+// producer was released.
+const msgTakenAgain = "a request reached a config already unloaded: taking its producer again"
+
+// leave ends a request that entered.
+func (u *producerUse) leave() {
+	if u.inflight.Add(-1) == 0 && u.unloaded.Load() {
+		u.releaseIfIdle()
+	}
+}
+
+// unload is called on Cleanup: the use ends now if no request runs, or
+// when the last one ends.
+func (u *producerUse) unload() error {
+	u.unloaded.Store(true)
+	return u.releaseIfIdle()
+}
+
+func (u *producerUse) releaseIfIdle() error {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.inflight.Load() == 0 && !u.released {
+		u.err = releaseProducer(u.key)
+		u.released = true
+	}
+	return u.err
+}
+
+// idempotenceCheckTimeout bounds the check of idempotent on at load.
+const idempotenceCheckTimeout = 2 * time.Second
+
+// provisionProducer resolves the brokers and the connection settings and
+// acquires the producer shared by the configs that use the same ones.
+func (h *Handler) provisionProducer(ctx caddy.Context, repl *caddy.Replacer) error {
+	if err := h.resolveBrokers(repl); err != nil {
+		return err
+	}
+	// The in-memory development broker, when configured, must listen
+	// before the producer looks for brokers; apps are otherwise
+	// provisioned in no particular order.
+	if _, err := ctx.AppIfConfigured(devBrokerApp); err != nil && !errors.Is(err, caddy.ErrNotConfigured) {
+		return err
+	}
+	cfg := producerConfig{
+		Brokers:         h.brokers,
+		Acks:            acksLevels.valueOf(h.Acks),
+		Idempotence:     idempotence.valueOf(h.Idempotent),
+		Compression:     compressions.valueOf(h.Compression),
+		Linger:          time.Duration(h.Linger),
+		MaxBatchRecords: h.MaxBatchRecords,
+		MaxBatchBytes:   h.MaxBatchBytes,
+		MaxInFlight:     h.MaxInFlight,
+		ClientID:        h.ClientID,
+	}
+	var err error
+	if h.TLS != nil {
+		if cfg.TLS, err = h.TLS.material(repl); err != nil {
+			return err
+		}
+	}
+	if h.SASL != nil {
+		if cfg.SASL, err = h.SASL.credentials(repl); err != nil {
+			return err
+		}
+	}
+	var key string
+	h.producer, key, err = acquireProducer(cfg, h.logger)
+	if err != nil {
+		return err
+	}
+	h.use = &producerUse{cfg: cfg, logger: h.logger, original: h.producer, current: h.producer, key: key}
+	if h.Idempotent == "on" {
+		// A cluster that answers now and refuses is a config error;
+		// one that does not answer is not (it may come up later).
+		ctx, cancel := context.WithTimeout(context.Background(), idempotenceCheckTimeout)
+		defer cancel()
+		if err := h.producer.CheckIdempotence(ctx); err != nil {
+			return fmt.Errorf("idempotent on: %v", err)
+		}
+	}
+	return nil
+}
+
+// resolveBrokers resolves the placeholders of the broker addresses; one
+// entry may hold a comma-separated list.
+func (h *Handler) resolveBrokers(repl *caddy.Replacer) error {
+	h.brokers = h.brokers[:0]
+	for _, b := range h.Brokers {
+		list, err := repl.ReplaceOrErr(b, true, true)
+		if err != nil {
+			return fmt.Errorf("brokers: %v", err)
+		}
+		for addr := range strings.SplitSeq(list, ",") {
+			if addr = strings.TrimSpace(addr); addr != "" {
+				h.brokers = append(h.brokers, addr)
+			}
+		}
+	}
+	if len(h.brokers) == 0 {
+		return errors.New("brokers: resolves to no address")
+	}
+	h.idemScope = idemScope(h.brokers)
+	return nil
 }

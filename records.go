@@ -2,12 +2,9 @@ package queuepublish
 
 import (
 	"bytes"
-	"encoding/json"
-	"fmt"
 	"io"
 	"math"
 	"net/http"
-	"strconv"
 	"strings"
 	"time"
 
@@ -17,29 +14,9 @@ import (
 	"github.com/segmentio/kafka-go"
 )
 
-// Modes: how a request body becomes records.
-const (
-	modeBody    = "body"    // the whole body is one record
-	modeRecords = "records" // the body is {"records":[...]}
-)
-
 // idempotencyHeader is the record header that carries a request's
 // Idempotency-Key.
 const idempotencyHeader = "idempotency-key"
-
-// clientError is an answer to a request that is wrong; nothing of it is
-// produced.
-type clientError struct {
-	status int
-	body   []byte
-}
-
-func badRequest(format string, args ...any) *clientError {
-	b, _ := json.Marshal(struct {
-		Err string `json:"err"`
-	}{fmt.Sprintf(format, args...)})
-	return &clientError{status: http.StatusBadRequest, body: b}
-}
 
 // addKeyHeader stores a request's Idempotency-Key as a header of each of
 // its records, all sharing one copy of it.
@@ -48,6 +25,26 @@ func addKeyHeader(recs []*record, key string) {
 	for _, rec := range recs {
 		rec.Headers = append(rec.Headers, header)
 	}
+}
+
+// toRecords turns a request's body into its records, and checks them
+// against the schema.
+func (h *Handler) toRecords(r *http.Request, body []byte, now time.Time) ([]*record, *refusal) {
+	var recs []*record
+	if h.Mode == modeRecords {
+		var ref *refusal
+		if recs, ref = h.parseEnvelope(body, now); ref != nil {
+			return nil, ref
+		}
+	} else {
+		recs = []*record{h.bodyRecord(r, body, now)}
+	}
+	if h.schema != nil {
+		if ref := h.checkSchema(recs); ref != nil {
+			return nil, ref
+		}
+	}
+	return recs, nil
 }
 
 // bodyRecord is the record of a request in body mode: the body unchanged,
@@ -81,27 +78,25 @@ func (h *Handler) bodyRecord(r *http.Request, body []byte, now time.Time) *recor
 // is wrong; a body that is not JSON at all is reported as such.
 //
 // It walks the tokens with the jsontext package of encoding/json/v2's
-// prototype. encoding/json (a Decoder for the envelope, then one per
-// record to name the record at fault) cost 5 us of the 8 us of Caddy CPU
-// per record at 100 records a request on the load benchmark.
-func (h *Handler) parseEnvelope(body []byte, now time.Time) ([]*record, *clientError) {
+// prototype: encoding/json (a Decoder for the envelope, then one per
+// record to name the record at fault) took most of Caddy's CPU per record
+// in records mode under load.
+func (h *Handler) parseEnvelope(body []byte, now time.Time) ([]*record, *refusal) {
 	if len(bytes.TrimSpace(body)) == 0 {
-		return nil, invalidJSON
+		return nil, refusedInvalidJSON
 	}
 	p := envelopeParser{d: jsontext.NewDecoder(bytes.NewReader(body), jsontext.AllowDuplicateNames(true)), body: body}
 	recs, cerr := p.parse(h, now)
 	if cerr == nil {
 		if _, err := p.d.ReadToken(); err != io.EOF {
-			cerr = invalidJSON // something after the envelope
+			cerr = refusedInvalidJSON // something after the envelope
 		}
 	}
 	if p.syntax {
-		return nil, invalidJSON
+		return nil, refusedInvalidJSON
 	}
 	return recs, cerr
 }
-
-var invalidJSON = &clientError{status: http.StatusBadRequest, body: bodyInvalidJSON}
 
 // envelopeParser reads a records-mode body token by token.
 type envelopeParser struct {
@@ -112,7 +107,7 @@ type envelopeParser struct {
 
 const envelopeShape = `body must be an object {"records":[...]}: `
 
-func (p *envelopeParser) parse(h *Handler, now time.Time) ([]*record, *clientError) {
+func (p *envelopeParser) parse(h *Handler, now time.Time) ([]*record, *refusal) {
 	if k := p.d.PeekKind(); k != '{' {
 		return nil, p.fail(envelopeShape + "not a JSON object")
 	}
@@ -160,7 +155,7 @@ func (p *envelopeParser) parse(h *Handler, now time.Time) ([]*record, *clientErr
 }
 
 // record reads the i-th record into rec.
-func (p *envelopeParser) record(i int, rec *record) *clientError {
+func (p *envelopeParser) record(i int, rec *record) *refusal {
 	if k := p.d.PeekKind(); k != '{' {
 		return p.fail("record %d: not a JSON object", i)
 	}
@@ -191,7 +186,7 @@ func (p *envelopeParser) record(i int, rec *record) *clientError {
 			}
 			tok := p.token()
 			if p.syntax {
-				return invalidJSON
+				return refusedInvalidJSON
 			}
 			n, err := tok.Int()
 			switch {
@@ -239,7 +234,7 @@ func (p *envelopeParser) token() jsontext.Token {
 
 // fail is a 400 naming what is wrong, unless the body is not valid JSON
 // to begin with: then that is what the client is told.
-func (p *envelopeParser) fail(format string, args ...any) *clientError {
+func (p *envelopeParser) fail(format string, args ...any) *refusal {
 	if !p.syntax {
 		// Is the rest of the body valid JSON? A shape error in an
 		// invalid body is reported as invalid JSON.
@@ -251,9 +246,9 @@ func (p *envelopeParser) fail(format string, args ...any) *clientError {
 		}
 	}
 	if p.syntax || format == "" {
-		return invalidJSON
+		return refusedInvalidJSON
 	}
-	return badRequest(format, args...)
+	return badRequest(rejectRecords, format, args...)
 }
 
 func kindName(k jsontext.Kind) string {
@@ -272,98 +267,4 @@ func kindName(k jsontext.Kind) string {
 		return "null"
 	}
 	return "invalid"
-}
-
-// checkPartitions rejects records that ask for a partition the topic does
-// not have.
-func checkPartitions(recs []*record, count int) *clientError {
-	for i, rec := range recs {
-		if rec.Partition >= count {
-			return badRequest("record %d: partition %d does not exist (the topic has %d)", i, rec.Partition, count)
-		}
-	}
-	return nil
-}
-
-// answerBody answers a body-mode request: the seed's {"success":true},
-// with the record's partition and offset.
-func (x *exchange) answerBody(rec *record) error {
-	if rec.Answer != nil {
-		return x.answerError(rec.Answer)
-	}
-	b := make([]byte, 0, 64)
-	b = append(b, `{"success":true,"partition":`...)
-	b = strconv.AppendInt(b, int64(rec.Partition), 10)
-	if rec.Offset >= 0 {
-		b = append(b, `,"offset":`...)
-		b = strconv.AppendInt(b, rec.Offset, 10)
-	}
-	b = append(b, '}')
-	return x.answer(http.StatusOK, b)
-}
-
-// answerRecords answers a records-mode request. If every record was
-// acknowledged: 200 with their offsets in request order. Otherwise each
-// record's result, so that the client can retry only what failed, under
-// the status of the worst failure: 413 or 500 if some record will never
-// be taken, else 504 if some outcome is unknown, else 503 (every failed
-// record was not written; retrying them is safe).
-func (x *exchange) answerRecords(recs []*record) error {
-	var worst *publishError
-	for _, rec := range recs {
-		if f := rec.Answer; f != nil && (worst == nil || severity(f.Outcome) > severity(worst.Outcome)) {
-			worst = f
-		}
-	}
-	b := make([]byte, 0, 32+40*len(recs))
-	if worst == nil {
-		b = append(b, `{"success":true,"offsets":[`...)
-	} else {
-		b = append(b, `{"success":false,"error":`...)
-		b = appendJSONString(b, worst.Reason)
-		b = append(b, `,"results":[`...)
-	}
-	for i, rec := range recs {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		if f := rec.Answer; f != nil {
-			b = append(b, `{"error":`...)
-			b = appendJSONString(b, f.Reason)
-			b = append(b, `,"outcome":"`...)
-			b = append(b, outcomeWord(f.Outcome)...)
-			b = append(b, `","status":`...)
-			b = strconv.AppendInt(b, int64(statusOf(f.Outcome)), 10)
-			b = append(b, '}')
-			continue
-		}
-		b = append(b, `{"partition":`...)
-		b = strconv.AppendInt(b, int64(rec.Partition), 10)
-		if rec.Offset >= 0 {
-			b = append(b, `,"offset":`...)
-			b = strconv.AppendInt(b, rec.Offset, 10)
-		}
-		b = append(b, '}')
-	}
-	b = append(b, "]}"...)
-	if worst == nil {
-		return x.answer(http.StatusOK, b)
-	}
-	return x.answer(statusOf(worst.Outcome), b)
-}
-
-// severity orders outcomes from "retry is safe" to "never works".
-func severity(o producer.Outcome) int {
-	switch o {
-	case outcomeRetry:
-		return 1
-	case outcomeUnknown:
-		return 2
-	}
-	return 3
-}
-
-func appendJSONString(b []byte, s string) []byte {
-	q, _ := json.Marshal(s)
-	return append(b, q...)
 }

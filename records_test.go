@@ -1,33 +1,20 @@
 package queuepublish
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
-	"maps"
-	"net/http/httptest"
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/queuepublish/caddy-queue-publish/internal/kafkatest"
-	"github.com/queuepublish/caddy-queue-publish/internal/producer"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
-	"github.com/twmb/franz-go/pkg/kgo"
 	"github.com/twmb/franz-go/pkg/kmsg"
 )
-
-func headerMap(r *kgo.Record) map[string]string {
-	m := map[string]string{}
-	for _, h := range r.Headers {
-		m[h.Key] = string(h.Value)
-	}
-	return m
-}
 
 func TestRecordsMode(t *testing.T) {
 	c := newCluster(t, kfake.NumBrokers(2), kfake.SeedTopics(3, "events"))
@@ -246,72 +233,6 @@ func TestRecordsMode(t *testing.T) {
 	unloadChecksLeaks(t)
 }
 
-// TestAnswerRecordsStatus checks the status of a records-mode answer for
-// every mix of results: the worst failure decides, from "retry is safe"
-// (503) through "unknown" (504) to "never works" (413, 500), and each
-// failed record carries its own status.
-func TestAnswerRecordsStatus(t *testing.T) {
-	ok := func() *record { r := newRecord(nil, time.Now(), time.Second); r.Partition, r.Offset = 1, 7; return r }
-	failed := func(o producer.Outcome) *record {
-		r := newRecord(nil, time.Now(), time.Second)
-		r.Answer = &publishError{Outcome: o, Reason: o.String()}
-		return r
-	}
-	for _, tt := range []struct {
-		recs []*record
-		want int
-	}{
-		{[]*record{ok(), ok()}, 200},
-		{[]*record{ok(), failed(outcomeRetry)}, 503},
-		{[]*record{failed(outcomeRetry), failed(outcomeUnknown), ok()}, 504},
-		{[]*record{failed(outcomeUnknown), failed(outcomeTooLarge), failed(outcomeRetry)}, 413},
-		{[]*record{failed(outcomeRetry), failed(outcomeRejected), failed(outcomeUnknown)}, 500},
-	} {
-		w := httptest.NewRecorder()
-		x := exchange{w: w}
-		if err := x.answerRecords(tt.recs); err != nil {
-			t.Fatal(err)
-		}
-		var ans struct {
-			Success bool
-			Offsets []struct{ Partition, Offset int }
-			Results []struct {
-				Partition, Offset int
-				Outcome           string
-				Status            int
-			}
-		}
-		if err := json.Unmarshal(w.Body.Bytes(), &ans); err != nil {
-			t.Fatalf("%s: %v", w.Body, err)
-		}
-		if w.Code != tt.want || ans.Success != (tt.want == 200) {
-			t.Errorf("%s: status %d, want %d", w.Body, w.Code, tt.want)
-		}
-		if tt.want == 200 {
-			if len(ans.Offsets) != len(tt.recs) || ans.Offsets[1] != (struct{ Partition, Offset int }{1, 7}) {
-				t.Errorf("offsets %s", w.Body)
-			}
-			continue
-		}
-		for i, rec := range tt.recs {
-			res := ans.Results[i]
-			if rec.Answer == nil {
-				if res.Status != 0 || res.Partition != 1 || res.Offset != 7 {
-					t.Errorf("record %d, acknowledged: %+v", i, res)
-				}
-				continue
-			}
-			wantOutcome := "not_written"
-			if rec.Answer.Outcome == outcomeUnknown {
-				wantOutcome = "unknown"
-			}
-			if res.Status != statusOf(rec.Answer.Outcome) || res.Outcome != wantOutcome {
-				t.Errorf("record %d, %v: %+v", i, rec.Answer.Outcome, res)
-			}
-		}
-	}
-}
-
 func TestBodyModeKeyAndHeadersFromRequest(t *testing.T) {
 	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(4, "events"))
 	t.Setenv("QP_TEST_SECRET", testSecret)
@@ -349,192 +270,41 @@ func TestBodyModeKeyAndHeadersFromRequest(t *testing.T) {
 	}
 }
 
-func TestTopicFromRequest(t *testing.T) {
-	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "orders", "clicks", "secret-stuff"))
-	t.Setenv("QP_TEST_SECRET", testSecret)
-	startCaddy(t, filepath.Join(t.TempDir(), "caddy.log"), fmt.Sprintf(`	queue_publish /topics/* {
-		brokers %s
-		topic {http.request.uri.path.1}
-		allow_topics orders clicks
-		secret {env.QP_TEST_SECRET}
-	}`, c.ListenAddrs()[0]))
-	ok := map[string]string{"Authorization": testSecret}
-	for _, topic := range []string{"orders", "clicks"} {
-		if got := do(t, "POST", "/topics/"+topic, ok, strings.NewReader(`"to `+topic+`"`)); got.status != 200 {
-			t.Errorf("%s: %d %s", topic, got.status, got.body)
-		}
-		if got := stored(t, c, topic); len(got) != 1 || string(got[0].Value) != `"to `+topic+`"` {
-			t.Errorf("%s holds %v", topic, got)
-		}
+func FuzzParseEnvelope(f *testing.F) {
+	for _, s := range []string{
+		`{"records":[{"value":{"a":1}}]}`,
+		`{"records":[{"value":"x","key":"k","headers":{"h":"v"},"partition":2}]}`,
+		`{"records":[{"value":1},{"value":[1,{"b":null}]}]}`,
+		`{"records":[]}`, `{}`, `[]`, `{"records":[{"key":"k"}]}`, `{"records":[{"value":1,"headers":{"h":1}}]}`,
+		`{"records":[{"value":1,"partition":-1}]}`, `{"records":[{"value":1,"partition":1e3}]}`,
+		`{"records":[{"value":1}]}x`, `{"records":[{"value":1}`, `{"records":[{"value":"\u00e9\ud83d\ude00"}]}`,
+		`{"records":[{"value":1,"value":2}]}`, `{"records":[{"value":1}],"records":[{"value":2}]}`,
+	} {
+		f.Add([]byte(s))
 	}
-	// Refused topics never reach Kafka: no metadata or produce request
-	// names them.
-	var requests atomic.Int32
-	refused := func(topic *string) bool {
-		return topic != nil && (*topic == "secret-stuff" || *topic == "nope" || *topic == "")
-	}
-	c.Control(func(req kmsg.Request) (kmsg.Response, error, bool) {
-		switch req := req.(type) {
-		case *kmsg.MetadataRequest:
-			for _, tp := range req.Topics {
-				if refused(tp.Topic) {
-					requests.Add(1)
-				}
+	h := &Handler{MaxRecords: 5, Mode: modeRecords}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		recs, cerr := h.parseEnvelope(body, time.Now())
+		if cerr != nil {
+			if cerr.status != 400 || !json.Valid(cerr.body) {
+				t.Fatalf("%q: answer %d %s", body, cerr.status, cerr.body)
 			}
-		case *kmsg.ProduceRequest:
-			for _, tp := range req.Topics {
-				if refused(&tp.Topic) {
-					requests.Add(1)
-				}
+			return
+		}
+		if !validJSON(body) {
+			t.Fatalf("accepted a body that is not valid JSON: %q", body)
+		}
+		if len(recs) == 0 || len(recs) > h.MaxRecords {
+			t.Fatalf("%q: %d records", body, len(recs))
+		}
+		for _, rec := range recs {
+			// Each value is valid JSON, taken verbatim from the body.
+			if !validJSON(rec.Value) || !bytes.Contains(body, rec.Value) {
+				t.Fatalf("%q: value %q is not a JSON value of the body", body, rec.Value)
+			}
+			if rec.Partition < -1 {
+				t.Fatalf("%q: partition %d", body, rec.Partition)
 			}
 		}
-		return nil, nil, false
 	})
-	for _, path := range []string{"/topics/secret-stuff", "/topics/nope", "/topics/"} {
-		if got := do(t, "POST", path, ok, strings.NewReader(`{}`)); got.status != 404 || got.body != `{"err":"unknown topic"}` {
-			t.Errorf("%s: got %d %s, want 404", path, got.status, got.body)
-		}
-	}
-	if n := requests.Load(); n != 0 {
-		t.Errorf("%d Kafka requests name a refused topic, want none", n)
-	}
-	if got := stored(t, c, "secret-stuff"); len(got) != 0 {
-		t.Error("a topic outside allow_topics was written")
-	}
-	// Authentication comes first: no topic is revealed to a stranger.
-	if got := do(t, "POST", "/topics/nope", nil, strings.NewReader(`{}`)); got.status != 403 {
-		t.Errorf("without the secret: %d, want 403", got.status)
-	}
-}
-
-// A record the broker refuses (INVALID_RECORD naming it) gets 500 in its
-// result; the records beside it in the request, sent in the same produce
-// request, are stored, and the answer says so record by record.
-func TestRefusedRecordThroughCaddy(t *testing.T) {
-	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
-	kafkatest.RefuseBadRecords(t, c, true, 0)
-	t.Setenv("QP_TEST_SECRET", testSecret)
-	startCaddy(t, filepath.Join(t.TempDir(), "caddy.log"), fmt.Sprintf(`	queue_publish {
-		brokers %s
-		topic events
-		secret {env.QP_TEST_SECRET}
-		mode records
-	}`, c.ListenAddrs()[0]))
-	got := do(t, "POST", "/", auth(testSecret), strings.NewReader(`{"records":[{"value":"a"},{"value":"bad"},{"value":"b"}]}`))
-	want := `{"success":false,"error":"Kafka broker refused the record: Compacted topic cannot accept message without key in topic partition events","results":[` +
-		`{"partition":0,"offset":0},` +
-		`{"error":"Kafka broker refused the record: Compacted topic cannot accept message without key in topic partition events","outcome":"not_written","status":500},` +
-		`{"partition":0,"offset":1}]}`
-	if got.status != 500 || got.body != want {
-		t.Errorf("got %d %s, want 500 %s", got.status, got.body, want)
-	}
-	if values := recordsByValue(t, c, "events"); len(values) != 2 || values[`"a"`] == nil || values[`"b"`] == nil {
-		t.Errorf("the topic holds %v, want a and b", slices.Collect(maps.Keys(values)))
-	}
-	unloadChecksLeaks(t)
-}
-
-// adminRequest sends req to c with franz-go's client and fails the test on
-// an error code in the answer.
-func adminRequest(t *testing.T, c *kfake.Cluster, req kmsg.Request) kmsg.Response {
-	t.Helper()
-	cl, err := kgo.NewClient(kgo.SeedBrokers(c.ListenAddrs()...))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
-	ctx, cancel := contextWithTimeout(5 * time.Second)
-	defer cancel()
-	resp, err := cl.Request(ctx, req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return resp
-}
-
-// createdWhileRunning starts Caddy with a route to the topics events and
-// later (the directive's extra option besides), sends one record to
-// events so that the producer has read the cluster's metadata, then
-// creates later; it returns the cluster and the request headers.
-func createdWhileRunning(t *testing.T, extra string) (*kfake.Cluster, map[string]string) {
-	t.Helper()
-	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
-	t.Setenv("QP_TEST_SECRET", testSecret)
-	startCaddy(t, filepath.Join(t.TempDir(), "caddy.log"), fmt.Sprintf(`	queue_publish /topics/* {
-		brokers %s
-		topic {http.request.uri.path.1}
-		allow_topics events later
-		secret {env.QP_TEST_SECRET}
-		%s
-	}`, c.ListenAddrs()[0], extra))
-	ok := map[string]string{"Authorization": testSecret}
-	if got := do(t, "POST", "/topics/events", ok, strings.NewReader(`{"records":[{"value":1,"partition":0}]}`)); got.status != 200 {
-		t.Fatalf("events: %d %s", got.status, got.body)
-	}
-	create := kmsg.NewPtrCreateTopicsRequest()
-	topic := kmsg.NewCreateTopicsRequestTopic()
-	topic.Topic, topic.NumPartitions, topic.ReplicationFactor = "later", 1, 1
-	create.Topics = append(create.Topics, topic)
-	if resp := adminRequest(t, c, create).(*kmsg.CreateTopicsResponse); resp.Topics[0].ErrorCode != 0 {
-		t.Fatalf("creating the topic: error %d", resp.Topics[0].ErrorCode)
-	}
-	return c, ok
-}
-
-// The first requests for a topic created while Caddy runs, arriving at
-// once, are all produced: those that see the topic missing from the
-// transport's cached metadata wait for the one that reads it afresh,
-// instead of answering 500 unknown topic.
-func TestBurstForATopicCreatedWhileRunning(t *testing.T) {
-	c, ok := createdWhileRunning(t, "")
-	const burst = 32
-	start := make(chan struct{})
-	answers := make(chan answerT, burst)
-	var wg sync.WaitGroup
-	for i := range burst {
-		wg.Go(func() {
-			<-start
-			answers <- do(t, "POST", "/topics/later", ok, strings.NewReader(fmt.Sprintf(`{"n":%d}`, i)))
-		})
-	}
-	close(start)
-	wg.Wait()
-	close(answers)
-	for a := range answers {
-		if a.status != 200 {
-			t.Errorf("%d %s, want 200", a.status, a.body)
-		}
-	}
-	if got := stored(t, c, "later"); len(got) != burst {
-		t.Errorf("later holds %d records, want %d", len(got), burst)
-	}
-	unloadChecksLeaks(t)
-}
-
-// A topic created, or a partition added, while Caddy runs is written to
-// at once: a miss reads the metadata afresh instead of answering from a
-// cache that predates it.
-func TestTopicsAndPartitionsCreatedWhileRunning(t *testing.T) {
-	c, ok := createdWhileRunning(t, "mode records")
-	if got := do(t, "POST", "/topics/later", ok, strings.NewReader(`{"records":[{"value":"new topic"}]}`)); got.status != 200 {
-		t.Errorf("a topic created while Caddy runs: %d %s, want 200", got.status, got.body)
-	}
-
-	grow := kmsg.NewPtrCreatePartitionsRequest()
-	more := kmsg.NewCreatePartitionsRequestTopic()
-	more.Topic, more.Count = "events", 2
-	grow.Topics = append(grow.Topics, more)
-	if resp := adminRequest(t, c, grow).(*kmsg.CreatePartitionsResponse); resp.Topics[0].ErrorCode != 0 {
-		t.Fatalf("adding a partition: error %d", resp.Topics[0].ErrorCode)
-	}
-	if got := do(t, "POST", "/topics/events", ok, strings.NewReader(`{"records":[{"value":"new partition","partition":1}]}`)); got.status != 200 {
-		t.Errorf("a partition added while Caddy runs: %d %s, want 200", got.status, got.body)
-	}
-	if got := stored(t, c, "later"); len(got) != 1 {
-		t.Errorf("later holds %d records, want 1", len(got))
-	}
-	if hw := c.PartitionInfo("events", 1).HighWatermark; hw != 1 {
-		t.Errorf("the new partition holds %d records, want 1", hw)
-	}
-	unloadChecksLeaks(t)
 }

@@ -37,7 +37,7 @@ type schemaIssue struct {
 // checkSchema validates the value of every record against the schema and
 // returns a 400 listing the issues if any value fails. In records mode the
 // paths point into the envelope.
-func (h *Handler) checkSchema(recs []*record) *clientError {
+func (h *Handler) checkSchema(recs []*record) *refusal {
 	var issues []schemaIssue
 	for i, rec := range recs {
 		prefix := ""
@@ -47,7 +47,7 @@ func (h *Handler) checkSchema(recs []*record) *clientError {
 		doc, err := jsonschema.UnmarshalJSON(bytes.NewReader(rec.Value))
 		if err != nil {
 			// The body passed the JSON check: this cannot happen.
-			return badRequest("record %d: %v", i, err)
+			return badRequest(rejectSchema, "record %d: %v", i, err)
 		}
 		if at, ok := hugeNumber(doc, prefix); ok {
 			issues = append(issues, schemaIssue{Path: at, Message: msgHugeNumber})
@@ -58,7 +58,7 @@ func (h *Handler) checkSchema(recs []*record) *clientError {
 		if errors.As(err, &verr) {
 			issues = appendIssues(issues, verr.BasicOutput(), prefix)
 		} else if err != nil {
-			return badRequest("record %d: %v", i, err)
+			return badRequest(rejectSchema, "record %d: %v", i, err)
 		}
 		if len(issues) >= maxSchemaIssues {
 			break
@@ -73,9 +73,9 @@ func (h *Handler) checkSchema(recs []*record) *clientError {
 		Issues []schemaIssue `json:"issues"`
 	}{"payload does not match schema", issues})
 	if err != nil {
-		return badRequest("payload does not match schema")
+		return badRequest(rejectSchema, "payload does not match schema")
 	}
-	return &clientError{status: http.StatusBadRequest, body: b}
+	return &refusal{reason: rejectSchema, status: http.StatusBadRequest, body: b}
 }
 
 // The validator compares numbers exactly, as big.Rat, and turning a

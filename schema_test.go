@@ -131,3 +131,32 @@ func BenchmarkSchemaCheck(b *testing.B) {
 		}
 	}
 }
+
+func FuzzSchema(f *testing.F) {
+	for _, s := range []string{`{"id":1,"items":[{"sku":"a"}]}`, `{"id":0}`, `[]`, `null`, `{"id":1e400,"items":[]}`,
+		`{"id":1,"items":[{"sku":"` + strings.Repeat("x", 100) + `"}],"extra":{}}`} {
+		f.Add([]byte(s))
+	}
+	h := schemaHandler(f, "testdata/order.schema.json", modeBody)
+	f.Fuzz(func(t *testing.T, body []byte) {
+		if !validJSON(body) {
+			return
+		}
+		cerr := h.checkSchema([]*record{newRecord(body, time.Now(), time.Second)})
+		if cerr == nil {
+			return
+		}
+		var ans struct {
+			Err    string
+			Issues []schemaIssue
+		}
+		if cerr.status != 400 || json.Unmarshal(cerr.body, &ans) != nil || len(ans.Issues) == 0 || len(ans.Issues) > maxSchemaIssues {
+			t.Fatalf("%q: answer %d %s", body, cerr.status, cerr.body)
+		}
+		for _, issue := range ans.Issues {
+			if issue.Path != "" && !strings.HasPrefix(issue.Path, "/") {
+				t.Fatalf("%q: issue path %q is not a JSON pointer", body, issue.Path)
+			}
+		}
+	})
+}

@@ -44,8 +44,6 @@ type BrokerSASL struct {
 	Password string `json:"password,omitempty"`
 }
 
-var saslMechanisms = map[string]bool{"plain": true, "scram-sha-256": true, "scram-sha-512": true}
-
 // tlsMaterial is BrokerTLS with its files read, part of a producer's
 // identity in the pool: a changed file makes a new producer.
 type tlsMaterial struct {

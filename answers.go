@@ -1,0 +1,208 @@
+package queuepublish
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strconv"
+
+	"github.com/queuepublish/caddy-queue-publish/internal/producer"
+)
+
+// Every answer is JSON, in one of three shapes, as the seed answers:
+//   - a success: {"success":true,...} with where the records went;
+//   - a refusal, a request that is wrong and of which nothing is produced:
+//     {"err":"..."} (a schema mismatch adds "issues");
+//   - a failure to publish: {"error":"...","outcome":"not_written"|"unknown"},
+//     whose status says whether retrying is safe (503), the outcome is
+//     unknown (504) or it will never work (413, 500).
+
+// A refusal is the answer to a request that is wrong: nothing of it is
+// produced.
+type refusal struct {
+	reason string // the label of queue_publish_rejections_total
+	status int
+	body   []byte
+}
+
+// The refusals with a fixed body.
+var (
+	refusedMethod        = refuse(rejectMethod, http.StatusMethodNotAllowed, "method not allowed")
+	refusedAuth          = refuse(rejectAuth, http.StatusForbidden, "invalid auth token provided")
+	refusedKeyTooLong    = refuse(rejectIdempotency, http.StatusBadRequest, "Idempotency-Key longer than 255 bytes")
+	refusedTooLarge      = refuse(rejectTooLarge, http.StatusRequestEntityTooLarge, "payload too large")
+	refusedInvalidJSON   = refuse(rejectInvalidJSON, http.StatusBadRequest, "payload not valid JSON")
+	refusedTopic         = refuse(rejectTopic, http.StatusNotFound, "unknown topic")
+	refusedKeyReused     = refuse(rejectIdempotency, http.StatusUnprocessableEntity, "Idempotency-Key already used with another request")
+	refusedKeyInProgress = refuse(rejectIdempotency, http.StatusConflict, "a request with this Idempotency-Key is in progress")
+)
+
+// errQueueFull is the failure of a request of delivery async that
+// queue_size cannot hold.
+var errQueueFull = &publishError{Outcome: outcomeRetry, Reason: "queue full"}
+
+// bodyAccepted answers a request of delivery async, once queued.
+var bodyAccepted = []byte(`{"success":true}`)
+
+func refuse(reason string, status int, message string) *refusal {
+	return &refusal{reason: reason, status: status, body: errBody(message)}
+}
+
+// badRequest is a 400 refusal whose message says what is wrong.
+func badRequest(reason, format string, args ...any) *refusal {
+	return refuse(reason, http.StatusBadRequest, fmt.Sprintf(format, args...))
+}
+
+// errBody is the body of a refusal.
+func errBody(message string) []byte {
+	b := append([]byte(`{"err":`), quote(message)...)
+	return append(b, '}')
+}
+
+// exchange is one request's answer as it is made: the status written,
+// the topic, and why the request was refused, for the metrics.
+type exchange struct {
+	w        http.ResponseWriter
+	producer *producer.Producer // nil if the handler has none any more
+	status   int
+	topic    string
+	reason   string
+}
+
+// refuse answers a request that is wrong.
+func (x *exchange) refuse(ref *refusal) error {
+	x.reason = ref.reason
+	return x.answer(ref.status, ref.body)
+}
+
+// answer writes the status and body. Header values are fresh slices for
+// each answer: Caddy's deferred header replacements (header >Name ...)
+// write into the values in place.
+func (x *exchange) answer(status int, body []byte) error {
+	w := x.w
+	x.status = status
+	w.Header()["Content-Type"] = []string{"application/json"}
+	if status == http.StatusServiceUnavailable {
+		w.Header()["Retry-After"] = []string{"1"}
+	}
+	w.WriteHeader(status)
+	_, err := w.Write(body)
+	return err
+}
+
+// answerFailure answers a request none of whose records was published.
+func (x *exchange) answerFailure(f *publishError) error {
+	b := appendFailure(append(make([]byte, 0, 96), '{'), f)
+	return x.answer(statusOf(f.Outcome), append(b, '}'))
+}
+
+// answerBody answers a body-mode request: the seed's {"success":true},
+// with the record's partition and offset.
+func (x *exchange) answerBody(rec *record) error {
+	if rec.Answer != nil {
+		return x.answerFailure(rec.Answer)
+	}
+	b := appendPlace(append(make([]byte, 0, 64), `{"success":true,`...), rec)
+	return x.answer(http.StatusOK, append(b, '}'))
+}
+
+// answerRecords answers a records-mode request. If every record was
+// acknowledged: 200 with their offsets in request order. Otherwise each
+// record's result, so that the client can retry only what failed, under
+// the status of the worst failure: 413 or 500 if some record will never
+// be taken, else 504 if some outcome is unknown, else 503 (every failed
+// record was not written; retrying them is safe).
+func (x *exchange) answerRecords(recs []*record) error {
+	var worst *publishError
+	for _, rec := range recs {
+		if f := rec.Answer; f != nil && (worst == nil || severity(f.Outcome) > severity(worst.Outcome)) {
+			worst = f
+		}
+	}
+	b := make([]byte, 0, 32+40*len(recs))
+	if worst == nil {
+		b = append(b, `{"success":true,"offsets":[`...)
+	} else {
+		b = append(b, `{"success":false,"error":`...)
+		b = append(b, quote(worst.Reason)...)
+		b = append(b, `,"results":[`...)
+	}
+	for i, rec := range recs {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, '{')
+		if f := rec.Answer; f != nil {
+			b = appendFailure(b, f)
+			b = append(b, `,"status":`...)
+			b = strconv.AppendInt(b, int64(statusOf(f.Outcome)), 10)
+		} else {
+			b = appendPlace(b, rec)
+		}
+		b = append(b, '}')
+	}
+	b = append(b, "]}"...)
+	if worst == nil {
+		return x.answer(http.StatusOK, b)
+	}
+	return x.answer(statusOf(worst.Outcome), b)
+}
+
+// appendPlace appends where an acknowledged record went: "partition" and,
+// if the broker said, "offset".
+func appendPlace(b []byte, rec *record) []byte {
+	b = append(b, `"partition":`...)
+	b = strconv.AppendInt(b, int64(rec.Partition), 10)
+	if rec.Offset >= 0 {
+		b = append(b, `,"offset":`...)
+		b = strconv.AppendInt(b, rec.Offset, 10)
+	}
+	return b
+}
+
+// appendFailure appends the fields of a failure: "error" and "outcome".
+func appendFailure(b []byte, f *publishError) []byte {
+	b = append(b, `"error":`...)
+	b = append(b, quote(f.Reason)...)
+	b = append(b, `,"outcome":"`...)
+	b = append(b, outcomeWord(f.Outcome)...)
+	return append(b, '"')
+}
+
+// statusOf is the HTTP status for a failed publish.
+func statusOf(o producer.Outcome) int {
+	switch o {
+	case outcomeRetry:
+		return http.StatusServiceUnavailable
+	case outcomeUnknown:
+		return http.StatusGatewayTimeout
+	case outcomeTooLarge:
+		return http.StatusRequestEntityTooLarge
+	}
+	return http.StatusInternalServerError
+}
+
+// outcomeWord tells a client whether the record may have been written.
+func outcomeWord(o producer.Outcome) string {
+	if o == outcomeUnknown {
+		return "unknown"
+	}
+	return "not_written"
+}
+
+// severity orders outcomes from "retry is safe" to "never works".
+func severity(o producer.Outcome) int {
+	switch o {
+	case outcomeRetry:
+		return 1
+	case outcomeUnknown:
+		return 2
+	}
+	return 3
+}
+
+// quote is s as a JSON string.
+func quote(s string) []byte {
+	q, _ := json.Marshal(s)
+	return q
+}
