@@ -65,25 +65,85 @@ func options(v any, caddyfileNames map[string]string) []option {
 	return opts
 }
 
+// configurationPage is the configuration reference, which
+// TestEveryOptionIsDocumentedAndAdapted holds to the config structs.
+const configurationPage = "docs/configuration.md"
+
+// heading is a Markdown heading: its level (the number of '#') and its
+// text; at is where its line starts, end where the next line starts.
+type heading struct {
+	level   int
+	text    string
+	at, end int
+}
+
+var atxHeading = regexp.MustCompile(`^(#{1,6})[ \t]+(.*?)(?:[ \t]+#+)?[ \t]*$`)
+
+// headings lists the headings of a Markdown text, leaving out the lines of
+// fenced code blocks (where a line such as "# a comment" is code).
+func headings(text string) []heading {
+	var found []heading
+	fence := ""
+	for at := 0; at < len(text); {
+		end := len(text)
+		if i := strings.IndexByte(text[at:], '\n'); i >= 0 {
+			end = at + i + 1
+		}
+		line := strings.TrimRight(text[at:end], "\r\n")
+		trimmed := strings.TrimLeft(line, " ")
+		switch {
+		case fence != "":
+			if strings.HasPrefix(trimmed, fence) && strings.Trim(trimmed, fence[:1]) == "" {
+				fence = ""
+			}
+		case strings.HasPrefix(trimmed, "```"), strings.HasPrefix(trimmed, "~~~"):
+			fence = trimmed[:3]
+		default:
+			if m := atxHeading.FindStringSubmatch(line); m != nil {
+				found = append(found, heading{len(m[1]), m[2], at, end})
+			}
+		}
+		at = end
+	}
+	return found
+}
+
+// mdSection is the text under the heading "## title" (level 2 here) of
+// page, up to the next heading of the same level or higher; its
+// subsections belong to it.
+func mdSection(t *testing.T, page, text string, level int, title string) string {
+	t.Helper()
+	hs := headings(text)
+	for i, h := range hs {
+		if h.level != level || h.text != title {
+			continue
+		}
+		end := len(text)
+		for _, next := range hs[i+1:] {
+			if next.level <= level {
+				end = next.at
+				break
+			}
+		}
+		return text[h.end:end]
+	}
+	t.Fatalf("%s has no %s %s", page, strings.Repeat("#", level), title)
+	return ""
+}
+
 // TestEveryOptionIsDocumentedAndAdapted fails when a config field is
-// missing from a place of the README: the Caddyfile syntax block, the
-// options table, an example other than the syntax block, the JSON
-// reference; or from the adapt golden files.
+// missing from a place of docs/configuration.md: the Caddyfile syntax
+// block, the option tables, an example other than the syntax block, the
+// JSON reference, the development broker's section; or from the adapt
+// golden files.
 func TestEveryOptionIsDocumentedAndAdapted(t *testing.T) {
-	b, err := os.ReadFile("README.md")
+	b, err := os.ReadFile(configurationPage)
 	if err != nil {
 		t.Fatal(err)
 	}
-	readme := string(b)
-	section := func(heading string) string {
-		_, rest, ok := strings.Cut(readme, "\n"+heading+"\n")
-		if !ok {
-			t.Fatalf("README.md has no %q", heading)
-		}
-		if end := regexp.MustCompile(`(?m)^#{2,3} `).FindStringIndex(rest); end != nil {
-			rest = rest[:end[0]]
-		}
-		return rest
+	page := string(b)
+	section := func(title string) string {
+		return mdSection(t, configurationPage, page, 2, title)
 	}
 	blocks := func(text, lang string) []string {
 		var found []string
@@ -95,12 +155,15 @@ func TestEveryOptionIsDocumentedAndAdapted(t *testing.T) {
 	optionLine := func(name string) *regexp.Regexp {
 		return regexp.MustCompile(`(?m)^\s*` + regexp.QuoteMeta(name) + `(\s|$)`)
 	}
-	caddyfileSection := section("### Caddyfile")
+	caddyfileSection := section("Caddyfile")
 	caddyfileBlocks := blocks(caddyfileSection, "caddyfile")
+	if len(caddyfileBlocks) < 2 {
+		t.Fatalf("%s: the Caddyfile section wants the syntax block and examples, has %d caddyfile blocks", configurationPage, len(caddyfileBlocks))
+	}
 	syntax, examples := caddyfileBlocks[0], strings.Join(caddyfileBlocks[1:], "\n")
-	examples += strings.Join(blocks(section("### In a site"), "caddyfile"), "\n")
-	jsonRef := strings.Join(blocks(section("### JSON"), "json"), "\n")
-	devSection := section("### Development broker")
+	examples += strings.Join(blocks(section("In a site"), "caddyfile"), "\n")
+	jsonRef := strings.Join(blocks(section("JSON"), "json"), "\n")
+	devSection := section("Development broker")
 
 	files, _ := filepath.Glob("testdata/caddyfile_adapt/*.txt")
 	var golden strings.Builder
@@ -113,20 +176,20 @@ func TestEveryOptionIsDocumentedAndAdapted(t *testing.T) {
 			if caddyfile {
 				line := optionLine(o.caddyfile)
 				if !line.MatchString(syntax) {
-					t.Errorf("%s option %q is not in the README's Caddyfile syntax block", where, o.caddyfile)
+					t.Errorf("%s option %q is not in the Caddyfile syntax block of %s", where, o.caddyfile, configurationPage)
 				}
 				if !strings.Contains(caddyfileSection, "| `"+o.caddyfile+"` |") {
-					t.Errorf("%s option %q has no row in the README's option tables", where, o.caddyfile)
+					t.Errorf("%s option %q has no row in the option tables of %s", where, o.caddyfile, configurationPage)
 				}
 				if !line.MatchString(examples) {
-					t.Errorf("%s option %q has no example in the README", where, o.caddyfile)
+					t.Errorf("%s option %q has no example in %s", where, o.caddyfile, configurationPage)
 				}
 				if !line.MatchString(golden.String()) {
 					t.Errorf("%s option %q is in no testdata/caddyfile_adapt file", where, o.caddyfile)
 				}
 			}
 			if !strings.Contains(jsonRef, `"`+o.json+`"`) {
-				t.Errorf("%s JSON field %q is not in the README's JSON reference", where, o.json)
+				t.Errorf("%s JSON field %q is not in the JSON reference of %s", where, o.json, configurationPage)
 			}
 		}
 	}
@@ -136,10 +199,28 @@ func TestEveryOptionIsDocumentedAndAdapted(t *testing.T) {
 	for _, o := range options(devbroker.App{}, map[string]string{"topics": "topic"}) {
 		if !optionLine(o.caddyfile).MatchString(strings.Join(blocks(devSection, "caddyfile"), "")) ||
 			!strings.Contains(devSection, "| `"+o.caddyfile+"` |") || !strings.Contains(devSection, `"`+o.json+`"`) {
-			t.Errorf("dev broker option %q / %q is not documented in the README's Development broker section", o.caddyfile, o.json)
+			t.Errorf("dev broker option %q / %q is not documented in the Development broker section of %s", o.caddyfile, o.json, configurationPage)
 		}
 		if !optionLine(o.caddyfile).MatchString(golden.String()) {
 			t.Errorf("dev broker option %q is in no testdata/caddyfile_adapt file", o.caddyfile)
+		}
+	}
+}
+
+// TestDocsReadmeInlinesTheExamples fails when the Caddyfiles the README
+// shows differ from the example files they are.
+func TestDocsReadmeInlinesTheExamples(t *testing.T) {
+	b, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{"examples/Caddyfile", "examples/production.Caddyfile"} {
+		example, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(b), "```caddyfile\n"+string(example)+"```\n") {
+			t.Errorf("README.md does not show %s as it is", f)
 		}
 	}
 }
