@@ -1,12 +1,15 @@
 package queuepublish
 
 import (
+	"net/url"
 	"os"
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
+	"unicode"
 
 	"github.com/caddyserver/caddy/v2/caddytest"
 
@@ -203,6 +206,163 @@ func TestEveryOptionIsDocumentedAndAdapted(t *testing.T) {
 		}
 		if !optionLine(o.caddyfile).MatchString(golden.String()) {
 			t.Errorf("dev broker option %q is in no testdata/caddyfile_adapt file", o.caddyfile)
+		}
+	}
+}
+
+// docPages are the Markdown pages whose links TestDocsLinksResolve checks.
+func docPages(t *testing.T) []string {
+	t.Helper()
+	pages, err := filepath.Glob("docs/*.md")
+	if err != nil || len(pages) == 0 {
+		t.Fatalf("no docs/*.md: %v", err)
+	}
+	return append([]string{"README.md", "CONTRIBUTING.md"}, pages...)
+}
+
+var (
+	fencedBlock = regexp.MustCompile("(?ms)^[ ]{0,3}(```|~~~).*?^[ ]{0,3}(```|~~~)[ \t]*$")
+	codeSpan    = regexp.MustCompile("`[^`]*`")
+	mdLink      = regexp.MustCompile(`\]\(\s*<?([^()\s<>]+)>?(?:\s+"[^"]*")?\s*\)`)
+	urlScheme   = regexp.MustCompile(`^[a-zA-Z][a-zA-Z0-9+.-]*:`)
+	inlineLink  = regexp.MustCompile(`!?\[([^\]]*)\]\([^)]*\)`)
+)
+
+// links lists the link targets of a Markdown text, outside code blocks and
+// code spans (where "[x](y)" is code, not a link).
+func links(text string) []string {
+	text = fencedBlock.ReplaceAllString(text, "")
+	text = codeSpan.ReplaceAllString(text, "")
+	var found []string
+	for _, m := range mdLink.FindAllStringSubmatch(text, -1) {
+		found = append(found, m[1])
+	}
+	return found
+}
+
+// anchor is the anchor GitHub gives a heading: the heading's text (of a
+// link, its text) lowercased, spaces made '-', punctuation other than '-'
+// and '_' removed.
+func anchor(title string) string {
+	title = inlineLink.ReplaceAllString(title, "$1")
+	var b strings.Builder
+	for _, r := range strings.ToLower(title) {
+		switch {
+		case r == ' ':
+			b.WriteRune('-')
+		case r == '-', r == '_', unicode.IsLetter(r), unicode.IsDigit(r), unicode.IsMark(r):
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
+}
+
+// anchors lists the anchors of a Markdown text's headings; a repeated one
+// gets "-1", "-2"... as on GitHub.
+func anchors(text string) map[string]bool {
+	found := map[string]bool{}
+	seen := map[string]int{}
+	for _, h := range headings(text) {
+		a := anchor(h.text)
+		if n := seen[a]; n > 0 {
+			seen[a]++
+			a = a + "-" + strconv.Itoa(n)
+		} else {
+			seen[a] = 1
+		}
+		found[a] = true
+	}
+	return found
+}
+
+func TestDocsAnchor(t *testing.T) {
+	for title, want := range map[string]string{
+		"How it works, and how it scales":       "how-it-works-and-how-it-scales",
+		"Tested against Apache Kafka":           "tested-against-apache-kafka",
+		"The `queue_publish` directive":         "the-queue_publish-directive",
+		"HTTP answers: 503 and 504":             "http-answers-503-and-504",
+		"[Linked](https://example.com) heading": "linked-heading",
+	} {
+		if got := anchor(title); got != want {
+			t.Errorf("anchor(%q) = %q, want %q", title, got, want)
+		}
+	}
+	got := anchors("# A\n\n```sh\n# not a heading\n```\n\n## A\n### B #\n")
+	if want := map[string]bool{"a": true, "a-1": true, "b": true}; !reflect.DeepEqual(got, want) {
+		t.Errorf("anchors = %v, want %v", got, want)
+	}
+}
+
+// TestDocsLinksResolve fails when a relative link of README.md,
+// CONTRIBUTING.md or docs/*.md names a file that does not exist, or a
+// "#anchor" that no heading of the Markdown page it names has.
+func TestDocsLinksResolve(t *testing.T) {
+	pageAnchors := map[string]map[string]bool{}
+	anchorsOf := func(file string) map[string]bool {
+		if a, ok := pageAnchors[file]; ok {
+			return a
+		}
+		b, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pageAnchors[file] = anchors(string(b))
+		return pageAnchors[file]
+	}
+	for _, page := range docPages(t) {
+		b, err := os.ReadFile(page)
+		if err != nil {
+			t.Fatal(err)
+		}
+		targets := links(string(b))
+		for _, target := range targets {
+			if urlScheme.MatchString(target) || strings.HasPrefix(target, "//") {
+				continue // not a file of the repository
+			}
+			path, frag, _ := strings.Cut(target, "#")
+			file := page
+			if path != "" {
+				p, err := url.PathUnescape(path)
+				if err != nil {
+					t.Errorf("%s: link %q: %v", page, target, err)
+					continue
+				}
+				file = filepath.Join(filepath.Dir(page), filepath.FromSlash(p))
+				if file == ".." || strings.HasPrefix(file, ".."+string(filepath.Separator)) || filepath.IsAbs(p) {
+					t.Errorf("%s: link %q leaves the repository", page, target)
+					continue
+				}
+			}
+			info, err := os.Stat(file)
+			if err != nil {
+				t.Errorf("%s: link %q: no such file %s", page, target, file)
+				continue
+			}
+			if frag == "" || info.IsDir() || !strings.HasSuffix(file, ".md") {
+				continue
+			}
+			if !anchorsOf(file)[frag] {
+				t.Errorf("%s: link %q: %s has no heading with the anchor #%s", page, target, file, frag)
+			}
+		}
+	}
+}
+
+// TestDocsReadmeLinksEveryPage fails when a page of docs/, or
+// CONTRIBUTING.md, is not linked from the README.
+func TestDocsReadmeLinksEveryPage(t *testing.T) {
+	b, err := os.ReadFile("README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	linked := map[string]bool{}
+	for _, target := range links(string(b)) {
+		path, _, _ := strings.Cut(target, "#")
+		linked[filepath.Clean(filepath.FromSlash(path))] = true
+	}
+	for _, page := range docPages(t)[1:] {
+		if !linked[page] {
+			t.Errorf("README.md links no %s", page)
 		}
 	}
 }
