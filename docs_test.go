@@ -275,6 +275,8 @@ func anchors(text string) map[string]bool {
 	return found
 }
 
+// TestDocsAnchor holds anchor and anchors to GitHub's rules, on which
+// TestDocsLinksResolve relies.
 func TestDocsAnchor(t *testing.T) {
 	for title, want := range map[string]string{
 		"How it works, and how it scales":       "how-it-works-and-how-it-scales",
@@ -314,8 +316,7 @@ func TestDocsLinksResolve(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		targets := links(string(b))
-		for _, target := range targets {
+		for _, target := range links(string(b)) {
 			if urlScheme.MatchString(target) || strings.HasPrefix(target, "//") {
 				continue // not a file of the repository
 			}
@@ -327,8 +328,12 @@ func TestDocsLinksResolve(t *testing.T) {
 					t.Errorf("%s: link %q: %v", page, target, err)
 					continue
 				}
+				if strings.HasPrefix(p, "/") {
+					t.Errorf("%s: link %q: want a path relative to the page", page, target)
+					continue
+				}
 				file = filepath.Join(filepath.Dir(page), filepath.FromSlash(p))
-				if file == ".." || strings.HasPrefix(file, ".."+string(filepath.Separator)) || filepath.IsAbs(p) {
+				if file == ".." || strings.HasPrefix(file, ".."+string(filepath.Separator)) {
 					t.Errorf("%s: link %q leaves the repository", page, target)
 					continue
 				}
