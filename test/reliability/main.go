@@ -13,9 +13,8 @@
 // With -kafka the brokers are a three-node Apache Kafka cluster
 // (test/apachekafka; Java 17 and Maven fetch and run it) instead of the
 // development broker: topics of three partitions, replication factor 3,
-// min.insync.replicas 2; kill kills the node leading kill/0. There the
-// producer's own retries may store an id twice (kafka-go has no
-// idempotent producer), which kill-retry counts instead of failing.
+// min.insync.replicas 2; kill kills the node leading kill/0. There too
+// an id stored twice fails the run: the producer is idempotent.
 //
 // Scenarios:
 //   - load: many requests from 64 clients; every 2xx id stored exactly once.
