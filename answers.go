@@ -28,6 +28,7 @@ type refusal struct {
 // The refusals with a fixed body.
 var (
 	refusedMethod        = refuse(rejectMethod, http.StatusMethodNotAllowed, "method not allowed")
+	refusedOrigin        = refuse(rejectOrigin, http.StatusForbidden, "origin not allowed")
 	refusedAuth          = refuse(rejectAuth, http.StatusForbidden, "invalid auth token provided")
 	refusedKeyTooLong    = refuse(rejectIdempotency, http.StatusBadRequest, "Idempotency-Key longer than 255 bytes")
 	refusedTooLarge      = refuse(rejectTooLarge, http.StatusRequestEntityTooLarge, "payload too large")

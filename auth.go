@@ -7,11 +7,23 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net/http"
 	"strings"
+	"time"
 	"unsafe"
 
 	"github.com/caddyserver/caddy/v2"
 )
+
+// authenticated checks a request's Authorization header or, without one,
+// the token in its query, which is valid for the request's topic only.
+func (h *Handler) authenticated(r *http.Request) bool {
+	if header := r.Header.Get("Authorization"); header != "" || !r.URL.Query().Has("token") {
+		return h.authorized(header)
+	}
+	topic, ok := h.topicFor(r)
+	return ok && h.tokenValid(r.URL.Query().Get("token"), topic, time.Now())
+}
 
 // authorized compares the Authorization header, whole and without a
 // "Bearer " prefix, with every secret. It compares SHA-256 digests in

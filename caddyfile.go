@@ -32,11 +32,13 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		allow_topics <name> [<name>...]
 //		secret   <value>
 //		signature_header <name>
+//		cors     <origin> [<origin>...]
 //		mode     body|records
 //		schema   <file>
 //		max_records <count>
 //		key      <value>
 //		header   <name> <value>
+//		trace_headers on|off
 //		delivery sync|async
 //		queue_size <count>
 //		idempotency_window   <duration>
@@ -68,8 +70,9 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 // placeholder, {env.NAME} or {file.PATH}, which is resolved when the config
 // loads; {$NAME} would be written into the adapted JSON config. topic may
 // hold request placeholders if allow_topics lists the topics allowed.
-// header may repeat; key and header values take request placeholders. mode
-// defaults to body, max_records to 500. max_size defaults to 1MB, timeout to 5s, acks to all.
+// header may repeat; key and header values take request placeholders.
+// cors lists the origins whose pages may publish from a browser, and may
+// repeat. trace_headers defaults to on. mode defaults to body, max_records to 500. max_size defaults to 1MB, timeout to 5s, acks to all.
 // compression defaults to none. The last four tune the producer's
 // batching: linger defaults to 0,
 // max_batch_records to 1000, max_batch_bytes to 1MB, max_in_flight to 1.
@@ -136,6 +139,13 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			h.SASL = &BrokerSASL{Mechanism: args[0], Username: args[1], Password: args[2]}
 			continue
+		case "cors":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			h.CORS = append(h.CORS, args...)
+			continue
 		case "header":
 			args := d.RemainingArgs()
 			if len(args) != 2 {
@@ -182,6 +192,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.MaxRecords, err = parseCount(val)
 		case "key":
 			h.Key = val
+		case "trace_headers":
+			h.TraceHeaders, err = val, switches.check(val)
 		case "idempotent":
 			h.Idempotent, err = val, idempotence.check(val)
 		case "acks":

@@ -1,9 +1,9 @@
 package queuepublish
 
 import (
-	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -116,6 +116,17 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			}`,
 			want: Handler{Delivery: "async", QueueSize: 5000, IdempotencyWindow: caddy.Duration(10 * time.Minute), IdempotencyMaxKeys: 20000},
 		},
+		{
+			name: "browsers and traces",
+			input: `queue_publish {
+				cors https://shop.example.com http://localhost:8080
+				cors https://www.example.com
+				trace_headers off
+			}`,
+			want: Handler{CORS: []string{"https://shop.example.com", "http://localhost:8080", "https://www.example.com"}, TraceHeaders: "off"},
+		},
+		{name: "cors without an origin", input: block("cors"), wantErr: "wrong argument count"},
+		{name: "bad trace_headers", input: block("trace_headers maybe"), wantErr: `trace_headers: "maybe" is not on or off`},
 		{name: "bad delivery", input: block("delivery later"), wantErr: `delivery: "later" is not sync or async`},
 		{name: "zero idempotency window", input: block("idempotency_window 0s"), wantErr: `idempotency_window: invalid duration "0s"`},
 		{name: "tls with system roots", input: block("tls"), want: Handler{TLS: &BrokerTLS{}}},
@@ -173,18 +184,10 @@ func block(lines ...string) string {
 	return "queue_publish {\n" + strings.Join(lines, "\n") + "\n}"
 }
 
+// equalConfig compares the settings a Caddyfile gives, every exported
+// field.
 func equalConfig(a, b Handler) bool {
-	return strings.Join(a.Brokers, " ") == strings.Join(b.Brokers, " ") &&
-		a.Topic == b.Topic && strings.Join(a.Secrets, " ") == strings.Join(b.Secrets, " ") && a.MaxSize == b.MaxSize &&
-		a.Timeout == b.Timeout && a.Acks == b.Acks && a.Linger == b.Linger &&
-		a.Compression == b.Compression && a.Mode == b.Mode && a.MaxRecords == b.MaxRecords &&
-		a.Key == b.Key && fmt.Sprint(a.Headers) == fmt.Sprint(b.Headers) &&
-		strings.Join(a.AllowTopics, " ") == strings.Join(b.AllowTopics, " ") &&
-		a.SignatureHeader == b.SignatureHeader && a.Schema == b.Schema &&
-		a.ClientID == b.ClientID && a.Delivery == b.Delivery && a.QueueSize == b.QueueSize &&
-		a.IdempotencyWindow == b.IdempotencyWindow && a.IdempotencyMaxKeys == b.IdempotencyMaxKeys && fmt.Sprint(a.TLS) == fmt.Sprint(b.TLS) && fmt.Sprint(a.SASL) == fmt.Sprint(b.SASL) &&
-		a.MaxBatchRecords == b.MaxBatchRecords && a.MaxBatchBytes == b.MaxBatchBytes &&
-		a.MaxInFlight == b.MaxInFlight
+	return reflect.DeepEqual(a, b)
 }
 
 // TestExamplesAdapt adapts every Caddyfile under examples/ and compares the
@@ -196,6 +199,7 @@ func TestExamplesAdapt(t *testing.T) {
 		"examples/production.Caddyfile":   "examples/production.json",
 		"examples/tls-internal.Caddyfile": "examples/tls-internal.json",
 		"examples/webhook.Caddyfile":      "examples/webhook.json",
+		"examples/browser.Caddyfile":      "examples/browser.json",
 	}
 	for caddyfilePath, jsonPath := range pairs {
 		t.Run(filepath.Base(caddyfilePath), func(t *testing.T) {

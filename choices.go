@@ -36,6 +36,9 @@ var (
 		{"off", producer.IdempotenceOff},
 	}
 
+	// An option that is on or off.
+	switches = choices[bool]{{"on", true}, {"off", false}}
+
 	saslMechanisms = choices[string]{
 		{"plain", "plain"},
 		{"scram-sha-256", "scram-sha-256"},

@@ -63,6 +63,7 @@ const (
 	rejectTopic       = "unknown_topic"
 	rejectIdempotency = "idempotency_key"
 	rejectQueueFull   = "queue_full"
+	rejectOrigin      = "origin"
 )
 
 // registerMetrics adds the module's metrics to a config's registry; they

@@ -70,6 +70,13 @@ type Handler struct {
 	// empty stops the config from loading. At least one is required.
 	Secrets []string `json:"secrets,omitempty"`
 
+	// The origins (scheme://host[:port]) whose pages may send requests
+	// from a browser and read the answers: a CORS preflight from one of
+	// them is answered 204, one from another origin 403, and the answers
+	// to a listed origin's requests let its page read them. Empty: no
+	// CORS, and a preflight is answered 405 as any method but POST.
+	CORS []string `json:"cors,omitempty"`
+
 	// If set, requests are authenticated by this header instead of
 	// Authorization: it must hold "sha256=" and the hex HMAC-SHA256 of
 	// the raw body keyed with a secret, as GitHub signs webhooks
@@ -102,6 +109,14 @@ type Handler struct {
 	// In body mode, record headers by name; values may hold
 	// placeholders, and a header whose value is empty is left out.
 	Headers map[string]string `json:"headers,omitempty"`
+
+	// Whether a request's W3C trace context (its traceparent and
+	// tracestate headers, or with Caddy's tracing directive the span
+	// Caddy made for it) goes with each of its records as headers of the
+	// same names, so that a consumer can continue the trace: "on" or
+	// "off". A record that has a traceparent header of its own keeps it.
+	// Default: "on".
+	TraceHeaders string `json:"trace_headers,omitempty"`
 
 	// The largest request body accepted, in bytes; larger bodies are
 	// answered 413 without being read. Default: 1000000 (1MB).
@@ -200,6 +215,7 @@ type Handler struct {
 	secrets       [][]byte
 	secretDigests [][sha256.Size]byte
 	headerNames   []string
+	traceHeaders  bool
 	allowTopics   map[string]bool
 	producer      *producer.Producer
 	use           *producerUse
@@ -265,6 +281,7 @@ func (h *Handler) provisionRequests() error {
 		h.schema = sch
 	}
 	h.headerNames = slices.Sorted(maps.Keys(h.Headers))
+	h.traceHeaders = h.TraceHeaders != "off"
 	h.allowTopics = make(map[string]bool, len(h.AllowTopics))
 	for _, t := range h.AllowTopics {
 		h.allowTopics[t] = true
@@ -294,6 +311,11 @@ func (h *Handler) Validate() error {
 			return fmt.Errorf("allow_topics: %v", err)
 		}
 	}
+	for _, origin := range h.CORS {
+		if err := validOrigin(origin); err != nil {
+			return fmt.Errorf("cors: %v", err)
+		}
+	}
 	if len(h.Secrets) == 0 {
 		return errors.New("secret: required; use {env.NAME} or {file.PATH}")
 	}
@@ -321,6 +343,11 @@ func (h *Handler) Validate() error {
 	if h.Idempotent != "" {
 		if err := idempotence.check(h.Idempotent); err != nil {
 			return fmt.Errorf("idempotent: %v", err)
+		}
+	}
+	if h.TraceHeaders != "" {
+		if err := switches.check(h.TraceHeaders); err != nil {
+			return fmt.Errorf("trace_headers: %v", err)
 		}
 	}
 	if h.Idempotent == "on" && cmp.Or(h.Acks, "all") != "all" {

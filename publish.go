@@ -15,6 +15,9 @@ import (
 func (h *Handler) publish(x *exchange, r *http.Request, final, send []*record, start time.Time) error {
 	async := h.Delivery == deliveryAsync
 	if len(send) > 0 {
+		if h.traceHeaders {
+			addTraceHeaders(r, send)
+		}
 		if async && !h.reserveQueue(len(send)) {
 			x.reason = rejectQueueFull
 			return x.answerFailure(errQueueFull)

@@ -25,7 +25,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	if len(h.allowTopics) == 0 {
 		x.topic = h.Topic
 	}
-	err := h.serve(&x, r)
+	h.allowOrigin(w, r)
+	var err error
+	if h.isPreflight(r) {
+		err = h.preflight(&x, r)
+	} else {
+		err = h.serve(&x, r)
+	}
 	countRequest(x.topic, x.status)
 	if x.reason != "" {
 		metricRejections.WithLabelValues(x.reason).Inc()
@@ -62,7 +68,7 @@ func (h *Handler) admit(x *exchange, r *http.Request) ([]byte, *refusal) {
 		return nil, refusedMethod
 	}
 	var signature [sha256.Size]byte
-	if h.SignatureHeader == "" && !h.authorized(r.Header.Get("Authorization")) ||
+	if h.SignatureHeader == "" && !h.authenticated(r) ||
 		h.SignatureHeader != "" && !parseSignature(r.Header.Get(h.SignatureHeader), &signature) {
 		// A signed request whose header is missing or malformed is
 		// refused before its body costs any memory.

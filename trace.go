@@ -1,0 +1,58 @@
+package queuepublish
+
+import (
+	"context"
+	"net/http"
+
+	"github.com/segmentio/kafka-go"
+	"go.opentelemetry.io/otel/propagation"
+)
+
+// The record headers that carry a request's W3C trace context, named as
+// the HTTP headers and as OpenTelemetry's Kafka instrumentation reads
+// them.
+const (
+	headerTraceparent = "traceparent"
+	headerTracestate  = "tracestate"
+)
+
+// traceContext reads and writes W3C trace context headers, checking
+// them: a malformed traceparent is no trace context at all.
+var traceContext = propagation.TraceContext{}
+
+// addTraceHeaders gives each record the request's trace context, unless
+// the record has a traceparent of its own. Caddy's tracing directive,
+// when it runs first, has put the span it made for the request in the
+// request's headers. The headers are added as the records are published,
+// not before: they differ between a request and its repeat, and are no
+// part of what an Idempotency-Key stands for.
+func addTraceHeaders(r *http.Request, recs []*record) {
+	if r.Header.Get("Traceparent") == "" { // canonical: no allocation
+		return
+	}
+	ctx := traceContext.Extract(context.Background(), propagation.HeaderCarrier(r.Header))
+	carrier := propagation.MapCarrier{}
+	traceContext.Inject(ctx, carrier)
+	parent, state := carrier[headerTraceparent], carrier[headerTracestate]
+	if parent == "" {
+		return // not a valid traceparent
+	}
+	headers := []kafka.Header{{Key: headerTraceparent, Value: []byte(parent)}}
+	if state != "" {
+		headers = append(headers, kafka.Header{Key: headerTracestate, Value: []byte(state)})
+	}
+	for _, rec := range recs {
+		if !hasHeader(rec, headerTraceparent) {
+			rec.Headers = append(rec.Headers, headers...)
+		}
+	}
+}
+
+func hasHeader(rec *record, name string) bool {
+	for _, h := range rec.Headers {
+		if h.Key == name {
+			return true
+		}
+	}
+	return false
+}
