@@ -68,6 +68,9 @@ type exchange struct {
 	status   int
 	topic    string
 	reason   string
+	// byToken: the request was authenticated by a token, which any
+	// visitor of a page may hold, not by the secret.
+	byToken bool
 }
 
 // refuse answers a request that is wrong.

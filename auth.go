@@ -15,14 +15,17 @@ import (
 	"github.com/caddyserver/caddy/v2"
 )
 
-// authenticated checks a request's Authorization header or, without one,
-// the token in its query, which is valid for the request's topic only.
-func (h *Handler) authenticated(r *http.Request) bool {
-	if header := r.Header.Get("Authorization"); header != "" || !r.URL.Query().Has("token") {
+// authenticated checks a request's Authorization header or, without one
+// and with token_max_age set, the token in its query, which is valid for
+// the request's topic only.
+func (h *Handler) authenticated(x *exchange, r *http.Request) bool {
+	header := r.Header.Get("Authorization")
+	if header != "" || h.TokenMaxAge == 0 || !r.URL.Query().Has("token") {
 		return h.authorized(header)
 	}
 	topic, ok := h.topicFor(r)
-	return ok && h.tokenValid(r.URL.Query().Get("token"), topic, time.Now())
+	x.byToken = ok && h.tokenValid(r.URL.Query().Get("token"), topic, time.Now())
+	return x.byToken
 }
 
 // authorized compares the Authorization header, whole and without a

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddytest"
@@ -98,6 +99,15 @@ func TestSecretChecksDoNotStopEarly(t *testing.T) {
 		signedHeader(h, header, body)
 		if got := calls[len(calls)-1]; got != len(h.secrets) {
 			t.Errorf("signature: %d comparisons, want %d", got, len(h.secrets))
+		}
+	}
+	h.TokenMaxAge = caddy.Duration(time.Hour)
+	now := time.Now()
+	for _, secret := range []string{"first-secret", "third-secret", "nope"} {
+		calls = append(calls, 0)
+		h.tokenValid(MintToken(secret, "events", now.Add(time.Minute)), "events", now)
+		if got := calls[len(calls)-1]; got != len(h.secrets) {
+			t.Errorf("token: %d comparisons, want %d", got, len(h.secrets))
 		}
 	}
 	for _, n := range lengths {

@@ -33,6 +33,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		secret   <value>
 //		signature_header <name>
 //		cors     <origin> [<origin>...]
+//		token_max_age <duration>
 //		mode     body|records
 //		schema   <file>
 //		max_records <count>
@@ -184,6 +185,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.ClientID = val
 		case "schema":
 			h.Schema = val
+		case "token_max_age":
+			h.TokenMaxAge, err = parseDuration(val, false)
 		case "signature_header":
 			h.SignatureHeader = val
 		case "mode":

@@ -2,8 +2,10 @@ package queuepublish
 
 import (
 	"fmt"
+	"maps"
 	"net/http"
 	"net/url"
+	"regexp"
 	"slices"
 	"strings"
 )
@@ -12,6 +14,8 @@ import (
 // origin. Each answer gets fresh header values: Caddy's deferred header
 // replacements write into them in place.
 const (
+	// The request headers a page may send, besides those that key and
+	// header read ({http.request.header.*}).
 	corsAllowHeaders  = "Authorization, Content-Type, Idempotency-Key, Traceparent, Tracestate"
 	corsExposeHeaders = "Retry-After, Idempotent-Replayed"
 	corsMaxAge        = "600" // seconds a browser may keep a preflight's answer
@@ -34,7 +38,10 @@ func (h *Handler) allowOrigin(w http.ResponseWriter, r *http.Request) {
 	if len(h.CORS) == 0 {
 		return
 	}
-	w.Header()["Vary"] = []string{"Origin"}
+	// What another handler varies on stays; the values are a fresh slice.
+	if vary := w.Header()["Vary"]; !slices.Contains(vary, "Origin") {
+		w.Header()["Vary"] = append(vary[:len(vary):len(vary)], "Origin")
+	}
 	if origin := h.corsOrigin(r); origin != "" {
 		w.Header()["Access-Control-Allow-Origin"] = []string{origin}
 		w.Header()["Access-Control-Expose-Headers"] = []string{corsExposeHeaders}
@@ -58,7 +65,7 @@ func (h *Handler) preflight(x *exchange, r *http.Request) error {
 	}
 	header := x.w.Header()
 	header["Access-Control-Allow-Methods"] = []string{http.MethodPost}
-	header["Access-Control-Allow-Headers"] = []string{corsAllowHeaders}
+	header["Access-Control-Allow-Headers"] = []string{h.corsAllowHeaders}
 	header["Access-Control-Max-Age"] = []string{corsMaxAge}
 	x.status = http.StatusNoContent
 	x.w.WriteHeader(http.StatusNoContent)
@@ -66,13 +73,42 @@ func (h *Handler) preflight(x *exchange, r *http.Request) error {
 }
 
 // validOrigin checks that an entry of cors is an origin as a browser
-// sends it: scheme://host[:port], no path, no wildcard.
+// sends it in Origin, which is compared byte for byte: scheme://host[:port]
+// in lower case and ASCII (an international name as punycode), without
+// the scheme's default port, a path or a wildcard.
 func validOrigin(origin string) error {
 	u, err := url.Parse(origin)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" ||
-		u.Path != "" || u.RawQuery != "" || u.Fragment != "" || u.User != nil || strings.Contains(origin, "*") ||
-		u.Scheme+"://"+u.Host != origin {
-		return fmt.Errorf("%q is not an origin: scheme://host[:port], as a browser sends it in Origin", origin)
+	bad := err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" ||
+		u.Scheme+"://"+u.Host != origin || strings.ContainsAny(origin, "*") ||
+		strings.ToLower(origin) != origin || strings.HasSuffix(u.Host, ":") ||
+		u.Scheme == "http" && u.Port() == "80" || u.Scheme == "https" && u.Port() == "443"
+	for _, c := range origin {
+		bad = bad || c > 0x7e
+	}
+	if bad {
+		return fmt.Errorf("%q is not an origin as a browser sends it: scheme://host[:port], in lower case, without the default port", origin)
 	}
 	return nil
+}
+
+// requestHeaderPlaceholder finds the request headers that key and header
+// read.
+var requestHeaderPlaceholder = regexp.MustCompile(`\{http\.request\.header\.([A-Za-z0-9_-]+)\}`)
+
+// corsHeaders is what a page may send: the fixed headers and those that
+// key and header take values from.
+func (h *Handler) corsHeaders() string {
+	list := corsAllowHeaders
+	values := append([]string{h.Key}, slices.Sorted(maps.Values(h.Headers))...)
+	seen := map[string]bool{}
+	for _, v := range values {
+		for _, m := range requestHeaderPlaceholder.FindAllStringSubmatch(v, -1) {
+			name := http.CanonicalHeaderKey(m[1])
+			if !seen[name] && !strings.Contains(", "+list+",", ", "+name+",") {
+				seen[name] = true
+				list += ", " + name
+			}
+		}
+	}
+	return list
 }

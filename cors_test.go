@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/twmb/franz-go/pkg/kfake"
 )
@@ -26,7 +27,19 @@ func TestCORS(t *testing.T) {
 `, path, c.ListenAddrs()[0], extra)
 	}
 	startCaddy(t, filepath.Join(t.TempDir(), "caddy.log"),
-		route("/cors", "cors https://shop.example.com http://localhost:8080")+route("/plain", ""))
+		route("/cors", "cors https://shop.example.com http://localhost:8080\n\t\t\ttoken_max_age 1m")+route("/plain", "")+
+			`	handle /keyed {
+		header Vary Accept-Encoding
+		queue_publish {
+			brokers `+c.ListenAddrs()[0]+`
+			topic events
+			secret {env.QP_TEST_SECRET}
+			cors https://shop.example.com
+			key {http.request.header.X-Message-Key}
+			header source {http.request.header.x-source}
+		}
+	}
+`)
 
 	const listed, other = "https://shop.example.com", "https://evil.example.com"
 	preflight := func(path, origin, method string) answerT {
@@ -63,9 +76,17 @@ func TestCORS(t *testing.T) {
 	check("preflight of another origin", preflight("/cors", other, "POST"), 403, `{"err":"origin not allowed"}`, vary)
 	check("preflight for another method", preflight("/cors", listed, "PUT"), 403, `{"err":"origin not allowed"}`, vary)
 	check("preflight without cors", preflight("/plain", listed, "POST"), 405, `{"err":"method not allowed"}`, map[string]string{})
+	check("preflight of the null origin", preflight("/cors", "null", "POST"), 403, `{"err":"origin not allowed"}`, vary)
+	check("OPTIONS that is no preflight", do(t, "OPTIONS", "/cors", map[string]string{"Origin": listed}, nil), 405,
+		`{"err":"method not allowed"}`, allowed)
+	check("preflight where key and header read request headers", preflight("/keyed", listed, "POST"), 204, "", map[string]string{
+		"Vary": "Accept-Encoding,Origin", "Access-Control-Allow-Origin": listed, "Access-Control-Expose-Headers": "Retry-After, Idempotent-Replayed",
+		"Access-Control-Allow-Methods": "POST", "Access-Control-Max-Age": "600",
+		"Access-Control-Allow-Headers": "Authorization, Content-Type, Idempotency-Key, Traceparent, Tracestate, X-Message-Key, X-Source"})
 
-	beacon := map[string]string{"Authorization": testSecret, "Origin": listed, "Content-Type": "text/plain;charset=UTF-8"}
-	check("a beacon of a listed origin", do(t, "POST", "/cors", beacon, strings.NewReader(`{"beacon":1}`)), 200,
+	beacon := map[string]string{"Origin": listed, "Content-Type": "text/plain;charset=UTF-8"}
+	token := MintToken(testSecret, "events", time.Now().Add(time.Minute))
+	check("a beacon of a listed origin", do(t, "POST", "/cors?token="+token, beacon, strings.NewReader(`{"beacon":1}`)), 200,
 		`{"success":true,"partition":0,"offset":0}`, allowed)
 	check("a refused request of a listed origin", do(t, "POST", "/cors", map[string]string{"Origin": listed}, strings.NewReader(`{}`)), 403,
 		`{"err":"invalid auth token provided"}`, allowed)
@@ -87,6 +108,13 @@ func TestCORSOriginsAreOrigins(t *testing.T) {
 		"ftp://shop.example.com":        false,
 		"https://user@shop.example.com": false,
 		"https://shop.example.com?q":    false,
+		"https://Shop.example.com":      false,
+		"https://shop.example.com:443":  false,
+		"http://shop.example.com:80":    false,
+		"https://shop.example.com:8443": true,
+		"https://shop.example.com:":     false,
+		"https://bücher.example":        false,
+		"https://xn--bcher-kva.example": true,
 	} {
 		h := &Handler{Brokers: []string{"k:9092"}, Topic: "t", Secrets: []string{"s"}, CORS: []string{origin}}
 		h.applyDefaults()

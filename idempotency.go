@@ -307,7 +307,13 @@ func (h *Handler) publishOnce(x *exchange, r *http.Request, key string, body []b
 	for _, rec := range recs {
 		rec.AckBy = rec.Deadline.Add(lateAckWait)
 	}
-	entry, st := h.idem.claim(h.idemScope+x.topic+"\x00"+key, digest, start)
+	// The holders of a page's token get keys of their own: a visitor must
+	// not claim a key that a client with the secret will use.
+	scope := h.idemScope
+	if x.byToken {
+		scope += "token\x00"
+	}
+	entry, st := h.idem.claim(scope+x.topic+"\x00"+key, digest, start)
 	switch st {
 	case idemOtherBody:
 		return x.refuse(refusedKeyReused)

@@ -77,6 +77,13 @@ type Handler struct {
 	// CORS, and a preflight is answered 405 as any method but POST.
 	CORS []string `json:"cors,omitempty"`
 
+	// If set, a request without Authorization may authenticate with a
+	// token in its query (?token=...), minted with a secret for the
+	// request's topic (MintToken) and expiring within this long of the
+	// request: a page publishes without the secret. Unset, tokens are
+	// refused.
+	TokenMaxAge caddy.Duration `json:"token_max_age,omitempty"`
+
 	// If set, requests are authenticated by this header instead of
 	// Authorization: it must hold "sha256=" and the hex HMAC-SHA256 of
 	// the raw body keyed with a secret, as GitHub signs webhooks
@@ -216,10 +223,12 @@ type Handler struct {
 	secretDigests [][sha256.Size]byte
 	headerNames   []string
 	traceHeaders  bool
-	allowTopics   map[string]bool
-	producer      *producer.Producer
-	use           *producerUse
-	logger        *zap.Logger
+	// corsAllowHeaders: the request headers a page of a cors origin may send.
+	corsAllowHeaders string
+	allowTopics      map[string]bool
+	producer         *producer.Producer
+	use              *producerUse
+	logger           *zap.Logger
 }
 
 // CaddyModule returns the Caddy module information.
@@ -282,6 +291,7 @@ func (h *Handler) provisionRequests() error {
 	}
 	h.headerNames = slices.Sorted(maps.Keys(h.Headers))
 	h.traceHeaders = h.TraceHeaders != "off"
+	h.corsAllowHeaders = h.corsHeaders()
 	h.allowTopics = make(map[string]bool, len(h.AllowTopics))
 	for _, t := range h.AllowTopics {
 		h.allowTopics[t] = true
@@ -315,6 +325,12 @@ func (h *Handler) Validate() error {
 		if err := validOrigin(origin); err != nil {
 			return fmt.Errorf("cors: %v", err)
 		}
+	}
+	if h.TokenMaxAge < 0 {
+		return errors.New("token_max_age: must be positive")
+	}
+	if h.TokenMaxAge > 0 && h.SignatureHeader != "" {
+		return errors.New("token_max_age: a handler with signature_header takes signed bodies only")
 	}
 	if len(h.Secrets) == 0 {
 		return errors.New("secret: required; use {env.NAME} or {file.PATH}")

@@ -68,7 +68,7 @@ func (h *Handler) admit(x *exchange, r *http.Request) ([]byte, *refusal) {
 		return nil, refusedMethod
 	}
 	var signature [sha256.Size]byte
-	if h.SignatureHeader == "" && !h.authenticated(r) ||
+	if h.SignatureHeader == "" && !h.authenticated(x, r) ||
 		h.SignatureHeader != "" && !parseSignature(r.Header.Get(h.SignatureHeader), &signature) {
 		// A signed request whose header is missing or malformed is
 		// refused before its body costs any memory.

@@ -39,8 +39,8 @@ func tokenMAC(secret []byte, topic, expiry string) [sha256.Size]byte {
 	return sum
 }
 
-// tokenValid checks a token for topic at now: not expired, and signed with
-// one of the secrets. Every secret is checked, in constant time, whatever
+// tokenValid checks a token for topic at now: not expired, expiring
+// within token_max_age, and signed with one of the secrets. Every secret is checked, in constant time, whatever
 // matched.
 func (h *Handler) tokenValid(token, topic string, now time.Time) bool {
 	exp, hexMAC, ok := strings.Cut(token, ".")
@@ -48,8 +48,9 @@ func (h *Handler) tokenValid(token, topic string, now time.Time) bool {
 		return false
 	}
 	expiry, err := strconv.ParseInt(exp, 10, 64)
-	if err != nil || strconv.FormatInt(expiry, 10) != exp || now.Unix() >= expiry {
-		return false
+	if err != nil || strconv.FormatInt(expiry, 10) != exp || now.Unix() >= expiry ||
+		expiry > now.Add(time.Duration(h.TokenMaxAge)).Unix() {
+		return false // expired, or valid for longer than token_max_age
 	}
 	var sent [sha256.Size]byte
 	if _, err := hex.Decode(sent[:], stringBytes(hexMAC)); err != nil {

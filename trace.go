@@ -3,6 +3,7 @@ package queuepublish
 import (
 	"context"
 	"net/http"
+	"strings"
 
 	"github.com/segmentio/kafka-go"
 	"go.opentelemetry.io/otel/propagation"
@@ -21,7 +22,7 @@ const (
 var traceContext = propagation.TraceContext{}
 
 // addTraceHeaders gives each record the request's trace context, unless
-// the record has a traceparent of its own. Caddy's tracing directive,
+// the record has a trace context of its own. Caddy's tracing directive,
 // when it runs first, has put the span it made for the request in the
 // request's headers. The headers are added as the records are published,
 // not before: they differ between a request and its repeat, and are no
@@ -37,20 +38,30 @@ func addTraceHeaders(r *http.Request, recs []*record) {
 	if parent == "" {
 		return // not a valid traceparent
 	}
+	if len(state) > maxTracestate {
+		state = "" // W3C lets a tracestate this long be left out
+	}
 	headers := []kafka.Header{{Key: headerTraceparent, Value: []byte(parent)}}
 	if state != "" {
 		headers = append(headers, kafka.Header{Key: headerTracestate, Value: []byte(state)})
 	}
 	for _, rec := range recs {
-		if !hasHeader(rec, headerTraceparent) {
+		if !hasTraceContext(rec) {
 			rec.Headers = append(rec.Headers, headers...)
 		}
 	}
 }
 
-func hasHeader(rec *record, name string) bool {
+// maxTracestate bounds the tracestate copied into every record of a
+// request: 512 characters is what W3C asks vendors to propagate, and a
+// request of many records must not multiply a long one.
+const maxTracestate = 512
+
+// hasTraceContext reports whether a record carries a trace context of its
+// own, in either header, whatever the case of its name.
+func hasTraceContext(rec *record) bool {
 	for _, h := range rec.Headers {
-		if h.Key == name {
+		if strings.EqualFold(h.Key, headerTraceparent) || strings.EqualFold(h.Key, headerTracestate) {
 			return true
 		}
 	}

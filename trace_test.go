@@ -32,7 +32,7 @@ func TestTraceContextGoesWithTheRecords(t *testing.T) {
 `, path, c.ListenAddrs()[0], extra)
 	}
 	startCaddy(t, filepath.Join(t.TempDir(), "caddy.log"),
-		route("/on", "")+route("/off", "trace_headers off")+route("/records", "mode records"))
+		route("/on", "idempotency_window 1m")+route("/off", "trace_headers off")+route("/records", "mode records"))
 
 	traced := map[string]string{"Authorization": testSecret, "Traceparent": testTraceparent, "Tracestate": testTracestate}
 	send := func(path string, header map[string]string, body string) {
@@ -45,7 +45,20 @@ func TestTraceContextGoesWithTheRecords(t *testing.T) {
 	send("/on", map[string]string{"Authorization": testSecret, "Traceparent": "00-not-a-trace-01", "Tracestate": testTracestate}, `"malformed"`)
 	send("/on", map[string]string{"Authorization": testSecret}, `"untraced"`)
 	send("/off", traced, `"off"`)
-	send("/records", traced, `{"records":[{"value":"first"},{"value":"own","headers":{"traceparent":"mine"}}]}`)
+	send("/records", traced, `{"records":[{"value":"first"},{"value":"own","headers":{"traceparent":"mine"}},`+
+		`{"value":"own state","headers":{"Tracestate":"mine=1"}}]}`)
+	send("/on", map[string]string{"Authorization": testSecret, "Traceparent": testTraceparent,
+		"Tracestate": "v=" + strings.Repeat("a", 600)}, `"long state"`)
+
+	// A repeat of an Idempotency-Key under another trace is the same
+	// request: answered from the first, which keeps its trace.
+	first := do(t, "POST", "/on", map[string]string{"Authorization": testSecret, "Traceparent": testTraceparent, "Idempotency-Key": "k"}, strings.NewReader(`"once"`))
+	repeat := do(t, "POST", "/on", map[string]string{"Authorization": testSecret, "Idempotency-Key": "k",
+		"Traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}, strings.NewReader(`"once"`))
+	if first.status != 200 || repeat.status != 200 || repeat.body != first.body || repeat.header.Get("Idempotent-Replayed") != "true" {
+		t.Errorf("a repeat under another trace: %d %s then %d %s (replayed %q), want the first answer replayed",
+			first.status, first.body, repeat.status, repeat.body, repeat.header.Get("Idempotent-Replayed"))
+	}
 
 	stored := recordsByValue(t, c, "events")
 	for value, want := range map[string]map[string]string{
@@ -55,6 +68,11 @@ func TestTraceContextGoesWithTheRecords(t *testing.T) {
 		`"off"`:       {},
 		`"first"`:     {"traceparent": testTraceparent, "tracestate": testTracestate},
 		`"own"`:       {"traceparent": "mine"},
+		`"own state"`: {"Tracestate": "mine=1"},
+		// Copied into every record of a request, a tracestate past
+		// W3C's 512 characters is left out.
+		`"long state"`: {"traceparent": testTraceparent},
+		`"once"`:       {"traceparent": testTraceparent, "idempotency-key": "k"},
 	} {
 		got := headerMap(stored[value])
 		if fmt.Sprint(got) != fmt.Sprint(want) {
