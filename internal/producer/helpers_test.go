@@ -1,0 +1,71 @@
+package producer
+
+// Helpers shared by the package's tests.
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/queuepublish/caddy-queue-publish/internal/kafkatest"
+	"github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"go.uber.org/zap"
+)
+
+// testProducer returns a started producer for c's brokers, destructed when
+// the test ends.
+func testProducer(t testing.TB, c *kfake.Cluster) *Producer {
+	t.Helper()
+	p := mustProducer(t, Config{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll}, zap.NewNop())
+	t.Cleanup(func() { p.Close() })
+	return p
+}
+
+// warmProducer returns a cluster with one topic, "events", and a started
+// producer that has stored the record "warm" in it: it knows the
+// partition's leader and holds a connection to it.
+func warmProducer(t testing.TB) (*kfake.Cluster, *Producer) {
+	t.Helper()
+	c := kafkatest.NewCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	p := testProducer(t, c)
+	if _, perr := sendOne(p, "events", []byte(`"warm"`), time.Second); perr != nil {
+		t.Fatal(perr)
+	}
+	return c, p
+}
+
+// sendOne publishes value and waits for its outcome.
+func sendOne(p *Producer, topic string, value []byte, timeout time.Duration) (*Record, *Error) {
+	rec := NewRecord(value, time.Now(), timeout)
+	return rec, p.send(context.Background(), topic, rec)
+}
+
+// send publishes rec and waits for its outcome.
+func (p *Producer) send(ctx context.Context, topic string, rec *Record) *Error {
+	recs := []*Record{rec}
+	t, perr := p.Topic(ctx, topic, recs)
+	if perr != nil {
+		return perr
+	}
+	p.Send(ctx, t, recs)
+	return rec.Answer
+}
+
+// publishNoWait queues rec without waiting for its outcome; the test
+// waits on rec.done.
+func publishNoWait(p *Producer, ctx context.Context, topic string, rec *Record) *Error {
+	t, perr := p.Topic(ctx, topic, []*Record{rec})
+	if perr != nil {
+		return perr
+	}
+	_, perr = p.Enqueue(t, []*Record{rec})
+	return perr
+}
+
+// mustProducer is a started producer for cfg; the caller closes it.
+func mustProducer(t testing.TB, cfg Config, logger *zap.Logger) *Producer {
+	t.Helper()
+	cfg.Logger = logger
+	return New(cfg)
+}
