@@ -15,17 +15,7 @@ import (
 func TestCORS(t *testing.T) {
 	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
 	t.Setenv("QP_TEST_SECRET", testSecret)
-	route := func(path, extra string) string {
-		return fmt.Sprintf(`	handle %s {
-		queue_publish {
-			brokers %s
-			topic events
-			secret {env.QP_TEST_SECRET}
-			%s
-		}
-	}
-`, path, c.ListenAddrs()[0], extra)
-	}
+	route := func(path, extra string) string { return queueRoute(path, c.ListenAddrs()[0], "events", extra) }
 	startCaddy(t, filepath.Join(t.TempDir(), "caddy.log"),
 		route("/cors", "cors https://shop.example.com http://localhost:8080\n\t\t\ttoken_max_age 1m")+route("/plain", "")+
 			`	handle /keyed {

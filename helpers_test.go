@@ -298,3 +298,17 @@ func expectAnswers(t *testing.T, cases []answerCase) {
 		})
 	}
 }
+
+// queueRoute is a handle block of the test Caddyfile: queue_publish on
+// path with the brokers and topic, the test's secret, and the extra lines.
+func queueRoute(path, brokers, topic, extra string) string {
+	return fmt.Sprintf(`	handle %s {
+		queue_publish {
+			brokers %s
+			topic %s
+			secret {env.QP_TEST_SECRET}
+			%s
+		}
+	}
+`, path, brokers, topic, extra)
+}

@@ -154,17 +154,7 @@ func TestFailedPublishes(t *testing.T) {
 
 	t.Setenv("QP_TEST_SECRET", testSecret)
 	broker := c.ListenAddrs()[0]
-	route := func(path, topic, brokers, extra string) string {
-		return fmt.Sprintf(`	handle %s {
-		queue_publish {
-			brokers %s
-			topic %s
-			secret {env.QP_TEST_SECRET}
-			%s
-		}
-	}
-`, path, brokers, topic, extra)
-	}
+	route := func(path, topic, brokers, extra string) string { return queueRoute(path, brokers, topic, extra) }
 	logFile := filepath.Join(t.TempDir(), "caddy.log")
 	startCaddy(t, logFile,
 		route("/slow", "slow", broker, "timeout 300ms")+
