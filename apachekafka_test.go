@@ -103,13 +103,56 @@ func publishTo(t *testing.T, c *apachekafka.Cluster, topic string, extra ...stri
 func publishVia(t *testing.T, c *apachekafka.Cluster, l apachekafka.Listener, topic string, extra ...string) string {
 	t.Helper()
 	logFile := filepath.Join(t.TempDir(), "caddy.log")
-	startCaddy(t, logFile, fmt.Sprintf(`queue_publish {
+	t.Cleanup(func() { printCaddyErrors(t, logFile) }) // before the folder goes
+	startCaddy(t, logFile, fmt.Sprintf(`header X-Test-Config %s
+	queue_publish {
 		brokers %s
 		topic %s
 		secret %s
 		%s
-	}`, brokersOf(c, l), topic, testSecret, strings.Join(extra, "\n\t\t")))
+	}`, topic, brokersOf(c, l), topic, testSecret, strings.Join(extra, "\n\t\t")))
+	waitOldServerGone(t, topic)
 	return logFile
+}
+
+// waitOldServerGone waits until new connections reach only the config
+// just loaded, whose answers name its topic. Caddy stops the servers of
+// the config before in the background, and until then they accept some
+// connections on the shared listener and close them unanswered: a load
+// started at once would meet that reload's drops.
+func waitOldServerGone(t *testing.T, topic string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for inARow := 0; inARow < 20; {
+		if time.Now().After(deadline) {
+			t.Fatalf("connections still reach the config before the one for %s", topic)
+		}
+		res, err := testClient.Get(baseURL + "/") // a new connection each; 405, nothing produced
+		if err == nil {
+			res.Body.Close()
+		}
+		if err == nil && res.Header.Get("X-Test-Config") == topic {
+			inARow++
+		} else {
+			inARow = 0
+		}
+	}
+}
+
+// printCaddyErrors prints, for a failed test, the last error lines of
+// Caddy's log (a panic serving a request among them).
+func printCaddyErrors(t *testing.T, logFile string) {
+	if !t.Failed() {
+		return
+	}
+	b, _ := os.ReadFile(logFile)
+	var errs []string
+	for line := range strings.Lines(string(b)) {
+		if strings.Contains(line, `"level":"error"`) || strings.Contains(line, "panic") {
+			errs = append(errs, line)
+		}
+	}
+	t.Logf("Caddy's last error lines (of %d):\n%s", len(errs), strings.Join(errs[max(0, len(errs)-20):], ""))
 }
 
 // where is a record's place in the topic.
