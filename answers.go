@@ -155,11 +155,12 @@ func (x *exchange) answerRecords(recs []*record) error {
 // appendPlace appends where an acknowledged record went: "partition" and,
 // if the broker said, "offset".
 func appendPlace(b []byte, rec *record) []byte {
+	partition, offset := rec.Placed()
 	b = append(b, `"partition":`...)
-	b = strconv.AppendInt(b, int64(rec.Partition), 10)
-	if rec.Offset >= 0 {
+	b = strconv.AppendInt(b, int64(partition), 10)
+	if offset >= 0 {
 		b = append(b, `,"offset":`...)
-		b = strconv.AppendInt(b, rec.Offset, 10)
+		b = strconv.AppendInt(b, offset, 10)
 	}
 	return b
 }

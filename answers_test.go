@@ -1,6 +1,7 @@
 package queuepublish
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http/httptest"
@@ -11,7 +12,9 @@ import (
 	"time"
 
 	"github.com/queuepublish/caddy-queue-publish/internal/producer"
+	"github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kfake"
+	"go.uber.org/zap"
 )
 
 // Caddy's deferred header replacements write into the header values of an
@@ -61,7 +64,22 @@ func TestHeaderReplacementsApplyOncePerAnswer(t *testing.T) {
 // (503) through "unknown" (504) to "never works" (413, 500), and each
 // failed record carries its own status.
 func TestAnswerRecordsStatus(t *testing.T) {
-	ok := func() *record { r := newRecord(nil, time.Now(), time.Second); r.Partition, r.Offset = 1, 7; return r }
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(2, "events"))
+	p := mustProducer(t, producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll}, zap.NewNop())
+	t.Cleanup(p.Close)
+	ok := func() *record { // acknowledged on partition 1
+		r := newRecord([]byte(`{}`), time.Now(), 5*time.Second)
+		r.Partition = 1
+		recs := []*record{r}
+		set, perr := p.Topic(context.Background(), "events", recs)
+		if perr != nil {
+			t.Fatal(perr)
+		}
+		if p.Send(context.Background(), set, recs); r.Answer != nil {
+			t.Fatal(r.Answer)
+		}
+		return r
+	}
 	failed := func(o producer.Outcome) *record {
 		r := newRecord(nil, time.Now(), time.Second)
 		r.Answer = &publishError{Outcome: o, Reason: o.String()}
@@ -98,16 +116,18 @@ func TestAnswerRecordsStatus(t *testing.T) {
 			t.Errorf("%s: status %d, want %d", w.Body, w.Code, tt.want)
 		}
 		if tt.want == 200 {
-			if len(ans.Offsets) != len(tt.recs) || ans.Offsets[1] != (struct{ Partition, Offset int }{1, 7}) {
-				t.Errorf("offsets %s", w.Body)
+			partition, offset := tt.recs[1].Placed()
+			if len(ans.Offsets) != len(tt.recs) || partition != 1 || ans.Offsets[1] != (struct{ Partition, Offset int }{partition, int(offset)}) {
+				t.Errorf("offsets %s, want the second at %d/%d", w.Body, partition, offset)
 			}
 			continue
 		}
 		for i, rec := range tt.recs {
 			res := ans.Results[i]
 			if rec.Answer == nil {
-				if res.Status != 0 || res.Partition != 1 || res.Offset != 7 {
-					t.Errorf("record %d, acknowledged: %+v", i, res)
+				partition, offset := rec.Placed()
+				if res.Status != 0 || res.Partition != partition || res.Offset != int(offset) || partition != 1 {
+					t.Errorf("record %d, acknowledged at %d/%d: %+v", i, partition, offset, res)
 				}
 				continue
 			}

@@ -115,7 +115,7 @@ func (h *Handler) onAsyncDone(rec *record) {
 	if rec.Err() != nil {
 		h.logger.Error("asynchronous publish failed",
 			zap.String("topic", rec.Topic()),
-			zap.Int("partition", rec.Partition),
+			zap.Int("partition", placedPartition(rec)),
 			zap.String("kind", rec.Err().Outcome.String()),
 			zap.Int("attempts", rec.Attempts()),
 			zap.Duration("duration", time.Since(rec.Time)),
@@ -166,4 +166,10 @@ func checkPartitions(recs []*record, count int) *refusal {
 		}
 	}
 	return nil
+}
+
+// placedPartition is the partition a record was queued on.
+func placedPartition(rec *record) int {
+	partition, _ := rec.Placed()
+	return partition
 }

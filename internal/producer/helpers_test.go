@@ -69,3 +69,9 @@ func mustProducer(t testing.TB, cfg Config, logger *zap.Logger) *Producer {
 	cfg.Logger = logger
 	return New(cfg)
 }
+
+// placedOn is the partition a record was queued on.
+func placedOn(rec *Record) int {
+	partition, _ := rec.Placed()
+	return partition
+}

@@ -87,7 +87,7 @@ func (pt *partition) push(rec *Record) *Error {
 		return errShuttingDown
 	}
 	rec.part = pt
-	rec.Partition = int(pt.id)
+	rec.placed = int(pt.id)
 	rec.state = stateQueued
 	pt.p.outstanding.Add(1)
 	pt.queue = append(pt.queue, rec)

@@ -73,9 +73,10 @@ func TestProducerStoresExactBytesOnPartitionsLedByDifferentBrokers(t *testing.T)
 		}
 	}
 	for i, rec := range recs {
-		v, ok := at[fmt.Sprint(rec.Partition, "/", rec.Offset)]
+		partition, offset := rec.Placed()
+		v, ok := at[fmt.Sprint(partition, "/", offset)]
 		if !ok || !bytes.Equal(v, rec.Value) {
-			t.Errorf("record %d: at %d/%d the topic holds %q, want %q", i, rec.Partition, rec.Offset, v, rec.Value)
+			t.Errorf("record %d: at %d/%d the topic holds %q, want %q", i, partition, offset, v, rec.Value)
 		}
 	}
 	if len(partitions) != 6 {
@@ -115,12 +116,12 @@ func TestRecordsWithoutAKeyStickToAPartitionUntilItsBatchIsTaken(t *testing.T) {
 		}
 	}
 	for _, rec := range piled {
-		if rec.Partition != piled[0].Partition {
-			t.Fatalf("the piled-up records went to partitions %d and %d, want one", piled[0].Partition, rec.Partition)
+		if placedOn(rec) != placedOn(piled[0]) {
+			t.Fatalf("the piled-up records went to partitions %d and %d, want one", placedOn(piled[0]), placedOn(rec))
 		}
 	}
-	if piled[0].Partition == first.Partition {
-		t.Errorf("the records after a taken batch stayed on its partition %d", first.Partition)
+	if placedOn(piled[0]) == placedOn(first) {
+		t.Errorf("the records after a taken batch stayed on its partition %d", placedOn(first))
 	}
 	if got := received.Load(); got != 2 {
 		t.Errorf("the broker received %d produce requests, want 2: the held one and one batch of the 10", got)

@@ -28,20 +28,16 @@ const (
 )
 
 // Record is one Kafka record on its way to the broker. The caller fills the
-// exported fields before it sends the record and reads the results once
-// Done is closed (or Send returned).
+// exported fields before it sends the record, and reads its outcome
+// through the methods once Done is closed (or Send returned).
 type Record struct {
 	Key     []byte // nil: no key
 	Value   []byte
 	Headers []kafka.Header
 	// Partition is the partition asked for, or -1 to let the
-	// partitioner choose; once the record is queued, the partition it
-	// went to.
+	// partitioner choose; Placed says where the record went.
 	Partition int
-	// Offset is the record's offset once acknowledged, -1 if the broker
-	// does not say.
-	Offset int64
-	Time   time.Time
+	Time      time.Time
 	// Deadline is when the caller stops waiting: a record no request
 	// carried by then is not sent.
 	Deadline time.Time
@@ -62,10 +58,14 @@ type Record struct {
 	// took this one is completed; left counts those still to complete
 	// (nil for a call of one record). One channel a call, not a record:
 	// a request of many records waits once.
-	done  chan struct{}
-	left  *atomic.Int32
-	part  *partition // set once queued
-	state recordState
+	done chan struct{}
+	left *atomic.Int32
+	part *partition // set once queued
+	// placed is the partition the record was queued on, -1 before;
+	// offset its offset once acknowledged, -1 if the broker did not say.
+	placed int
+	offset int64
+	state  recordState
 	// abandoned: the caller stopped waiting.
 	abandoned bool
 	attempts  int
@@ -88,7 +88,8 @@ func MakeRecord(value []byte, now time.Time, timeout time.Duration) Record {
 	return Record{
 		Value:     value,
 		Partition: -1,
-		Offset:    -1,
+		placed:    -1,
+		offset:    -1,
 		Time:      now,
 		Deadline:  now.Add(timeout),
 	}
@@ -140,8 +141,13 @@ func (r *Record) Topic() string { return r.part.topic.name }
 func (r *Record) Progress() (partition, attempts int) {
 	r.part.mu.Lock()
 	defer r.part.mu.Unlock()
-	return r.Partition, r.attempts
+	return r.placed, r.attempts
 }
+
+// Placed is where the record went, read once Done is closed: the
+// partition it was queued on (-1 if none) and, if it was acknowledged,
+// its offset (-1 if not, or if the broker did not say).
+func (r *Record) Placed() (partition int, offset int64) { return r.placed, r.offset }
 
 // Attempts is the number of requests that carried the record, read in
 // OnDone or once Done is closed.
@@ -189,7 +195,7 @@ func (r *Record) complete(err *Error, offset int64) {
 	}
 	r.state = stateCompleted
 	r.err = err
-	r.Offset = offset
+	r.offset = offset
 	// The bytes are sent or never will be: let them go.
 	r.valueLen = len(r.Value)
 	r.Key, r.Value, r.Headers = nil, nil, nil
