@@ -1,9 +1,11 @@
 package queuepublish
 
 import (
+	"bytes"
 	"crypto/hmac"
 	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -23,29 +25,50 @@ func (h *Handler) authenticated(x *exchange, r *http.Request) bool {
 	if header != "" || h.TokenMaxAge == 0 || !r.URL.Query().Has("token") {
 		return h.authorized(header)
 	}
-	topic, ok := h.topicFor(r)
-	x.byToken = ok && h.tokenValid(r.URL.Query().Get("token"), topic, time.Now())
+	topic, ref := h.requestTopic(x, r)
+	x.byToken = ref == nil && h.tokenValid(r.URL.Query().Get("token"), topic, time.Now())
 	return x.byToken
 }
 
-// authorized compares the Authorization header, whole and without a
-// "Bearer " prefix, with every secret. It compares SHA-256 digests in
-// constant time and checks every secret without stopping at a match, so
-// the time taken shows neither which secret matched nor any secret's
-// content or length.
+// authorized compares the Authorization header with every secret: whole,
+// without a "Bearer " prefix and, for HTTP Basic credentials (which
+// Confluent REST Proxy's clients send), as the "user:password" pair and as
+// the password alone. It compares SHA-256 digests in constant time and
+// checks every secret without stopping at a match, so the time taken shows
+// neither which secret matched nor any secret's content or length.
 func (h *Handler) authorized(header string) bool {
 	token := header
 	if len(header) > 7 && strings.EqualFold(header[:7], "Bearer ") {
 		token = header[7:]
 	}
-	whole := sha256.Sum256(stringBytes(header))
-	bare := sha256.Sum256(stringBytes(token))
+	var sent [4][sha256.Size]byte
+	sent[0], sent[1] = sha256.Sum256(stringBytes(header)), sha256.Sum256(stringBytes(token))
+	n := 2
+	if pair, password, ok := basicCredentials(header); ok {
+		sent[2], sent[3] = sha256.Sum256(pair), sha256.Sum256(password)
+		n = 4
+	}
 	match := 0
 	for i := range h.secretDigests {
-		match |= compareDigests(whole[:], h.secretDigests[i][:])
-		match |= compareDigests(bare[:], h.secretDigests[i][:])
+		for j := range n {
+			match |= compareDigests(sent[j][:], h.secretDigests[i][:])
+		}
 	}
 	return match == 1
+}
+
+// basicCredentials decodes an HTTP Basic Authorization header into its
+// "user:password" pair and the password; false if it is not one.
+func basicCredentials(header string) (pair, password []byte, ok bool) {
+	if len(header) <= 6 || !strings.EqualFold(header[:6], "Basic ") {
+		return nil, nil, false
+	}
+	pair, err := base64.StdEncoding.DecodeString(header[6:])
+	if err != nil {
+		return nil, nil, false
+	}
+	_, password, ok = bytes.Cut(pair, []byte{':'})
+	return pair, password, ok
 }
 
 // parseSignature reads a webhook signature header, "sha256=" and the hex

@@ -6,6 +6,7 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/base64"
 	"encoding/hex"
 	"fmt"
 	"os"
@@ -91,6 +92,14 @@ func TestSecretChecksDoNotStopEarly(t *testing.T) {
 		h.authorized(header)
 		if got := calls[len(calls)-1]; got != 2*len(h.secretDigests) {
 			t.Errorf("%q: %d digest comparisons, want %d", header, got, 2*len(h.secretDigests))
+		}
+	}
+	// Basic credentials: the pair and the password too, for every secret.
+	for _, pair := range []string{"user:first-secret", "user:third-secret", "first-secret:x", "u:wrong"} {
+		calls = append(calls, 0)
+		h.authorized(basic(pair))
+		if got := calls[len(calls)-1]; got != 4*len(h.secretDigests) {
+			t.Errorf("Basic %q: %d digest comparisons, want %d", pair, got, 4*len(h.secretDigests))
 		}
 	}
 	body := []byte(`{}`)
@@ -318,9 +327,30 @@ func TestAuthorized(t *testing.T) {
 		"Basic " + testSecret:        false,
 		strings.ToUpper(testSecret):  false,
 		"Bearer " + testSecret + " ": false,
+		// HTTP Basic, as Confluent REST Proxy's clients send: the
+		// password is the secret, with any user name.
+		basic("any-user:" + testSecret):       true,
+		basic(":" + testSecret):               true,
+		"basic " + b64("u:"+testSecret):       true,
+		basic("user:" + testSecret[:63]):      false,
+		basic(testSecret):                     false, // no ':': no password
+		basic(testSecret + ":"):               false,
+		"Basic " + b64("u:"+testSecret) + "=": false, // not base64
+		"Basic  " + b64("u:"+testSecret):      false,
 	} {
 		if got := h.authorized(header); got != want {
 			t.Errorf("authorized(%q) = %v, want %v", header, got, want)
+		}
+	}
+	// A secret written as a user:password pair is that pair in Basic
+	// credentials, or the whole header.
+	h = handlerWithSecrets("alice:s3cret")
+	for header, want := range map[string]bool{
+		basic("alice:s3cret"): true, "alice:s3cret": true, "Bearer alice:s3cret": true,
+		basic("bob:s3cret"): false, basic("alice:s3cre"): false, basic("x:alice:s3cret"): true,
+	} {
+		if got := h.authorized(header); got != want {
+			t.Errorf("secret alice:s3cret: authorized(%q) = %v, want %v", header, got, want)
 		}
 	}
 	// A secret that itself starts with "Bearer " is accepted whole.
@@ -330,10 +360,16 @@ func TestAuthorized(t *testing.T) {
 	}
 }
 
+// basic is the Authorization header of HTTP Basic credentials.
+func basic(pair string) string { return "Basic " + b64(pair) }
+
+func b64(s string) string { return base64.StdEncoding.EncodeToString([]byte(s)) }
+
 func FuzzAuthorized(f *testing.F) {
 	const secret = "s3cr3t-with-some-length"
 	for _, s := range []string{secret, "Bearer " + secret, "bearer " + secret, "BEARER " + secret,
-		secret[:5], secret + "x", "Bearer ", "Bearer", "", " " + secret, "Bearer  " + secret, "\x00", strings.Repeat("A", 10000)} {
+		secret[:5], secret + "x", "Bearer ", "Bearer", "", " " + secret, "Bearer  " + secret, "\x00", strings.Repeat("A", 10000),
+		basic("u:" + secret), basic(secret), basic("u:" + secret[1:])} {
 		f.Add(s)
 	}
 	h := handlerWithSecrets(secret, "other-secret")
@@ -341,6 +377,14 @@ func FuzzAuthorized(f *testing.F) {
 		want := header == secret || header == "other-secret"
 		if len(header) > 7 && strings.EqualFold(header[:7], "Bearer ") {
 			want = want || header[7:] == secret || header[7:] == "other-secret"
+		}
+		if len(header) > 6 && strings.EqualFold(header[:6], "Basic ") {
+			if pair, err := base64.StdEncoding.DecodeString(header[6:]); err == nil {
+				if _, password, ok := strings.Cut(string(pair), ":"); ok {
+					want = want || password == secret || password == "other-secret" ||
+						string(pair) == secret || string(pair) == "other-secret"
+				}
+			}
 		}
 		if got := h.authorized(header); got != want {
 			t.Errorf("authorized(%q) = %v, want %v", header, got, want)
