@@ -249,12 +249,26 @@ func (p *Producer) Waiting() int { return int(p.outstanding.Load()) }
 // client left); then each record's Answer says how it ended. The records
 // share one deadline, and a record's Partition must be one of t's.
 func (p *Producer) Send(ctx context.Context, t *Topic, recs []*Record) {
+	p.Start(t, recs)
+	p.Wait(ctx, recs)
+}
+
+// Start is the first half of Send: it queues the records and returns
+// without waiting, so that a caller can queue more (a stream of records)
+// before it waits for these with Wait. A record that could not be queued
+// has its Answer set.
+func (p *Producer) Start(t *Topic, recs []*Record) {
 	waitWith(recs)
 	for _, rec := range recs {
 		if rec.Answer = t.partitionFor(rec).push(rec); rec.Answer != nil {
 			rec.release() // not queued
 		}
 	}
+}
+
+// Wait is the second half of Send: it waits for the records of one Start
+// call, and sets each one's Answer.
+func (p *Producer) Wait(ctx context.Context, recs []*Record) {
 	timer := startTimer(time.Until(recs[0].Deadline))
 	select {
 	case <-recs[0].done:
