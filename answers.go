@@ -1,6 +1,7 @@
 package queuepublish
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -20,20 +21,27 @@ import (
 // A refusal is the answer to a request that is wrong: nothing of it is
 // produced.
 type refusal struct {
-	reason string // the label of queue_publish_rejections_total
-	status int
-	body   []byte
+	reason  string // the label of queue_publish_rejections_total
+	status  int
+	body    []byte
+	message string
+	// In mode confluent, the status and error_code that Confluent REST
+	// Proxy's clients know for this refusal; zero: status and status.
+	restStatus, restCode int
+	// endsStream: a refusal of a record in a stream after which the
+	// stream cannot be read on (its JSON is broken, or too long).
+	endsStream bool
 }
 
 // The refusals with a fixed body.
 var (
 	refusedMethod        = refuse(rejectMethod, http.StatusMethodNotAllowed, "method not allowed")
 	refusedOrigin        = refuse(rejectOrigin, http.StatusForbidden, "origin not allowed")
-	refusedAuth          = refuse(rejectAuth, http.StatusForbidden, "invalid auth token provided")
+	refusedAuth          = restRefusal(refuse(rejectAuth, http.StatusForbidden, "invalid auth token provided"), http.StatusUnauthorized, http.StatusUnauthorized)
 	refusedKeyTooLong    = refuse(rejectIdempotency, http.StatusBadRequest, "Idempotency-Key longer than 255 bytes")
 	refusedTooLarge      = refuse(rejectTooLarge, http.StatusRequestEntityTooLarge, "payload too large")
 	refusedInvalidJSON   = refuse(rejectInvalidJSON, http.StatusBadRequest, "payload not valid JSON")
-	refusedTopic         = refuse(rejectTopic, http.StatusNotFound, "unknown topic")
+	refusedTopic         = restRefusal(refuse(rejectTopic, http.StatusNotFound, "unknown topic"), http.StatusNotFound, codeTopicNotFound)
 	refusedKeyReused     = refuse(rejectIdempotency, http.StatusUnprocessableEntity, "Idempotency-Key already used with another request")
 	refusedKeyInProgress = refuse(rejectIdempotency, http.StatusConflict, "a request with this Idempotency-Key is in progress")
 )
@@ -46,7 +54,13 @@ var errQueueFull = &publishError{Outcome: outcomeRetry, Reason: "queue full"}
 var bodyAccepted = []byte(`{"success":true}`)
 
 func refuse(reason string, status int, message string) *refusal {
-	return &refusal{reason: reason, status: status, body: errBody(message)}
+	return &refusal{reason: reason, status: status, body: errBody(message), message: message}
+}
+
+// restRefusal gives ref the status and error_code of mode confluent.
+func restRefusal(ref *refusal, status, code int) *refusal {
+	ref.restStatus, ref.restCode = status, code
+	return ref
 }
 
 // badRequest is a 400 refusal whose message says what is wrong.
@@ -71,11 +85,17 @@ type exchange struct {
 	// byToken: the request was authenticated by a token, which any
 	// visitor of a page may hold, not by the secret.
 	byToken bool
+	// api: in mode confluent, what the path names and the answer's shape.
+	api         *restRoute
+	contentType string // of the answer; empty: application/json
 }
 
 // refuse answers a request that is wrong.
 func (x *exchange) refuse(ref *refusal) error {
 	x.reason = ref.reason
+	if x.api != nil {
+		return x.answerRESTRefusal(ref)
+	}
 	return x.answer(ref.status, ref.body)
 }
 
@@ -85,7 +105,7 @@ func (x *exchange) refuse(ref *refusal) error {
 func (x *exchange) answer(status int, body []byte) error {
 	w := x.w
 	x.status = status
-	w.Header()["Content-Type"] = []string{"application/json"}
+	w.Header()["Content-Type"] = []string{cmp.Or(x.contentType, "application/json")}
 	if status == http.StatusServiceUnavailable {
 		w.Header()["Retry-After"] = []string{"1"}
 	}
@@ -96,6 +116,9 @@ func (x *exchange) answer(status int, body []byte) error {
 
 // answerFailure answers a request none of whose records was published.
 func (x *exchange) answerFailure(f *publishError) error {
+	if x.api != nil {
+		return x.answerRESTError(statusOf(f.Outcome), restFailureCode(f.Outcome), f.Reason)
+	}
 	b := appendFailure(append(make([]byte, 0, 96), '{'), f)
 	return x.answer(statusOf(f.Outcome), append(b, '}'))
 }
@@ -117,12 +140,7 @@ func (x *exchange) answerBody(rec *record) error {
 // be taken, else 504 if some outcome is unknown, else 503 (every failed
 // record was not written; retrying them is safe).
 func (x *exchange) answerRecords(recs []*record) error {
-	var worst *publishError
-	for _, rec := range recs {
-		if f := rec.Answer; f != nil && (worst == nil || severity(f.Outcome) > severity(worst.Outcome)) {
-			worst = f
-		}
-	}
+	worst := worstFailure(recs)
 	b := make([]byte, 0, 32+40*len(recs))
 	if worst == nil {
 		b = append(b, `{"success":true,"offsets":[`...)
@@ -150,6 +168,18 @@ func (x *exchange) answerRecords(recs []*record) error {
 		return x.answer(http.StatusOK, b)
 	}
 	return x.answer(statusOf(worst.Outcome), b)
+}
+
+// worstFailure is the failure of recs whose status tells the most: nil
+// if every record was acknowledged.
+func worstFailure(recs []*record) *publishError {
+	var worst *publishError
+	for _, rec := range recs {
+		if f := rec.Answer; f != nil && (worst == nil || severity(f.Outcome) > severity(worst.Outcome)) {
+			worst = f
+		}
+	}
+	return worst
 }
 
 // appendPlace appends where an acknowledged record went: "partition" and,

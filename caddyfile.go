@@ -34,7 +34,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		signature_header <name>
 //		cors     <origin> [<origin>...]
 //		token_max_age <duration>
-//		mode     body|records
+//		mode     body|records|confluent
+//		cluster_id <id>
 //		schema   <file>
 //		max_records <count>
 //		key      <value>
@@ -66,7 +67,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_in_flight     <count>
 //	}
 //
-// brokers is required and may repeat; topic and secret are required, and
+// brokers is required and may repeat; topic and secret are required (in
+// mode confluent, allow_topics instead of topic: the path names it), and
 // secret may repeat (any of the secrets is accepted). A secret should be a
 // placeholder, {env.NAME} or {file.PATH}, which is resolved when the config
 // loads; {$NAME} would be written into the adapted JSON config. topic may
@@ -191,6 +193,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.SignatureHeader = val
 		case "mode":
 			h.Mode, err = val, modes.check(val)
+		case "cluster_id":
+			h.ClusterID = val
 		case "max_records":
 			h.MaxRecords, err = parseCount(val)
 		case "key":

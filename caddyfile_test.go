@@ -136,7 +136,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{name: "unknown sasl mechanism", input: block("sasl gssapi user pass"), wantErr: `sasl: "gssapi" is not plain, scram-sha-256 or scram-sha-512`},
 		{name: "header without value", input: block("header source"), wantErr: "wrong argument count"},
 		{name: "allow_topics without topic", input: block("allow_topics"), wantErr: "wrong argument count"},
-		{name: "bad mode", input: block("mode lines"), wantErr: `mode: "lines" is not body or records`},
+		{name: "bad mode", input: block("mode lines"), wantErr: `mode: "lines" is not body, records or confluent`},
 		{name: "bad max_records", input: block("max_records -5"), wantErr: `max_records: "-5" is not a positive number`},
 		{name: "max_size in MiB", input: block("max_size 1MiB"), want: Handler{MaxSize: 1 << 20}},
 		{name: "timeout in days", input: block("timeout 1d"), want: Handler{Timeout: caddy.Duration(24 * time.Hour)}},
@@ -200,6 +200,7 @@ func TestExamplesAdapt(t *testing.T) {
 		"examples/tls-internal.Caddyfile": "examples/tls-internal.json",
 		"examples/webhook.Caddyfile":      "examples/webhook.json",
 		"examples/browser.Caddyfile":      "examples/browser.json",
+		"examples/confluent.Caddyfile":    "examples/confluent.json",
 	}
 	for caddyfilePath, jsonPath := range pairs {
 		t.Run(filepath.Base(caddyfilePath), func(t *testing.T) {

@@ -12,7 +12,7 @@ import (
 // its values: the Caddyfile parser and Validate both check against it,
 // and its error names them in this order.
 var (
-	modes = choices[string]{{modeBody, modeBody}, {modeRecords, modeRecords}}
+	modes = choices[string]{{modeBody, modeBody}, {modeRecords, modeRecords}, {modeConfluent, modeConfluent}}
 
 	deliveries = choices[string]{{deliverySync, deliverySync}, {deliveryAsync, deliveryAsync}}
 
@@ -50,6 +50,9 @@ var (
 const (
 	modeBody    = "body"    // the whole body is one record
 	modeRecords = "records" // the body is {"records":[...]}
+	// the paths, bodies and answers of Confluent REST Proxy's produce
+	// APIs, v2 and v3
+	modeConfluent = "confluent"
 )
 
 // Deliveries: whether a request waits for the broker.

@@ -284,8 +284,12 @@ func expectAnswers(t *testing.T, cases []answerCase) {
 			if got.status != tt.wantStatus || got.body != tt.wantBody {
 				t.Errorf("got %d %s, want %d %s", got.status, got.body, tt.wantStatus, tt.wantBody)
 			}
-			if ct := got.header.Get("Content-Type"); ct != "application/json" {
-				t.Errorf("Content-Type = %q, want application/json", ct)
+			wantCT := "application/json"
+			if ct, ok := tt.wantHeader["Content-Type"]; ok {
+				wantCT = ct
+			}
+			if ct := got.header.Get("Content-Type"); ct != wantCT {
+				t.Errorf("Content-Type = %q, want %s", ct, wantCT)
 			}
 			for k, v := range tt.wantHeader {
 				if got.header.Get(k) != v {

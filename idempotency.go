@@ -105,6 +105,15 @@ func idemScope(brokers []string) string {
 	return strings.Join(slices.Compact(b), ",") + "\x00"
 }
 
+// digestMode is what, beside the body, makes a request's records: the
+// mode and, in mode confluent, the API and format the request named.
+func (h *Handler) digestMode(x *exchange) string {
+	if x.api == nil {
+		return h.Mode
+	}
+	return fmt.Sprintf("%s v3=%t binary=%t partition=%d", h.Mode, x.api.v3, x.api.binary, x.api.partition)
+}
+
 // idemDigest identifies a request for its Idempotency-Key: everything
 // that shapes its records. The same body means other records in another
 // mode, so the mode is part of it; in body mode, so are the key and
@@ -298,7 +307,7 @@ func (h *Handler) provisionIdempotency() {
 func (h *Handler) publishOnce(x *exchange, r *http.Request, key string, body []byte, recs []*record, start time.Time) error {
 	var digest [sha256.Size]byte
 	if h.idem != nil {
-		digest = idemDigest(h.Mode, body, recs) // before the key joins the headers
+		digest = idemDigest(h.digestMode(x), body, recs) // before the key joins the headers
 	}
 	addKeyHeader(recs, key)
 	if h.idem == nil {

@@ -64,6 +64,8 @@ const (
 	rejectIdempotency = "idempotency_key"
 	rejectQueueFull   = "queue_full"
 	rejectOrigin      = "origin"
+	rejectPath        = "path"         // mode confluent: no produce API there
+	rejectContentType = "content_type" // mode confluent: a format it does not take
 )
 
 // registerMetrics adds the module's metrics to a config's registry; they

@@ -93,9 +93,17 @@ type Handler struct {
 	SignatureHeader string `json:"signature_header,omitempty"`
 
 	// How a request body becomes records: "body" (the whole body is one
-	// record) or "records" ({"records":[{"value":..., "key":"...",
-	// "headers":{...}, "partition":N}, ...]}). Default: "body".
+	// record), "records" ({"records":[{"value":..., "key":"...",
+	// "headers":{...}, "partition":N}, ...]}) or "confluent" (the paths,
+	// bodies and answers of Confluent REST Proxy's produce APIs: v3's
+	// POST /v3/clusters/{cluster_id}/topics/{topic}/records, streaming
+	// included, and v2's POST /topics/{topic}, with the topic from the
+	// path, which allow_topics must list). Default: "body".
 	Mode string `json:"mode,omitempty"`
+
+	// In mode confluent, the cluster ID that v3 paths must name; a path
+	// naming another is answered 404. Unset, any cluster ID is accepted.
+	ClusterID string `json:"cluster_id,omitempty"`
 
 	// A file holding a JSON Schema (draft 2020-12 or an earlier draft,
 	// as its $schema says) that every body (mode body) or every record
@@ -306,15 +314,32 @@ func (h *Handler) Validate() error {
 	if len(h.Brokers) == 0 {
 		return errors.New("brokers: at least one broker address is required")
 	}
-	if h.Topic == "" {
+	switch {
+	case h.Mode == modeConfluent:
+		if h.Topic != "" {
+			return errors.New("topic: not used in mode confluent, where the path names the topic; list the topics allowed in allow_topics")
+		}
+		if len(h.AllowTopics) == 0 {
+			return errors.New("allow_topics: required in mode confluent")
+		}
+		if h.SignatureHeader != "" {
+			return errors.New("signature_header: not in mode confluent, whose clients send their credentials in Authorization")
+		}
+		if h.Delivery == deliveryAsync {
+			return errors.New("delivery async: not in mode confluent, whose answers carry each record's offset")
+		}
+	case h.ClusterID != "":
+		return errors.New("cluster_id: applies to mode confluent only")
+	case h.Topic == "":
 		return errors.New("topic: required")
-	}
-	if strings.ContainsAny(h.Topic, "{}") {
+	case strings.ContainsAny(h.Topic, "{}"):
 		if len(h.AllowTopics) == 0 {
 			return errors.New("allow_topics: required when topic holds placeholders")
 		}
-	} else if err := validTopic(h.Topic); err != nil {
-		return fmt.Errorf("topic: %v", err)
+	default:
+		if err := validTopic(h.Topic); err != nil {
+			return fmt.Errorf("topic: %v", err)
+		}
 	}
 	for _, t := range h.AllowTopics {
 		if err := validTopic(t); err != nil {
@@ -347,8 +372,8 @@ func (h *Handler) Validate() error {
 	if h.QueueSize < 0 || h.IdempotencyMaxKeys < 0 || h.IdempotencyMaxBytes < 0 || h.IdempotencyWindow < 0 {
 		return errors.New("queue_size, idempotency_max_keys, idempotency_max_bytes, idempotency_window: must be positive")
 	}
-	if h.Mode == modeRecords && (h.Key != "" || len(h.Headers) > 0) {
-		return errors.New("key, header: apply to mode body only; in mode records each record carries its own")
+	if h.Mode != modeBody && (h.Key != "" || len(h.Headers) > 0) {
+		return fmt.Errorf("key, header: apply to mode body only; in mode %s each record carries its own", h.Mode)
 	}
 	if h.MaxSize < 0 {
 		return errors.New("max_size: must be positive")

@@ -98,7 +98,7 @@ func TestProvisionErrors(t *testing.T) {
 		{"negative timeout", func(h *Handler) { h.Timeout = -1 }, "timeout: must be positive"},
 		{"topic placeholder without allow_topics", func(h *Handler) { h.Topic = "{http.request.uri.path.1}" }, "allow_topics: required when topic holds placeholders"},
 		{"bad allowed topic", func(h *Handler) { h.Topic = "{x}"; h.AllowTopics = []string{"ok", "not ok"} }, `allow_topics: "not ok" holds ' '`},
-		{"bad mode", func(h *Handler) { h.Mode = "lines" }, `mode: "lines" is not body or records`},
+		{"bad mode", func(h *Handler) { h.Mode = "lines" }, `mode: "lines" is not body, records or confluent`},
 		{"key in records mode", func(h *Handler) { h.Mode = "records"; h.Key = "{http.request.header.K}" }, "key, header: apply to mode body only"},
 		{"second secret unset", func(h *Handler) { h.Secrets = append(h.Secrets, "{env.QP_UNSET_SECRET}") }, "secret 2: evaluated placeholder {env.QP_UNSET_SECRET} is empty"},
 		{"bad compression", func(h *Handler) { h.Compression = "brotli" }, `compression: "brotli" is not none, gzip, snappy, lz4 or zstd`},

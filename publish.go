@@ -33,7 +33,7 @@ func (h *Handler) publish(x *exchange, r *http.Request, final, send []*record, s
 			case async || h.Mode == modeBody:
 				return x.answerFailure(send[0].Answer)
 			}
-			return x.answerRecords(final)
+			return h.answerPublished(x, final)
 		}
 		if async {
 			return h.enqueue(x, set, send)
@@ -42,7 +42,16 @@ func (h *Handler) publish(x *exchange, r *http.Request, final, send []*record, s
 	} else if async {
 		return x.answer(http.StatusAccepted, bodyAccepted)
 	}
-	if h.Mode == modeRecords {
+	return h.answerPublished(x, final)
+}
+
+// answerPublished answers a request whose records were sent: the records
+// that stand for it, in the shape of the mode.
+func (h *Handler) answerPublished(x *exchange, final []*record) error {
+	switch {
+	case x.api != nil:
+		return h.answerREST(x, final)
+	case h.Mode == modeRecords:
 		return x.answerRecords(final)
 	}
 	return x.answerBody(final[0])
@@ -162,7 +171,8 @@ func (h *Handler) logFailure(topic string, recs []*record, start time.Time) {
 func checkPartitions(recs []*record, count int) *refusal {
 	for i, rec := range recs {
 		if rec.Partition >= count {
-			return badRequest(rejectRecords, "record %d: partition %d does not exist (the topic has %d)", i, rec.Partition, count)
+			return restRefusal(badRequest(rejectRecords, "record %d: partition %d does not exist (the topic has %d)", i, rec.Partition, count),
+				http.StatusNotFound, codePartitionNotFound)
 		}
 	}
 	return nil

@@ -29,15 +29,19 @@ func addKeyHeader(recs []*record, key string) {
 
 // toRecords turns a request's body into its records, and checks them
 // against the schema.
-func (h *Handler) toRecords(r *http.Request, body []byte, now time.Time) ([]*record, *refusal) {
+func (h *Handler) toRecords(x *exchange, r *http.Request, body []byte, now time.Time) ([]*record, *refusal) {
 	var recs []*record
-	if h.Mode == modeRecords {
-		var ref *refusal
-		if recs, ref = h.parseEnvelope(body, now); ref != nil {
-			return nil, ref
-		}
-	} else {
+	var ref *refusal
+	switch h.Mode {
+	case modeRecords:
+		recs, ref = h.parseEnvelope(body, now)
+	case modeConfluent:
+		recs, ref = h.parseREST(x.api, body, now)
+	default:
 		recs = []*record{h.bodyRecord(r, body, now)}
+	}
+	if ref != nil {
+		return nil, ref
 	}
 	if h.schema != nil {
 		if ref := h.checkSchema(recs); ref != nil {

@@ -75,7 +75,11 @@ func (h *Handler) checkSchema(recs []*record) *refusal {
 	if err != nil {
 		return badRequest(rejectSchema, "payload does not match schema")
 	}
-	return &refusal{reason: rejectSchema, status: http.StatusBadRequest, body: b}
+	message := "payload does not match schema:"
+	for _, is := range issues {
+		message += " " + cmp.Or(is.Path, "/") + ": " + is.Message + ";"
+	}
+	return &refusal{reason: rejectSchema, status: http.StatusBadRequest, body: b, message: strings.TrimSuffix(message, ";")}
 }
 
 // The validator compares numbers exactly, as big.Rat, and turning a

@@ -27,9 +27,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	}
 	h.allowOrigin(w, r)
 	var err error
-	if h.isPreflight(r) {
+	switch {
+	case h.isPreflight(r):
 		err = h.preflight(&x, r)
-	} else {
+	case h.Mode == modeConfluent:
+		err = h.serveConfluent(&x, r)
+	default:
 		err = h.serve(&x, r)
 	}
 	countRequest(x.topic, x.status)
@@ -47,7 +50,7 @@ func (h *Handler) serve(x *exchange, r *http.Request) error {
 		return x.refuse(ref)
 	}
 	start := time.Now()
-	recs, ref := h.toRecords(r, body, start)
+	recs, ref := h.toRecords(x, r, body, start)
 	if ref != nil {
 		return x.refuse(ref)
 	}
@@ -61,28 +64,14 @@ func (h *Handler) serve(x *exchange, r *http.Request) error {
 // the secret or signature, the Idempotency-Key's length, the body's size
 // and JSON, and the topic. It returns the body, or why it is refused.
 func (h *Handler) admit(x *exchange, r *http.Request) ([]byte, *refusal) {
-	w := x.w
-	if r.Method != http.MethodPost {
-		w.Header()["Allow"] = []string{"POST"}
-		closeUnread(w, r)
-		return nil, refusedMethod
-	}
 	var signature [sha256.Size]byte
-	if h.SignatureHeader == "" && !h.authenticated(x, r) ||
-		h.SignatureHeader != "" && !parseSignature(r.Header.Get(h.SignatureHeader), &signature) {
-		// A signed request whose header is missing or malformed is
-		// refused before its body costs any memory.
-		closeUnread(w, r)
-		return nil, refusedAuth
-	}
-	if len(r.Header.Get("Idempotency-Key")) > maxIdempotencyKey {
-		closeUnread(w, r)
-		return nil, refusedKeyTooLong
+	if ref := h.admitHeaders(x, r, &signature); ref != nil {
+		return nil, ref
 	}
 	body, status := h.readBody(r)
 	switch status {
 	case http.StatusRequestEntityTooLarge:
-		closeUnread(w, r)
+		closeUnread(x.w, r)
 		return nil, refusedTooLarge
 	case http.StatusBadRequest:
 		return nil, refusedInvalidJSON
@@ -94,16 +83,48 @@ func (h *Handler) admit(x *exchange, r *http.Request) ([]byte, *refusal) {
 	if h.Mode == modeBody && !validJSON(body) {
 		return nil, refusedInvalidJSON
 	}
-	topic, ok := h.topicFor(r)
-	if !ok {
-		x.topic = ""
-		return nil, refusedTopic
-	}
+	topic, ref := h.requestTopic(x, r)
 	x.topic = topic
-	return body, nil
+	return body, ref
 }
 
-// topicFor resolves the request's topic; false if it is not allowed.
+// admitHeaders is the part of admit that needs no body: the method, the
+// secret or the signature's form, the Idempotency-Key's length.
+func (h *Handler) admitHeaders(x *exchange, r *http.Request, signature *[sha256.Size]byte) *refusal {
+	w := x.w
+	if r.Method != http.MethodPost {
+		w.Header()["Allow"] = []string{"POST"}
+		closeUnread(w, r)
+		return refusedMethod
+	}
+	if h.SignatureHeader == "" && !h.authenticated(x, r) ||
+		h.SignatureHeader != "" && !parseSignature(r.Header.Get(h.SignatureHeader), signature) {
+		// A signed request whose header is missing or malformed is
+		// refused before its body costs any memory.
+		closeUnread(w, r)
+		return refusedAuth
+	}
+	if len(r.Header.Get("Idempotency-Key")) > maxIdempotencyKey {
+		closeUnread(w, r)
+		return refusedKeyTooLong
+	}
+	return nil
+}
+
+// requestTopic resolves the request's topic; "" and why if it is not
+// allowed.
+func (h *Handler) requestTopic(x *exchange, r *http.Request) (string, *refusal) {
+	if x.api != nil {
+		return h.restTopic(x.api)
+	}
+	if topic, ok := h.topicFor(r); ok {
+		return topic, nil
+	}
+	return "", refusedTopic
+}
+
+// topicFor resolves the topic of the handler's topic setting for the
+// request; false if it is not allowed.
 func (h *Handler) topicFor(r *http.Request) (string, bool) {
 	if len(h.allowTopics) == 0 {
 		return h.Topic, true

@@ -1,0 +1,190 @@
+package queuepublish
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"net/http"
+	"time"
+
+	"github.com/go-json-experiment/json/jsontext"
+)
+
+// serveStream serves v3's streaming mode, a request of unknown length
+// (Transfer-Encoding: chunked) whose body is record objects one after the
+// other, for as long as the client sends them. Each record is produced as
+// soon as it is read, and its delivery report is written as soon as it is
+// settled, in request order, each with its own error_code: the status,
+// 200, goes before any record is known, as the REST Proxy's does. At most
+// max_records records are in flight: reading waits for their reports.
+// A record longer than max_size, or JSON that is broken, is answered and
+// ends the stream; any other bad record is answered and the stream goes on.
+func (h *Handler) serveStream(x *exchange, r *http.Request) error {
+	// HTTP/1 answers while it reads; HTTP/2 always can.
+	rc := http.NewResponseController(x.w)
+	_ = rc.EnableFullDuplex()
+	var signature [sha256.Size]byte // no signature_header in mode confluent
+	if ref := h.admitHeaders(x, r, &signature); ref != nil {
+		return x.refuse(ref)
+	}
+	if r.Header.Get("Idempotency-Key") != "" {
+		return x.refuse(refusedRESTStream)
+	}
+	topic, ref := h.requestTopic(x, r)
+	x.topic = topic
+	if ref != nil {
+		return x.refuse(ref)
+	}
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	items := make(chan *streamItem, h.MaxRecords)
+	go h.readStream(ctx, x, r, items)
+
+	x.status = http.StatusOK
+	x.w.Header()["Content-Type"] = []string{mediaV3}
+	x.w.WriteHeader(http.StatusOK)
+	werr := rc.Flush()
+	b := make([]byte, 0, 256)
+	for item := range items {
+		h.settleStreamItem(ctx, x, item)
+		if werr != nil {
+			continue // the client is gone: wait until the reader stops
+		}
+		b = append(h.appendStreamReport(b[:0], x, item), v3Separator...)
+		if _, werr = x.w.Write(b); werr == nil {
+			werr = rc.Flush()
+		}
+		if werr != nil {
+			cancel()
+		}
+	}
+	return werr
+}
+
+// A streamItem is one record of a stream on its way to its report.
+type streamItem struct {
+	rec     *record
+	shape   restShape
+	ref     *refusal // the record is refused, not sent
+	started bool     // the record was given to the producer
+	start   time.Time
+}
+
+// errRecordTooLarge stops the reading of a record longer than max_size.
+var errRecordTooLarge = errors.New("record larger than max_size")
+
+// recordBudget reads a stream's body, but at most max_size bytes past the
+// end of the last record read: a record cannot make its reader hold more.
+type recordBudget struct {
+	r     io.Reader
+	max   int64
+	read  int64
+	limit int64
+	over  bool // a record met the limit
+}
+
+// from lets the next record start at offset.
+func (b *recordBudget) from(offset int64) { b.limit = offset + b.max }
+
+func (b *recordBudget) Read(p []byte) (int, error) {
+	if b.read >= b.limit {
+		b.over = true
+		return 0, errRecordTooLarge
+	}
+	p = p[:min(int64(len(p)), b.limit-b.read)]
+	n, err := b.r.Read(p)
+	b.read += int64(n)
+	return n, err
+}
+
+// refusedStreamTooLarge answers a record of a stream over max_size.
+var refusedStreamTooLarge = func() *refusal {
+	ref := *refusedTooLarge
+	ref.endsStream = true
+	return &ref
+}()
+
+// readStream reads the records of a stream, gives each to the producer
+// and passes it on to be answered, until the body ends, a record ends the
+// stream, or ctx is done.
+func (h *Handler) readStream(ctx context.Context, x *exchange, r *http.Request, items chan<- *streamItem) {
+	defer close(items)
+	body := &recordBudget{r: r.Body, max: h.MaxSize}
+	d := jsontext.NewDecoder(body, jsontext.AllowDuplicateNames(true))
+	for ctx.Err() == nil {
+		body.from(d.InputOffset())
+		item := &streamItem{start: time.Now()}
+		if d.PeekKind() == 0 {
+			if _, err := d.ReadToken(); err == io.EOF {
+				return
+			}
+			item.ref = brokenJSON()
+		} else {
+			item.rec = newRecord(nil, item.start, time.Duration(h.Timeout))
+			item.ref = readV3Record(d, item.rec, &item.shape)
+		}
+		if body.over {
+			item.ref = refusedStreamTooLarge
+		}
+		if item.ref == nil {
+			h.startStreamRecord(x, r, item)
+		}
+		if item.ref != nil {
+			metricRejections.WithLabelValues(item.ref.reason).Inc()
+		}
+		select {
+		case items <- item:
+		case <-ctx.Done():
+			return
+		}
+		if item.ref != nil && item.ref.endsStream {
+			return
+		}
+	}
+}
+
+// startStreamRecord checks a record of a stream and gives it to the
+// producer; item.ref says why it was not.
+func (h *Handler) startStreamRecord(x *exchange, r *http.Request, item *streamItem) {
+	recs := []*record{item.rec}
+	if h.schema != nil {
+		if item.ref = h.checkSchema(recs); item.ref != nil {
+			return
+		}
+	}
+	if h.traceHeaders {
+		addTraceHeaders(r, recs)
+	}
+	set, ref := h.place(x, r, recs, item.start)
+	if item.ref = ref; set == nil || ref != nil {
+		return // a failed topic lookup answered the record
+	}
+	x.producer.Start(set, recs)
+	item.started = true
+}
+
+// settleStreamItem waits for a record of a stream to be settled, and
+// counts it.
+func (h *Handler) settleStreamItem(ctx context.Context, x *exchange, item *streamItem) {
+	if !item.started {
+		return
+	}
+	recs := []*record{item.rec}
+	x.producer.Wait(ctx, recs)
+	countRecord(x.topic, item.rec)
+	if item.rec.Answer != nil {
+		h.logFailure(x.topic, recs, item.start)
+	} else {
+		metricsFor(x.topic).latency.Observe(time.Since(item.start).Seconds())
+	}
+}
+
+// appendStreamReport appends the delivery report of a record of a stream.
+func (h *Handler) appendStreamReport(b []byte, x *exchange, item *streamItem) []byte {
+	if item.ref != nil {
+		_, code, message := restError(item.ref)
+		return appendRESTError(b, code, message)
+	}
+	return h.appendV3Report(b, x, item.rec, item.shape)
+}

@@ -1,0 +1,323 @@
+package queuepublish
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/queuepublish/caddy-queue-publish/internal/kafkatest"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// confluentSite is a Caddy site serving mode confluent on every path, with
+// topic_1 (2 partitions) and jsontest (1) allowed.
+func confluentSite(brokers, extra string) string {
+	return fmt.Sprintf(`	queue_publish {
+		mode confluent
+		brokers %s
+		allow_topics topic_1 jsontest
+		secret {env.QP_TEST_SECRET}
+		%s
+	}
+`, brokers, extra)
+}
+
+const v3Path = "/v3/clusters/cluster-1/topics/topic_1/records"
+
+func jsonHeader(ct string) map[string]string {
+	return map[string]string{"Authorization": testSecret, "Content-Type": ct}
+}
+
+var (
+	v2Answer = map[string]string{"Content-Type": mediaV2}
+)
+
+// Confluent's own request and answer examples for v3 (its OpenAPI
+// reference), and the refusals a REST Proxy client knows, through Caddy:
+// same paths, bodies and answers, byte for byte.
+func TestConfluentV3Examples(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(2, "topic_1"), kfake.SeedTopics(1, "jsontest"))
+	t.Setenv("QP_TEST_SECRET", testSecret)
+	startCaddy(t, filepath.Join(t.TempDir(), "caddy.log"), confluentSite(c.ListenAddrs()[0], "cluster_id cluster-1\n\t\tmax_size 4KB"))
+
+	ok := jsonHeader(mediaV3)
+	const binaryAndJSON = `{"partition_id":1,"headers":[{"name":"Header-1","value":"SGVhZGVyLTE="},{"name":"Header-2","value":"SGVhZGVyLTI="}],` +
+		`"key":{"type":"BINARY","data":"Zm9vYmFy"},"value":{"type":"JSON","data":{"foo":"bar"}},"timestamp":"2021-02-05T19:14:42Z"}`
+	report := func(partition, offset int, rest string) string {
+		return fmt.Sprintf(`{"error_code":200,"cluster_id":"cluster-1","topic_name":"topic_1","partition_id":%d,"offset":%d,%s}`+"\r\n", partition, offset, rest)
+	}
+	expectAnswers(t, []answerCase{
+		{"binary_and_json", "POST", v3Path, ok, strings.NewReader(binaryAndJSON), 200,
+			report(1, 0, `"timestamp":"2021-02-05T19:14:42Z","key":{"type":"BINARY","size":6},"value":{"type":"JSON","size":13}`), nil, 0},
+		{"string, with milliseconds", "POST", v3Path, ok, strings.NewReader(`{"partition_id":0,"value":{"type":"STRING","data":"My message"},"timestamp":"2023-05-16T18:20:51.844Z"}`), 200,
+			report(0, 0, `"timestamp":"2023-05-16T18:20:51.844Z","value":{"type":"STRING","size":10}`), nil, 0},
+		{"Confluent Cloud's path", "POST", "/kafka" + v3Path, ok, strings.NewReader(`{"partition_id":0,"key":{"type":"STRING","data":"k"},"timestamp":"2021-02-05T19:14:42Z"}`), 200,
+			report(0, 1, `"timestamp":"2021-02-05T19:14:42Z","key":{"type":"STRING","size":1}`), nil, 0},
+		{"null data", "POST", v3Path, ok, strings.NewReader(`{"partition_id":0,"key":{"type":"BINARY","data":null},"value":{"type":"JSON"},"timestamp":"2021-02-05T19:14:42Z"}`), 200,
+			report(0, 2, `"timestamp":"2021-02-05T19:14:42Z","key":{"type":"BINARY","size":-1},"value":{"type":"JSON","size":-1}`), nil, 0},
+		{"records concatenated", "POST", v3Path, ok, strings.NewReader(`{"partition_id":1,"timestamp":"2021-02-05T19:14:42Z"}` + "\n" + `{"partition_id":1,"timestamp":"2021-02-05T19:14:43Z"}`), 200,
+			report(1, 1, `"timestamp":"2021-02-05T19:14:42Z"`) + report(1, 2, `"timestamp":"2021-02-05T19:14:43Z"`), nil, 0},
+		{"Basic credentials, the secret as password", "POST", v3Path, map[string]string{"Authorization": basic("API_KEY:" + testSecret), "Content-Type": mediaV3},
+			strings.NewReader(`{"partition_id":0,"timestamp":"2021-02-05T19:14:42Z"}`), 200, report(0, 3, `"timestamp":"2021-02-05T19:14:42Z"`), nil, 0},
+
+		{"produce_record_bad_binary_data", "POST", v3Path, ok, strings.NewReader(`{"value":{"type":"BINARY","data":1}}`), 400,
+			`{"error_code":400,"message":"Bad Request: data=1 is not a base64 string."}` + "\r\n", nil, 0},
+		{"bad base64", "POST", v3Path, ok, strings.NewReader(`{"value":{"type":"BINARY","data":"!!"}}`), 400,
+			`{"error_code":400,"message":"Bad Request: data=\"!!\" is not a valid base64 string."}` + "\r\n", nil, 0},
+		{"unknown field", "POST", v3Path, ok, strings.NewReader(`{ "records": {"subject": "foobar" } }`), 400,
+			`{"error_code":400,"message":"Bad Request: Unrecognized field \"records\""}` + "\r\n", nil, 0},
+		{"unknown type", "POST", v3Path, ok, strings.NewReader(`{"value":{"type":"XML","data":"<a/>"}}`), 400,
+			`{"error_code":400,"message":"Bad Request: type=XML is not one of BINARY, JSON, STRING."}` + "\r\n", nil, 0},
+		{"data without a type needs a Schema Registry", "POST", v3Path, ok, strings.NewReader(`{"key":{"data":1000}}`), 422,
+			`{"error_code":42206,"message":` + string(quote(refusedSchemaRegistry.message)) + "}\r\n", nil, 0},
+		{"AVRO", "POST", v3Path, ok, strings.NewReader(`{"value":{"type":"AVRO","subject":"topic-1-key","schema":"{\"type\":\"string\"}","data":"foobar"}}`), 422,
+			`{"error_code":42206,"message":` + string(quote(refusedSchemaRegistry.message)) + "}\r\n", nil, 0},
+		{"negative partition", "POST", v3Path, ok, strings.NewReader(`{"partition_id":-1}`), 404,
+			`{"error_code":40402,"message":"Partition not found."}` + "\r\n", nil, 0},
+		{"partition beyond the topic's", "POST", v3Path, ok, strings.NewReader(`{"partition_id":2}`), 404,
+			`{"error_code":40402,"message":"record 0: partition 2 does not exist (the topic has 2)"}` + "\r\n", nil, 0},
+		{"broken JSON", "POST", v3Path, ok, strings.NewReader(`{"value":`), 400, `{"error_code":400,"message":"payload not valid JSON"}` + "\r\n", nil, 0},
+		{"empty body", "POST", v3Path, ok, strings.NewReader(``), 422,
+			`{"error_code":422,"message":"Payload error. Request body is empty. Data is required."}` + "\r\n", nil, 0},
+		{"over max_size", "POST", v3Path, ok, strings.NewReader(`{"value":{"type":"STRING","data":"` + strings.Repeat("a", 5000) + `"}}`), 413,
+			`{"error_code":413,"message":"payload too large"}` + "\r\n", nil, 0},
+		{"topic not allowed", "POST", "/v3/clusters/cluster-1/topics/secret/records", ok, strings.NewReader(`{}`), 404,
+			`{"error_code":40401,"message":"Topic not found."}` + "\r\n", nil, 0},
+		{"another cluster", "POST", "/v3/clusters/other/topics/topic_1/records", ok, strings.NewReader(`{}`), 404,
+			`{"error_code":404,"message":"Cluster not found."}` + "\r\n", nil, 0},
+		{"no credentials", "POST", v3Path, map[string]string{"Content-Type": mediaV3}, strings.NewReader(`{}`), 401,
+			`{"error_code":401,"message":"Unauthorized"}` + "\r\n", map[string]string{"Www-Authenticate": `Basic realm="queue_publish"`}, 0},
+		{"wrong password", "POST", v3Path, map[string]string{"Authorization": basic("API_KEY:nope"), "Content-Type": mediaV3}, strings.NewReader(`{}`), 401,
+			`{"error_code":401,"message":"Unauthorized"}` + "\r\n", nil, 0},
+		{"not application/json", "POST", v3Path, jsonHeader("text/plain"), strings.NewReader(`{}`), 415,
+			`{"error_code":415,"message":"HTTP 415 Unsupported Media Type"}` + "\r\n", nil, 0},
+		{"GET", "GET", v3Path, ok, nil, 405, `{"error_code":405,"message":"HTTP 405 Method Not Allowed"}` + "\r\n", map[string]string{"Allow": "POST"}, 0},
+		{"no produce API there", "POST", "/v3/clusters", ok, strings.NewReader(`{}`), 404, `{"error_code":404,"message":"HTTP 404 Not Found"}` + "\r\n", nil, 0},
+	})
+
+	recs := stored(t, c, "topic_1")
+	if len(recs) != 7 {
+		t.Fatalf("stored %d records, want the 7 acknowledged", len(recs))
+	}
+	first := recs[0]
+	for _, r := range recs {
+		if r.Partition == 1 && r.Offset == 0 {
+			first = r
+		}
+	}
+	if string(first.Key) != "foobar" || string(first.Value) != `{"foo":"bar"}` || first.Timestamp.UTC().Format(time.RFC3339) != "2021-02-05T19:14:42Z" ||
+		headerMap(first)["Header-1"] != "Header-1" || headerMap(first)["Header-2"] != "Header-2" {
+		t.Errorf("binary_and_json stored as key %q value %q at %v, headers %v", first.Key, first.Value, first.Timestamp, headerMap(first))
+	}
+	for _, r := range recs {
+		if r.Partition == 0 && r.Offset == 2 && (r.Key != nil || r.Value != nil) {
+			t.Errorf("null data stored as key %q value %q, want nulls", r.Key, r.Value)
+		}
+	}
+}
+
+// The v2 examples of Confluent's API reference and quick start: the same
+// answers, in request order, with keys and values stored as the REST
+// Proxy stores them (embedded JSON as its text, binary decoded).
+func TestConfluentV2Examples(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(2, "topic_1"), kfake.SeedTopics(1, "jsontest"))
+	t.Setenv("QP_TEST_SECRET", testSecret)
+	startCaddy(t, filepath.Join(t.TempDir(), "caddy.log"), confluentSite(c.ListenAddrs()[0], ""))
+
+	offsets := func(places ...string) string {
+		return `{"offsets":[` + strings.Join(places, ",") + `],"key_schema_id":null,"value_schema_id":null}`
+	}
+	place := func(partition, offset int) string {
+		return fmt.Sprintf(`{"partition":%d,"offset":%d,"error_code":null,"error":null}`, partition, offset)
+	}
+	jsonV2, binV2 := jsonHeader(mediaV2JSON), jsonHeader(mediaV2Bin)
+	expectAnswers(t, []answerCase{
+		{"quick start", "POST", "/topics/jsontest", jsonV2, strings.NewReader(`{"records":[{"value":{"foo":"bar"}}]}`), 200, offsets(place(0, 0)), v2Answer, 0},
+		{"json, the reference's example", "POST", "/topics/topic_1", jsonV2,
+			strings.NewReader(`{"records":[{"key":"somekey","value":{"foo":"bar"}},{"value":["foo","bar"],"partition":1},{"value":53.5,"partition":0}]}`), 200,
+			offsets(place(int(kafkatest.JavaPartition("\"somekey\"", 2)), 0), place(1, 0), place(0, 1)), v2Answer, 0},
+		{"binary, to a partition", "POST", "/topics/topic_1/partitions/1", binV2,
+			strings.NewReader(`{"records":[{"key":"a2V5","value":"Y29uZmx1ZW50"},{"value":"a2Fma2E="}]}`), 200, offsets(place(1, 1), place(1, 2)), v2Answer, 0},
+		{"schemas of other formats are ignored", "POST", "/topics/jsontest", jsonV2, strings.NewReader(`{"value_schema_id":null,"records":[{"value":1}]}`), 200, offsets(place(0, 1)), v2Answer, 0},
+
+		{"avro needs a Schema Registry", "POST", "/topics/jsontest", jsonHeader(mediaV2Avro), strings.NewReader(`{"value_schema":"{\"type\":\"int\"}","records":[{"value":12}]}`), 415,
+			`{"error_code":415,"message":"embedded format avro needs a Schema Registry, which this endpoint does not have: send application/vnd.kafka.json.v2+json or application/vnd.kafka.binary.v2+json"}`, v2Answer, 0},
+		{"protobuf", "POST", "/topics/jsontest", jsonHeader(mediaV2Proto), strings.NewReader(`{"records":[{"value":{}}]}`), 415,
+			`{"error_code":415,"message":"embedded format protobuf needs a Schema Registry, which this endpoint does not have: send application/vnd.kafka.json.v2+json or application/vnd.kafka.binary.v2+json"}`, v2Answer, 0},
+		{"jsonschema", "POST", "/topics/jsontest", jsonHeader(mediaV2JSch), strings.NewReader(`{"records":[{"value":{}}]}`), 415,
+			`{"error_code":415,"message":"embedded format jsonschema needs a Schema Registry, which this endpoint does not have: send application/vnd.kafka.json.v2+json or application/vnd.kafka.binary.v2+json"}`, v2Answer, 0},
+		{"generic JSON, as the REST Proxy since 6.0", "POST", "/topics/jsontest", jsonHeader("application/json"), strings.NewReader(`{"records":[{"value":{}}]}`), 415,
+			`{"error_code":415,"message":"HTTP 415 Unsupported Media Type"}`, v2Answer, 0},
+		{"records may not be empty", "POST", "/topics/jsontest", jsonV2, strings.NewReader(`{"records":[]}`), 422,
+			`{"error_code":422,"message":"records may not be empty"}`, v2Answer, 0},
+		{"bad base64", "POST", "/topics/jsontest", binV2, strings.NewReader(`{"records":[{"value":"%%%"}]}`), 400,
+			`{"error_code":400,"message":"Bad Request: data=\"%%%\" is not a valid base64 string."}`, v2Answer, 0},
+		{"not JSON", "POST", "/topics/jsontest", jsonV2, strings.NewReader(`{"records":[{"value":}]}`), 400,
+			`{"error_code":400,"message":"payload not valid JSON"}`, v2Answer, 0},
+		{"no such partition", "POST", "/topics/jsontest/partitions/3", jsonV2, strings.NewReader(`{"records":[{"value":1}]}`), 404,
+			`{"error_code":40402,"message":"record 0: partition 3 does not exist (the topic has 1)"}`, v2Answer, 0},
+		{"topic not allowed", "POST", "/topics/other", jsonV2, strings.NewReader(`{"records":[{"value":1}]}`), 404,
+			`{"error_code":40401,"message":"Topic not found."}`, v2Answer, 0},
+		{"no credentials", "POST", "/topics/jsontest", map[string]string{"Content-Type": mediaV2JSON}, strings.NewReader(`{"records":[{"value":1}]}`), 401,
+			`{"error_code":401,"message":"Unauthorized"}`, v2Answer, 0},
+	})
+
+	byPlace := map[[2]int64]*kgo.Record{}
+	for _, r := range stored(t, c, "topic_1") {
+		byPlace[[2]int64{int64(r.Partition), r.Offset}] = r
+	}
+	somekey := byPlace[[2]int64{int64(kafkatest.JavaPartition("\"somekey\"", 2)), 0}]
+	if somekey == nil || string(somekey.Key) != `"somekey"` || string(somekey.Value) != `{"foo":"bar"}` {
+		t.Errorf("embedded JSON key and value stored as %v, want their JSON text", somekey)
+	}
+	if r := byPlace[[2]int64{1, 1}]; r == nil || string(r.Key) != "key" || string(r.Value) != "confluent" {
+		t.Errorf("binary record stored as %v, want key %q value %q", r, "key", "confluent")
+	}
+	if r := byPlace[[2]int64{1, 2}]; r == nil || r.Key != nil || string(r.Value) != "kafka" {
+		t.Errorf("binary record without key stored as %v", r)
+	}
+}
+
+// A broker that cannot be reached: each API says the record was not
+// written, in its own shape, under 503 (a retry is safe).
+func TestConfluentNotWritten(t *testing.T) {
+	t.Setenv("QP_TEST_SECRET", testSecret)
+	startCaddy(t, filepath.Join(t.TempDir(), "caddy.log"), confluentSite(closedPort(t), "timeout 300ms"))
+
+	got := do(t, "POST", v3Path, jsonHeader(mediaV3), strings.NewReader(`{"value":{"type":"JSON","data":1}}`))
+	var report struct {
+		Code    int    `json:"error_code"`
+		Message string `json:"message"`
+	}
+	if err := json.Unmarshal([]byte(got.body), &report); got.status != 503 || err != nil || report.Code != codeNotWritten || report.Message == "" ||
+		!strings.HasSuffix(got.body, "}\r\n") || got.header.Get("Retry-After") == "" {
+		t.Errorf("v3: got %d %q, want 503 with error_code %d and Retry-After", got.status, got.body, codeNotWritten)
+	}
+
+	got = do(t, "POST", "/topics/jsontest", jsonHeader(mediaV2JSON), strings.NewReader(`{"records":[{"value":1},{"value":2}]}`))
+	var v2 struct {
+		Offsets []struct {
+			Partition *int   `json:"partition"`
+			Offset    *int64 `json:"offset"`
+			Code      int    `json:"error_code"`
+			Error     string `json:"error"`
+		} `json:"offsets"`
+	}
+	if err := json.Unmarshal([]byte(got.body), &v2); got.status != 503 || err != nil || len(v2.Offsets) != 2 {
+		t.Fatalf("v2: got %d %q, want 503 with two offsets", got.status, got.body)
+	}
+	for i, o := range v2.Offsets {
+		if o.Partition != nil || o.Offset != nil || o.Code != codeNotWritten || o.Error == "" {
+			t.Errorf("v2 offset %d = %+v, want null partition and offset, error_code %d and an error", i, o, codeNotWritten)
+		}
+	}
+}
+
+// Streaming mode: records sent one by one on one chunked request are each
+// answered as soon as they are settled, before the request ends, in
+// order; a bad record is answered and the stream goes on; broken JSON is
+// answered and ends it.
+func TestConfluentStream(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(2, "topic_1"), kfake.SeedTopics(1, "jsontest"))
+	t.Setenv("QP_TEST_SECRET", testSecret)
+	startCaddy(t, filepath.Join(t.TempDir(), "caddy.log"), confluentSite(c.ListenAddrs()[0], "max_size 100"))
+
+	send, reports, done := openStream(t, v3Path)
+	next := func(record string) string {
+		t.Helper()
+		send(record)
+		line, err := reports.ReadString('\n')
+		if err != nil {
+			t.Fatalf("no report for %s: %v", record, err)
+		}
+		return line
+	}
+	// Each report comes while the request is still open: the next
+	// record is sent only once the one before is answered.
+	for i, tt := range []struct{ record, want string }{
+		{`{"partition_id":1,"value":{"type":"STRING","data":"one"},"timestamp":"2021-02-05T19:14:42Z"}`,
+			`{"error_code":200,"cluster_id":"cluster-1","topic_name":"topic_1","partition_id":1,"offset":0,"timestamp":"2021-02-05T19:14:42Z","value":{"type":"STRING","size":3}}`},
+		{`{"value":{"type":"BINARY","data":1}}`, `{"error_code":400,"message":"Bad Request: data=1 is not a base64 string."}`},
+		{`{"partition_id":1,"value":{"type":"STRING","data":"three"},"timestamp":"2021-02-05T19:14:43Z"}`,
+			`{"error_code":200,"cluster_id":"cluster-1","topic_name":"topic_1","partition_id":1,"offset":1,"timestamp":"2021-02-05T19:14:43Z","value":{"type":"STRING","size":5}}`},
+		{`{"partition_id":1,"value":{"type":"STRING","data":"` + strings.Repeat("x", 200) + `"}}`, `{"error_code":413,"message":"payload too large"}`},
+	} {
+		if got := next(tt.record); got != tt.want+"\r\n" {
+			t.Errorf("report %d = %q, want %q", i, got, tt.want+"\r\n")
+		}
+	}
+	// The record over max_size ended the stream.
+	if rest, err := io.ReadAll(reports); err != nil || len(rest) != 0 {
+		t.Errorf("after the record over max_size: %q, %v; want the end of the answer", rest, err)
+	}
+	if status := done(); status != 200 {
+		t.Errorf("stream status %d, want 200", status)
+	}
+
+	// Broken JSON: answered, then the end.
+	send, reports, done = openStream(t, v3Path)
+	send(`{"partition_id":0}{"partition_id":`)
+	send(`}`)
+	want := `{"error_code":200,"cluster_id":"cluster-1","topic_name":"topic_1","partition_id":0,"offset":0,"timestamp":`
+	if line, _ := reports.ReadString('\n'); !strings.HasPrefix(line, want) {
+		t.Errorf("first report %q, want one starting %q", line, want)
+	}
+	if line, _ := reports.ReadString('\n'); line != `{"error_code":400,"message":"payload not valid JSON"}`+"\r\n" {
+		t.Errorf("report of broken JSON %q", line)
+	}
+	done()
+	if got := len(stored(t, c, "topic_1")); got != 3 {
+		t.Errorf("stored %d records, want the 3 answered 200", got)
+	}
+}
+
+// openStream starts a chunked request of mode confluent's v3; send writes
+// to its body, reports reads its answer, and done ends the body and
+// returns the status.
+func openStream(t *testing.T, path string) (send func(string), reports *bufio.Reader, done func() int) {
+	t.Helper()
+	pr, pw := io.Pipe()
+	req, err := http.NewRequest("POST", baseURL+path, pr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", mediaV3)
+	req.Header.Set("Authorization", testSecret)
+	answered := make(chan *http.Response, 1)
+	go func() {
+		res, err := testClient.Do(req)
+		if err != nil {
+			t.Error(err)
+			close(answered)
+			return
+		}
+		answered <- res
+	}()
+	send = func(s string) {
+		if _, err := pw.Write([]byte(s)); err != nil {
+			t.Errorf("sending %q: %v", s, err)
+		}
+	}
+	// The status comes before any record is known.
+	send("")
+	res := <-answered
+	if res == nil {
+		t.FailNow()
+	}
+	t.Cleanup(func() { res.Body.Close() })
+	if ct := res.Header.Get("Content-Type"); ct != mediaV3 {
+		t.Errorf("stream Content-Type %q", ct)
+	}
+	return send, bufio.NewReader(res.Body), func() int {
+		pw.Close()
+		io.Copy(io.Discard, res.Body)
+		return res.StatusCode
+	}
+}
