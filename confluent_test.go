@@ -321,3 +321,53 @@ func openStream(t *testing.T, path string) (send func(string), reports *bufio.Re
 		return res.StatusCode
 	}
 }
+
+// An Idempotency-Key works in mode confluent as in the other modes: a
+// repeat gets the first answer, byte for byte, without producing again,
+// whichever API; a stream, whose records are answered one by one, refuses
+// one.
+func TestConfluentIdempotencyKey(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(2, "topic_1"), kfake.SeedTopics(1, "jsontest"))
+	t.Setenv("QP_TEST_SECRET", testSecret)
+	startCaddy(t, filepath.Join(t.TempDir(), "caddy.log"), confluentSite(c.ListenAddrs()[0], "idempotency_window 1m"))
+
+	keyed := func(ct, key string) map[string]string {
+		h := jsonHeader(ct)
+		h["Idempotency-Key"] = key
+		return h
+	}
+	for _, tt := range []struct{ name, path, ct, body string }{
+		{"v2", "/topics/jsontest", mediaV2JSON, `{"records":[{"value":1},{"value":2}]}`},
+		{"v3", v3Path, mediaV3, `{"value":{"type":"JSON","data":3}}{"value":{"type":"STRING","data":"4"}}`},
+	} {
+		first := do(t, "POST", tt.path, keyed(tt.ct, "key-"+tt.name), strings.NewReader(tt.body))
+		again := do(t, "POST", tt.path, keyed(tt.ct, "key-"+tt.name), strings.NewReader(tt.body))
+		if first.status != 200 || again.status != 200 || again.body != first.body || again.header.Get("Idempotent-Replayed") != "true" {
+			t.Errorf("%s: first %d %q, repeat %d %q (replayed %q); want the first answer again, replayed",
+				tt.name, first.status, first.body, again.status, again.body, again.header.Get("Idempotent-Replayed"))
+		}
+		other := do(t, "POST", tt.path, keyed(tt.ct, "key-"+tt.name), strings.NewReader(strings.Replace(tt.body, "2", "5", 1)))
+		if tt.name == "v2" && (other.status != 422 || !strings.Contains(other.body, `"error_code":422`)) {
+			t.Errorf("%s: another body with the key: %d %q, want 422", tt.name, other.status, other.body)
+		}
+	}
+	if n := len(stored(t, c, "jsontest")) + len(stored(t, c, "topic_1")); n != 4 {
+		t.Errorf("stored %d records, want the 4 of the first attempts", n)
+	}
+
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	req, _ := http.NewRequest("POST", baseURL+v3Path, pr)
+	for k, v := range keyed(mediaV3, "stream-key") {
+		req.Header.Set(k, v)
+	}
+	res, err := testClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	if res.StatusCode != 400 || !strings.HasPrefix(string(b), `{"error_code":400,"message":"Idempotency-Key applies to a request of known length`) {
+		t.Errorf("a stream with an Idempotency-Key: %d %q, want 400", res.StatusCode, b)
+	}
+}

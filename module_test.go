@@ -100,6 +100,16 @@ func TestProvisionErrors(t *testing.T) {
 		{"bad allowed topic", func(h *Handler) { h.Topic = "{x}"; h.AllowTopics = []string{"ok", "not ok"} }, `allow_topics: "not ok" holds ' '`},
 		{"bad mode", func(h *Handler) { h.Mode = "lines" }, `mode: "lines" is not body, records or confluent`},
 		{"key in records mode", func(h *Handler) { h.Mode = "records"; h.Key = "{http.request.header.K}" }, "key, header: apply to mode body only"},
+		{"topic in mode confluent", func(h *Handler) { h.Mode = "confluent"; h.AllowTopics = []string{"t"} }, "topic: not used in mode confluent, where the path names the topic"},
+		{"mode confluent without allow_topics", func(h *Handler) { h.Mode, h.Topic = "confluent", "" }, "allow_topics: required in mode confluent"},
+		{"mode confluent with delivery async", func(h *Handler) { h.Mode, h.Topic, h.AllowTopics, h.Delivery = "confluent", "", []string{"t"}, "async" },
+			"delivery async: not in mode confluent"},
+		{"mode confluent with signature_header", func(h *Handler) {
+			h.Mode, h.Topic, h.AllowTopics, h.SignatureHeader = "confluent", "", []string{"t"}, "X-Hub-Signature-256"
+		}, "signature_header: not in mode confluent"},
+		{"key in mode confluent", func(h *Handler) { h.Mode, h.Topic, h.AllowTopics, h.Key = "confluent", "", []string{"t"}, "k" },
+			"key, header: apply to mode body only; in mode confluent each record carries its own"},
+		{"cluster_id in another mode", func(h *Handler) { h.ClusterID = "lkc-1" }, "cluster_id: applies to mode confluent only"},
 		{"second secret unset", func(h *Handler) { h.Secrets = append(h.Secrets, "{env.QP_UNSET_SECRET}") }, "secret 2: evaluated placeholder {env.QP_UNSET_SECRET} is empty"},
 		{"bad compression", func(h *Handler) { h.Compression = "brotli" }, `compression: "brotli" is not none, gzip, snappy, lz4 or zstd`},
 		{"bad idempotent", func(h *Handler) { h.Idempotent = "yes" }, `idempotent: "yes" is not on or off`},
