@@ -34,7 +34,7 @@ func (h *Handler) parseREST(api *restRoute, body []byte, now time.Time) ([]*reco
 		}
 		rec := newRecord(nil, now, time.Duration(h.Timeout))
 		var shape restShape
-		if ref := readV3Record(d, rec, &shape); ref != nil {
+		if ref := readV3Record(d, rec, &shape, h.MaxSize); ref != nil {
 			return nil, ref
 		}
 		recs = append(recs, rec)
@@ -58,8 +58,9 @@ var refusedSchemaRegistry = restRefusal(refuse(rejectRecords, http.StatusUnproce
 // readV3Record reads one record object of a v3 request from d into rec:
 // {"partition_id", "headers":[{"name","value"}], "key":{"type","data"},
 // "value":{...}, "timestamp"}, each optional. A syntax error ends the
-// stream it came from; any other refusal leaves d after the record.
-func readV3Record(d *jsontext.Decoder, rec *record, shape *restShape) *refusal {
+// stream it came from; any other refusal leaves d after the record. A
+// record longer than maxSize is refused, and ends a stream too.
+func readV3Record(d *jsontext.Decoder, rec *record, shape *restShape, maxSize int64) *refusal {
 	if d.PeekKind() != '{' {
 		if _, err := d.ReadValue(); err != nil {
 			return brokenJSON()
@@ -69,6 +70,9 @@ func readV3Record(d *jsontext.Decoder, rec *record, shape *restShape) *refusal {
 	obj, err := d.ReadValue()
 	if err != nil {
 		return brokenJSON()
+	}
+	if int64(len(obj)) > maxSize {
+		return refusedStreamTooLarge
 	}
 	// The record is read again from its own bytes: a refusal of one of
 	// its fields leaves the stream at the next record.
@@ -296,6 +300,9 @@ func (h *Handler) parseV2(api *restRoute, d *jsontext.Decoder, now time.Time) ([
 		tok, _ := d.ReadToken()
 		switch name := tok.String(); name {
 		case "records":
+			if recs != nil {
+				return nil, restDataError(`"records" is given twice`)
+			}
 			if d.PeekKind() != '[' {
 				return nil, restDataError(`"records" must be an array`)
 			}

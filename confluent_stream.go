@@ -6,6 +6,8 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/go-json-experiment/json/jsontext"
@@ -17,13 +19,19 @@ import (
 // soon as it is read, and its delivery report is written as soon as it is
 // settled, in request order, each with its own error_code: the status,
 // 200, goes before any record is known, as the REST Proxy's does. At most
-// max_records records are in flight: reading waits for their reports.
-// A record longer than max_size, or JSON that is broken, is answered and
-// ends the stream; any other bad record is answered and the stream goes on.
+// max_records records (at least 2), and max_size bytes of them (but always
+// one), are in flight: reading waits for their reports, so that a stream
+// holds no more memory than a request of known length. A record longer than
+// max_size, or JSON that is broken, is answered and ends the stream; any
+// other bad record is answered and the stream goes on.
 func (h *Handler) serveStream(x *exchange, r *http.Request) error {
-	// HTTP/1 answers while it reads; HTTP/2 always can.
+	// HTTP/1 answers while it reads only in full duplex (HTTP/2 always
+	// can); without, net/http would discard what is left of the body when
+	// the status goes: the body is then one request of known length.
 	rc := http.NewResponseController(x.w)
-	_ = rc.EnableFullDuplex()
+	if err := rc.EnableFullDuplex(); err != nil && r.ProtoMajor == 1 {
+		return h.serve(x, r)
+	}
 	var signature [sha256.Size]byte // no signature_header in mode confluent
 	if ref := h.admitHeaders(x, r, &signature); ref != nil {
 		return x.refuse(ref)
@@ -38,16 +46,37 @@ func (h *Handler) serveStream(x *exchange, r *http.Request) error {
 	}
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
-	items := make(chan *streamItem, h.MaxRecords)
-	go h.readStream(ctx, x, r, items)
+	// In flight: the items queued, the one being answered, the one
+	// being read and given to the producer.
+	items := make(chan *streamItem, max(h.MaxRecords-2, 0))
+	window := newByteWindow(h.MaxSize)
+	go h.readStream(ctx, x, r, items, window)
 
 	x.status = http.StatusOK
 	x.w.Header()["Content-Type"] = []string{mediaV3}
-	x.w.WriteHeader(http.StatusOK)
-	werr := rc.Flush()
+	var werr error
+	// A client that sent Expect: 100-continue waits for a 100 before it
+	// sends the body, and net/http sends one when the body is first read;
+	// a status written before would tell it the request was refused. Its
+	// status goes with the first report; any other client's at once.
+	headerSent := false
+	sendHeader := func() {
+		headerSent = true
+		x.w.WriteHeader(http.StatusOK)
+		if werr = rc.Flush(); werr != nil {
+			cancel() // no report can reach the client: read no more
+		}
+	}
+	if !strings.EqualFold(r.Header.Get("Expect"), "100-continue") {
+		sendHeader()
+	}
 	b := make([]byte, 0, 256)
 	for item := range items {
 		h.settleStreamItem(ctx, x, item)
+		window.release(item.size)
+		if !headerSent {
+			sendHeader()
+		}
 		if werr != nil {
 			continue // the client is gone: wait until the reader stops
 		}
@@ -59,6 +88,9 @@ func (h *Handler) serveStream(x *exchange, r *http.Request) error {
 			cancel()
 		}
 	}
+	if !headerSent {
+		sendHeader() // an empty stream
+	}
 	return werr
 }
 
@@ -69,13 +101,15 @@ type streamItem struct {
 	ref     *refusal // the record is refused, not sent
 	started bool     // the record was given to the producer
 	start   time.Time
+	size    int64 // the bytes of its JSON, held until it is answered
 }
 
 // errRecordTooLarge stops the reading of a record longer than max_size.
 var errRecordTooLarge = errors.New("record larger than max_size")
 
-// recordBudget reads a stream's body, but at most max_size bytes past the
-// end of the last record read: a record cannot make its reader hold more.
+// recordBudget reads a stream's body, but at most max_size bytes, and a
+// little whitespace, past the end of the last record read: a record
+// cannot make its reader hold more.
 type recordBudget struct {
 	r     io.Reader
 	max   int64
@@ -84,8 +118,13 @@ type recordBudget struct {
 	over  bool // a record met the limit
 }
 
+// streamSpacing is how much whitespace (a CRLF, a newline, indentation)
+// may come between a stream's records beyond max_size: the decoder's
+// offset counts it into the next record.
+const streamSpacing = 4 << 10
+
 // from lets the next record start at offset.
-func (b *recordBudget) from(offset int64) { b.limit = offset + b.max }
+func (b *recordBudget) from(offset int64) { b.limit = offset + b.max + streamSpacing }
 
 func (b *recordBudget) Read(p []byte) (int, error) {
 	if b.read >= b.limit {
@@ -105,39 +144,75 @@ var refusedStreamTooLarge = func() *refusal {
 	return &ref
 }()
 
+// byteWindow bounds the bytes of a stream's records in flight; one
+// record always goes, whatever its size.
+type byteWindow struct {
+	mu    sync.Mutex
+	room  *sync.Cond
+	bytes int64
+	max   int64
+}
+
+func newByteWindow(max int64) *byteWindow {
+	w := &byteWindow{max: max}
+	w.room = sync.NewCond(&w.mu)
+	return w
+}
+
+// take waits until n more bytes fit.
+func (w *byteWindow) take(n int64) {
+	w.mu.Lock()
+	for w.bytes > 0 && w.bytes+n > w.max {
+		w.room.Wait()
+	}
+	w.bytes += n
+	w.mu.Unlock()
+}
+
+// release gives back n bytes taken.
+func (w *byteWindow) release(n int64) {
+	w.mu.Lock()
+	w.bytes -= n
+	w.mu.Unlock()
+	w.room.Signal()
+}
+
 // readStream reads the records of a stream, gives each to the producer
 // and passes it on to be answered, until the body ends, a record ends the
-// stream, or ctx is done.
-func (h *Handler) readStream(ctx context.Context, x *exchange, r *http.Request, items chan<- *streamItem) {
+// stream, or ctx is done. Every record read is passed on, so that each one
+// given to the producer is waited for and counted.
+func (h *Handler) readStream(ctx context.Context, x *exchange, r *http.Request, items chan<- *streamItem, window *byteWindow) {
 	defer close(items)
 	body := &recordBudget{r: r.Body, max: h.MaxSize}
 	d := jsontext.NewDecoder(body, jsontext.AllowDuplicateNames(true))
 	for ctx.Err() == nil {
-		body.from(d.InputOffset())
-		item := &streamItem{start: time.Now()}
+		offset := d.InputOffset()
+		body.from(offset)
+		item := &streamItem{}
 		if d.PeekKind() == 0 {
 			if _, err := d.ReadToken(); err == io.EOF {
 				return
 			}
 			item.ref = brokenJSON()
 		} else {
+			// The record's time, and its deadline, start when it
+			// arrives, however long the client paused before it.
+			item.start = time.Now()
 			item.rec = newRecord(nil, item.start, time.Duration(h.Timeout))
-			item.ref = readV3Record(d, item.rec, &item.shape)
+			item.ref = readV3Record(d, item.rec, &item.shape, h.MaxSize)
+			item.size = d.InputOffset() - offset
 		}
 		if body.over {
 			item.ref = refusedStreamTooLarge
 		}
 		if item.ref == nil {
+			window.take(item.size)
 			h.startStreamRecord(x, r, item)
-		}
-		if item.ref != nil {
+		} else {
+			item.size = 0
 			metricRejections.WithLabelValues(item.ref.reason).Inc()
 		}
-		select {
-		case items <- item:
-		case <-ctx.Done():
-			return
-		}
+		items <- item // the writer takes every item until the channel closes
 		if item.ref != nil && item.ref.endsStream {
 			return
 		}

@@ -159,6 +159,8 @@ func TestConfluentV2Examples(t *testing.T) {
 			`{"error_code":422,"message":"records may not be empty"}`, v2Answer, 0},
 		{"bad base64", "POST", "/topics/jsontest", binV2, strings.NewReader(`{"records":[{"value":"%%%"}]}`), 400,
 			`{"error_code":400,"message":"Bad Request: data=\"%%%\" is not a valid base64 string."}`, v2Answer, 0},
+		{"records twice", "POST", "/topics/jsontest", jsonV2, strings.NewReader(`{"records":[{"value":1}],"records":[{"value":2}]}`), 400,
+			`{"error_code":400,"message":"Bad Request: \"records\" is given twice"}`, v2Answer, 0},
 		{"not JSON", "POST", "/topics/jsontest", jsonV2, strings.NewReader(`{"records":[{"value":}]}`), 400,
 			`{"error_code":400,"message":"payload not valid JSON"}`, v2Answer, 0},
 		{"no such partition", "POST", "/topics/jsontest/partitions/3", jsonV2, strings.NewReader(`{"records":[{"value":1}]}`), 404,
@@ -369,5 +371,63 @@ func TestConfluentIdempotencyKey(t *testing.T) {
 	b, _ := io.ReadAll(res.Body)
 	if res.StatusCode != 400 || !strings.HasPrefix(string(b), `{"error_code":400,"message":"Idempotency-Key applies to a request of known length`) {
 		t.Errorf("a stream with an Idempotency-Key: %d %q, want 400", res.StatusCode, b)
+	}
+}
+
+// A stream from a client that waits for 100 Continue before it sends the
+// body (curl does, for a body of unknown length): the 100 comes first, then
+// the status with the first report.
+func TestConfluentStreamExpectContinue(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(2, "topic_1"), kfake.SeedTopics(1, "jsontest"))
+	t.Setenv("QP_TEST_SECRET", testSecret)
+	startCaddy(t, filepath.Join(t.TempDir(), "caddy.log"), confluentSite(c.ListenAddrs()[0], ""))
+
+	ctx, cancel := contextWithTimeout(20 * time.Second)
+	defer cancel()
+	body := onlyBody{strings.NewReader(`{"partition_id":0}{"partition_id":1}`)}
+	req, _ := http.NewRequestWithContext(ctx, "POST", baseURL+v3Path, body)
+	for k, v := range jsonHeader(mediaV3) {
+		req.Header.Set(k, v)
+	}
+	req.Header.Set("Expect", "100-continue")
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true, ExpectContinueTimeout: time.Minute}}
+	res, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	b, err := io.ReadAll(res.Body)
+	if err != nil || res.StatusCode != 200 || strings.Count(string(b), `"error_code":200`) != 2 {
+		t.Errorf("got %d %q (%v), want 200 and two reports", res.StatusCode, b, err)
+	}
+}
+
+// A stream's record is timed from when it arrives: a client that pauses
+// longer than timeout between records still gets each one produced. And
+// the CRLF between records, as the REST Proxy's clients write them, does
+// not count against max_size.
+func TestConfluentStreamPausesAndSpacing(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(2, "topic_1"), kfake.SeedTopics(1, "jsontest"))
+	t.Setenv("QP_TEST_SECRET", testSecret)
+	startCaddy(t, filepath.Join(t.TempDir(), "caddy.log"), confluentSite(c.ListenAddrs()[0], "timeout 200ms\n\t\tmax_size 64"))
+
+	record := `{"partition_id":0,"value":{"type":"STRING","data":"` + strings.Repeat("x", 64-len(`{"partition_id":0,"value":{"type":"STRING","data":""}}`)) + `"}}`
+	if len(record) != 64 {
+		t.Fatalf("the record is %d bytes, want max_size", len(record))
+	}
+	send, reports, done := openStream(t, v3Path)
+	for i := range 3 {
+		if i == 2 {
+			time.Sleep(400 * time.Millisecond) // the client pauses longer than timeout
+		}
+		send(record + "\r\n")
+		line, err := reports.ReadString('\n')
+		if err != nil || !strings.HasPrefix(line, `{"error_code":200,`) {
+			t.Errorf("record %d: %q %v, want 200", i, line, err)
+		}
+	}
+	done()
+	if got := len(stored(t, c, "topic_1")); got != 3 {
+		t.Errorf("stored %d records, want 3", got)
 	}
 }
