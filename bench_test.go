@@ -55,32 +55,50 @@ func BenchmarkNewRecord(b *testing.B) {
 
 // BenchmarkHandler runs the handler's ServeHTTP, from the method check to
 // the answer, against the in-process broker (without Caddy's server and
-// without the network on the HTTP side): in body mode, and in records mode
-// with 100 records a request.
+// without the network on the HTTP side): in body mode, in records mode
+// with 100 records a request, and in mode confluent: one v3 record, and
+// a v2 request of 100 records.
 func BenchmarkHandler(b *testing.B) {
-	for _, mode := range []string{modeBody, modeRecords} {
-		body := []byte(seedBody)
-		if mode == modeRecords {
-			body = []byte(recordsBody(100, func(int) string { return "" }))
-		}
+	v2Records := recordsBody(100, func(int) string { return "" }) // the same envelope as records mode
+	for _, bc := range []benchCase{
+		{name: "mode=body", mode: modeBody, path: "/", body: seedBody},
+		{name: "mode=records", mode: modeRecords, path: "/", body: recordsBody(100, func(int) string { return "" })},
+		{name: "mode=confluent/v3", mode: modeConfluent, path: "/v3/clusters/c/topics/bench/records", contentType: mediaV3,
+			body: `{"value":{"type":"JSON","data":` + seedBody + `}}`},
+		{name: "mode=confluent/v2", mode: modeConfluent, path: "/topics/bench", contentType: mediaV2JSON, body: v2Records},
+	} {
 		for _, callers := range []int{1, 64} {
-			b.Run("mode="+mode+"/callers="+strconv.Itoa(callers), func(b *testing.B) {
-				benchmarkHandler(b, mode, body, callers)
+			b.Run(bc.name+"/callers="+strconv.Itoa(callers), func(b *testing.B) {
+				benchmarkHandler(b, bc, callers)
 			})
 		}
 	}
 }
 
-func benchmarkHandler(b *testing.B, mode string, body []byte, callers int) {
+// benchCase is a request of BenchmarkHandler.
+type benchCase struct {
+	name, mode, path, contentType, body string
+}
+
+func benchmarkHandler(b *testing.B, bc benchCase, callers int) {
 	c := newCluster(b, kfake.NumBrokers(1), kfake.SeedTopics(1, "bench"))
 	h := handlerForUnitTest(1000000)
-	h.Topic, h.Mode, h.MaxRecords = "bench", mode, 1000
+	h.Topic, h.Mode, h.MaxRecords = "bench", bc.mode, 1000
+	if bc.mode == modeConfluent {
+		h.Topic, h.allowTopics = "", map[string]bool{"bench": true}
+	}
 	h.producer = mustProducer(b, producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll}, zap.NewNop())
 	h.logger = zap.NewNop()
 	defer h.producer.Close()
+	body := []byte(bc.body)
 	serve := func() {
-		req := httptest.NewRequest("POST", "/", bodyReader(body))
+		req := httptest.NewRequest("POST", bc.path, bodyReader(body))
 		req.Header.Set("Authorization", testSecret)
+		if bc.contentType != "" {
+			// Of known length: a v3 body of unknown length is a stream.
+			req.Header.Set("Content-Type", bc.contentType)
+			req.ContentLength = int64(len(body))
+		}
 		w := httptest.NewRecorder()
 		if err := h.ServeHTTP(w, req, nil); err != nil || w.Code != 200 {
 			b.Errorf("%d %s %v", w.Code, w.Body, err)

@@ -285,6 +285,12 @@ func TestConfluentStream(t *testing.T) {
 // returns the status.
 func openStream(t *testing.T, path string) (send func(string), reports *bufio.Reader, done func() int) {
 	t.Helper()
+	return openStreamWith(t, path, nil)
+}
+
+// openStreamWith is openStream with more request headers.
+func openStreamWith(t *testing.T, path string, header map[string]string) (send func(string), reports *bufio.Reader, done func() int) {
+	t.Helper()
 	pr, pw := io.Pipe()
 	req, err := http.NewRequest("POST", baseURL+path, pr)
 	if err != nil {
@@ -292,6 +298,9 @@ func openStream(t *testing.T, path string) (send func(string), reports *bufio.Re
 	}
 	req.Header.Set("Content-Type", mediaV3)
 	req.Header.Set("Authorization", testSecret)
+	for k, v := range header {
+		req.Header.Set(k, v)
+	}
 	answered := make(chan *http.Response, 1)
 	go func() {
 		res, err := testClient.Do(req)
