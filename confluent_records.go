@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/go-json-experiment/json/jsontext"
+	"github.com/queuepublish/caddy-queue-publish/internal/producer"
 	"github.com/segmentio/kafka-go"
 )
 
@@ -25,7 +26,7 @@ func (h *Handler) parseREST(api *restRoute, body []byte, now time.Time) ([]*reco
 		if !validJSON(body) {
 			return nil, refusedInvalidJSON
 		}
-		return h.parseV2(api, d, now)
+		return h.parseV2(api, d, body, now)
 	}
 	var recs []*record
 	for d.PeekKind() != 0 {
@@ -287,7 +288,7 @@ func readTimestamp(d *jsontext.Decoder, rec *record) *refusal {
 // and values as embedded JSON (stored as their JSON text, as the REST
 // Proxy stores them) or, binary, base64. A record without a partition
 // takes the path's.
-func (h *Handler) parseV2(api *restRoute, d *jsontext.Decoder, now time.Time) ([]*record, *refusal) {
+func (h *Handler) parseV2(api *restRoute, d *jsontext.Decoder, body []byte, now time.Time) ([]*record, *refusal) {
 	if d.PeekKind() != '{' {
 		if _, err := d.ReadValue(); err != nil {
 			return nil, refusedInvalidJSON
@@ -295,28 +296,34 @@ func (h *Handler) parseV2(api *restRoute, d *jsontext.Decoder, now time.Time) ([
 		return nil, restDataError(`the body must be an object {"records":[...]}`)
 	}
 	d.ReadToken()
-	var recs []*record
+	// The records are held in one slice, one allocation for all, as in
+	// records mode.
+	var block []record
+	seen := false
+	v2 := v2Reader{d: d, body: body, binary: api.binary}
 	for d.PeekKind() == '"' {
 		tok, _ := d.ReadToken()
 		switch name := tok.String(); name {
 		case "records":
-			if recs != nil {
+			if seen {
 				return nil, restDataError(`"records" is given twice`)
 			}
+			seen = true
 			if d.PeekKind() != '[' {
 				return nil, restDataError(`"records" must be an array`)
 			}
 			d.ReadToken()
+			block = make([]record, 0, min(bytes.Count(body, []byte(`"value"`)), h.MaxRecords))
 			for d.PeekKind() != ']' && d.PeekKind() != 0 {
-				if len(recs) == h.MaxRecords {
+				if len(block) == h.MaxRecords {
 					return nil, badRequest(rejectRecords, "records: more than max_records (%d)", h.MaxRecords)
 				}
-				rec := newRecord(nil, now, time.Duration(h.Timeout))
+				block = append(block, producer.MakeRecord(nil, now, time.Duration(h.Timeout)))
+				rec := &block[len(block)-1]
 				rec.Partition = api.partition
-				if ref := readV2Record(d, rec, api.binary); ref != nil {
+				if ref := v2.record(rec); ref != nil {
 					return nil, ref
 				}
-				recs = append(recs, rec)
 			}
 			d.ReadToken() // ]
 		case "key_schema", "key_schema_id", "value_schema", "value_schema_id":
@@ -335,14 +342,28 @@ func (h *Handler) parseV2(api *restRoute, d *jsontext.Decoder, now time.Time) ([
 	if _, err := d.ReadToken(); err != io.EOF {
 		return nil, refusedInvalidJSON
 	}
-	if len(recs) == 0 {
+	if len(block) == 0 {
 		return nil, refuse(rejectRecords, http.StatusUnprocessableEntity, "records may not be empty")
+	}
+	recs := make([]*record, len(block))
+	for i := range block {
+		recs[i] = &block[i]
 	}
 	return recs, nil
 }
 
-// readV2Record reads one record of v2's "records".
-func readV2Record(d *jsontext.Decoder, rec *record, binary bool) *refusal {
+// v2Reader reads the records of a v2 body.
+type v2Reader struct {
+	d      *jsontext.Decoder
+	body   []byte
+	binary bool // base64 keys and values, not embedded JSON
+	// compact holds the compacted keys and values of the request.
+	compact []byte
+}
+
+// record reads one record of v2's "records" into rec.
+func (v2 *v2Reader) record(rec *record) *refusal {
+	d := v2.d
 	if d.PeekKind() != '{' {
 		if _, err := d.ReadValue(); err != nil {
 			return refusedInvalidJSON
@@ -355,9 +376,9 @@ func readV2Record(d *jsontext.Decoder, rec *record, binary bool) *refusal {
 		var ref *refusal
 		switch name := tok.String(); name {
 		case "key":
-			rec.Key, ref = readV2Data(d, binary)
+			rec.Key, ref = v2.data()
 		case "value":
-			rec.Value, ref = readV2Data(d, binary)
+			rec.Value, ref = v2.data()
 		case "partition":
 			ref = readPartition(d, rec, "partition")
 		default:
@@ -373,17 +394,18 @@ func readV2Record(d *jsontext.Decoder, rec *record, binary bool) *refusal {
 	return nil
 }
 
-// readV2Data reads a v2 key or value: nil for null, else the embedded
-// JSON's compact text, or a base64 string's bytes.
-func readV2Data(d *jsontext.Decoder, binary bool) ([]byte, *refusal) {
-	v, err := d.ReadValue()
+// data reads a v2 key or value: nil for null, else the embedded JSON's
+// compact text (a slice of the body when it was sent compact), or a
+// base64 string's bytes.
+func (v2 *v2Reader) data() ([]byte, *refusal) {
+	v, err := v2.d.ReadValue()
 	if err != nil {
 		return nil, refusedInvalidJSON
 	}
 	if v.Kind() == 'n' {
 		return nil, nil
 	}
-	if binary {
+	if v2.binary {
 		if v.Kind() != '"' {
 			return nil, restDataError("data=%s is not a base64 string.", v)
 		}
@@ -393,9 +415,20 @@ func readV2Data(d *jsontext.Decoder, binary bool) ([]byte, *refusal) {
 		}
 		return b, nil
 	}
-	b := jsontext.Value(bytes.Clone(v))
+	if !bytes.ContainsAny(v, " \t\r\n") {
+		end := int(v2.d.InputOffset())
+		return v2.body[end-len(v) : end], nil
+	}
+	// Compacted into one buffer for the request: the values are no
+	// longer than the body, so it never grows.
+	if v2.compact == nil {
+		v2.compact = make([]byte, 0, len(v2.body))
+	}
+	start := len(v2.compact)
+	b := jsontext.Value(append(v2.compact, v...)[start:])
 	if err := b.Compact(); err != nil {
 		return nil, refusedInvalidJSON
 	}
-	return b, nil
+	v2.compact = v2.compact[:start+len(b)]
+	return b[:len(b):len(b)], nil
 }

@@ -21,6 +21,7 @@ func FuzzParseREST(f *testing.F) {
 		`{}{"partition_id":null}` + "\n" + `{"value":{"type":"JSON","data":[1, 2 ,{"a" : null}]}}`,
 		`{"records":[{"key":"somekey","value":{"foo":"bar"}},{"value":["foo","bar"],"partition":1},{"value":53.5}]}`,
 		`{"records":[{"key":"a2V5","value":"Y29uZmx1ZW50"},{"value":"a2Fma2E=","partition":1}]}`,
+		`{"records":[{"key": "a b", "value": {"x": [1, 2]}}, {"value": " "}, {"value":3}]}`,
 		`{"records":[]}`, `[]`, `{"headers":[{"name":"a"},{"value":null,"name":"b"}]}`, `{"timestamp":"x"}`, "",
 	} {
 		f.Add(body, true, false)
@@ -43,6 +44,17 @@ func FuzzParseREST(f *testing.F) {
 		if !v3 {
 			if !json.Valid([]byte(body)) {
 				t.Fatalf("v2 accepted invalid JSON %q", body)
+			}
+			for i, rec := range recs {
+				for _, b := range [][]byte{rec.Key, rec.Value} {
+					if b == nil || binary {
+						continue
+					}
+					v := jsontext.Value(append([]byte(nil), b...))
+					if v.Compact() != nil || string(v) != string(b) {
+						t.Fatalf("v2 record %d: %q is not compact valid JSON", i, b)
+					}
+				}
 			}
 			return
 		}
