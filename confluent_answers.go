@@ -4,6 +4,8 @@ import (
 	"net/http"
 	"strconv"
 	"time"
+
+	"github.com/go-json-experiment/json/jsontext"
 )
 
 // answerREST answers a request of mode confluent whose records were sent,
@@ -40,9 +42,9 @@ func (h *Handler) appendV3Report(b []byte, x *exchange, rec *record, shape restS
 	}
 	partition, offset := rec.Placed()
 	b = append(b, `{"error_code":200,"cluster_id":`...)
-	b = append(b, quote(h.restClusterID(x.api))...)
+	b, _ = jsontext.AppendQuote(b, h.restClusterID(x.api)) // invalid UTF-8 in the path becomes U+FFFD
 	b = append(b, `,"topic_name":`...)
-	b = append(b, quote(x.topic)...)
+	b, _ = jsontext.AppendQuote(b, x.topic)
 	b = append(b, `,"partition_id":`...)
 	b = strconv.AppendInt(b, int64(partition), 10)
 	if offset >= 0 {
