@@ -46,6 +46,9 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		idempotency_window   <duration>
 //		idempotency_max_keys <count>
 //		idempotency_max_bytes <size>
+//		idempotency_store memory|redis <url>
+//		idempotency_key_prefix <prefix>
+//		on_store_error reject|produce
 //		max_size <size>
 //		timeout  <duration>
 //		acks     all|leader|none
@@ -149,6 +152,17 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			h.CORS = append(h.CORS, args...)
 			continue
+		case "idempotency_store":
+			args := d.RemainingArgs()
+			switch {
+			case len(args) == 1 && args[0] == "memory":
+				h.IdempotencyRedis = ""
+			case len(args) == 2 && args[0] == "redis":
+				h.IdempotencyRedis = args[1]
+			default:
+				return d.Errf("idempotency_store: want memory, or redis <url>")
+			}
+			continue
 		case "header":
 			args := d.RemainingArgs()
 			if len(args) != 2 {
@@ -183,6 +197,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.IdempotencyMaxKeys, err = parseCount(val)
 		case "idempotency_max_bytes":
 			h.IdempotencyMaxBytes, err = parseSize(val, 1<<40)
+		case "idempotency_key_prefix":
+			h.IdempotencyKeyPrefix = val
+		case "on_store_error":
+			h.OnStoreError, err = val, storeErrorChoices.check(val)
 		case "client_id":
 			h.ClientID = val
 		case "schema":

@@ -39,6 +39,10 @@ var (
 	// An option that is on or off.
 	switches = choices[bool]{{"on", true}, {"off", false}}
 
+	// What a request with an Idempotency-Key gets when the shared store
+	// cannot be reached.
+	storeErrorChoices = choices[string]{{storeErrorReject, storeErrorReject}, {storeErrorProduce, storeErrorProduce}}
+
 	saslMechanisms = choices[string]{
 		{"plain", "plain"},
 		{"scram-sha-256", "scram-sha-256"},
@@ -53,6 +57,12 @@ const (
 	// the paths, bodies and answers of Confluent REST Proxy's produce
 	// APIs, v2 and v3
 	modeConfluent = "confluent"
+)
+
+// On a failure of the shared idempotency store.
+const (
+	storeErrorReject  = "reject"  // 503: nothing produced
+	storeErrorProduce = "produce" // produced without the store
 )
 
 // Deliveries: whether a request waits for the broker.

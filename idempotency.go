@@ -295,7 +295,7 @@ func (e *idemEntry) reuse(ctx context.Context, recs []*record, deadline time.Tim
 // configs with the same window and bounds, if the window is set.
 func (h *Handler) provisionIdempotency() {
 	h.idem = nil
-	if h.IdempotencyWindow > 0 {
+	if h.IdempotencyWindow > 0 && h.IdempotencyRedis == "" {
 		h.idem, h.idemPoolKey = acquireIdempotencyStore(time.Duration(h.IdempotencyWindow), h.IdempotencyMaxKeys, h.IdempotencyMaxBytes)
 	}
 }
@@ -306,11 +306,11 @@ func (h *Handler) provisionIdempotency() {
 // the records that provably were not written.
 func (h *Handler) publishOnce(x *exchange, r *http.Request, key string, body []byte, recs []*record, start time.Time) error {
 	var digest [sha256.Size]byte
-	if h.idem != nil {
+	if h.idem != nil || h.shared != nil {
 		digest = idemDigest(h.digestMode(x), body, recs) // before the key joins the headers
 	}
 	addKeyHeader(recs, key)
-	if h.idem == nil {
+	if h.idem == nil && h.shared == nil {
 		return h.publish(x, r, recs, recs, start)
 	}
 	for _, rec := range recs {
@@ -322,36 +322,76 @@ func (h *Handler) publishOnce(x *exchange, r *http.Request, key string, body []b
 	if x.byToken {
 		scope += "token\x00"
 	}
-	entry, st := h.idem.claim(scope+x.topic+"\x00"+key, digest, start)
+	claim, st, err := h.claimKey(r.Context(), scope+x.topic+"\x00"+key, digest, start, recs)
+	if err != nil {
+		return h.storeFailed(x, r, recs, start, err)
+	}
 	switch st {
 	case idemOtherBody:
 		return x.refuse(refusedKeyReused)
 	case idemInProgress:
 		return x.refuse(refusedKeyInProgress)
 	}
-	if st == idemRepeat && len(entry.recs) != len(recs) {
+	if st == idemRepeat && !claim.matches(len(recs)) {
 		// Not the same request after all (the digest covers the mode,
 		// so this needs a hash collision); never pair records wrongly.
-		h.idem.settle(entry, nil)
+		claim.settle(nil)
 		return x.refuse(refusedKeyReused)
-	}
-	if h.idem.evictedOnce() {
-		h.logger.Warn("more Idempotency-Keys than idempotency_max_keys or idempotency_max_bytes hold within idempotency_window: the oldest are forgotten early",
-			zap.Int("idempotency_max_keys", h.IdempotencyMaxKeys), zap.Int64("idempotency_max_bytes", h.IdempotencyMaxBytes))
 	}
 	final, send := recs, recs
 	if st == idemRepeat {
-		final, send = entry.reuse(r.Context(), recs, recs[0].Deadline, h.Delivery == deliverySync)
+		final, send = claim.reuse(r.Context(), recs, recs[0].Deadline, h.Delivery == deliverySync)
 		if len(send) == 0 {
 			x.w.Header()["Idempotent-Replayed"] = []string{"true"}
 			metricReplays.Inc()
 		}
 	}
 	var stored []*record
-	defer func() { h.idem.settle(entry, stored) }()
-	err := h.publish(x, r, final, send, start)
+	defer func() { claim.settle(stored) }()
+	err = h.publish(x, r, final, send, start)
 	if send == nil || send[0].Queued() {
 		stored = final // the records were queued
 	}
 	return err
 }
+
+// An idemClaim is a request's hold on its Idempotency-Key, in the store
+// of this instance's memory or in one a fleet shares, until it settles.
+type idemClaim interface {
+	// matches reports whether the first attempt had n records.
+	matches(n int) bool
+	// reuse is idemEntry.reuse: the records of the first attempt that
+	// stand, and those of the repeat to send.
+	reuse(ctx context.Context, recs []*record, deadline time.Time, wait bool) (final, send []*record)
+	// settle releases the key with the records that now stand for the
+	// request; nil: the request produced nothing.
+	settle(recs []*record)
+}
+
+// claimKey claims a request's key in the handler's store; an error says
+// that a shared store could not be reached.
+func (h *Handler) claimKey(ctx context.Context, key string, digest [sha256.Size]byte, now time.Time, recs []*record) (idemClaim, idemStatus, error) {
+	if h.shared != nil {
+		return h.shared.claim(ctx, key, digest, now, recs[0].Deadline)
+	}
+	entry, st := h.idem.claim(key, digest, now)
+	if h.idem.evictedOnce() {
+		h.logger.Warn("more Idempotency-Keys than idempotency_max_keys or idempotency_max_bytes hold within idempotency_window: the oldest are forgotten early",
+			zap.Int("idempotency_max_keys", h.IdempotencyMaxKeys), zap.Int64("idempotency_max_bytes", h.IdempotencyMaxBytes))
+	}
+	return memoryClaim{h.idem, entry}, st, nil
+}
+
+// memoryClaim is a claim in the store of this instance's memory.
+type memoryClaim struct {
+	s *idempotencyStore
+	e *idemEntry
+}
+
+func (c memoryClaim) matches(n int) bool { return len(c.e.recs) == n }
+
+func (c memoryClaim) reuse(ctx context.Context, recs []*record, deadline time.Time, wait bool) (final, send []*record) {
+	return c.e.reuse(ctx, recs, deadline, wait)
+}
+
+func (c memoryClaim) settle(recs []*record) { c.s.settle(c.e, recs) }

@@ -46,6 +46,10 @@ var (
 		Name: "caddy_queue_publish_rejections_total",
 		Help: "Requests refused before reaching Kafka, by reason.",
 	}, []string{"reason"})
+	metricStoreErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "caddy_queue_publish_idempotency_store_errors_total",
+		Help: "Failures to reach the shared store of Idempotency-Keys, by operation: claim (the request was answered 503, or produced with on_store_error produce) or settle (an outcome not stored).",
+	}, []string{"op"})
 	metricReplays = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "caddy_queue_publish_idempotent_replays_total",
 		Help: "Repeated requests answered from an earlier one by Idempotency-Key, without producing again.",
@@ -64,8 +68,9 @@ const (
 	rejectIdempotency = "idempotency_key"
 	rejectQueueFull   = "queue_full"
 	rejectOrigin      = "origin"
-	rejectPath        = "path"         // mode confluent: no produce API there
-	rejectContentType = "content_type" // mode confluent: a format it does not take
+	rejectStore       = "idempotency_store" // the shared store could not be reached
+	rejectPath        = "path"              // mode confluent: no produce API there
+	rejectContentType = "content_type"      // mode confluent: a format it does not take
 )
 
 // registerMetrics adds the module's metrics to a config's registry; they
@@ -75,7 +80,7 @@ func registerMetrics(reg *prometheus.Registry) error {
 		return nil
 	}
 	for _, c := range []prometheus.Collector{metricRequests, metricRecords, metricBytes, metricLatency,
-		metricBatch, metricWaiting, metricProducerErrors, metricRejections, metricReplays} {
+		metricBatch, metricWaiting, metricProducerErrors, metricRejections, metricReplays, metricStoreErrors} {
 		if err := reg.Register(c); err != nil {
 			var already prometheus.AlreadyRegisteredError
 			if !errors.As(err, &already) {

@@ -181,6 +181,27 @@ type Handler struct {
 	// turns this off; the key is still stored as a record header.
 	IdempotencyWindow caddy.Duration `json:"idempotency_window,omitempty"`
 
+	// Where the Idempotency-Keys of idempotency_window are remembered:
+	// unset, in this instance's memory; a redis:// or rediss:// (TLS) URL,
+	// on that Redis or Valkey server, shared by every instance that names
+	// it, so that a repeat reaching another instance of a fleet is still
+	// answered from the first attempt. The URL holds the user and
+	// password and should be a placeholder, {env.*} or {file.*}; it is
+	// never logged. With ?master_name=<name> it names Sentinels, with
+	// ?addr=<host:port> for each further node a Redis Cluster.
+	IdempotencyRedis string `json:"idempotency_redis,omitempty"`
+
+	// With idempotency_redis, what the Redis keys start with.
+	// Default: "queue_publish:".
+	IdempotencyKeyPrefix string `json:"idempotency_key_prefix,omitempty"`
+
+	// With idempotency_redis, what a request with an Idempotency-Key gets
+	// when the store cannot be reached: "reject" (503 with Retry-After;
+	// nothing is produced, a retry is safe) or "produce" (it is
+	// published without the store, and a repeat may be stored twice).
+	// Requests without a key are never affected. Default: "reject".
+	OnStoreError string `json:"on_store_error,omitempty"`
+
 	// The most Idempotency-Keys remembered at once; beyond it the oldest
 	// are forgotten before their window ends. Default: 100000.
 	IdempotencyMaxKeys int `json:"idempotency_max_keys,omitempty"`
@@ -222,7 +243,9 @@ type Handler struct {
 
 	brokers       []string
 	idem          *idempotencyStore
-	idemPoolKey   string        // the store's key in its pool
+	idemPoolKey   string // the store's key in its pool
+	shared        *redisStore
+	sharedPoolKey string        // the shared store's key in its pool
 	idemScope     string        // the brokers part of the scope of keys
 	asyncPending  *atomic.Int64 // records queued by delivery async, not yet done
 	asyncDone     func(*record)
@@ -267,6 +290,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.provisionIdempotency()
+	if err := h.provisionSharedStore(repl); err != nil {
+		return err
+	}
 	return h.provisionProducer(ctx, repl)
 }
 
@@ -283,6 +309,10 @@ func (h *Handler) applyDefaults() {
 	h.QueueSize = cmp.Or(h.QueueSize, defaultQueueSize)
 	h.IdempotencyMaxKeys = cmp.Or(h.IdempotencyMaxKeys, defaultIdempotencyMaxKeys)
 	h.IdempotencyMaxBytes = cmp.Or(h.IdempotencyMaxBytes, defaultIdempotencyMaxBytes)
+	if h.IdempotencyRedis != "" {
+		h.IdempotencyKeyPrefix = cmp.Or(h.IdempotencyKeyPrefix, "queue_publish:")
+		h.OnStoreError = cmp.Or(h.OnStoreError, storeErrorReject)
+	}
 }
 
 // provisionRequests prepares what serving a request reads: the schema,
@@ -372,6 +402,17 @@ func (h *Handler) Validate() error {
 	if h.QueueSize < 0 || h.IdempotencyMaxKeys < 0 || h.IdempotencyMaxBytes < 0 || h.IdempotencyWindow < 0 {
 		return errors.New("queue_size, idempotency_max_keys, idempotency_max_bytes, idempotency_window: must be positive")
 	}
+	if h.IdempotencyRedis != "" && h.IdempotencyWindow == 0 {
+		return errors.New("idempotency_store redis: needs an idempotency_window")
+	}
+	if h.IdempotencyRedis == "" && (h.IdempotencyKeyPrefix != "" || h.OnStoreError != "") {
+		return errors.New("idempotency_key_prefix, on_store_error: apply to idempotency_store redis only")
+	}
+	if h.OnStoreError != "" {
+		if err := storeErrorChoices.check(h.OnStoreError); err != nil {
+			return fmt.Errorf("on_store_error: %v", err)
+		}
+	}
 	if h.Mode != modeBody && (h.Key != "" || len(h.Headers) > 0) {
 		return fmt.Errorf("key, header: apply to mode body only; in mode %s each record carries its own", h.Mode)
 	}
@@ -442,6 +483,9 @@ func (h *Handler) Cleanup() error {
 	if h.idem != nil {
 		// Running requests keep using the store; it only leaves the pool.
 		releaseIdempotencyStore(h.idemPoolKey)
+	}
+	if h.shared != nil {
+		redisStores.Delete(h.sharedPoolKey)
 	}
 	if h.use == nil {
 		return nil

@@ -95,6 +95,16 @@ func MakeRecord(value []byte, now time.Time, timeout time.Duration) Record {
 	}
 }
 
+// Replayed is a record acknowledged earlier, perhaps by another process,
+// at partition and offset at time t: what a shared idempotency store knows
+// of it, to answer a repeat of its request. Only its Placed, Time and
+// Answer mean anything; it must not be sent.
+func Replayed(partition int, offset int64, t time.Time) *Record {
+	done := make(chan struct{})
+	close(done)
+	return &Record{Partition: partition, placed: partition, offset: offset, Time: t, state: stateCompleted, done: done}
+}
+
 // Done is closed when the record and the others of the Send or Enqueue
 // call that took it are completed (or were refused); nil before such a
 // call.

@@ -1,0 +1,287 @@
+//go:build redis
+
+package queuepublish
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddytest"
+	"github.com/queuepublish/caddy-queue-publish/internal/redistest"
+	"github.com/segmentio/kafka-go"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"go.uber.org/zap"
+)
+
+// Two instances of a fleet: two sites on their own ports, each with a
+// producer of its own (another client_id), sharing one Redis and one
+// broker. Extra options go to both.
+const (
+	instanceA = "http://127.0.0.1:9080"
+	instanceB = "http://127.0.0.1:9081"
+)
+
+func startFleet(t *testing.T, c *kfake.Cluster, redisURL, extra string) string {
+	t.Helper()
+	t.Setenv("QP_TEST_SECRET", testSecret)
+	t.Setenv("QP_TEST_REDIS", redisURL)
+	logFile := filepath.Join(t.TempDir(), "caddy.log")
+	site := func(port int, id string) string {
+		return fmt.Sprintf(`:%d {
+	queue_publish {
+		brokers %s
+		topic events
+		secret {env.QP_TEST_SECRET}
+		client_id %s
+		idempotency_window 1m
+		idempotency_store redis {env.QP_TEST_REDIS}
+		%s
+	}
+}
+`, port, c.ListenAddrs()[0], id, extra)
+	}
+	config := fmt.Sprintf(`{
+	admin %s
+	http_port 9080
+	https_port 9443
+	grace_period 1ns
+	skip_install_trust
+	log {
+		output file %s
+		level DEBUG
+	}
+}
+%s%s`, adminAddr, logFile, site(9080, "instance-a"), site(9081, "instance-b"))
+	caddytest.NewTester(t).InitServer(config, "caddyfile")
+	if t.Failed() {
+		t.FailNow()
+	}
+	return logFile
+}
+
+// post sends a request to one instance.
+func post(t *testing.T, base, key, body string) answerT {
+	t.Helper()
+	req, _ := http.NewRequest("POST", base+"/", strings.NewReader(body))
+	req.Header.Set("Authorization", testSecret)
+	if key != "" {
+		req.Header.Set("Idempotency-Key", key)
+	}
+	res, err := testClient.Do(req)
+	if err != nil {
+		t.Error(err)
+		return answerT{body: err.Error()}
+	}
+	defer res.Body.Close()
+	b, _ := io.ReadAll(res.Body)
+	return answerT{res.StatusCode, res.Header, string(b)}
+}
+
+// The same Idempotency-Key at two instances is one request: the second is
+// answered from the first, byte for byte; another body is 422.
+func TestRedisStoreAcrossInstances(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	r := redistest.Start(t)
+	startFleet(t, c, r.URL(), "")
+
+	first := post(t, instanceA, "order-1", `{"order":1}`)
+	again := post(t, instanceB, "order-1", `{"order":1}`)
+	if first.status != 200 || again.status != 200 || again.body != first.body || again.header.Get("Idempotent-Replayed") != "true" {
+		t.Errorf("first at A %d %s; repeat at B %d %s (replayed %q): want the first answer, replayed",
+			first.status, first.body, again.status, again.body, again.header.Get("Idempotent-Replayed"))
+	}
+	if other := post(t, instanceB, "order-1", `{"order":2}`); other.status != 422 {
+		t.Errorf("another body with the key at B: %d %s, want 422", other.status, other.body)
+	}
+	if got := len(stored(t, c, "events")); got != 1 {
+		t.Errorf("stored %d records, want 1", got)
+	}
+	// Keys live in Redis under the prefix, with the window as their TTL.
+	keys, err := r.Client.Keys(t.Context(), "queue_publish:*").Result()
+	if err != nil || len(keys) != 1 {
+		t.Fatalf("Redis holds %v (%v), want one key under queue_publish:", keys, err)
+	}
+	if ttl := r.Client.PTTL(t.Context(), keys[0]).Val(); ttl <= 0 || ttl > time.Minute {
+		t.Errorf("the key's TTL is %v, want within the 1m window", ttl)
+	}
+}
+
+// While one instance waits for the broker, the same key at the other is
+// answered 409; once the first is answered, the repeat gets its answer.
+// A first attempt answered 504 is settled in the store when the producer
+// learns the outcome, and a repeat then gets the real answer.
+func TestRedisStoreInProgressAndLateOutcome(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	r := redistest.Start(t)
+	startFleet(t, c, r.URL(), "timeout 500ms")
+	release := make(chan struct{})
+	received := holdProduce(c, release)
+
+	var wg sync.WaitGroup
+	var first answerT
+	wg.Go(func() { first = post(t, instanceA, "slow", `{"n":1}`) })
+	waitFor(t, 5*time.Second, func() bool { return received.Load() > 0 })
+	if got := post(t, instanceB, "slow", `{"n":1}`); got.status != 409 {
+		t.Errorf("the key at B while A waits: %d %s, want 409", got.status, got.body)
+	}
+	wg.Wait()
+	if first.status != 504 {
+		t.Fatalf("A under a held broker: %d %s, want 504", first.status, first.body)
+	}
+	// A still waits for the late acknowledgement: B is told to wait.
+	if got := post(t, instanceB, "slow", `{"n":1}`); got.status != 409 {
+		t.Errorf("the key at B while A learns the outcome: %d %s, want 409", got.status, got.body)
+	}
+	close(release)
+	var settled answerT
+	waitFor(t, 10*time.Second, func() bool {
+		settled = post(t, instanceB, "slow", `{"n":1}`)
+		return settled.status != 409
+	})
+	if settled.status != 200 || settled.body != `{"success":true,"partition":0,"offset":0}` || settled.header.Get("Idempotent-Replayed") != "true" {
+		t.Errorf("the key at B once A learned: %d %s, want the late acknowledgement, replayed", settled.status, settled.body)
+	}
+	if got := len(stored(t, c, "events")); got != 1 {
+		t.Errorf("stored %d records, want 1", got)
+	}
+}
+
+// Redis down: a request with an Idempotency-Key is answered 503 (nothing
+// produced, a retry is safe), one without is not affected, and with Redis
+// back the keys work again. With on_store_error produce, keyed requests
+// are produced without the store.
+func TestRedisStoreUnreachable(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	r := redistest.Start(t)
+	logFile := startFleet(t, c, r.URL(), "timeout 1s")
+	if got := post(t, instanceA, "before", `{"n":0}`); got.status != 200 {
+		t.Fatalf("with Redis up: %d %s", got.status, got.body)
+	}
+	r.Stop()
+	got := post(t, instanceA, "during", `{"n":1}`)
+	if got.status != 503 || got.body != `{"error":"idempotency store unavailable","outcome":"not_written"}` || got.header.Get("Retry-After") == "" {
+		t.Errorf("a key with Redis down: %d %s, want 503 with Retry-After", got.status, got.body)
+	}
+	if got := post(t, instanceB, "", `{"n":2}`); got.status != 200 {
+		t.Errorf("no key with Redis down: %d %s, want 200", got.status, got.body)
+	}
+	waitFor(t, 5*time.Second, func() bool {
+		logs, _ := os.ReadFile(logFile)
+		return hasLogLine(logs, "warn", "the idempotency store cannot be reached: requests with an Idempotency-Key are answered 503 (on_store_error reject)", "")
+	})
+	r.Restart()
+	waitFor(t, 10*time.Second, func() bool { return post(t, instanceA, "during", `{"n":1}`).status == 200 })
+	if got := post(t, instanceB, "during", `{"n":1}`); got.status != 200 || got.header.Get("Idempotent-Replayed") != "true" {
+		t.Errorf("the key at B after Redis came back: %d %s, want a replay", got.status, got.body)
+	}
+	if got := len(stored(t, c, "events")); got != 3 {
+		t.Errorf("stored %d records, want 3: before, the one without a key, during once", got)
+	}
+	m := scrape(t)
+	if n := m["caddy_queue_publish_idempotency_store_errors_total{op=claim}"]; n < 1 {
+		t.Errorf("store errors counted %v, want at least 1", n)
+	}
+	if n := m["caddy_queue_publish_rejections_total{reason=idempotency_store}"]; n < 1 {
+		t.Errorf("rejections for the store counted %v, want at least 1", n)
+	}
+}
+
+func TestRedisStoreUnreachableProduce(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	r := redistest.Start(t)
+	startFleet(t, c, r.URL(), "timeout 1s\n\t\ton_store_error produce")
+	r.Stop()
+	if got := post(t, instanceA, "k", `{"n":1}`); got.status != 200 {
+		t.Errorf("a key with Redis down, on_store_error produce: %d %s, want 200", got.status, got.body)
+	}
+	if got := len(stored(t, c, "events")); got != 1 {
+		t.Errorf("stored %d records, want 1", got)
+	}
+}
+
+// A key is forgotten when the window ends: the same request is produced
+// again.
+func TestRedisStoreWindowEnds(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	r := redistest.Start(t)
+	startFleet(t, c, r.URL(), "")
+	if got := post(t, instanceA, "k", `{"n":1}`); got.status != 200 {
+		t.Fatalf("%d %s", got.status, got.body)
+	}
+	keys := r.Client.Keys(t.Context(), "queue_publish:*").Val()
+	if len(keys) != 1 {
+		t.Fatalf("Redis holds %v", keys)
+	}
+	// The window, 1m, ends now: Redis expires the key as its TTL would.
+	r.Client.PExpire(context.Background(), keys[0], time.Millisecond)
+	waitFor(t, 5*time.Second, func() bool { return r.Client.Exists(t.Context(), keys[0]).Val() == 0 })
+	if got := post(t, instanceB, "k", `{"n":1}`); got.status != 200 || got.header.Get("Idempotent-Replayed") != "" {
+		t.Errorf("after the window: %d %s (replayed %q), want produced again", got.status, got.body, got.header.Get("Idempotent-Replayed"))
+	}
+	if got := len(stored(t, c, "events")); got != 2 {
+		t.Errorf("stored %d records, want 2", got)
+	}
+}
+
+// BenchmarkIdempotencyStore is BenchmarkHandler's body mode with a new
+// Idempotency-Key on every request, its keys in memory and on a real
+// Redis on loopback: what the shared store costs a request.
+//
+//	go test -tags redis -run '^$' -bench IdempotencyStore -benchmem
+func BenchmarkIdempotencyStore(b *testing.B) {
+	r := redistest.Start(b)
+	for _, store := range []string{"memory", "redis"} {
+		for _, callers := range []int{1, 64} {
+			b.Run(fmt.Sprintf("store=%s/callers=%d", store, callers), func(b *testing.B) {
+				c := newCluster(b, kfake.NumBrokers(1), kfake.SeedTopics(1, "bench"))
+				h := handlerForUnitTest(1000000)
+				h.Topic, h.Mode, h.IdempotencyWindow = "bench", modeBody, caddy.Duration(time.Minute)
+				h.logger = zap.NewNop()
+				if store == "redis" {
+					h.IdempotencyRedis, h.IdempotencyKeyPrefix = r.URL(), fmt.Sprintf("bench%d:", callers)
+					if err := h.provisionSharedStore(caddy.NewReplacer()); err != nil {
+						b.Fatal(err)
+					}
+					defer h.Cleanup()
+				} else {
+					h.provisionIdempotency()
+					defer h.Cleanup()
+				}
+				h.producer = mustProducer(b, producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll}, zap.NewNop())
+				defer h.producer.Close()
+				body := []byte(seedBody)
+				var n atomic.Int64
+				serve := func() {
+					req := httptest.NewRequest("POST", "/", bodyReader(body))
+					req.Header.Set("Authorization", testSecret)
+					req.Header.Set("Idempotency-Key", strconv.FormatInt(n.Add(1), 10))
+					w := httptest.NewRecorder()
+					if err := h.ServeHTTP(w, req, nil); err != nil || w.Code != 200 {
+						b.Errorf("%d %s %v", w.Code, w.Body, err)
+					}
+				}
+				serve()
+				b.ReportAllocs()
+				b.SetParallelism(max(callers/2, 1))
+				b.ResetTimer()
+				b.RunParallel(func(pb *testing.PB) {
+					for pb.Next() {
+						serve()
+					}
+				})
+			})
+		}
+	}
+}
