@@ -13,7 +13,7 @@ import (
 )
 
 // topics are the topics the scenarios write to, of three partitions each.
-var topics = []string{"load", "kill", "reload", "reload-plain", "shutdown", "async", "memory"}
+var topics = []string{"load", "kill", "reload", "reload-plain", "shutdown", "async", "memory", "fleet"}
 
 // brokers are what the scenarios produce to: the development broker in a
 // Caddy process of its own, or (-kafka) a three-node Apache Kafka cluster.

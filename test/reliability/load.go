@@ -42,8 +42,12 @@ type loadOpts struct {
 	// noKeepAlive opens a connection for every request.
 	noKeepAlive bool
 	// h2c speaks HTTP/2 without TLS (prior knowledge).
-	h2c  bool
-	stop <-chan struct{}
+	h2c bool
+	// addrs are the Caddy instances to send to (empty: the one under
+	// test); an id's attempts go to each in turn, starting with a
+	// different one for each id.
+	addrs []string
+	stop  <-chan struct{}
 }
 
 // Flags of an id, over all its attempts.
@@ -126,7 +130,11 @@ func (e *env) startLoad(o loadOpts) (*load, *sync.WaitGroup) {
 				}
 				id := fmt.Sprintf("%s-%d", l.prefix, n)
 				for attempt := 0; ; attempt++ {
-					ok, unknown := l.send(e, client, id)
+					addr := caddyAddr
+					if len(o.addrs) > 0 {
+						addr = o.addrs[(int(n)+attempt)%len(o.addrs)]
+					}
+					ok, unknown := l.send(e, client, addr, id)
 					if ok || !o.retry || attempt == 39 || stopped(o.stop) {
 						if !ok && !o.retry && unknown {
 							// No answer: the server may be going
@@ -160,9 +168,9 @@ func stopped(stop <-chan struct{}) bool {
 
 // send sends one request for id and records its answer; ok if it was
 // answered 2xx, unknown if its outcome is unknown (504 or no answer).
-func (l *load) send(e *env, client *http.Client, id string) (ok, unknown bool) {
+func (l *load) send(e *env, client *http.Client, addr, id string) (ok, unknown bool) {
 	body := `{"id":"` + id + `"}`
-	req, _ := http.NewRequest("POST", "http://"+caddyAddr+l.opts.path, nil)
+	req, _ := http.NewRequest("POST", "http://"+addr+l.opts.path, nil)
 	req.Body = io.NopCloser(strings.NewReader(body))
 	req.ContentLength = int64(len(body))
 	if !l.opts.plain {

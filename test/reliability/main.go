@@ -37,6 +37,13 @@
 //     delivery sync and on one with delivery async; every 2xx (202) id is
 //     stored, and every request without an answer is counted (by whether
 //     it started before the signal) and must not have been handled.
+//   - fleet: a second Caddy instance beside the first, both keeping
+//     Idempotency-Keys on one Redis (redis-server, Debian's package, run
+//     on a loopback port), and clients that send each id to one instance
+//     and retry it, with its key, on the other after any answer but 2xx
+//     or none; the broker is killed and restarted under this load (up to
+//     3 times, until some retry followed an unknown outcome): every id
+//     acknowledged is stored exactly once.
 //   - memory: Caddy's live Go heap (expvar memstats after a forced
 //     collection), sampled every second under sustained load, also with
 //     Idempotency-Keys remembered for a window, does not trend up; a
@@ -62,6 +69,9 @@ import (
 const (
 	caddyAddr = "127.0.0.1:18090"
 	adminAddr = "localhost:2031"
+	// The second instance of the fleet scenario.
+	caddyAddr2 = "127.0.0.1:18091"
+	adminAddr2 = "localhost:2032"
 )
 
 var (
@@ -87,6 +97,7 @@ type env struct {
 	vars             []string
 	caddy            *exec.Cmd
 	brokers          brokers
+	redis            *exec.Cmd // the fleet scenario's store
 }
 
 var allScenarios = []struct {
@@ -98,6 +109,7 @@ var allScenarios = []struct {
 	{"kill-retry", (*env).killRetry},
 	{"reload", (*env).reload},
 	{"shutdown", (*env).shutdown},
+	{"fleet", (*env).fleet},
 	{"memory", (*env).memory},
 }
 
@@ -119,7 +131,7 @@ func run() error {
 			}
 		}
 	}
-	if err := harness.PortsFree(caddyAddr, adminAddr); err != nil {
+	if err := harness.PortsFree(caddyAddr, adminAddr, caddyAddr2, adminAddr2); err != nil {
 		return err
 	}
 	tmp, err := os.MkdirTemp("", "reliability")
@@ -142,6 +154,16 @@ func run() error {
 		"RELIABILITY_DATA="+filepath.Join(tmp, "kafka"),
 		"XDG_DATA_HOME="+filepath.Join(tmp, "data"),
 		"XDG_CONFIG_HOME="+filepath.Join(tmp, "config"))
+	if selected == nil || slices.Contains(selected, "fleet") {
+		redisAddr, err := e.startRedis()
+		if err != nil {
+			return err
+		}
+		e.vars = append(e.vars, "RELIABILITY_REDIS=redis://"+redisAddr)
+		defer harness.Stop(e.redis)
+	} else {
+		e.vars = append(e.vars, "RELIABILITY_REDIS=redis://127.0.0.1:1") // unused
+	}
 	if *realKafka {
 		e.brokers, err = startKafka(e)
 	} else {
@@ -205,10 +227,11 @@ func (e *env) startCaddy() error {
 }
 
 // caddyfile is the config under test; the topic is the second path
-// segment. The three routes share one producer (their producer settings
-// are the same): /t/ answers once the broker has the record, /a/ with
-// delivery async, /i/ remembers Idempotency-Keys for 2 s only, so that
-// the memory scenario reaches the store's steady state quickly.
+// segment. The routes share one producer (their producer settings are
+// the same): /t/ answers once the broker has the record, /a/ with
+// delivery async, /f/ keeps Idempotency-Keys on the fleet's Redis, /i/
+// remembers them for 2 s only, so that the memory scenario reaches the
+// store's steady state quickly.
 func (e *env) caddyfile(clientID, maxSize string) string {
 	protocols := ""
 	if *h2c {
@@ -238,6 +261,16 @@ http://%[2]s {
 		client_id %[4]s
 		timeout 2s
 		delivery async
+	}
+	queue_publish /f/* {
+		brokers %[3]s
+		topic {http.request.uri.path.1}
+		allow_topics fleet
+		secret {env.QUEUE_AUTH_SECRET}
+		client_id %[4]s
+		timeout 2s
+		idempotency_window 1m
+		idempotency_store redis {env.RELIABILITY_REDIS}
 	}
 	queue_publish /i/* {
 		brokers %[3]s
