@@ -285,3 +285,55 @@ func BenchmarkIdempotencyStore(b *testing.B) {
 		}
 	}
 }
+
+// The Redis password, in the URL of a placeholder, works, and neither it
+// nor a wrong one appears in Caddy's log, the config or an answer.
+func TestRedisStorePasswordStaysOut(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	const password, wrong = "redis-pass-7f3a9c", "wrong-pass-2b8d1e"
+	r := redistest.StartWith(t, password)
+	t.Setenv("QP_TEST_SECRET", testSecret)
+	t.Setenv("QP_TEST_REDIS_A", "redis://default:"+password+"@"+r.Addr)
+	t.Setenv("QP_TEST_REDIS_B", "redis://default:"+wrong+"@"+r.Addr)
+	logFile := filepath.Join(t.TempDir(), "caddy.log")
+	site := func(port int, env string) string {
+		return fmt.Sprintf(`:%d {
+	queue_publish {
+		brokers %s
+		topic events
+		secret {env.QP_TEST_SECRET}
+		timeout 1s
+		idempotency_window 1m
+		idempotency_store redis {env.%s}
+	}
+}
+`, port, c.ListenAddrs()[0], env)
+	}
+	config := fmt.Sprintf("{\n\tadmin %s\n\thttp_port 9080\n\thttps_port 9443\n\tgrace_period 1ns\n\tlog {\n\t\toutput file %s\n\t\tlevel DEBUG\n\t}\n}\n%s%s",
+		adminAddr, logFile, site(9080, "QP_TEST_REDIS_A"), site(9081, "QP_TEST_REDIS_B"))
+	caddytest.NewTester(t).InitServer(config, "caddyfile")
+
+	if got := post(t, instanceA, "k", `{"n":1}`); got.status != 200 {
+		t.Errorf("with the password: %d %s", got.status, got.body)
+	}
+	wrongAnswer := post(t, instanceB, "k2", `{"n":2}`)
+	if wrongAnswer.status != 503 {
+		t.Errorf("with a wrong password: %d %s, want 503", wrongAnswer.status, wrongAnswer.body)
+	}
+	waitFor(t, 5*time.Second, func() bool {
+		logs, _ := os.ReadFile(logFile)
+		return hasLogLine(logs, "warn", "the idempotency store cannot be reached: requests with an Idempotency-Key are answered 503 (on_store_error reject)", "")
+	})
+	res, err := http.Get("http://" + adminAddr + "/config/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	running, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	logs, _ := os.ReadFile(logFile)
+	for name, text := range map[string]string{"Caddy's log": string(logs), "the running config": string(running), "the answer": wrongAnswer.body} {
+		if strings.Contains(text, password) || strings.Contains(text, wrong) {
+			t.Errorf("%s contains a Redis password", name)
+		}
+	}
+}

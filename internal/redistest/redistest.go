@@ -20,12 +20,18 @@ type Server struct {
 	t    testing.TB
 	Addr string // host:port
 	cmd  *exec.Cmd
+	// password is required of clients, if set.
+	password string
 	// Client talks to the server, for the test's own checks.
 	Client *redis.Client
 }
 
 // Start starts a server on a free loopback port.
-func Start(t testing.TB) *Server {
+func Start(t testing.TB) *Server { return StartWith(t, "") }
+
+// StartWith starts a server whose default user needs password (none if
+// empty).
+func StartWith(t testing.TB, password string) *Server {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -33,8 +39,8 @@ func Start(t testing.TB) *Server {
 	}
 	addr := ln.Addr().String()
 	ln.Close()
-	s := &Server{t: t, Addr: addr}
-	s.Client = redis.NewClient(&redis.Options{Addr: addr, MaxRetries: -1})
+	s := &Server{t: t, Addr: addr, password: password}
+	s.Client = redis.NewClient(&redis.Options{Addr: addr, Password: password, MaxRetries: -1})
 	t.Cleanup(func() {
 		s.Stop()
 		s.Client.Close()
@@ -65,7 +71,11 @@ func (s *Server) Restart() {
 		bin = "redis-server"
 	}
 	_, port, _ := net.SplitHostPort(s.Addr)
-	s.cmd = exec.Command(bin, "--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--logfile", "")
+	args := []string{"--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--logfile", ""}
+	if s.password != "" {
+		args = append(args, "--requirepass", s.password)
+	}
+	s.cmd = exec.Command(bin, args...)
 	if err := s.cmd.Start(); err != nil {
 		s.t.Fatalf("starting redis-server (Debian's package redis-server): %v", err)
 	}
