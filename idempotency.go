@@ -349,8 +349,8 @@ func (h *Handler) publishOnce(x *exchange, r *http.Request, key string, body []b
 	var stored []*record
 	defer func() { claim.settle(stored) }()
 	err = h.publish(x, r, final, send, start)
-	if send == nil || send[0].Queued() {
-		stored = final // the records were queued
+	if send == nil || slices.ContainsFunc(send, (*record).Queued) {
+		stored = final // records were queued: they may be written
 	}
 	return err
 }

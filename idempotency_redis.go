@@ -53,25 +53,53 @@ const (
 )
 
 // claimScript claims a key: 0 new, 1 a repeat (with what is stored), 2
-// another body, 3 in progress.
+// another body, 3 in progress. The lease holds the claim's token (ARGV[4])
+// and whether the claim made the entry ("n") or found it ("r"), so that
+// the script run again for the same claim (go-redis resends a command
+// whose answer was lost) answers as it did the first time.
 var claimScript = redis.NewScript(`
 local e = redis.call('GET', KEYS[1])
 if e and string.sub(e, 1, 64) ~= ARGV[1] then return {2} end
-if not redis.call('SET', KEYS[2], ARGV[4], 'NX', 'PX', ARGV[3]) then return {3} end
+local held = redis.call('GET', KEYS[2])
+if held then
+	if string.sub(held, 1, 32) ~= ARGV[4] then return {3} end
+	if string.sub(held, 33) == 'n' then return {0} end
+	return {1, e}
+end
 if not e then
+	redis.call('SET', KEYS[2], ARGV[4] .. 'n', 'PX', ARGV[3])
 	redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 	return {0}
 end
+redis.call('SET', KEYS[2], ARGV[4] .. 'r', 'PX', ARGV[3])
 return {1, e}
 `)
 
 // settleScript stores the outcomes (ARGV[2]; empty: forget the key) if
-// the claim still holds the lease (ARGV[1]), and keeps the lease for
-// ARGV[3] ms more (0: releases it). 0 if the lease was lost.
+// the claim still holds the lease (token ARGV[1]), and keeps the lease
+// for ARGV[3] ms more (0: releases it). The entry keeps the rest of its
+// window; one whose window ended stays gone. 0 if the lease was lost.
 var settleScript = redis.NewScript(`
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
-if ARGV[2] == '' then redis.call('DEL', KEYS[1]) else redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL') end
+local held = redis.call('GET', KEYS[2])
+if not held or string.sub(held, 1, 32) ~= ARGV[1] then return 0 end
+if ARGV[2] == '' then
+	redis.call('DEL', KEYS[1])
+else
+	local ttl = redis.call('PTTL', KEYS[1])
+	if ttl > 0 then redis.call('SET', KEYS[1], ARGV[2], 'PX', ttl) end
+end
 if ARGV[3] == '0' then redis.call('DEL', KEYS[2]) else redis.call('PEXPIRE', KEYS[2], ARGV[3]) end
+return 1
+`)
+
+// abandonScript undoes a claim whose answer was lost (its call failed
+// after the script may have run): the lease goes, and the entry too if
+// the claim made it and nothing was stored since.
+var abandonScript = redis.NewScript(`
+local held = redis.call('GET', KEYS[2])
+if not held or string.sub(held, 1, 32) ~= ARGV[1] then return 0 end
+if string.sub(held, 33) == 'n' and redis.call('GET', KEYS[1]) == ARGV[2] then redis.call('DEL', KEYS[1]) end
+redis.call('DEL', KEYS[2])
 return 1
 `)
 
@@ -85,7 +113,7 @@ func newRedisStore(rawURL, prefix string, window, timeout time.Duration, logger 
 		return nil, errors.New("not a URL (it is not quoted here: it may hold a password)")
 	}
 	if u.Scheme != "redis" && u.Scheme != "rediss" {
-		return nil, fmt.Errorf("the scheme must be redis or rediss, not %q", u.Scheme)
+		return nil, errors.New("the URL must start with redis:// or rediss://")
 	}
 	q := u.Query()
 	var client redis.UniversalClient
@@ -143,6 +171,13 @@ func (s *redisStore) claim(ctx context.Context, key string, digest [sha256.Size]
 	c := &redisClaim{s: s, keys: s.keys(key), digest: hex.EncodeToString(digest[:]), token: hex.EncodeToString(token[:])}
 	res, err := claimScript.Run(ctx, s.client, c.keys, c.digest, s.window.Milliseconds(), s.lease.Milliseconds(), c.token).Slice()
 	if err != nil {
+		// The script may have run: undo it, so that the key is not
+		// left claimed by a request that was answered 503.
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
+			defer cancel()
+			abandonScript.Run(ctx, s.client, c.keys, c.token, c.digest)
+		}()
 		return nil, 0, err
 	}
 	code, _ := res[0].(int64)
@@ -349,8 +384,13 @@ var errStoreUnavailable = &publishError{Outcome: outcomeRetry, Reason: "idempote
 var redisStores = caddy.NewUsagePool()
 
 // Destruct implements caddy.Destructor: the connections go with the last
-// config that uses them.
-func (s *redisStore) Destruct() error { return s.client.Close() }
+// config that uses them, once a lease later, for requests that reached
+// that config still run (Caddy does not wait for them), and the claims
+// whose late outcome is awaited settle within a lease.
+func (s *redisStore) Destruct() error {
+	time.AfterFunc(s.lease, func() { s.client.Close() })
+	return nil
+}
 
 // provisionSharedStore connects to the shared store of Idempotency-Keys,
 // if one is configured; its URL's placeholders are resolved first.

@@ -19,6 +19,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddytest"
+	"github.com/queuepublish/caddy-queue-publish/internal/producer"
 	"github.com/queuepublish/caddy-queue-publish/internal/redistest"
 	"github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kfake"
@@ -335,5 +336,57 @@ func TestRedisStorePasswordStaysOut(t *testing.T) {
 		if strings.Contains(text, password) || strings.Contains(text, wrong) {
 			t.Errorf("%s contains a Redis password", name)
 		}
+	}
+}
+
+// The claim script run twice for one claim (go-redis resends a command
+// whose answer was lost) answers the same both times, not "in progress";
+// and a claim whose call failed is undone.
+func TestRedisClaimResentAnswersAlike(t *testing.T) {
+	r := redistest.Start(t)
+	s, err := newRedisStore(r.URL(), "t:", time.Minute, time.Second, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.client.Close()
+	keys, digest, token := s.keys("k"), strings.Repeat("d", 64), strings.Repeat("1", 32)
+	for i := range 2 {
+		res, err := claimScript.Run(t.Context(), s.client, keys, digest, 60000, 60000, token).Slice()
+		if err != nil || res[0].(int64) != 0 {
+			t.Fatalf("run %d of one claim: %v %v, want 0 (new)", i, res, err)
+		}
+	}
+	if res, _ := claimScript.Run(t.Context(), s.client, keys, digest, 60000, 60000, strings.Repeat("2", 32)).Slice(); res[0].(int64) != 3 {
+		t.Errorf("another claim: %v, want 3 (in progress)", res)
+	}
+	if n, err := abandonScript.Run(t.Context(), s.client, keys, token, digest).Int(); n != 1 || err != nil {
+		t.Fatalf("abandon: %d %v", n, err)
+	}
+	if n := r.Client.Exists(t.Context(), keys...).Val(); n != 0 {
+		t.Errorf("after the claim that made the entry was undone, %d of its keys are left", n)
+	}
+}
+
+// A settlement after the window ended does not bring the entry back, nor
+// leave it without an expiry.
+func TestRedisSettleAfterWindowLeavesNoKey(t *testing.T) {
+	r := redistest.Start(t)
+	s, err := newRedisStore(r.URL(), "t:", 50*time.Millisecond, time.Second, zap.NewNop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.client.Close()
+	var digest [32]byte
+	now := time.Now()
+	claim, st, err := s.claim(t.Context(), "k", digest, now, now.Add(time.Second))
+	if err != nil || st != idemNew {
+		t.Fatalf("claim: %v %v", st, err)
+	}
+	keys := s.keys("k")
+	waitFor(t, 5*time.Second, func() bool { return r.Client.Exists(t.Context(), keys[0]).Val() == 0 })
+	rec := producer.Replayed(0, 7, now) // an acknowledged record
+	claim.settle([]*record{rec})
+	if n := r.Client.Exists(t.Context(), keys...).Val(); n != 0 {
+		t.Errorf("after a settlement past the window, %d keys (TTL %v)", n, r.Client.PTTL(t.Context(), keys[0]).Val())
 	}
 }

@@ -405,6 +405,12 @@ func (h *Handler) Validate() error {
 	if h.IdempotencyRedis != "" && h.IdempotencyWindow == 0 {
 		return errors.New("idempotency_store redis: needs an idempotency_window")
 	}
+	if h.IdempotencyRedis != "" && h.Delivery == deliveryAsync {
+		return errors.New("idempotency_store redis: not with delivery async, whose requests are answered before the broker settles their records")
+	}
+	if strings.ContainsAny(h.IdempotencyKeyPrefix, "{}") {
+		return errors.New("idempotency_key_prefix: must not hold '{' or '}', which would change the keys' Redis Cluster hash slot")
+	}
 	if h.IdempotencyRedis == "" && (h.IdempotencyKeyPrefix != "" || h.OnStoreError != "") {
 		return errors.New("idempotency_key_prefix, on_store_error: apply to idempotency_store redis only")
 	}

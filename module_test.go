@@ -110,6 +110,17 @@ func TestProvisionErrors(t *testing.T) {
 		{"key in mode confluent", func(h *Handler) { h.Mode, h.Topic, h.AllowTopics, h.Key = "confluent", "", []string{"t"}, "k" },
 			"key, header: apply to mode body only; in mode confluent each record carries its own"},
 		{"cluster_id in another mode", func(h *Handler) { h.ClusterID = "lkc-1" }, "cluster_id: applies to mode confluent only"},
+		{"redis store without a window", func(h *Handler) { h.IdempotencyRedis = "redis://127.0.0.1:1" }, "idempotency_store redis: needs an idempotency_window"},
+		{"redis store with delivery async", func(h *Handler) {
+			h.IdempotencyRedis, h.IdempotencyWindow, h.Delivery = "redis://127.0.0.1:1", caddy.Duration(time.Minute), "async"
+		}, "idempotency_store redis: not with delivery async"},
+		{"redis key prefix with a brace", func(h *Handler) {
+			h.IdempotencyRedis, h.IdempotencyWindow, h.IdempotencyKeyPrefix = "redis://127.0.0.1:1", caddy.Duration(time.Minute), "{app}:"
+		}, "idempotency_key_prefix: must not hold '{' or '}'"},
+		{"redis URL without a scheme", func(h *Handler) {
+			h.IdempotencyRedis, h.IdempotencyWindow = "user:pass@host:6379", caddy.Duration(time.Minute)
+		}, "idempotency_store: the URL must start with redis:// or rediss://"},
+		{"on_store_error without redis", func(h *Handler) { h.OnStoreError = "produce" }, "idempotency_key_prefix, on_store_error: apply to idempotency_store redis only"},
 		{"second secret unset", func(h *Handler) { h.Secrets = append(h.Secrets, "{env.QP_UNSET_SECRET}") }, "secret 2: evaluated placeholder {env.QP_UNSET_SECRET} is empty"},
 		{"bad compression", func(h *Handler) { h.Compression = "brotli" }, `compression: "brotli" is not none, gzip, snappy, lz4 or zstd`},
 		{"bad idempotent", func(h *Handler) { h.Idempotent = "yes" }, `idempotent: "yes" is not on or off`},
