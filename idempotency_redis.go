@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -137,12 +138,24 @@ func newRedisStore(rawURL, prefix string, window, timeout time.Duration, logger 
 		}
 		client = redis.NewClient(opts)
 	}
+	redisLogOnce.Do(func() { redis.SetLogger(redisLog{logger.Named("redis")}) })
 	return &redisStore{
 		client: client, prefix: prefix, window: window,
 		lease:   timeout + lateAckWait + 10*time.Second,
 		timeout: timeout, logger: logger,
 	}, nil
 }
+
+// redisLog sends go-redis's own log lines (a Sentinel's failover, a
+// Cluster's moved slots) to Caddy's log at info level, not to stderr.
+type redisLog struct{ logger *zap.Logger }
+
+func (l redisLog) Printf(_ context.Context, format string, v ...any) {
+	l.logger.Info(fmt.Sprintf(format, v...))
+}
+
+// redisLogOnce installs redisLog: go-redis has one logger per process.
+var redisLogOnce sync.Once
 
 // redisURLError is err of go-redis on a URL, without the URL.
 func redisURLError(err error) error {

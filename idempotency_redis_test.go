@@ -390,3 +390,42 @@ func TestRedisSettleAfterWindowLeavesNoKey(t *testing.T) {
 		t.Errorf("after a settlement past the window, %d keys (TTL %v)", n, r.Client.PTTL(t.Context(), keys[0]).Val())
 	}
 }
+
+// The shared store on each kind of Redis deployment the client library
+// speaks to: TLS (rediss://), a Sentinel in front of the server
+// (?master_name=), a Redis Cluster of three masters (?addr=): the same key
+// at two instances is one request.
+func TestRedisStoreDeployments(t *testing.T) {
+	pki := newTestPKI(t)
+	deployments := map[string]func(t *testing.T) string{
+		"tls": func(t *testing.T) string {
+			s := redistest.StartTLS(t, filepath.Join(pki.dir, "broker.pem"), filepath.Join(pki.dir, "broker-key.pem"), pki.caFile)
+			return "rediss://" + s.Addr + "?skip_verify=true" // the test's own CA; see docs for SSL_CERT_FILE
+		},
+		"sentinel": func(t *testing.T) string {
+			sentinel := redistest.StartSentinel(t, redistest.Start(t))
+			return "redis://" + sentinel.Addr + "?master_name=mymaster"
+		},
+		"cluster": func(t *testing.T) string {
+			nodes := redistest.StartCluster(t, 3)
+			return "redis://" + nodes[0].Addr + "?addr=" + nodes[1].Addr + "&addr=" + nodes[2].Addr
+		},
+	}
+	for _, name := range []string{"tls", "sentinel", "cluster"} {
+		t.Run(name, func(t *testing.T) {
+			c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+			startFleet(t, c, deployments[name](t), "")
+			first := post(t, instanceA, "k", `{"n":1}`)
+			again := post(t, instanceB, "k", `{"n":1}`)
+			if first.status != 200 || again.status != 200 || again.body != first.body || again.header.Get("Idempotent-Replayed") != "true" {
+				t.Errorf("first at A %d %s; repeat at B %d %s: want the first answer, replayed", first.status, first.body, again.status, again.body)
+			}
+			if other := post(t, instanceB, "k", `{"n":2}`); other.status != 422 {
+				t.Errorf("another body: %d %s, want 422", other.status, other.body)
+			}
+			if got := len(stored(t, c, "events")); got != 1 {
+				t.Errorf("stored %d records, want 1", got)
+			}
+		})
+	}
+}

@@ -1,14 +1,19 @@
-// Package redistest runs a real Redis server (Debian's redis-server, from
-// PATH or $REDIS_SERVER) for the tests that need one: on a loopback port
-// of its own, without persistence, stopped when the test ends.
+// Package redistest runs real Redis servers (Debian's redis-server, from
+// PATH or $REDIS_SERVER) for the tests that need them: on loopback ports
+// of their own, without persistence, stopped when the test ends. A single
+// server, one with TLS, a Sentinel in front of one, or a Redis Cluster.
 package redistest
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -19,9 +24,8 @@ import (
 type Server struct {
 	t    testing.TB
 	Addr string // host:port
+	args []string
 	cmd  *exec.Cmd
-	// password is required of clients, if set.
-	password string
 	// Client talks to the server, for the test's own checks.
 	Client *redis.Client
 }
@@ -33,14 +37,92 @@ func Start(t testing.TB) *Server { return StartWith(t, "") }
 // empty).
 func StartWith(t testing.TB, password string) *Server {
 	t.Helper()
+	addr, port := freeAddr(t)
+	args := []string{"--port", port}
+	if password != "" {
+		args = append(args, "--requirepass", password)
+	}
+	return start(t, addr, args, &redis.Options{Addr: addr, Password: password, MaxRetries: -1})
+}
+
+// StartTLS starts a server that speaks TLS only, with the certificate and
+// key of certFile and keyFile, issued by caFile's CA, which its client
+// trusts.
+func StartTLS(t testing.TB, certFile, keyFile, caFile string) *Server {
+	t.Helper()
+	addr, port := freeAddr(t)
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	args := []string{"--port", "0", "--tls-port", port, "--tls-cert-file", certFile, "--tls-key-file", keyFile,
+		"--tls-ca-cert-file", caFile, "--tls-auth-clients", "no"}
+	return start(t, addr, args, &redis.Options{Addr: addr, MaxRetries: -1, TLSConfig: &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}})
+}
+
+// StartSentinel starts a Sentinel that monitors master as "mymaster".
+func StartSentinel(t testing.TB, master *Server) *Server {
+	t.Helper()
+	addr, port := freeAddr(t)
+	host, masterPort, _ := net.SplitHostPort(master.Addr)
+	conf := filepath.Join(t.TempDir(), "sentinel.conf")
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf("port %s\nbind 127.0.0.1\nsentinel monitor mymaster %s %s 1\n", port, host, masterPort)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s := start(t, addr, []string{conf, "--sentinel"}, &redis.Options{Addr: addr, MaxRetries: -1})
+	waitFor(t, func() error {
+		return s.Client.Do(context.Background(), "SENTINEL", "get-master-addr-by-name", "mymaster").Err()
+	})
+	return s
+}
+
+// StartCluster starts a Redis Cluster of n masters (at least 3) and
+// returns its nodes once every slot is served.
+func StartCluster(t testing.TB, n int) []*Server {
+	t.Helper()
+	dir := t.TempDir()
+	var nodes []*Server
+	var addrs []string
+	for range n {
+		addr, port := freeAddr(t)
+		args := []string{"--port", port, "--cluster-enabled", "yes", "--cluster-config-file", filepath.Join(dir, "nodes-"+port+".conf")}
+		nodes = append(nodes, start(t, addr, args, &redis.Options{Addr: addr, MaxRetries: -1}))
+		addrs = append(addrs, addr)
+	}
+	cli := exec.Command("redis-cli", append(append([]string{"--cluster", "create"}, addrs...), "--cluster-replicas", "0", "--cluster-yes")...)
+	if out, err := cli.CombinedOutput(); err != nil {
+		t.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
+	}
+	for _, node := range nodes {
+		waitFor(t, func() error {
+			info, err := node.Client.ClusterInfo(context.Background()).Result()
+			if err == nil && !strings.Contains(info, "cluster_state:ok") {
+				err = fmt.Errorf("not ok yet")
+			}
+			return err
+		})
+	}
+	return nodes
+}
+
+func freeAddr(t testing.TB) (addr, port string) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := ln.Addr().String()
+	addr = ln.Addr().String()
 	ln.Close()
-	s := &Server{t: t, Addr: addr, password: password}
-	s.Client = redis.NewClient(&redis.Options{Addr: addr, Password: password, MaxRetries: -1})
+	_, port, _ = net.SplitHostPort(addr)
+	return addr, port
+}
+
+func start(t testing.TB, addr string, args []string, opts *redis.Options) *Server {
+	t.Helper()
+	s := &Server{t: t, Addr: addr, args: append(args, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--logfile", "")}
+	s.Client = redis.NewClient(opts)
 	t.Cleanup(func() {
 		s.Stop()
 		s.Client.Close()
@@ -70,25 +152,24 @@ func (s *Server) Restart() {
 	if bin == "" {
 		bin = "redis-server"
 	}
-	_, port, _ := net.SplitHostPort(s.Addr)
-	args := []string{"--port", port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--logfile", ""}
-	if s.password != "" {
-		args = append(args, "--requirepass", s.password)
-	}
-	s.cmd = exec.Command(bin, args...)
+	s.cmd = exec.Command(bin, s.args...)
 	if err := s.cmd.Start(); err != nil {
 		s.t.Fatalf("starting redis-server (Debian's package redis-server): %v", err)
 	}
+	waitFor(s.t, func() error { return s.Client.Ping(context.Background()).Err() })
+}
+
+// waitFor waits until ready returns nil, for at most 10 s.
+func waitFor(t testing.TB, ready func() error) {
+	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		err := s.Client.Ping(ctx).Err()
-		cancel()
+		err := ready()
 		if err == nil {
 			return
 		}
 		if time.Now().After(deadline) {
-			s.t.Fatal(fmt.Errorf("redis-server on %s does not answer: %v", s.Addr, err))
+			t.Fatalf("redis-server does not get ready: %v", err)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
