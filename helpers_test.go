@@ -124,6 +124,16 @@ func startCaddy(t *testing.T, logFile, site string) {
 }
 
 func caddyConfig(logFile, site string) string {
+	return caddyGlobals(logFile) + fmt.Sprintf(`
+:9080 {
+%s
+}
+`, site)
+}
+
+// caddyGlobals is the global options block every test's config starts
+// with: caddytest's admin endpoint and ports, Caddy's log to logFile.
+func caddyGlobals(logFile string) string {
 	return fmt.Sprintf(`{
 	admin %s
 	http_port 9080
@@ -135,11 +145,7 @@ func caddyConfig(logFile, site string) string {
 		level DEBUG
 	}
 }
-
-:9080 {
-%s
-}
-`, adminAddr, logFile, site)
+`, adminAddr, logFile)
 }
 
 // do sends one request to the test server.

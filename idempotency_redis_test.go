@@ -53,19 +53,7 @@ func startFleet(t *testing.T, c *kfake.Cluster, redisURL, extra string) string {
 }
 `, port, c.ListenAddrs()[0], id, extra)
 	}
-	config := fmt.Sprintf(`{
-	admin %s
-	http_port 9080
-	https_port 9443
-	grace_period 1ns
-	skip_install_trust
-	log {
-		output file %s
-		level DEBUG
-	}
-}
-%s%s`, adminAddr, logFile, site(9080, "instance-a"), site(9081, "instance-b"))
-	caddytest.NewTester(t).InitServer(config, "caddyfile")
+	caddytest.NewTester(t).InitServer(caddyGlobals(logFile)+site(9080, "instance-a")+site(9081, "instance-b"), "caddyfile")
 	if t.Failed() {
 		t.FailNow()
 	}
@@ -310,9 +298,7 @@ func TestRedisStorePasswordStaysOut(t *testing.T) {
 }
 `, port, c.ListenAddrs()[0], env)
 	}
-	config := fmt.Sprintf("{\n\tadmin %s\n\thttp_port 9080\n\thttps_port 9443\n\tgrace_period 1ns\n\tlog {\n\t\toutput file %s\n\t\tlevel DEBUG\n\t}\n}\n%s%s",
-		adminAddr, logFile, site(9080, "QP_TEST_REDIS_A"), site(9081, "QP_TEST_REDIS_B"))
-	caddytest.NewTester(t).InitServer(config, "caddyfile")
+	caddytest.NewTester(t).InitServer(caddyGlobals(logFile)+site(9080, "QP_TEST_REDIS_A")+site(9081, "QP_TEST_REDIS_B"), "caddyfile")
 
 	if got := post(t, instanceA, "k", `{"n":1}`); got.status != 200 {
 		t.Errorf("with the password: %d %s", got.status, got.body)

@@ -78,19 +78,9 @@ func (e *env) fleet() error {
 	stop := make(chan struct{})
 	l, wg := e.startLoad(loadOpts{path: "/f/fleet", clients: 32, idempotent: true, retry: true, stop: stop, addrs: []string{caddyAddr, caddyAddr2}})
 	time.Sleep(2 * time.Second) // load before the crash
-	kills := 0
-	for kills < 3 {
-		kills++
-		if _, _, err := e.brokers.crash(2 * time.Second); err != nil {
-			return err
-		}
-		time.Sleep(3 * time.Second) // load after the restart
-		l.mu.Lock()
-		n := l.retriedUnknown
-		l.mu.Unlock()
-		if n > 0 {
-			break
-		}
+	kills, err := e.killUntilRetriedUnknown(l)
+	if err != nil {
+		return err
 	}
 	close(stop)
 	wg.Wait()

@@ -74,19 +74,9 @@ func (e *env) killRetry() error {
 	stop := make(chan struct{})
 	l, wg := e.startLoad(loadOpts{path: "/t/kill", clients: 32, idempotent: true, retry: true, stop: stop})
 	time.Sleep(2 * time.Second)
-	kills := 0
-	for kills < 3 {
-		kills++
-		if _, _, err := e.brokers.crash(2 * time.Second); err != nil {
-			return err
-		}
-		time.Sleep(3 * time.Second)
-		l.mu.Lock()
-		n := l.retriedUnknown
-		l.mu.Unlock()
-		if n > 0 {
-			break
-		}
+	kills, err := e.killUntilRetriedUnknown(l)
+	if err != nil {
+		return err
 	}
 	close(stop)
 	wg.Wait()
@@ -113,6 +103,27 @@ func (e *env) killRetry() error {
 		return fmt.Errorf("%d ids answered only not_written are in the topic", r.notWrittenStored)
 	}
 	return nil
+}
+
+// killUntilRetriedUnknown kills the broker under l's load, up to 3 times,
+// until some client retried after an unknown outcome (a 504, or no
+// answer); it returns the kills.
+func (e *env) killUntilRetriedUnknown(l *load) (int, error) {
+	kills := 0
+	for kills < 3 {
+		kills++
+		if _, _, err := e.brokers.crash(2 * time.Second); err != nil {
+			return kills, err
+		}
+		time.Sleep(3 * time.Second) // load after the restart
+		l.mu.Lock()
+		n := l.retriedUnknown
+		l.mu.Unlock()
+		if n > 0 {
+			break
+		}
+	}
+	return kills, nil
 }
 
 // settledGoroutines waits until Caddy's log shows as many producers closed
