@@ -75,16 +75,7 @@ func (e *env) fleet() error {
 	if err := waitAnswers(caddyAddr2, e.secret); err != nil {
 		return err
 	}
-	stop := make(chan struct{})
-	l, wg := e.startLoad(loadOpts{path: "/f/fleet", clients: 32, idempotent: true, retry: true, stop: stop, addrs: []string{caddyAddr, caddyAddr2}})
-	time.Sleep(2 * time.Second) // load before the crash
-	kills, err := e.killUntilRetriedUnknown(l)
-	if err != nil {
-		return err
-	}
-	close(stop)
-	wg.Wait()
-	r, err := l.check()
+	kills, l, r, err := e.retryUnderKills(loadOpts{path: "/f/fleet", addrs: []string{caddyAddr, caddyAddr2}})
 	if err != nil {
 		return err
 	}

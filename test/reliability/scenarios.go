@@ -71,16 +71,7 @@ func (e *env) kill() error {
 // broker is killed again (up to 3 times) until some client retried after
 // an unknown outcome (a 504, or no answer), the path this scenario is for.
 func (e *env) killRetry() error {
-	stop := make(chan struct{})
-	l, wg := e.startLoad(loadOpts{path: "/t/kill", clients: 32, idempotent: true, retry: true, stop: stop})
-	time.Sleep(2 * time.Second)
-	kills, err := e.killUntilRetriedUnknown(l)
-	if err != nil {
-		return err
-	}
-	close(stop)
-	wg.Wait()
-	r, err := l.check()
+	kills, l, r, err := e.retryUnderKills(loadOpts{path: "/t/kill"})
 	if err != nil {
 		return err
 	}
@@ -103,6 +94,25 @@ func (e *env) killRetry() error {
 		return fmt.Errorf("%d ids answered only not_written are in the topic", r.notWrittenStored)
 	}
 	return nil
+}
+
+// retryUnderKills runs a load of 32 clients that retry each id with its
+// Idempotency-Key (o says where to), kills the broker under it (see
+// killUntilRetriedUnknown), and returns the kills, the load and what the
+// topic holds.
+func (e *env) retryUnderKills(o loadOpts) (int, *load, result, error) {
+	stop := make(chan struct{})
+	o.clients, o.idempotent, o.retry, o.stop = 32, true, true, stop
+	l, wg := e.startLoad(o)
+	time.Sleep(2 * time.Second) // load before the crash
+	kills, err := e.killUntilRetriedUnknown(l)
+	close(stop)
+	wg.Wait()
+	if err != nil {
+		return kills, l, result{}, err
+	}
+	r, err := l.check()
+	return kills, l, r, err
 }
 
 // killUntilRetriedUnknown kills the broker under l's load, up to 3 times,
