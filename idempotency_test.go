@@ -341,6 +341,11 @@ func TestAsyncDelivery(t *testing.T) {
 	if full.status != 503 || full.body != `{"error":"queue full","outcome":"not_written"}` || full.header.Get("Retry-After") == "" {
 		t.Errorf("a full queue: %d %s, want 503 with Retry-After", full.status, full.body)
 	}
+	// The gauges of the queues: 2 records queued, of 2 + 10000 + 3.
+	m := scrape(t)
+	if q, size := m["caddy_queue_publish_async_queued_records{}"], m["caddy_queue_publish_async_queue_size{}"]; q != 2 || size != 2+defaultQueueSize+3 {
+		t.Errorf("async queue gauges: %v queued of %v, want 2 of %d", q, size, 2+defaultQueueSize+3)
+	}
 	// In records mode, queue_size counts records, not requests.
 	batch := `{"records":[{"value":1},{"value":2}]}`
 	if got := do(t, "POST", "/batches", auth(testSecret), strings.NewReader(batch)); got.status != 202 || got.body != `{"success":true}` {

@@ -38,6 +38,14 @@ var (
 		Name: "caddy_queue_publish_records_waiting",
 		Help: "Records queued or in flight, waiting for a broker's answer.",
 	}, recordsWaiting)
+	metricAsyncQueued = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "caddy_queue_publish_async_queued_records",
+		Help: "Records of delivery async answered 202 and not yet settled by a broker, over the loaded handlers.",
+	}, func() float64 { return asyncQueues.sum(func(h *Handler) int64 { return h.asyncPending.Load() }) })
+	metricAsyncSize = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "caddy_queue_publish_async_queue_size",
+		Help: "The queue_size of the loaded handlers with delivery async, summed: where requests start to be answered 503.",
+	}, func() float64 { return asyncQueues.sum(func(h *Handler) int64 { return int64(h.QueueSize) }) })
 	metricProducerErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "caddy_queue_publish_producer_errors_total",
 		Help: "Records not acknowledged, by kind: retriable (503), timeout (504), too_large (413), permanent (500).",
@@ -80,7 +88,8 @@ func registerMetrics(reg *prometheus.Registry) error {
 		return nil
 	}
 	for _, c := range []prometheus.Collector{metricRequests, metricRecords, metricBytes, metricLatency,
-		metricBatch, metricWaiting, metricProducerErrors, metricRejections, metricReplays, metricStoreErrors} {
+		metricBatch, metricWaiting, metricProducerErrors, metricRejections, metricReplays, metricStoreErrors,
+		metricAsyncQueued, metricAsyncSize} {
 		if err := reg.Register(c); err != nil {
 			var already prometheus.AlreadyRegisteredError
 			if !errors.As(err, &already) {
@@ -159,3 +168,22 @@ func recordsWaiting() float64 {
 type producerMetrics struct{}
 
 func (producerMetrics) Batch(_ string, records int) { metricBatch.Observe(float64(records)) }
+
+// handlerSet is the loaded handlers of delivery async, for the gauges of
+// their queues.
+type handlerSet struct{ m sync.Map }
+
+var asyncQueues handlerSet
+
+func (s *handlerSet) add(h *Handler)    { s.m.Store(h, struct{}{}) }
+func (s *handlerSet) remove(h *Handler) { s.m.Delete(h) }
+
+// sum adds up f over the handlers.
+func (s *handlerSet) sum(f func(*Handler) int64) float64 {
+	var n int64
+	s.m.Range(func(k, _ any) bool {
+		n += f(k.(*Handler))
+		return true
+	})
+	return float64(n)
+}

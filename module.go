@@ -336,6 +336,9 @@ func (h *Handler) provisionRequests() error {
 	}
 	h.asyncPending = new(atomic.Int64)
 	h.asyncDone = h.onAsyncDone
+	if h.Delivery == deliveryAsync {
+		asyncQueues.add(h)
+	}
 	return nil
 }
 
@@ -486,6 +489,7 @@ func validTopic(name string) error {
 // for them on a reload): the producer is released when the last of them
 // ends.
 func (h *Handler) Cleanup() error {
+	asyncQueues.remove(h)
 	if h.idem != nil {
 		// Running requests keep using the store; it only leaves the pool.
 		releaseIdempotencyStore(h.idemPoolKey)

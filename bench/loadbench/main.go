@@ -231,6 +231,13 @@ func run() error {
 		}
 		kg100.add(r)
 	}
+	if *sweepDir != "" {
+		n, err := p.sweep(*sweepDir, env)
+		acked += n
+		if err != nil {
+			return err
+		}
+	}
 	// +1 a run: the baselines' warm-up records.
 	expected := acked + kg.Records + kg100.Records + 2*int64(*rounds)
 
@@ -292,18 +299,7 @@ func (p *procs) startBroker(bin, tmp string, env []string) (func(), error) {
 }
 
 // recordsBody is a records-mode request of perRequest seed payloads.
-func recordsBody() string {
-	var b strings.Builder
-	b.WriteString(`{"records":[`)
-	for i := range perRequest {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		b.WriteString(`{"value":` + seedBody + `}`)
-	}
-	b.WriteString(`]}`)
-	return b.String()
-}
+func recordsBody() string { return recordsBodyOf(perRequest) }
 
 // kafkagoResult is what a run of bench/kafkago measured.
 type kafkagoResult struct {
