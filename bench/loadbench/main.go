@@ -97,6 +97,13 @@ type procs struct {
 }
 
 func run() error {
+	if *drawDir != "" {
+		rows, err := readSweep(*drawDir)
+		if err != nil {
+			return err
+		}
+		return drawSweep(*drawDir, rows)
+	}
 	for _, tool := range []string{"wrk", "kcat", "h2load"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			return fmt.Errorf("%s is needed (apt-get install wrk kcat nghttp2-client)", tool)

@@ -14,6 +14,7 @@ import (
 var (
 	sweepDir = flag.String("sweep", "", "also measure respond and queue_publish at 1 to 256 connections, and mode records at 1 to 500 records a request, and write the results to this directory as CSV and SVG charts")
 	sweepDur = flag.Duration("sweep-duration", 3*time.Second, "length of each run of -sweep")
+	drawDir  = flag.String("draw", "", "only draw the charts of the sweep.csv in this directory, measuring nothing")
 )
 
 // The points of the sweep.
@@ -66,35 +67,93 @@ func (p *procs) sweep(dir string, env []string) (int64, error) {
 	return acked, writeSweep(dir, points)
 }
 
-// writeSweep writes the sweep's data and draws its charts.
+// sweepRow is one line of sweep.csv.
+type sweepRow struct {
+	endpoint            string
+	conns, records      int
+	reqPerSec, p50, p99 float64
+	non2xx              int64
+}
+
+const sweepHeader = "endpoint,connections,records_per_request,requests_per_second,records_per_second,p50_ms,p99_ms,non_2xx"
+
+// writeSweep writes the sweep's data, sweep.csv, and draws its charts.
 func writeSweep(dir string, points []sweepPoint) error {
 	var csv strings.Builder
-	csv.WriteString("endpoint,connections,records_per_request,requests_per_second,records_per_second,p50_ms,p99_ms,non_2xx\n")
-	series := map[string]*[3][]xy{} // by endpoint: throughput, p99 (by connections), records/s (by records a request)
+	csv.WriteString(sweepHeader + "\n")
+	var rows []sweepRow
 	for _, pt := range points {
-		rps := float64(pt.s.Requests) / (float64(pt.s.DurationUS) / 1e6)
-		fmt.Fprintf(&csv, "%s,%d,%d,%.0f,%.0f,%.3f,%.3f,%d\n", pt.endpoint, pt.conns, pt.records, rps, rps*float64(pt.records),
-			float64(pt.s.P50US)/1000, float64(pt.s.P99US)/1000, pt.s.Non2xx)
-		if series[pt.endpoint] == nil {
-			series[pt.endpoint] = new([3][]xy)
-		}
-		s := series[pt.endpoint]
-		if pt.records == 1 && pt.endpoint != "queue_publish mode records" {
-			s[0] = append(s[0], xy{float64(pt.conns), rps})
-			s[1] = append(s[1], xy{float64(pt.conns), float64(pt.s.P99US) / 1000})
-		} else {
-			s[2] = append(s[2], xy{float64(pt.records), rps * float64(pt.records)})
-		}
+		r := sweepRow{pt.endpoint, pt.conns, pt.records, float64(pt.s.Requests) / (float64(pt.s.DurationUS) / 1e6),
+			float64(pt.s.P50US) / 1000, float64(pt.s.P99US) / 1000, pt.s.Non2xx}
+		rows = append(rows, r)
+		fmt.Fprintf(&csv, "%s,%d,%d,%.0f,%.0f,%.3f,%.3f,%d\n", r.endpoint, r.conns, r.records, r.reqPerSec, r.reqPerSec*float64(r.records), r.p50, r.p99, r.non2xx)
 	}
 	if err := os.WriteFile(filepath.Join(dir, "sweep.csv"), []byte(csv.String()), 0o644); err != nil {
 		return err
 	}
+	return drawSweep(dir, rows)
+}
+
+// readSweep reads the sweep.csv of dir, for -draw.
+func readSweep(dir string) ([]sweepRow, error) {
+	b, err := os.ReadFile(filepath.Join(dir, "sweep.csv"))
+	if err != nil {
+		return nil, err
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if len(lines) == 0 || lines[0] != sweepHeader {
+		return nil, fmt.Errorf("%s/sweep.csv: not a sweep", dir)
+	}
+	var rows []sweepRow
+	for _, l := range lines[1:] {
+		var r sweepRow
+		f := strings.Split(l, ",")
+		if len(f) != 8 {
+			return nil, fmt.Errorf("sweep.csv: %q", l)
+		}
+		r.endpoint = f[0]
+		r.conns, _ = strconv.Atoi(f[1])
+		r.records, _ = strconv.Atoi(f[2])
+		r.reqPerSec, _ = strconv.ParseFloat(f[3], 64)
+		r.p50, _ = strconv.ParseFloat(f[5], 64)
+		r.p99, _ = strconv.ParseFloat(f[6], 64)
+		r.non2xx, _ = strconv.ParseInt(f[7], 10, 64)
+		rows = append(rows, r)
+	}
+	return rows, nil
+}
+
+// drawSweep draws the charts of the sweep into dir: throughput.svg and
+// p99.svg against connections, records.svg against records a request.
+func drawSweep(dir string, rows []sweepRow) error {
+	series := map[string]*[3][]xy{} // by endpoint: throughput, p99 (by connections), records/s (by records a request)
+	for _, r := range rows {
+		if series[r.endpoint] == nil {
+			series[r.endpoint] = new([3][]xy)
+		}
+		s := series[r.endpoint]
+		if r.endpoint == "queue_publish mode records" {
+			s[2] = append(s[2], xy{float64(r.records), r.reqPerSec * float64(r.records)})
+		} else {
+			s[0] = append(s[0], xy{float64(r.conns), r.reqPerSec})
+			s[1] = append(s[1], xy{float64(r.conns), r.p99})
+		}
+	}
 	lines := func(i int, names ...string) []line {
 		var ls []line
 		for _, n := range names {
+			if series[n] == nil {
+				continue
+			}
 			ls = append(ls, line{n, series[n][i]})
 		}
 		return ls
+	}
+	recordsConns := ""
+	for _, r := range rows {
+		if r.endpoint == "queue_publish mode records" {
+			recordsConns = strconv.Itoa(r.conns)
+		}
 	}
 	charts := []struct {
 		file string
@@ -102,9 +161,12 @@ func writeSweep(dir string, points []sweepPoint) error {
 	}{
 		{"throughput.svg", chart{title: "Requests per second against connections", x: "connections (wrk, 1 thread)", y: "requests/s", lines: lines(0, "respond", "queue_publish")}},
 		{"p99.svg", chart{title: "p99 latency against connections", x: "connections (wrk, 1 thread)", y: "p99 (ms)", lines: lines(1, "respond", "queue_publish")}},
-		{"records.svg", chart{title: "Records per second against records a request (mode records)", x: "records a request, " + strconv.Itoa(*conns) + " connections", y: "records/s", lines: lines(2, "queue_publish mode records")}},
+		{"records.svg", chart{title: "Records per second against records a request (mode records)", x: "records a request, " + recordsConns + " connections", y: "records/s", lines: lines(2, "queue_publish mode records")}},
 	}
 	for _, ch := range charts {
+		if len(ch.c.lines) == 0 {
+			return fmt.Errorf("%s: no data", ch.file)
+		}
 		if err := os.WriteFile(filepath.Join(dir, ch.file), []byte(ch.c.svg()), 0o644); err != nil {
 			return err
 		}
