@@ -2,6 +2,7 @@ package queuepublish
 
 import (
 	"errors"
+	"math"
 	"strconv"
 	"sync"
 
@@ -46,6 +47,12 @@ var (
 		Name: "caddy_queue_publish_async_queue_size",
 		Help: "The queue_size of the loaded handlers with delivery async, summed: where requests start to be answered 503.",
 	}, func() float64 { return asyncQueues.sum(func(h *Handler) int64 { return int64(h.QueueSize) }) })
+	metricAsyncFill = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "caddy_queue_publish_async_queue_fill",
+		Help: "The fill of the fullest delivery async queue, from 0 to 1: each handler's queued records over its queue_size.",
+	}, func() float64 {
+		return asyncQueues.max(func(h *Handler) float64 { return float64(h.asyncPending.Load()) / float64(h.QueueSize) })
+	})
 	metricProducerErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "caddy_queue_publish_producer_errors_total",
 		Help: "Records not acknowledged, by kind: retriable (503), timeout (504), too_large (413), permanent (500).",
@@ -89,7 +96,7 @@ func registerMetrics(reg *prometheus.Registry) error {
 	}
 	for _, c := range []prometheus.Collector{metricRequests, metricRecords, metricBytes, metricLatency,
 		metricBatch, metricWaiting, metricProducerErrors, metricRejections, metricReplays, metricStoreErrors,
-		metricAsyncQueued, metricAsyncSize} {
+		metricAsyncQueued, metricAsyncSize, metricAsyncFill} {
 		if err := reg.Register(c); err != nil {
 			var already prometheus.AlreadyRegisteredError
 			if !errors.As(err, &already) {
@@ -186,4 +193,14 @@ func (s *handlerSet) sum(f func(*Handler) int64) float64 {
 		return true
 	})
 	return float64(n)
+}
+
+// max is the largest f over the handlers, 0 without any.
+func (s *handlerSet) max(f func(*Handler) float64) float64 {
+	m := 0.0
+	s.m.Range(func(k, _ any) bool {
+		m = math.Max(m, f(k.(*Handler)))
+		return true
+	})
+	return m
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"html"
 	"math"
+	"slices"
 	"strings"
 )
 
@@ -31,6 +32,16 @@ const (
 var chartColors = []string{"#1f77b4", "#d62728", "#2ca02c", "#9467bd"}
 
 func (c chart) svg() string {
+	// Points off a log axis, or not numbers, are left out.
+	for i, l := range c.lines {
+		c.lines[i].points = slices.DeleteFunc(slices.Clone(l.points), func(p xy) bool {
+			return !(p.x > 0) || math.IsNaN(p.y) || math.IsInf(p.y, 0) || math.IsInf(p.x, 0)
+		})
+	}
+	c.lines = slices.DeleteFunc(c.lines, func(l line) bool { return len(l.points) == 0 })
+	if len(c.lines) == 0 {
+		c.lines = []line{{name: "no data", points: []xy{{1, 0}}}}
+	}
 	xmin, xmax, ymax := math.Inf(1), math.Inf(-1), 0.0
 	for _, l := range c.lines {
 		for _, p := range l.points {

@@ -347,7 +347,7 @@ func (p *procs) kafkago(bin string, perCall int) (kafkagoResult, error) {
 // the broker used meanwhile.
 func (p *procs) measure(url string, c int, d time.Duration, env []string) (sample, error) {
 	c0, b0 := harness.CPUTime(p.caddy.Process.Pid), harness.CPUTime(p.brokerPid)
-	cmd := exec.Command("wrk", "-t1", "-c"+strconv.Itoa(c), "-d"+strconv.Itoa(int(d.Seconds()))+"s",
+	cmd := exec.Command("wrk", "-t1", "-c"+strconv.Itoa(c), "-d"+strconv.Itoa(max(int(d.Seconds()), 1))+"s", // wrk counts whole seconds
 		"--latency", "-s", "bench/wrk.lua", url)
 	cmd.Env = env
 	outb, err := cmd.CombinedOutput()

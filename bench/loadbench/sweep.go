@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -112,12 +113,16 @@ func readSweep(dir string) ([]sweepRow, error) {
 			return nil, fmt.Errorf("sweep.csv: %q", l)
 		}
 		r.endpoint = f[0]
-		r.conns, _ = strconv.Atoi(f[1])
-		r.records, _ = strconv.Atoi(f[2])
-		r.reqPerSec, _ = strconv.ParseFloat(f[3], 64)
-		r.p50, _ = strconv.ParseFloat(f[5], 64)
-		r.p99, _ = strconv.ParseFloat(f[6], 64)
-		r.non2xx, _ = strconv.ParseInt(f[7], 10, 64)
+		var errs [6]error
+		r.conns, errs[0] = strconv.Atoi(f[1])
+		r.records, errs[1] = strconv.Atoi(f[2])
+		r.reqPerSec, errs[2] = strconv.ParseFloat(f[3], 64)
+		r.p50, errs[3] = strconv.ParseFloat(f[5], 64)
+		r.p99, errs[4] = strconv.ParseFloat(f[6], 64)
+		r.non2xx, errs[5] = strconv.ParseInt(f[7], 10, 64)
+		if err := errors.Join(errs[:]...); err != nil {
+			return nil, fmt.Errorf("sweep.csv: %q: %v", l, err)
+		}
 		rows = append(rows, r)
 	}
 	return rows, nil

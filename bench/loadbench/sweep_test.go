@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/xml"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -49,6 +50,17 @@ queue_publish mode records,64,100,5561,556121,10.696,109.989,0
 		}
 		if file == "throughput.svg" && (!strings.Contains(string(b), ">respond<") || !strings.Contains(string(b), ">queue_publish<")) {
 			t.Errorf("%s has no legend for both endpoints", file)
+		}
+	}
+}
+
+// A chart of no usable point is still an SVG, not NaN coordinates or a
+// panic.
+func TestChartWithoutData(t *testing.T) {
+	for _, c := range []chart{{title: "none"}, {title: "zeros", lines: []line{{"x", []xy{{0, 1}, {4, math.NaN()}}}}}} {
+		svg := c.svg()
+		if err := xml.Unmarshal([]byte(svg), new(struct{})); err != nil || strings.Contains(svg, "NaN") || strings.Contains(svg, "Inf") {
+			t.Errorf("%s: %v\n%s", c.title, err, svg)
 		}
 	}
 }
