@@ -192,34 +192,34 @@ func waitForScrape(t time.Time) error {
 
 // scalar is the value of a query of one series.
 func scalar(q string) (float64, error) {
-	client := &http.Client{Timeout: 10 * time.Second}
-	res, err := client.Get(*prometheus + "/api/v1/query?query=" + url.QueryEscape(q))
-	if err != nil {
-		return 0, err
-	}
-	defer res.Body.Close()
-	var answer struct {
-		Data struct {
-			Result []struct {
-				Value [2]any `json:"value"`
-			} `json:"result"`
-		} `json:"data"`
-	}
-	if err := json.NewDecoder(res.Body).Decode(&answer); err != nil || len(answer.Data.Result) == 0 {
+	result, err := ask(q)
+	if err != nil || len(result) == 0 {
 		return 0, fmt.Errorf("no value (%v)", err)
 	}
-	s, _ := answer.Data.Result[0].Value[1].(string)
-	var v float64
-	_, err = fmt.Sscan(s, &v)
-	return v, err
+	var v struct {
+		Value [2]any `json:"value"`
+	}
+	if err := json.Unmarshal(result[0], &v); err != nil {
+		return 0, err
+	}
+	s, _ := v.Value[1].(string)
+	var f float64
+	_, err = fmt.Sscan(s, &f)
+	return f, err
 }
 
 // query runs an instant query and returns how many series it gave.
 func query(q string) (int, error) {
+	result, err := ask(q)
+	return len(result), err
+}
+
+// ask runs an instant query and returns its series.
+func ask(q string) ([]json.RawMessage, error) {
 	client := &http.Client{Timeout: 10 * time.Second}
 	res, err := client.Get(*prometheus + "/api/v1/query?query=" + url.QueryEscape(q))
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
 	defer res.Body.Close()
 	var answer struct {
@@ -230,10 +230,10 @@ func query(q string) (int, error) {
 		} `json:"data"`
 	}
 	if err := json.NewDecoder(res.Body).Decode(&answer); err != nil {
-		return 0, err
+		return nil, err
 	}
 	if answer.Status != "success" {
-		return 0, fmt.Errorf("%s", answer.Error)
+		return nil, fmt.Errorf("%s", answer.Error)
 	}
-	return len(answer.Data.Result), nil
+	return answer.Data.Result, nil
 }
