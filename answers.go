@@ -25,9 +25,11 @@ type refusal struct {
 	status  int
 	body    []byte
 	message string
-	// In mode confluent, the status and error_code that Confluent REST
-	// Proxy's clients know for this refusal; zero: status and status.
+	// In mode confluent, the status, error_code and message that
+	// Confluent REST Proxy's clients know for this refusal; zero or
+	// empty: status, status and message.
 	restStatus, restCode int
+	restMessage          string
 	// endsStream: a refusal of a record in a stream after which the
 	// stream cannot be read on (its JSON is broken, or too long).
 	endsStream bool
@@ -37,11 +39,11 @@ type refusal struct {
 var (
 	refusedMethod        = refuse(rejectMethod, http.StatusMethodNotAllowed, "method not allowed")
 	refusedOrigin        = refuse(rejectOrigin, http.StatusForbidden, "origin not allowed")
-	refusedAuth          = restRefusal(refuse(rejectAuth, http.StatusForbidden, "invalid auth token provided"), http.StatusUnauthorized, http.StatusUnauthorized)
+	refusedAuth          = restRefusal(refuse(rejectAuth, http.StatusForbidden, "invalid auth token provided"), http.StatusUnauthorized, http.StatusUnauthorized, "Unauthorized")
 	refusedKeyTooLong    = refuse(rejectIdempotency, http.StatusBadRequest, "Idempotency-Key longer than 255 bytes")
 	refusedTooLarge      = refuse(rejectTooLarge, http.StatusRequestEntityTooLarge, "payload too large")
 	refusedInvalidJSON   = refuse(rejectInvalidJSON, http.StatusBadRequest, "payload not valid JSON")
-	refusedTopic         = restRefusal(refuse(rejectTopic, http.StatusNotFound, "unknown topic"), http.StatusNotFound, codeTopicNotFound)
+	refusedTopic         = restRefusal(refuse(rejectTopic, http.StatusNotFound, "unknown topic"), http.StatusNotFound, codeTopicNotFound, "Topic not found.")
 	refusedKeyReused     = refuse(rejectIdempotency, http.StatusUnprocessableEntity, "Idempotency-Key already used with another request")
 	refusedKeyInProgress = refuse(rejectIdempotency, http.StatusConflict, "a request with this Idempotency-Key is in progress")
 )
@@ -57,9 +59,10 @@ func refuse(reason string, status int, message string) *refusal {
 	return &refusal{reason: reason, status: status, body: errBody(message), message: message}
 }
 
-// restRefusal gives ref the status and error_code of mode confluent.
-func restRefusal(ref *refusal, status, code int) *refusal {
-	ref.restStatus, ref.restCode = status, code
+// restRefusal gives ref the status, error_code and message of mode
+// confluent.
+func restRefusal(ref *refusal, status, code int, message string) *refusal {
+	ref.restStatus, ref.restCode, ref.restMessage = status, code, message
 	return ref
 }
 

@@ -1,6 +1,7 @@
 package queuepublish
 
 import (
+	"cmp"
 	"mime"
 	"net/http"
 	"strconv"
@@ -76,7 +77,9 @@ var (
 	refusedRESTMedia  = refuse(rejectContentType, http.StatusUnsupportedMediaType, "HTTP 415 Unsupported Media Type")
 	refusedCluster    = refuse(rejectTopic, http.StatusNotFound, "Cluster not found.")
 	refusedRESTEmpty  = refuse(rejectInvalidJSON, http.StatusUnprocessableEntity, "Payload error. Request body is empty. Data is required.")
-	refusedRESTStream = refuse(rejectIdempotency, http.StatusBadRequest, "Idempotency-Key applies to a request of known length; a streamed request's records are answered one by one")
+	// A partition number that cannot exist, in a path or a record.
+	refusedPartitionNotFound = restRefusal(refuse(rejectRecords, http.StatusNotFound, "Partition not found."), 0, codePartitionNotFound, "")
+	refusedRESTStream        = refuse(rejectIdempotency, http.StatusBadRequest, "Idempotency-Key applies to a request of known length; a streamed request's records are answered one by one")
 )
 
 // serveConfluent serves a request of mode confluent: its path and
@@ -117,7 +120,7 @@ func parseRESTRoute(path string) (*restRoute, *refusal) {
 		if len(parts) == 4 {
 			n, err := strconv.Atoi(parts[3])
 			if err != nil || n < 0 || parts[3] != strconv.Itoa(n) {
-				return api, restRefusal(refuse(rejectRecords, http.StatusNotFound, "Partition not found."), 0, codePartitionNotFound)
+				return api, refusedPartitionNotFound
 			}
 			api.partition = n
 		}
@@ -197,20 +200,7 @@ func (x *exchange) answerRESTRefusal(ref *refusal) error {
 // restError is the status, error_code and message of a refusal in mode
 // confluent.
 func restError(ref *refusal) (status, code int, message string) {
-	status, code, message = ref.status, ref.status, ref.message
-	if ref.restStatus != 0 {
-		status = ref.restStatus
-	}
-	if ref.restCode != 0 {
-		code = ref.restCode
-	}
-	switch ref {
-	case refusedAuth:
-		message = "Unauthorized"
-	case refusedTopic:
-		message = "Topic not found."
-	}
-	return status, code, message
+	return cmp.Or(ref.restStatus, ref.status), cmp.Or(ref.restCode, ref.status), cmp.Or(ref.restMessage, ref.message)
 }
 
 // answerRESTError writes {"error_code","message"}.

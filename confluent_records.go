@@ -54,7 +54,7 @@ func restDataError(format string, args ...any) *refusal {
 
 // refusedSchemaRegistry refuses the formats that need a Schema Registry.
 var refusedSchemaRegistry = restRefusal(refuse(rejectRecords, http.StatusUnprocessableEntity,
-	"Payload error. Schema Registry formats (AVRO, JSONSCHEMA, PROTOBUF, or data without a type) are not supported: give each key and value a type of BINARY, JSON or STRING."), 0, codeSchemaRegistry)
+	"Payload error. Schema Registry formats (AVRO, JSONSCHEMA, PROTOBUF, or data without a type) are not supported: give each key and value a type of BINARY, JSON or STRING."), 0, codeSchemaRegistry, "")
 
 // readV3Record reads one record object of a v3 request from d into rec:
 // {"partition_id", "headers":[{"name","value"}], "key":{"type","data"},
@@ -123,7 +123,7 @@ func readPartition(d *jsontext.Decoder, rec *record, field string) *refusal {
 			return restDataError("%s must be a whole number", field)
 		}
 		if n < 0 {
-			return restRefusal(refuse(rejectRecords, http.StatusNotFound, "Partition not found."), 0, codePartitionNotFound)
+			return refusedPartitionNotFound
 		}
 		rec.Partition = int(min(n, math.MaxInt32))
 		return nil

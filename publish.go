@@ -172,7 +172,7 @@ func checkPartitions(recs []*record, count int) *refusal {
 	for i, rec := range recs {
 		if rec.Partition >= count {
 			return restRefusal(badRequest(rejectRecords, "record %d: partition %d does not exist (the topic has %d)", i, rec.Partition, count),
-				http.StatusNotFound, codePartitionNotFound)
+				http.StatusNotFound, codePartitionNotFound, "")
 		}
 	}
 	return nil
