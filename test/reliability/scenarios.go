@@ -84,11 +84,19 @@ func (e *env) killRetry() error {
 	switch {
 	case unknown+failed == 0 || retriedUnknown == 0:
 		return fmt.Errorf("in %d kills no 504 nor transport error was retried (%d 504s, %d transport errors): the retry after an unknown outcome was not exercised", kills, unknown, failed)
+	}
+	// The client's Idempotency-Key keeps its own retries from
+	// duplicating, and the idempotent producer its own.
+	return r.storedOnce()
+}
+
+// storedOnce fails a load of retried ids unless every id acknowledged is
+// stored, once, and none answered only not_written is.
+func (r result) storedOnce() error {
+	switch {
 	case r.missing > 0:
 		return fmt.Errorf("%d acknowledged ids missing", r.missing)
 	case r.duplicates > 0:
-		// The client's Idempotency-Key keeps its own retries from
-		// duplicating, and the idempotent producer its own.
 		return fmt.Errorf("%d ids stored twice", r.duplicates)
 	case r.notWrittenStored > 0:
 		return fmt.Errorf("%d ids answered only not_written are in the topic", r.notWrittenStored)
