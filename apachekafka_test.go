@@ -27,6 +27,9 @@ var (
 	kafkaOnce    sync.Once
 	kafkaCluster *apachekafka.Cluster
 	kafkaErr     error
+
+	topicRunsMu sync.Mutex
+	topicRuns   = map[string]int{} // how many times each test's topic was made
 )
 
 func TestMain(m *testing.M) {
@@ -65,6 +68,13 @@ func realKafka(t *testing.T) *apachekafka.Cluster {
 func realTopic(t *testing.T, c *apachekafka.Cluster, partitions int, configs map[string]*string) string {
 	t.Helper()
 	name := strings.NewReplacer("/", ".", "#", ".", "=", "-").Replace(t.Name()) // Kafka allows [a-zA-Z0-9._-]
+	// A test run again (-count) gets a topic of its own.
+	topicRunsMu.Lock()
+	topicRuns[name]++
+	if n := topicRuns[name]; n > 1 {
+		name = fmt.Sprintf("%s.run%d", name, n)
+	}
+	topicRunsMu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := c.CreateTopic(ctx, name, partitions, configs); err != nil {

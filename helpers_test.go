@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -117,10 +118,54 @@ func unloadChecksLeaks(t *testing.T) {
 // site as the body of the :9080 site.
 func startCaddy(t *testing.T, logFile, site string) {
 	t.Helper()
-	caddytest.NewTester(t).InitServer(caddyConfig(logFile, site), "caddyfile")
+	loadCaddy(t, caddyConfig(logFile, site))
+}
+
+// loadCaddy loads a Caddyfile into caddytest's Caddy and returns once
+// only the new config's servers listen. Caddy binds each address with
+// SO_REUSEPORT, and a reload returns before the old servers have closed
+// their sockets: a connection the kernel queued on an old socket is reset
+// when it closes, so a test's first request could meet a reset that no
+// handler caused.
+func loadCaddy(t *testing.T, config string) {
+	t.Helper()
+	caddytest.NewTester(t).InitServer(config, "caddyfile")
 	if t.Failed() {
 		t.FailNow()
 	}
+	deadline := time.Now().Add(10 * time.Second)
+	for _, port := range []int{9080, 9081, 9443} {
+		for {
+			n, err := listeningSockets(port)
+			if err != nil || n <= 1 {
+				break // only Linux says; elsewhere the race stays
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%d sockets still listen on port %d after the reload", n, port)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+}
+
+// listeningSockets counts the TCP sockets listening on port, as Linux's
+// /proc/net/tcp and tcp6 list them.
+func listeningSockets(port int) (int, error) {
+	suffix := fmt.Sprintf(":%04X", port)
+	n := 0
+	for _, table := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		b, err := os.ReadFile(table)
+		if err != nil {
+			return 0, err
+		}
+		for _, line := range strings.Split(string(b), "\n")[1:] {
+			f := strings.Fields(line)
+			if len(f) > 3 && strings.HasSuffix(f[1], suffix) && f[3] == "0A" { // 0A: LISTEN
+				n++
+			}
+		}
+	}
+	return n, nil
 }
 
 func caddyConfig(logFile, site string) string {

@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddytest"
 	"github.com/queuepublish/caddy-queue-publish/internal/producer"
 	"github.com/queuepublish/caddy-queue-publish/internal/redistest"
 	"github.com/segmentio/kafka-go"
@@ -53,10 +52,7 @@ func startFleet(t *testing.T, c *kfake.Cluster, redisURL, extra string) string {
 }
 `, port, c.ListenAddrs()[0], id, extra)
 	}
-	caddytest.NewTester(t).InitServer(caddyGlobals(logFile)+site(9080, "instance-a")+site(9081, "instance-b"), "caddyfile")
-	if t.Failed() {
-		t.FailNow()
-	}
+	loadCaddy(t, caddyGlobals(logFile)+site(9080, "instance-a")+site(9081, "instance-b"))
 	return logFile
 }
 
@@ -298,7 +294,7 @@ func TestRedisStorePasswordStaysOut(t *testing.T) {
 }
 `, port, c.ListenAddrs()[0], env)
 	}
-	caddytest.NewTester(t).InitServer(caddyGlobals(logFile)+site(9080, "QP_TEST_REDIS_A")+site(9081, "QP_TEST_REDIS_B"), "caddyfile")
+	loadCaddy(t, caddyGlobals(logFile)+site(9080, "QP_TEST_REDIS_A")+site(9081, "QP_TEST_REDIS_B"))
 
 	if got := post(t, instanceA, "k", `{"n":1}`); got.status != 200 {
 		t.Errorf("with the password: %d %s", got.status, got.body)
