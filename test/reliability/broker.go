@@ -24,6 +24,12 @@ type brokers interface {
 	// node leading the kill topic's partition 0), leaves it down for
 	// down, and restarts it on its data.
 	crash(down time.Duration) (killedAt, restartedAt time.Time, err error)
+	// keepsProducerState: a broker killed and restarted still knows
+	// the batches each producer appended, so that one resent across
+	// the crash is not appended again. Apache Kafka rebuilds that
+	// state from its log; the development broker (kfake) saves it only
+	// when it stops in order.
+	keepsProducerState() bool
 	// String names the brokers for the report.
 	String() string
 	close()
@@ -57,6 +63,8 @@ func (b *devBroker) start() error {
 func (b *devBroker) addrs() []string { return []string{devBrokerAddr} }
 func (b *devBroker) String() string  { return "the development broker (3 partitions a topic)" }
 func (b *devBroker) close()          { harness.Stop(b.cmd) }
+
+func (b *devBroker) keepsProducerState() bool { return false }
 
 func (b *devBroker) crash(down time.Duration) (killedAt, restartedAt time.Time, err error) {
 	if err := harness.Signal(b.cmd, syscall.SIGKILL); err != nil {
@@ -93,6 +101,8 @@ func startKafka(e *env) (*kafkaCluster, error) {
 
 func (k *kafkaCluster) addrs() []string { return k.c.Brokers(apachekafka.Plaintext) }
 func (k *kafkaCluster) close()          { k.c.Close(false) }
+
+func (k *kafkaCluster) keepsProducerState() bool { return true }
 func (k *kafkaCluster) String() string {
 	return fmt.Sprintf("Apache Kafka %s, 3 nodes (3 partitions a topic, replication factor 3, min.insync.replicas 2)", apachekafka.Version)
 }

@@ -88,7 +88,7 @@ func (e *env) fleet() error {
 	if retriedUnknown == 0 {
 		return fmt.Errorf("in %d kills no retry followed an unknown outcome: the scenario's path was not exercised", kills)
 	}
-	return r.storedOnce()
+	return r.storedOnce(e.brokers)
 }
 
 // waitAnswers waits until the instance at addr answers a request (a GET:

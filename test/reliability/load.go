@@ -354,6 +354,10 @@ type result struct {
 	stored     int // distinct ids of the load in the topic
 	missing    int // ids answered 2xx, not in the topic
 	duplicates int // extra copies of ids
+	// reappended: of the duplicates, the copies that are the very
+	// record again (same partition, producer ID and timestamp): a
+	// batch the producer resent, which the broker appended twice.
+	reappended int
 	// ids that were never answered 2xx, found in the topic anyway:
 	notWrittenStored int // every answer said "not_written"
 	unknownStored    int // some answer was 504 or missing, none 2xx
@@ -365,23 +369,38 @@ type result struct {
 }
 
 func (r result) String() string {
-	return fmt.Sprintf("%d ids stored, %d missing, %d duplicates, %d stored though answered not_written, %d stored after an unknown outcome, %d stored though their request got no answer",
-		r.stored, r.missing, r.duplicates, r.notWrittenStored, r.unknownStored, r.failedStored)
+	dups := fmt.Sprintf("%d duplicates", r.duplicates)
+	if r.duplicates > 0 {
+		dups += fmt.Sprintf(" (%d of them records of a batch the producer resent, appended again)", r.reappended)
+	}
+	return fmt.Sprintf("%d ids stored, %d missing, %s, %d stored though answered not_written, %d stored after an unknown outcome, %d stored though their request got no answer",
+		r.stored, r.missing, dups, r.notWrittenStored, r.unknownStored, r.failedStored)
 }
 
 // check reads the load's topic and compares it with the answers.
 func (l *load) check() (result, error) {
-	counts, err := readIDs(l.brokers, l.topic, l.prefix+"-")
+	copies, err := readIDs(l.brokers, l.topic, l.prefix+"-")
 	if err != nil {
 		return result{}, err
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	return tally(copies, l.ids), nil
+}
+
+// tally compares the copies of ids found in the topic with the flags of
+// the answers each id got.
+func tally(copies map[string][]storedCopy, ids map[string]uint8) result {
 	var r result
-	r.stored = len(counts)
-	for id, n := range counts {
-		r.duplicates += n - 1
-		f := l.ids[id]
+	r.stored = len(copies)
+	for id, cs := range copies {
+		r.duplicates += len(cs) - 1
+		for _, c := range cs[1:] {
+			if c == cs[0] {
+				r.reappended++
+			}
+		}
+		f := ids[id]
 		switch {
 		case f&idAcked != 0:
 		case f == idNotWritten:
@@ -394,8 +413,8 @@ func (l *load) check() (result, error) {
 			}
 		}
 	}
-	for id, f := range l.ids {
-		if f&idAcked != 0 && counts[id] == 0 {
+	for id, f := range ids {
+		if f&idAcked != 0 && len(copies[id]) == 0 {
 			r.missing++
 		}
 		if f&(idUnknown|idFailed) != 0 {
@@ -405,12 +424,21 @@ func (l *load) check() (result, error) {
 			}
 		}
 	}
-	return r, nil
+	return r
 }
 
-// readIDs counts the ids with prefix in topic, reading with franz-go up
-// to the partitions' end offsets as of the call.
-func readIDs(brokers []string, topic, prefix string) (map[string]int, error) {
+// storedCopy is what tells the copies of an id apart: a client's second
+// attempt is another record, made later, while a batch the producer
+// resent holds the same record, timestamp and producer ID included.
+type storedCopy struct {
+	partition  int32
+	producerID int64
+	timestamp  int64 // Unix milliseconds, as Kafka keeps it
+}
+
+// readIDs finds the copies of the ids with prefix in topic, reading with
+// franz-go up to the partitions' end offsets as of the call.
+func readIDs(brokers []string, topic, prefix string) (map[string][]storedCopy, error) {
 	cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.ConsumeTopics(topic),
 		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.FetchMaxWait(200*time.Millisecond))
 	if err != nil {
@@ -430,7 +458,7 @@ func readIDs(brokers []string, topic, prefix string) (map[string]int, error) {
 		}
 		return true
 	}
-	counts := map[string]int{}
+	copies := map[string][]storedCopy{}
 	deadline := time.Now().Add(60 * time.Second)
 	for !done() {
 		if time.Now().After(deadline) {
@@ -449,11 +477,11 @@ func readIDs(brokers []string, topic, prefix string) (map[string]int, error) {
 				return nil, fmt.Errorf("record %q: %v", r.Value, err)
 			}
 			if strings.HasPrefix(v.ID, prefix) {
-				counts[v.ID]++
+				copies[v.ID] = append(copies[v.ID], storedCopy{r.Partition, r.ProducerID, r.Timestamp.UnixMilli()})
 			}
 		}
 	}
-	return counts, nil
+	return copies, nil
 }
 
 // endOffsets is the high watermark of every partition of topic.

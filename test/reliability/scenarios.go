@@ -87,17 +87,21 @@ func (e *env) killRetry() error {
 	}
 	// The client's Idempotency-Key keeps its own retries from
 	// duplicating, and the idempotent producer its own.
-	return r.storedOnce()
+	return r.storedOnce(e.brokers)
 }
 
 // storedOnce fails a load of retried ids unless every id acknowledged is
-// stored, once, and none answered only not_written is.
-func (r result) storedOnce() error {
+// stored, once, and none answered only not_written is. A batch the
+// producer resent across a crash may be in the topic twice only on
+// brokers that forget, when killed, which batches they appended.
+func (r result) storedOnce(b brokers) error {
 	switch {
 	case r.missing > 0:
 		return fmt.Errorf("%d acknowledged ids missing", r.missing)
-	case r.duplicates > 0:
-		return fmt.Errorf("%d ids stored twice", r.duplicates)
+	case r.duplicates > r.reappended:
+		return fmt.Errorf("%d ids stored twice by two attempts", r.duplicates-r.reappended)
+	case r.reappended > 0 && b.keepsProducerState():
+		return fmt.Errorf("%d records of batches the producer resent appended twice by %v", r.reappended, b)
 	case r.notWrittenStored > 0:
 		return fmt.Errorf("%d ids answered only not_written are in the topic", r.notWrittenStored)
 	}
