@@ -3,6 +3,7 @@
 package queuepublish
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -370,6 +371,74 @@ func TestRedisSettleAfterWindowLeavesNoKey(t *testing.T) {
 	claim.settle([]*record{rec})
 	if n := r.Client.Exists(t.Context(), keys...).Val(); n != 0 {
 		t.Errorf("after a settlement past the window, %d keys (TTL %v)", n, r.Client.PTTL(t.Context(), keys[0]).Val())
+	}
+}
+
+// A Sentinel failover: the store follows the replica the Sentinel
+// promotes, and keys written before the failover (and replicated) still
+// stand for their requests. A keyed request waits for the new master for
+// up to half its timeout and is refused 503 after that, never produced
+// without its key. With the default timeout (5 s) a failover of a second
+// or two (this Sentinel gives the master up after 0.5 s) is not seen by
+// clients; with timeout 1s it is.
+func TestRedisStoreSentinelFailover(t *testing.T) {
+	for _, timeout := range []string{"", "timeout 1s"} {
+		t.Run(strings.ReplaceAll(cmp.Or(timeout, "timeout default"), " ", "="), func(t *testing.T) {
+			master := redistest.Start(t)
+			replica := redistest.StartReplica(t, master)
+			sentinel := redistest.StartSentinel(t, master, replica)
+			c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+			startFleet(t, c, "redis://"+sentinel.Addr+"?master_name=mymaster", timeout)
+			first := post(t, instanceA, "before", `{"n":0}`)
+			if again := post(t, instanceB, "before", `{"n":0}`); first.status != 200 || again.body != first.body || again.header.Get("Idempotent-Replayed") != "true" {
+				t.Fatalf("before the failover: %d %s, then %d %s", first.status, first.body, again.status, again.body)
+			}
+			// Redis replicates asynchronously: the key must have
+			// reached the replica for the failover to keep it.
+			if n, err := master.Client.Do(t.Context(), "WAIT", 1, 5000).Int(); err != nil || n != 1 {
+				t.Fatalf("WAIT for the replica: %d %v", n, err)
+			}
+
+			master.Stop()
+			killedAt := time.Now()
+			refused := 0
+			var taken time.Duration
+			for n := 0; ; n++ {
+				got := post(t, instanceA, fmt.Sprintf("during-%d", n), `{"n":1}`)
+				if got.status == 200 {
+					taken = time.Since(killedAt)
+					break
+				}
+				if got.status != 503 || got.body != `{"error":"idempotency store unavailable","outcome":"not_written"}` {
+					t.Fatalf("while the master is down: %d %s, want 503 until the replica is promoted", got.status, got.body)
+				}
+				refused++
+				if time.Since(killedAt) > 30*time.Second {
+					t.Fatalf("no keyed request taken within 30 s of the master's death (%d refused)", refused)
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+			t.Logf("the first keyed request taken was answered %v after the master's death, after %d refused", taken.Round(time.Millisecond), refused)
+			if timeout != "" && refused == 0 {
+				t.Errorf("with %s, no request was refused during a failover of %v", timeout, taken)
+			}
+			if now, err := sentinel.Master(); err != nil || now != replica.Addr {
+				t.Errorf("a keyed request was taken while the Sentinel names %q (%v), not the replica %s", now, err, replica.Addr)
+			}
+			if got := post(t, instanceB, "before", `{"n":0}`); got.body != first.body || got.header.Get("Idempotent-Replayed") != "true" {
+				t.Errorf("the key of before the failover, after it: %d %s, want the first answer replayed", got.status, got.body)
+			}
+			want := 2 // before, and the first key taken after the death
+			if refused > 0 {
+				want++
+				if got := post(t, instanceB, "during-0", `{"n":1}`); got.status != 200 || got.header.Get("Idempotent-Replayed") == "true" {
+					t.Errorf("a key refused during the failover, sent again: %d %s, want it produced now", got.status, got.body)
+				}
+			}
+			if got := len(stored(t, c, "events")); got != want {
+				t.Errorf("stored %d records, want %d", got, want)
+			}
+		})
 	}
 }
 

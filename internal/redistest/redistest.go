@@ -1,7 +1,8 @@
 // Package redistest runs real Redis servers (Debian's redis-server, from
 // PATH or $REDIS_SERVER) for the tests that need them: on loopback ports
 // of their own, without persistence, stopped when the test ends. A single
-// server, one with TLS, a Sentinel in front of one, or a Redis Cluster.
+// server, one with TLS, replicas, a Sentinel in front of them, or a Redis
+// Cluster.
 package redistest
 
 import (
@@ -62,20 +63,60 @@ func StartTLS(t testing.TB, certFile, keyFile, caFile string) *Server {
 	return start(t, addr, args, &redis.Options{Addr: addr, MaxRetries: -1, TLSConfig: &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}})
 }
 
-// StartSentinel starts a Sentinel that monitors master as "mymaster".
-func StartSentinel(t testing.TB, master *Server) *Server {
+// StartReplica starts a server that replicates master, and returns once
+// it holds master's data.
+func StartReplica(t testing.TB, master *Server) *Server {
 	t.Helper()
 	addr, port := freeAddr(t)
 	host, masterPort, _ := net.SplitHostPort(master.Addr)
-	conf := filepath.Join(t.TempDir(), "sentinel.conf")
-	if err := os.WriteFile(conf, []byte(fmt.Sprintf("port %s\nbind 127.0.0.1\nsentinel monitor mymaster %s %s 1\n", port, host, masterPort)), 0o600); err != nil {
+	s := start(t, addr, []string{"--port", port, "--replicaof", host, masterPort}, &redis.Options{Addr: addr, MaxRetries: -1})
+	waitFor(t, func() error {
+		info, err := s.Client.Info(context.Background(), "replication").Result()
+		if err == nil && !strings.Contains(info, "master_link_status:up") {
+			err = fmt.Errorf("not in sync with %s yet", master.Addr)
+		}
+		return err
+	})
+	return s
+}
+
+// StartSentinel starts a Sentinel that monitors master as "mymaster" and
+// returns once it knows master's replicas. It fails over half a second
+// after it lost the master (the default is 30 s).
+func StartSentinel(t testing.TB, master *Server, replicas ...*Server) *Server {
+	t.Helper()
+	addr, port := freeAddr(t)
+	host, masterPort, _ := net.SplitHostPort(master.Addr)
+	conf := filepath.Join(t.TempDir(), "sentinel.conf") // Sentinel rewrites it
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf(`port %s
+bind 127.0.0.1
+sentinel monitor mymaster %s %s 1
+sentinel down-after-milliseconds mymaster 500
+sentinel failover-timeout mymaster 5000
+`, port, host, masterPort)), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	s := start(t, addr, []string{conf, "--sentinel"}, &redis.Options{Addr: addr, MaxRetries: -1})
 	waitFor(t, func() error {
-		return s.Client.Do(context.Background(), "SENTINEL", "get-master-addr-by-name", "mymaster").Err()
+		known, err := s.Client.Do(context.Background(), "SENTINEL", "REPLICAS", "mymaster").Slice()
+		if err == nil && len(known) < len(replicas) {
+			err = fmt.Errorf("knows %d of %d replicas", len(known), len(replicas))
+		}
+		return err
 	})
 	return s
+}
+
+// Master is the address of the master the Sentinel names now.
+func (s *Server) Master() (string, error) {
+	hp, err := s.Client.Do(context.Background(), "SENTINEL", "get-master-addr-by-name", "mymaster").StringSlice()
+	if err != nil {
+		return "", err
+	}
+	if len(hp) != 2 {
+		return "", fmt.Errorf("the Sentinel names %v", hp)
+	}
+	return net.JoinHostPort(hp[0], hp[1]), nil
 }
 
 // StartCluster starts a Redis Cluster of n masters (at least 3) and
