@@ -162,7 +162,8 @@ func freeAddr(t testing.TB) (addr, port string) {
 
 func start(t testing.TB, addr string, args []string, opts *redis.Options) *Server {
 	t.Helper()
-	s := &Server{t: t, Addr: addr, args: append(args, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--logfile", "")}
+	// --dir: a replica's full sync still writes an RDB file, there.
+	s := &Server{t: t, Addr: addr, args: append(args, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--logfile", "", "--dir", t.TempDir())}
 	s.Client = redis.NewClient(opts)
 	t.Cleanup(func() {
 		s.Stop()
