@@ -47,6 +47,9 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		idempotency_max_keys <count>
 //		idempotency_max_bytes <size>
 //		idempotency_store memory|redis <url>
+//		idempotency_store redis <url> {
+//			<the settings of tls, for a rediss:// url>
+//		}
 //		idempotency_key_prefix <prefix>
 //		on_store_error reject|produce
 //		max_size <size>
@@ -105,35 +108,11 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if d.NextArg() {
 				return d.ArgErr()
 			}
-			h.TLS = new(BrokerTLS)
-			for nesting := d.Nesting(); d.NextBlock(nesting); {
-				opt := d.Val()
-				if opt == "insecure_skip_verify" {
-					if d.NextArg() {
-						return d.ArgErr()
-					}
-					h.TLS.InsecureSkipVerify = true
-					continue
-				}
-				if !d.NextArg() {
-					return d.ArgErr()
-				}
-				switch opt {
-				case "ca":
-					h.TLS.CA = d.Val()
-				case "cert":
-					h.TLS.Cert = d.Val()
-				case "key":
-					h.TLS.Key = d.Val()
-				case "server_name":
-					h.TLS.ServerName = d.Val()
-				default:
-					return d.Errf("tls: unrecognized option %q", opt)
-				}
-				if d.NextArg() {
-					return d.ArgErr()
-				}
+			t, err := parseTLSBlock(d, "tls")
+			if err != nil {
+				return err
 			}
+			h.TLS = t
 			continue
 		case "sasl":
 			args := d.RemainingArgs()
@@ -156,11 +135,21 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			args := d.RemainingArgs()
 			switch {
 			case len(args) == 1 && args[0] == "memory":
-				h.IdempotencyRedis = ""
+				h.IdempotencyRedis, h.IdempotencyRedisTLS = "", nil
 			case len(args) == 2 && args[0] == "redis":
-				h.IdempotencyRedis = args[1]
+				h.IdempotencyRedis, h.IdempotencyRedisTLS = args[1], nil
 			default:
 				return d.Errf("idempotency_store: want memory, or redis <url>")
+			}
+			t, err := parseTLSBlock(d, "idempotency_store")
+			if err != nil {
+				return err
+			}
+			if *t != (BrokerTLS{}) {
+				if h.IdempotencyRedis == "" {
+					return d.Errf("idempotency_store memory: takes no block")
+				}
+				h.IdempotencyRedisTLS = t
 			}
 			continue
 		case "header":
@@ -279,3 +268,46 @@ func parseCount(s string) (int, error) {
 
 // Interface guard
 var _ caddyfile.Unmarshaler = (*Handler)(nil)
+
+// parseTLSBlock parses the block of TLS settings that may follow the
+// current line (the brokers' tls, or idempotency_store redis <url>):
+//
+//	{
+//		ca          <file>
+//		cert        <file>
+//		key         <file>
+//		server_name <name>
+//		insecure_skip_verify
+//	}
+func parseTLSBlock(d *caddyfile.Dispenser, directive string) (*BrokerTLS, error) {
+	t := new(BrokerTLS)
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		if opt == "insecure_skip_verify" {
+			if d.NextArg() {
+				return nil, d.ArgErr()
+			}
+			t.InsecureSkipVerify = true
+			continue
+		}
+		if !d.NextArg() {
+			return nil, d.ArgErr()
+		}
+		switch opt {
+		case "ca":
+			t.CA = d.Val()
+		case "cert":
+			t.Cert = d.Val()
+		case "key":
+			t.Key = d.Val()
+		case "server_name":
+			t.ServerName = d.Val()
+		default:
+			return nil, d.Errf("%s: unrecognized option %q", directive, opt)
+		}
+		if d.NextArg() {
+			return nil, d.ArgErr()
+		}
+	}
+	return t, nil
+}

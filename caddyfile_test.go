@@ -132,6 +132,8 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{name: "tls with system roots", input: block("tls"), want: Handler{TLS: &BrokerTLS{}}},
 		{name: "tls with an argument", input: block("tls on"), wantErr: "wrong argument count"},
 		{name: "unknown tls option", input: "queue_publish {\ntls {\nverify no\n}\n}", wantErr: `tls: unrecognized option "verify"`},
+		{name: "unknown redis tls option", input: "queue_publish {\nidempotency_store redis rediss://r:6380 {\nverify no\n}\n}", wantErr: `idempotency_store: unrecognized option "verify"`},
+		{name: "memory store with tls", input: "queue_publish {\nidempotency_store memory {\nca /ca.pem\n}\n}", wantErr: "idempotency_store memory: takes no block"},
 		{name: "sasl without password", input: block("sasl plain user"), wantErr: "wrong argument count"},
 		{name: "unknown sasl mechanism", input: block("sasl gssapi user pass"), wantErr: `sasl: "gssapi" is not plain, scram-sha-256 or scram-sha-512`},
 		{name: "header without value", input: block("header source"), wantErr: "wrong argument count"},

@@ -196,7 +196,7 @@ func TestEveryOptionIsDocumentedAndAdapted(t *testing.T) {
 			}
 		}
 	}
-	check("queue_publish", options(Handler{}, map[string]string{"secrets": "secret", "headers": "header", "idempotency_redis": "idempotency_store"}), true)
+	check("queue_publish", options(Handler{}, map[string]string{"secrets": "secret", "headers": "header", "idempotency_redis": "idempotency_store", "idempotency_redis_tls": "idempotency_store"}), true)
 	check("queue_publish tls", options(BrokerTLS{}, nil), true)
 	check("queue_publish sasl", options(BrokerSASL{}, nil), false) // positional in the Caddyfile
 	for _, o := range options(devbroker.App{}, map[string]string{"topics": "topic"}) {

@@ -1,10 +1,13 @@
 package queuepublish
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -105,16 +108,20 @@ return 1
 `)
 
 // newRedisStore connects to the server of rawURL: redis:// or rediss://
-// (TLS), with user and password in the URL; with ?master_name=, through
+// (TLS, with tlsConfig's roots, certificate and server name if given),
+// with user and password in the URL; with ?master_name=, through
 // Sentinel; with ?addr= for more nodes, to a Redis Cluster. The URL is
 // never part of an error or a log line: it may hold a password.
-func newRedisStore(rawURL, prefix string, window, timeout time.Duration, logger *zap.Logger) (*redisStore, error) {
+func newRedisStore(rawURL string, tlsConfig *tls.Config, prefix string, window, timeout time.Duration, logger *zap.Logger) (*redisStore, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
 		return nil, errors.New("not a URL (it is not quoted here: it may hold a password)")
 	}
 	if u.Scheme != "redis" && u.Scheme != "rediss" {
 		return nil, errors.New("the URL must start with redis:// or rediss://")
+	}
+	if tlsConfig != nil && u.Scheme != "rediss" {
+		return nil, errors.New("TLS settings need a rediss:// URL")
 	}
 	q := u.Query()
 	var client redis.UniversalClient
@@ -124,18 +131,21 @@ func newRedisStore(rawURL, prefix string, window, timeout time.Duration, logger 
 		if err != nil {
 			return nil, redisURLError(err)
 		}
+		opts.TLSConfig = withOwnTLS(opts.TLSConfig, tlsConfig)
 		client = redis.NewFailoverClient(opts)
 	case q.Has("addr"):
 		opts, err := redis.ParseClusterURL(rawURL)
 		if err != nil {
 			return nil, redisURLError(err)
 		}
+		opts.TLSConfig = withOwnTLS(opts.TLSConfig, tlsConfig)
 		client = redis.NewClusterClient(opts)
 	default:
 		opts, err := redis.ParseURL(rawURL)
 		if err != nil {
 			return nil, redisURLError(err)
 		}
+		opts.TLSConfig = withOwnTLS(opts.TLSConfig, tlsConfig)
 		client = redis.NewClient(opts)
 	}
 	redisLogOnce.Do(func() { redis.SetLogger(redisLog{logger.Named("redis")}) })
@@ -144,6 +154,19 @@ func newRedisStore(rawURL, prefix string, window, timeout time.Duration, logger 
 		lease:   timeout + lateAckWait + 10*time.Second,
 		timeout: timeout, logger: logger,
 	}, nil
+}
+
+// withOwnTLS is the TLS configuration of a rediss:// URL (go-redis's: the
+// URL's host as the server name, with ?skip_verify=) with the roots,
+// client certificate and server name of own, where given.
+func withOwnTLS(fromURL, own *tls.Config) *tls.Config {
+	if own == nil || fromURL == nil {
+		return fromURL
+	}
+	cfg := own.Clone()
+	cfg.ServerName = cmp.Or(own.ServerName, fromURL.ServerName)
+	cfg.InsecureSkipVerify = own.InsecureSkipVerify || fromURL.InsecureSkipVerify //nolint:gosec // asked for, for tests
+	return cfg
 }
 
 // redisLog sends go-redis's own log lines (a Sentinel's failover, a
@@ -416,10 +439,20 @@ func (h *Handler) provisionSharedStore(repl *caddy.Replacer) error {
 	if err != nil {
 		return fmt.Errorf("idempotency_store: %v", err)
 	}
-	sum := sha256.Sum256([]byte(rawURL)) // the URL itself stays out of the pool's keys
-	key := fmt.Sprintf("queue_publish.redis.%x.%q.%d.%d", sum, h.IdempotencyKeyPrefix, h.IdempotencyWindow, h.Timeout)
+	var tlsConfig *tls.Config
+	identity := sha256.New() // the URL itself stays out of the pool's keys
+	identity.Write([]byte(rawURL))
+	if h.IdempotencyRedisTLS != nil {
+		m, err := h.IdempotencyRedisTLS.material(repl)
+		if err != nil {
+			return fmt.Errorf("idempotency_store: %v", err)
+		}
+		tlsConfig, _ = m.config()           // material built it once already
+		json.NewEncoder(identity).Encode(m) // a changed file makes a new client
+	}
+	key := fmt.Sprintf("queue_publish.redis.%x.%q.%d.%d", identity.Sum(nil), h.IdempotencyKeyPrefix, h.IdempotencyWindow, h.Timeout)
 	s, _, err := redisStores.LoadOrNew(key, func() (caddy.Destructor, error) {
-		return newRedisStore(rawURL, h.IdempotencyKeyPrefix, time.Duration(h.IdempotencyWindow), time.Duration(h.Timeout), h.logger)
+		return newRedisStore(rawURL, tlsConfig, h.IdempotencyKeyPrefix, time.Duration(h.IdempotencyWindow), time.Duration(h.Timeout), h.logger)
 	})
 	if err != nil {
 		return fmt.Errorf("idempotency_store: %v", err)

@@ -3,14 +3,17 @@
 package queuepublish
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -327,7 +330,7 @@ func TestRedisStorePasswordStaysOut(t *testing.T) {
 // and a claim whose call failed is undone.
 func TestRedisClaimResentAnswersAlike(t *testing.T) {
 	r := redistest.Start(t)
-	s, err := newRedisStore(r.URL(), "t:", time.Minute, time.Second, zap.NewNop())
+	s, err := newRedisStore(r.URL(), nil, "t:", time.Minute, time.Second, zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -354,7 +357,7 @@ func TestRedisClaimResentAnswersAlike(t *testing.T) {
 // leave it without an expiry.
 func TestRedisSettleAfterWindowLeavesNoKey(t *testing.T) {
 	r := redistest.Start(t)
-	s, err := newRedisStore(r.URL(), "t:", 50*time.Millisecond, time.Second, zap.NewNop())
+	s, err := newRedisStore(r.URL(), nil, "t:", 50*time.Millisecond, time.Second, zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -448,24 +451,26 @@ func TestRedisStoreSentinelFailover(t *testing.T) {
 // at two instances is one request.
 func TestRedisStoreDeployments(t *testing.T) {
 	pki := newTestPKI(t)
-	deployments := map[string]func(t *testing.T) string{
-		"tls": func(t *testing.T) string {
+	// Each returns the URL, and the options that go with it.
+	deployments := map[string]func(t *testing.T) (string, string){
+		"tls": func(t *testing.T) (string, string) {
 			s := redistest.StartTLS(t, filepath.Join(pki.dir, "broker.pem"), filepath.Join(pki.dir, "broker-key.pem"), pki.caFile)
-			return "rediss://" + s.Addr + "?skip_verify=true" // the test's own CA; see docs for SSL_CERT_FILE
+			return "rediss://" + s.Addr, redisTLS(map[string]string{"ca": pki.caFile})
 		},
-		"sentinel": func(t *testing.T) string {
+		"sentinel": func(t *testing.T) (string, string) {
 			sentinel := redistest.StartSentinel(t, redistest.Start(t))
-			return "redis://" + sentinel.Addr + "?master_name=mymaster"
+			return "redis://" + sentinel.Addr + "?master_name=mymaster", ""
 		},
-		"cluster": func(t *testing.T) string {
+		"cluster": func(t *testing.T) (string, string) {
 			nodes := redistest.StartCluster(t, 3)
-			return "redis://" + nodes[0].Addr + "?addr=" + nodes[1].Addr + "&addr=" + nodes[2].Addr
+			return "redis://" + nodes[0].Addr + "?addr=" + nodes[1].Addr + "&addr=" + nodes[2].Addr, ""
 		},
 	}
 	for _, name := range []string{"tls", "sentinel", "cluster"} {
 		t.Run(name, func(t *testing.T) {
 			c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
-			startFleet(t, c, deployments[name](t), "")
+			url, extra := deployments[name](t)
+			startFleet(t, c, url, extra)
 			first := post(t, instanceA, "k", `{"n":1}`)
 			again := post(t, instanceB, "k", `{"n":1}`)
 			if first.status != 200 || again.status != 200 || again.body != first.body || again.header.Get("Idempotent-Replayed") != "true" {
@@ -478,5 +483,66 @@ func TestRedisStoreDeployments(t *testing.T) {
 				t.Errorf("stored %d records, want 1", got)
 			}
 		})
+	}
+}
+
+// redisTLS is idempotency_store redis with a block of TLS settings, to
+// follow startFleet's own idempotency_store line, which it replaces.
+func redisTLS(settings map[string]string) string {
+	var b strings.Builder
+	b.WriteString("idempotency_store redis {env.QP_TEST_REDIS} {\n")
+	for _, k := range slices.Sorted(maps.Keys(settings)) {
+		fmt.Fprintf(&b, "\t\t\t%s %s\n", k, settings[k])
+	}
+	b.WriteString("\t\t}")
+	return b.String()
+}
+
+// A rediss:// server is verified against the CA of the tls settings, by
+// the name they give, and is shown the client certificate they name; a
+// server the settings do not verify is not used (503, the reason in the
+// log), never produced to without its key.
+func TestRedisStoreTLSVerifies(t *testing.T) {
+	pki := newTestPKI(t)
+	r := redistest.StartMutualTLS(t, filepath.Join(pki.dir, "broker.pem"), filepath.Join(pki.dir, "broker-key.pem"), pki.caFile, pki.client)
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	client := map[string]string{"ca": pki.caFile, "cert": pki.clientCert, "key": pki.clientKey}
+	for _, tc := range []struct {
+		name     string
+		settings map[string]string
+		log      string // in the warning of a refusal
+	}{
+		{"the CA and a client certificate", client, ""},
+		{"the system's roots", nil, "certificate signed by unknown authority"},
+		{"no client certificate", map[string]string{"ca": pki.caFile}, ""},
+		{"another server name", map[string]string{"ca": pki.caFile, "cert": pki.clientCert, "key": pki.clientKey, "server_name": "redis.example"}, "redis.example"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			extra := ""
+			if tc.settings != nil {
+				extra = redisTLS(tc.settings)
+			}
+			logFile := startFleet(t, c, "rediss://"+r.Addr, extra)
+			key := strings.ReplaceAll(tc.name, " ", "-")
+			got := post(t, instanceA, key, `{"n":1}`)
+			if tc.log == "" && len(tc.settings) == 3 {
+				if again := post(t, instanceB, key, `{"n":1}`); got.status != 200 || again.header.Get("Idempotent-Replayed") != "true" {
+					t.Errorf("verified: %d %s, then %d %s; want 200, replayed at B", got.status, got.body, again.status, again.body)
+				}
+				return
+			}
+			if got.status != 503 || got.body != `{"error":"idempotency store unavailable","outcome":"not_written"}` {
+				t.Errorf("not verified: %d %s, want 503", got.status, got.body)
+			}
+			if tc.log != "" {
+				waitFor(t, 5*time.Second, func() bool {
+					logs, _ := os.ReadFile(logFile)
+					return bytes.Contains(logs, []byte(tc.log))
+				})
+			}
+		})
+	}
+	if got := len(stored(t, c, "events")); got != 1 {
+		t.Errorf("stored %d records, want the verified one", got)
 	}
 }

@@ -191,6 +191,12 @@ type Handler struct {
 	// ?addr=<host:port> for each further node a Redis Cluster.
 	IdempotencyRedis string `json:"idempotency_redis,omitempty"`
 
+	// With a rediss:// idempotency_redis, how its TLS connections are
+	// verified and authenticated, with the settings of the brokers' tls:
+	// a CA instead of the system's roots, a client certificate and key,
+	// the name the server's certificate must hold.
+	IdempotencyRedisTLS *BrokerTLS `json:"idempotency_redis_tls,omitempty"`
+
 	// With idempotency_redis, what the Redis keys start with.
 	// Default: "queue_publish:".
 	IdempotencyKeyPrefix string `json:"idempotency_key_prefix,omitempty"`
@@ -414,8 +420,8 @@ func (h *Handler) Validate() error {
 	if strings.ContainsAny(h.IdempotencyKeyPrefix, "{}") {
 		return errors.New("idempotency_key_prefix: must not hold '{' or '}', which would change the keys' Redis Cluster hash slot")
 	}
-	if h.IdempotencyRedis == "" && (h.IdempotencyKeyPrefix != "" || h.OnStoreError != "") {
-		return errors.New("idempotency_key_prefix, on_store_error: apply to idempotency_store redis only")
+	if h.IdempotencyRedis == "" && (h.IdempotencyKeyPrefix != "" || h.OnStoreError != "" || h.IdempotencyRedisTLS != nil) {
+		return errors.New("idempotency_key_prefix, on_store_error, idempotency_redis_tls: apply to idempotency_store redis only")
 	}
 	if h.OnStoreError != "" {
 		if err := storeErrorChoices.check(h.OnStoreError); err != nil {

@@ -120,7 +120,15 @@ func TestProvisionErrors(t *testing.T) {
 		{"redis URL without a scheme", func(h *Handler) {
 			h.IdempotencyRedis, h.IdempotencyWindow = "user:pass@host:6379", caddy.Duration(time.Minute)
 		}, "idempotency_store: the URL must start with redis:// or rediss://"},
-		{"on_store_error without redis", func(h *Handler) { h.OnStoreError = "produce" }, "idempotency_key_prefix, on_store_error: apply to idempotency_store redis only"},
+		{"on_store_error without redis", func(h *Handler) { h.OnStoreError = "produce" }, "idempotency_key_prefix, on_store_error, idempotency_redis_tls: apply to idempotency_store redis only"},
+		{"redis TLS settings without redis", func(h *Handler) { h.IdempotencyRedisTLS = &BrokerTLS{CA: "/ca.pem"} },
+			"idempotency_key_prefix, on_store_error, idempotency_redis_tls: apply to idempotency_store redis only"},
+		{"redis TLS settings with redis://", func(h *Handler) {
+			h.IdempotencyRedis, h.IdempotencyWindow, h.IdempotencyRedisTLS = "redis://127.0.0.1:1", caddy.Duration(time.Minute), &BrokerTLS{ServerName: "redis.internal"}
+		}, "idempotency_store: TLS settings need a rediss:// URL"},
+		{"redis TLS CA unreadable", func(h *Handler) {
+			h.IdempotencyRedis, h.IdempotencyWindow, h.IdempotencyRedisTLS = "rediss://127.0.0.1:1", caddy.Duration(time.Minute), &BrokerTLS{CA: "/nonexistent/ca.pem"}
+		}, "idempotency_store: tls ca: open /nonexistent/ca.pem: no such file or directory"},
 		{"second secret unset", func(h *Handler) { h.Secrets = append(h.Secrets, "{env.QP_UNSET_SECRET}") }, "secret 2: evaluated placeholder {env.QP_UNSET_SECRET} is empty"},
 		{"bad compression", func(h *Handler) { h.Compression = "brotli" }, `compression: "brotli" is not none, gzip, snappy, lz4 or zstd`},
 		{"bad idempotent", func(h *Handler) { h.Idempotent = "yes" }, `idempotent: "yes" is not on or off`},

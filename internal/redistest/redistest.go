@@ -1,7 +1,7 @@
 // Package redistest runs real Redis servers (Debian's redis-server, from
 // PATH or $REDIS_SERVER) for the tests that need them: on loopback ports
 // of their own, without persistence, stopped when the test ends. A single
-// server, one with TLS, replicas, a Sentinel in front of them, or a Redis
+// server, one with TLS (and client certificates), replicas, a Sentinel in front of them, or a Redis
 // Cluster.
 package redistest
 
@@ -51,6 +51,18 @@ func StartWith(t testing.TB, password string) *Server {
 // trusts.
 func StartTLS(t testing.TB, certFile, keyFile, caFile string) *Server {
 	t.Helper()
+	return startTLS(t, certFile, keyFile, caFile, nil)
+}
+
+// StartMutualTLS is StartTLS for a server that also wants a client
+// certificate issued by caFile's CA; its own client presents client.
+func StartMutualTLS(t testing.TB, certFile, keyFile, caFile string, client tls.Certificate) *Server {
+	t.Helper()
+	return startTLS(t, certFile, keyFile, caFile, &client)
+}
+
+func startTLS(t testing.TB, certFile, keyFile, caFile string, client *tls.Certificate) *Server {
+	t.Helper()
 	addr, port := freeAddr(t)
 	pem, err := os.ReadFile(caFile)
 	if err != nil {
@@ -58,9 +70,15 @@ func StartTLS(t testing.TB, certFile, keyFile, caFile string) *Server {
 	}
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(pem)
+	cfg := &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}
+	authClients := "no"
+	if client != nil {
+		authClients = "yes"
+		cfg.Certificates = []tls.Certificate{*client}
+	}
 	args := []string{"--port", "0", "--tls-port", port, "--tls-cert-file", certFile, "--tls-key-file", keyFile,
-		"--tls-ca-cert-file", caFile, "--tls-auth-clients", "no"}
-	return start(t, addr, args, &redis.Options{Addr: addr, MaxRetries: -1, TLSConfig: &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"}})
+		"--tls-ca-cert-file", caFile, "--tls-auth-clients", authClients}
+	return start(t, addr, args, &redis.Options{Addr: addr, MaxRetries: -1, TLSConfig: cfg})
 }
 
 // StartReplica starts a server that replicates master, and returns once
