@@ -442,6 +442,7 @@ func (h *Handler) provisionSharedStore(repl *caddy.Replacer) error {
 	var tlsConfig *tls.Config
 	identity := sha256.New() // the URL itself stays out of the pool's keys
 	identity.Write([]byte(rawURL))
+	identity.Write([]byte{0})
 	if h.IdempotencyRedisTLS != nil {
 		m, err := h.IdempotencyRedisTLS.material(repl)
 		if err != nil {

@@ -6,6 +6,8 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"io"
 	"maps"
@@ -24,6 +26,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/queuepublish/caddy-queue-publish/internal/producer"
 	"github.com/queuepublish/caddy-queue-publish/internal/redistest"
+	"github.com/redis/go-redis/v9"
 	"github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"go.uber.org/zap"
@@ -510,12 +513,13 @@ func TestRedisStoreTLSVerifies(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
 		settings map[string]string
-		log      string // in the warning of a refusal
+		verified bool
+		log      string // the reason, in the warning of a refusal
 	}{
-		{"the CA and a client certificate", client, ""},
-		{"the system's roots", nil, "certificate signed by unknown authority"},
-		{"no client certificate", map[string]string{"ca": pki.caFile}, ""},
-		{"another server name", map[string]string{"ca": pki.caFile, "cert": pki.clientCert, "key": pki.clientKey, "server_name": "redis.example"}, "redis.example"},
+		{"the CA and a client certificate", client, true, ""},
+		{"the system's roots", nil, false, "certificate signed by unknown authority"},
+		{"no client certificate", map[string]string{"ca": pki.caFile}, false, "tls: certificate required"},
+		{"another server name", map[string]string{"ca": pki.caFile, "cert": pki.clientCert, "key": pki.clientKey, "server_name": "redis.example"}, false, "wanted to match redis.example"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			extra := ""
@@ -525,7 +529,7 @@ func TestRedisStoreTLSVerifies(t *testing.T) {
 			logFile := startFleet(t, c, "rediss://"+r.Addr, extra)
 			key := strings.ReplaceAll(tc.name, " ", "-")
 			got := post(t, instanceA, key, `{"n":1}`)
-			if tc.log == "" && len(tc.settings) == 3 {
+			if tc.verified {
 				if again := post(t, instanceB, key, `{"n":1}`); got.status != 200 || again.header.Get("Idempotent-Replayed") != "true" {
 					t.Errorf("verified: %d %s, then %d %s; want 200, replayed at B", got.status, got.body, again.status, again.body)
 				}
@@ -534,15 +538,49 @@ func TestRedisStoreTLSVerifies(t *testing.T) {
 			if got.status != 503 || got.body != `{"error":"idempotency store unavailable","outcome":"not_written"}` {
 				t.Errorf("not verified: %d %s, want 503", got.status, got.body)
 			}
-			if tc.log != "" {
-				waitFor(t, 5*time.Second, func() bool {
-					logs, _ := os.ReadFile(logFile)
-					return bytes.Contains(logs, []byte(tc.log))
-				})
-			}
+			waitFor(t, 5*time.Second, func() bool {
+				logs, _ := os.ReadFile(logFile)
+				return bytes.Contains(logs, []byte(tc.log))
+			})
 		})
 	}
 	if got := len(stored(t, c, "events")); got != 1 {
 		t.Errorf("stored %d records, want the verified one", got)
+	}
+}
+
+// The TLS settings reach go-redis's options for each kind of URL: one
+// server, Sentinels, a Cluster; the URL's host stays the server name
+// unless server_name replaces it.
+func TestRedisStoreTLSSettingsApplyToEveryKind(t *testing.T) {
+	pool := x509.NewCertPool()
+	pair := tls.Certificate{Certificate: [][]byte{{1}}}
+	for _, tc := range []struct {
+		url, serverName, want string
+	}{
+		{"rediss://redis.internal:6380", "", "redis.internal"},
+		{"rediss://sentinel.internal:26379?master_name=mymaster", "", "sentinel.internal"},
+		{"rediss://node-1.internal:6380?addr=node-2.internal:6380", "", "node-1.internal"},
+		{"rediss://10.0.0.1:6380?addr=10.0.0.2:6380", "redis.internal", "redis.internal"},
+	} {
+		own := &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{pair}, ServerName: tc.serverName}
+		s, err := newRedisStore(tc.url, own, "t:", time.Minute, time.Second, zap.NewNop())
+		if err != nil {
+			t.Fatalf("%s: %v", tc.url, err)
+		}
+		var got *tls.Config
+		switch c := s.client.(type) {
+		case *redis.Client:
+			got = c.Options().TLSConfig
+		case *redis.ClusterClient:
+			got = c.Options().TLSConfig
+		}
+		s.client.Close()
+		if got == nil {
+			t.Errorf("%s: no TLS", tc.url)
+		} else if got.RootCAs != pool || len(got.Certificates) != 1 || got.ServerName != tc.want {
+			t.Errorf("%s with server_name %q: the client has the settings' roots %v, %d certificates, server name %q; want their roots and certificate, server name %q",
+				tc.url, tc.serverName, got.RootCAs == pool, len(got.Certificates), got.ServerName, tc.want)
+		}
 	}
 }

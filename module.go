@@ -421,7 +421,7 @@ func (h *Handler) Validate() error {
 		return errors.New("idempotency_key_prefix: must not hold '{' or '}', which would change the keys' Redis Cluster hash slot")
 	}
 	if h.IdempotencyRedis == "" && (h.IdempotencyKeyPrefix != "" || h.OnStoreError != "" || h.IdempotencyRedisTLS != nil) {
-		return errors.New("idempotency_key_prefix, on_store_error, idempotency_redis_tls: apply to idempotency_store redis only")
+		return errors.New("idempotency_key_prefix, on_store_error, the TLS settings of idempotency_store: apply to idempotency_store redis only")
 	}
 	if h.OnStoreError != "" {
 		if err := storeErrorChoices.check(h.OnStoreError); err != nil {

@@ -120,9 +120,9 @@ func TestProvisionErrors(t *testing.T) {
 		{"redis URL without a scheme", func(h *Handler) {
 			h.IdempotencyRedis, h.IdempotencyWindow = "user:pass@host:6379", caddy.Duration(time.Minute)
 		}, "idempotency_store: the URL must start with redis:// or rediss://"},
-		{"on_store_error without redis", func(h *Handler) { h.OnStoreError = "produce" }, "idempotency_key_prefix, on_store_error, idempotency_redis_tls: apply to idempotency_store redis only"},
+		{"on_store_error without redis", func(h *Handler) { h.OnStoreError = "produce" }, "idempotency_key_prefix, on_store_error, the TLS settings of idempotency_store: apply to idempotency_store redis only"},
 		{"redis TLS settings without redis", func(h *Handler) { h.IdempotencyRedisTLS = &BrokerTLS{CA: "/ca.pem"} },
-			"idempotency_key_prefix, on_store_error, idempotency_redis_tls: apply to idempotency_store redis only"},
+			"idempotency_key_prefix, on_store_error, the TLS settings of idempotency_store: apply to idempotency_store redis only"},
 		{"redis TLS settings with redis://", func(h *Handler) {
 			h.IdempotencyRedis, h.IdempotencyWindow, h.IdempotencyRedisTLS = "redis://127.0.0.1:1", caddy.Duration(time.Minute), &BrokerTLS{ServerName: "redis.internal"}
 		}, "idempotency_store: TLS settings need a rediss:// URL"},
