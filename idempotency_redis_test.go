@@ -400,7 +400,13 @@ func TestRedisStoreSentinelFailover(t *testing.T) {
 				t.Fatalf("before the failover: %d %s, then %d %s", first.status, first.body, again.status, again.body)
 			}
 			// Redis replicates asynchronously: the key must have
-			// reached the replica for the failover to keep it.
+			// reached the replica for the failover to keep it. WAIT
+			// waits for the writes of its own connection, so this one
+			// writes a fence after the store's writes, which the
+			// replica receives in order.
+			if err := master.Client.Set(t.Context(), "fence", 1, 0).Err(); err != nil {
+				t.Fatal(err)
+			}
 			if n, err := master.Client.Do(t.Context(), "WAIT", 1, 5000).Int(); err != nil || n != 1 {
 				t.Fatalf("WAIT for the replica: %d %v", n, err)
 			}

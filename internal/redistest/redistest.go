@@ -39,7 +39,9 @@ func Start(t testing.TB) *Server { return StartWith(t, "") }
 func StartWith(t testing.TB, password string) *Server {
 	t.Helper()
 	addr, port := freeAddr(t)
-	args := []string{"--port", port}
+	// A master waits 5 s (repl-diskless-sync-delay) for more replicas
+	// before it syncs the first.
+	args := []string{"--port", port, "--repl-diskless-sync-delay", "0"}
 	if password != "" {
 		args = append(args, "--requirepass", password)
 	}
