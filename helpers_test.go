@@ -196,9 +196,15 @@ func caddyGlobals(logFile string) string {
 // do sends one request to the test server.
 func do(t *testing.T, method, path string, header map[string]string, body io.Reader) answerT {
 	t.Helper()
+	return doAt(t, baseURL, method, path, header, body)
+}
+
+// doAt sends one request to the server at base.
+func doAt(t *testing.T, base, method, path string, header map[string]string, body io.Reader) answerT {
+	t.Helper()
 	// Errors are reported with t.Error, not t.Fatal, so that tests may
 	// call do from goroutines; the caller sees status 0.
-	req, err := http.NewRequest(method, baseURL+path, body)
+	req, err := http.NewRequest(method, base+path, body)
 	if err != nil {
 		t.Error(err)
 		return answerT{body: err.Error()}

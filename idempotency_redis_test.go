@@ -66,19 +66,11 @@ func startFleet(t *testing.T, c *kfake.Cluster, redisURL, extra string) string {
 // post sends a request to one instance.
 func post(t *testing.T, base, key, body string) answerT {
 	t.Helper()
-	req, _ := http.NewRequest("POST", base+"/", strings.NewReader(body))
-	req.Header.Set("Authorization", testSecret)
+	header := auth(testSecret)
 	if key != "" {
-		req.Header.Set("Idempotency-Key", key)
+		header["Idempotency-Key"] = key
 	}
-	res, err := testClient.Do(req)
-	if err != nil {
-		t.Error(err)
-		return answerT{body: err.Error()}
-	}
-	defer res.Body.Close()
-	b, _ := io.ReadAll(res.Body)
-	return answerT{res.StatusCode, res.Header, string(b)}
+	return doAt(t, base, "POST", "/", header, strings.NewReader(body))
 }
 
 // The same Idempotency-Key at two instances is one request: the second is
