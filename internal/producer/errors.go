@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"net"
 	"strings"
 	"syscall"
@@ -217,6 +218,13 @@ var appendedNothing = map[kafka.Error]bool{
 	kafka.SASLAuthenticationFailed:           true, // on connecting, before sending
 }
 
+// errUnsent marks the failure of an attempt that never wrote its batch
+// into a request: nothing of it reached a broker.
+var errUnsent = errors.New("the request was not written")
+
+// unsent is err, for an attempt that never wrote its batch.
+func unsent(err error) error { return fmt.Errorf("%w (%w)", err, errUnsent) }
+
 // mayBeWritten reports whether a failed request that carried records may
 // have written them: every answer but those of appendedNothing, and every
 // failure after the request was written to a connection (its answer was
@@ -225,6 +233,9 @@ var appendedNothing = map[kafka.Error]bool{
 // with fewer acks it does not wait, and that answer means the broker
 // refused the record before appending.
 func mayBeWritten(err error, acks kafka.RequiredAcks) bool {
+	if errors.Is(err, errUnsent) {
+		return false
+	}
 	var kerr kafka.Error
 	if errors.As(err, &kerr) {
 		if kerr == kafka.NotLeaderForPartition {

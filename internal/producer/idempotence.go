@@ -60,41 +60,99 @@ func (p *Producer) currentSession() *session {
 }
 
 // ensureSession makes sure that, if the producer is idempotent, it has an
-// identity; it fails while none can be had.
+// identity; it fails while none can be had. It is called by the sinks, and
+// waits at most sessionWait: the identity is asked for by a goroutine of
+// its own, so that a broker slow to answer InitProducerId (up to
+// dialTimeout) holds no sink, and the batches that keep an earlier
+// identity go on meanwhile.
 func (p *Producer) ensureSession() error {
 	if !p.idempotent.Load() || p.session.Load() != nil {
 		return nil
 	}
 	p.sessionMu.Lock()
-	defer p.sessionMu.Unlock()
+	if !p.idempotent.Load() || p.session.Load() != nil {
+		p.sessionMu.Unlock()
+		return nil
+	}
+	asking := p.sessionAsking
+	if asking == nil {
+		if wait := time.Until(p.sessionRetry); wait > 0 {
+			p.sessionMu.Unlock()
+			return p.sessionErr
+		}
+		asking = make(chan struct{})
+		p.sessionAsking = asking
+		p.watchers.Add(1)
+		go p.askSession(asking)
+	}
+	p.sessionMu.Unlock()
+	timer := startTimer(sessionWait)
+	select {
+	case <-asking:
+	case <-timer.C:
+	}
+	stopTimer(timer)
 	if !p.idempotent.Load() || p.session.Load() != nil {
 		return nil
 	}
-	if wait := time.Until(p.sessionRetry); wait > 0 {
-		return p.sessionErr
+	p.sessionMu.Lock()
+	defer p.sessionMu.Unlock()
+	if p.sessionAsking != nil {
+		return errNoIdentity // still asking: the records wait
 	}
-	ctx, cancel := context.WithTimeout(p.ctx, dialTimeout)
-	s, err := p.initProducerID(ctx)
-	cancel()
+	return p.sessionErr
+}
+
+// sessionWait is how long a sink waits for a new identity before it goes
+// on with what it can send without one; sessionTry, the time the first
+// try of askSession has.
+const (
+	sessionWait = 50 * time.Millisecond
+	sessionTry  = time.Second
+)
+
+// askSession asks the brokers for an identity, then closes done. A try
+// that has no answer in time is followed at once by another on a new
+// connection, given twice the time: a connection that stopped answering
+// (a broker restarted behind a firewall that drops its packets) is left
+// after a second, while a slow link still gets up to 4 s.
+func (p *Producer) askSession(done chan struct{}) {
+	defer p.watchers.Done()
+	var s *session
+	var err error
+	for try := sessionTry; ; try *= 2 {
+		ctx, cancel := context.WithTimeout(p.ctx, try)
+		s, err = p.initProducerID(ctx)
+		timedOut := ctx.Err() == context.DeadlineExceeded && p.ctx.Err() == nil
+		cancel()
+		if err == nil || !timedOut || try >= dialTimeout/2 {
+			break
+		}
+	}
+	p.sessionMu.Lock()
+	defer func() {
+		p.sessionAsking = nil
+		p.sessionMu.Unlock()
+		close(done)
+	}()
 	if err == nil {
 		p.session.Store(s)
 		p.logger.Debug("idempotent producer identity", zap.Int64("producer_id", s.id), zap.Int16("epoch", s.epoch))
-		return nil
+		return
 	}
 	if refused := idempotenceRefused(err); refused != nil {
 		if p.cfg.Idempotence == IdempotenceOn {
 			p.sessionErr = refused
 			p.sessionRetry = time.Now().Add(retryBackoffMax)
 			p.logger.Error("the Kafka cluster refuses the idempotent producer, which idempotent on requires: records are refused", zap.Strings("brokers", p.cfg.Brokers), zap.Error(err))
-			return refused
+			return
 		}
 		p.idempotent.Store(false)
 		p.logger.Warn("the Kafka cluster refuses the idempotent producer: producing without it, so that a retry after a lost answer may store a record twice; grant IDEMPOTENT_WRITE on the cluster (Kafka before 2.8) or set idempotent off", zap.Strings("brokers", p.cfg.Brokers), zap.Error(err))
-		return nil
+		return
 	}
 	p.sessionErr = connectError(err)
 	p.sessionRetry = time.Now().Add(retryBackoffMin)
-	return p.sessionErr
 }
 
 // idempotenceRefused recognises a cluster's refusal of InitProducerId: an

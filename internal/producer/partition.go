@@ -60,7 +60,8 @@ type batch struct {
 	bytes     []byte
 	created   time.Time
 	// timeout is how long one attempt may wait for the broker: the
-	// longest timeout of its records.
+	// longest time its records' callers wait, from their arrival
+	// (attemptTimeout).
 	timeout time.Duration
 	// ackBy, without idempotence, is how long an attempt waits for the
 	// broker's answer past timeout: the latest AckBy of its records,
@@ -78,9 +79,9 @@ func newPartition(p *Producer, ts *topicState, id int32) *partition {
 	return pt
 }
 
-// push queues rec; rec.part is set only once it is queued, so that a record
-// refused here is known never to have been queued.
-func (pt *partition) push(rec *Record) *Error {
+// push queues rec, arrived at now; rec.part is set only once it is queued,
+// so that a record refused here is known never to have been queued.
+func (pt *partition) push(rec *Record, now time.Time) *Error {
 	pt.mu.Lock()
 	defer pt.mu.Unlock()
 	if pt.closed {
@@ -89,6 +90,7 @@ func (pt *partition) push(rec *Record) *Error {
 	rec.part = pt
 	rec.placed = int(pt.id)
 	rec.state = stateQueued
+	rec.arrived = now
 	pt.p.outstanding.Add(1)
 	pt.queue = append(pt.queue, rec)
 	if pt.pending() >= pt.p.cfg.MaxBatchRecords {
@@ -312,6 +314,10 @@ func cmpErr(a, b error) error {
 // producer is closing), after which the producer takes a new identity: the
 // broker's sequence for the partition is then unknown. pt.mu is held.
 func (pt *partition) givenUp(b *batch, now time.Time) bool {
+	if len(b.recs) == 0 {
+		pt.dissolve(b) // nothing left to settle (never kept: see failed)
+		return true
+	}
 	for _, rec := range b.recs {
 		if now.Before(rec.Deadline) || b.session != nil && now.Before(rec.AckBy) {
 			return false
@@ -366,7 +372,7 @@ func (pt *partition) newBatch(now time.Time, s *session) *batch {
 		}
 		size += rec.size()
 		recs = append(recs, rec)
-		timeout = max(timeout, rec.Deadline.Sub(rec.Time))
+		timeout = max(timeout, rec.Deadline.Sub(rec.arrived))
 		ackBy = later(ackBy, rec.AckBy)
 	}
 	rest := copy(pt.queue, pt.queue[n:])
@@ -381,7 +387,7 @@ func (pt *partition) newBatch(now time.Time, s *session) *batch {
 	if len(recs) == 0 {
 		return nil
 	}
-	b := &batch{part: pt, recs: recs, created: now, timeout: timeout, sending: true}
+	b := &batch{part: pt, recs: recs, created: now, timeout: attemptTimeout(timeout, cfg.DeliveryTimeout), sending: true}
 	if s == nil {
 		b.ackBy = ackBy
 	} else {
@@ -399,6 +405,19 @@ func (pt *partition) newBatch(now time.Time, s *session) *batch {
 	return b
 }
 
+// attemptTimeout bounds the time an attempt waits for the broker: at least
+// minAttemptTimeout, so that a record whose caller has little time left
+// still gets an attempt that can succeed (an attempt whose time is up
+// before it is written could never settle its batch, which would hold
+// the partition until the delivery timeout), and at most the delivery
+// timeout, past which nothing is retried.
+func attemptTimeout(d, deliveryTimeout time.Duration) time.Duration {
+	return min(max(d, minAttemptTimeout), max(deliveryTimeout, minAttemptTimeout))
+}
+
+// minAttemptTimeout is the shortest time an attempt waits for the broker.
+const minAttemptTimeout = 100 * time.Millisecond
+
 // claim is called when the transport writes the batch into a request: the
 // records whose callers gave up before are left out (they were never
 // sent, and are answered so), and the others get their sequence numbers
@@ -406,6 +425,12 @@ func (pt *partition) newBatch(now time.Time, s *session) *batch {
 // left: the request is then not sent.
 func (pt *partition) claim(b *batch, codec kafka.Compression) []byte {
 	pt.mu.Lock()
+	if pt.batch != b {
+		// Settled or dissolved by an attempt that ended before the
+		// transport got to this request: a later one sends it.
+		pt.mu.Unlock()
+		return nil
+	}
 	if b.claimed {
 		enc := b.bytes
 		pt.mu.Unlock()
@@ -487,8 +512,9 @@ func (pt *partition) failed(b *batch, ans *produceAnswer, err error) {
 	if errors.Is(err, protocol.ErrNoRecord) {
 		// The request was never written: a batch of it had no record
 		// left (claim). The others go again at once: as they are if an
-		// earlier attempt may have appended them, else queued again.
-		if !b.mayBeWritten {
+		// earlier attempt may have appended them, else queued again;
+		// a batch without records is dropped, never kept.
+		if !b.mayBeWritten || len(b.recs) == 0 {
 			pt.dissolve(b)
 		}
 		pt.signal()

@@ -112,6 +112,9 @@ type Producer struct {
 	sessionMu    sync.Mutex
 	sessionErr   error     // guarded by sessionMu
 	sessionRetry time.Time // guarded by sessionMu
+	// sessionAsking is closed when the identity asked for now is in;
+	// nil while none is asked for. Guarded by sessionMu.
+	sessionAsking chan struct{}
 
 	saslConns sync.Map // connections being opened, for trackedMechanism
 
@@ -259,8 +262,9 @@ func (p *Producer) Send(ctx context.Context, t *Topic, recs []*Record) {
 // has its Answer set.
 func (p *Producer) Start(t *Topic, recs []*Record) {
 	waitWith(recs)
+	now := time.Now()
 	for _, rec := range recs {
-		if rec.Answer = t.partitionFor(rec).push(rec); rec.Answer != nil {
+		if rec.Answer = t.partitionFor(rec).push(rec, now); rec.Answer != nil {
 			rec.release() // not queued
 		}
 	}
@@ -306,8 +310,9 @@ func stopTimer(t *time.Timer) {
 // one was refused (the producer is closing), and why.
 func (p *Producer) Enqueue(t *Topic, recs []*Record) (int, *Error) {
 	waitWith(recs)
+	now := time.Now()
 	for i, rec := range recs {
-		if perr := t.partitionFor(rec).push(rec); perr != nil {
+		if perr := t.partitionFor(rec).push(rec, now); perr != nil {
 			for _, rest := range recs[i:] {
 				rest.release() // not queued
 			}

@@ -1236,7 +1236,7 @@ func TestRefusalAfterAPossibleWriteIsUnknown(t *testing.T) {
 func TestRecordRefusedByAClosedQueueIsNotQueued(t *testing.T) {
 	q := &partition{p: newProducer(Config{}), closed: true}
 	rec := NewRecord([]byte(`{}`), time.Now(), time.Second)
-	if perr := q.push(rec); perr != errShuttingDown || rec.part != nil {
+	if perr := q.push(rec, time.Now()); perr != errShuttingDown || rec.part != nil {
 		t.Errorf("push to a closed queue: %v, rec.part %p; want shutting down and no queue", perr, rec.part)
 	}
 }

@@ -37,7 +37,9 @@ type Record struct {
 	// Partition is the partition asked for, or -1 to let the
 	// partitioner choose; Placed says where the record went.
 	Partition int
-	Time      time.Time
+	// Time is the record's timestamp: data, perhaps a client's, never a
+	// clock. The producer times a record from its arrival instead.
+	Time time.Time
 	// Deadline is when the caller stops waiting: a record no request
 	// carried by then is not sent.
 	Deadline time.Time
@@ -61,6 +63,9 @@ type Record struct {
 	done chan struct{}
 	left *atomic.Int32
 	part *partition // set once queued
+	// arrived is when the record was queued: its attempts are timed
+	// from it, never from Time.
+	arrived time.Time
 	// placed is the partition the record was queued on, -1 before;
 	// offset its offset once acknowledged, -1 if the broker did not say.
 	placed int

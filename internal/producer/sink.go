@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -153,16 +154,18 @@ func (s *sink) send(batches []*batch) {
 	}
 	until := later(time.Now().Add(timeout), ackBy)
 	req := &rawproduce.Request{Acks: int16(p.cfg.Acks), Timeout: brokerTimeout(until)}
-	for _, b := range batches {
+	wires := make([]wireBatch, len(batches))
+	for i, b := range batches {
 		topic := b.part.topic.name
-		i := len(req.Topics) - 1
-		if i < 0 || req.Topics[i].Topic != topic {
+		t := len(req.Topics) - 1
+		if t < 0 || req.Topics[t].Topic != topic {
 			req.Topics = append(req.Topics, rawproduce.RequestTopic{Topic: topic})
-			i++
+			t++
 		}
-		req.Topics[i].Partitions = append(req.Topics[i].Partitions, rawproduce.RequestPartition{
+		wires[i] = wireBatch{b: b, codec: p.cfg.Compression}
+		req.Topics[t].Partitions = append(req.Topics[t].Partitions, rawproduce.RequestPartition{
 			Partition: b.part.id,
-			RecordSet: protocol.RawRecordSet{Reader: &wireBatch{b: b, codec: p.cfg.Compression}},
+			RecordSet: protocol.RawRecordSet{Reader: &wires[i]},
 		})
 	}
 	ctx, cancel := context.WithDeadline(p.ctx, until)
@@ -170,7 +173,14 @@ func (s *sink) send(batches []*batch) {
 	cancel()
 	if err != nil {
 		s.failing.Store(!mayBeWritten(err, p.cfg.Acks))
-		for _, b := range batches {
+		for i, b := range batches {
+			if !wires[i].end() {
+				// The transport never read the batch into the
+				// request (no connection in time, say): whatever
+				// the error, this attempt wrote nothing of it.
+				b.part.failed(b, nil, unsent(err))
+				continue
+			}
 			b.part.failed(b, nil, err)
 		}
 		return
@@ -188,22 +198,47 @@ func (s *sink) send(batches []*batch) {
 }
 
 // wireBatch is a batch as one request carries it: kafka-go's encoder reads
-// it when it writes the request, which is when the batch is claimed.
+// it when it writes the request, which is when the batch is claimed. The
+// transport may write a request after its caller stopped waiting for it
+// (a connection's goroutine takes it from a queue): once the attempt has
+// ended, the batch is no longer given to it.
 type wireBatch struct {
 	b     *batch
 	codec kafka.Compression
-	r     *bytes.Reader
+	r     *bytes.Reader // the transport's goroutine's only
+	// opened: the transport read the batch into the request; ended:
+	// the attempt's outcome is being settled. Guarded by the
+	// partition's lock.
+	opened, ended bool
 }
 
 func (w *wireBatch) open() error {
 	if w.r == nil {
-		enc := w.b.part.claim(w.b, w.codec)
+		pt := w.b.part
+		pt.mu.Lock()
+		if w.ended {
+			pt.mu.Unlock()
+			return protocol.ErrNoRecord
+		}
+		w.opened = true
+		pt.mu.Unlock()
+		enc := pt.claim(w.b, w.codec)
 		if enc == nil {
 			return protocol.ErrNoRecord
 		}
 		w.r = bytes.NewReader(enc)
 	}
 	return nil
+}
+
+// end marks the attempt as over, and reports whether the transport read
+// the batch into its request: only then may the attempt have written it.
+func (w *wireBatch) end() (opened bool) {
+	pt := w.b.part
+	pt.mu.Lock()
+	defer pt.mu.Unlock()
+	w.ended = true
+	return w.opened
 }
 
 func (w *wireBatch) Read(p []byte) (int, error) {
@@ -299,5 +334,5 @@ func answerFor(res *produceAPI.Response, b *batch, acks kafka.RequiredAcks) (*pr
 func brokerTimeout(until time.Time) int32 {
 	left := time.Until(until)
 	left -= min(left/10, 100*time.Millisecond)
-	return int32(max(left.Milliseconds(), 1))
+	return int32(min(max(left.Milliseconds(), 1), math.MaxInt32))
 }

@@ -1,0 +1,182 @@
+package producer
+
+// A record's timestamp is a client's data; the producer times its attempts
+// from the record's arrival. These examples replay what a timestamp far in
+// the future or the past once did: every attempt's time was over before it
+// began, the partition was held until the delivery timeout, and an empty
+// batch it then kept crashed the process.
+
+import (
+	"context"
+	"errors"
+	"math"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/queuepublish/caddy-queue-publish/internal/kafkatest"
+	"github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/protocol"
+	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kmsg"
+	"go.uber.org/zap"
+)
+
+func TestClientTimestampIsNotAClock(t *testing.T) {
+	for _, ts := range []time.Time{
+		time.Date(2099, 1, 1, 0, 0, 0, 0, time.UTC),
+		time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC),
+		time.Date(1, 1, 1, 0, 0, 0, 0, time.UTC),
+		time.Unix(0, 0),
+		{},
+	} {
+		t.Run(ts.Format(time.RFC3339), func(t *testing.T) {
+			kafkatest.NoLeaks(t)
+			c := kafkatest.NewCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+			// Without the delivery timeout's two minutes to hide
+			// behind: a held partition shows as a failed second record.
+			p := mustProducer(t, Config{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll, DeliveryTimeout: 30 * time.Second}, zap.NewNop())
+			t.Cleanup(p.Close)
+			var mu sync.Mutex
+			var brokerTimeouts []int32
+			c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Observe: true, Count: -1, When: func(req kmsg.Request) bool {
+				mu.Lock()
+				defer mu.Unlock()
+				brokerTimeouts = append(brokerTimeouts, req.(*kmsg.ProduceRequest).TimeoutMillis)
+				return true
+			}})
+
+			odd := NewRecord([]byte(`"odd time"`), time.Now(), 2*time.Second)
+			odd.Time = ts
+			odd.Partition = 0
+			if perr := p.send(context.Background(), "events", odd); perr != nil {
+				t.Fatalf("a record stamped %v: %v, want acknowledged", ts, perr)
+			}
+			// Another client's record to the same partition.
+			next, perr := sendOne(p, "events", []byte(`"next"`), 2*time.Second)
+			if perr != nil || next.Attempts() != 1 {
+				t.Fatalf("the next record: %v after %d attempts, want acknowledged at once", perr, next.Attempts())
+			}
+			stored := kafkatest.Stored(t, c, "events")
+			// franz-go decodes a timestamp through nanoseconds, which
+			// hold the years 1678 to 2262 only: compare within those.
+			inRange := ts.Year() > 1678 && ts.Year() < 2262
+			if len(stored) != 2 || inRange && !stored[0].Timestamp.Equal(time.UnixMilli(ts.UnixMilli())) {
+				t.Errorf("stored %d records, the first stamped %v; want 2, the first stamped %v", len(stored), stored[0].Timestamp, ts)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			for _, ms := range brokerTimeouts {
+				if ms < 1000 || ms > 2000 {
+					t.Errorf("broker-side timeouts %v ms, want each near the records' 2 s", brokerTimeouts)
+					break
+				}
+			}
+		})
+	}
+}
+
+// The broker's time for a produce request fits its int32 field, whatever
+// the deadline.
+func TestBrokerTimeoutIsBounded(t *testing.T) {
+	for _, until := range []time.Time{time.Now().Add(-time.Hour), time.Now().Add(100 * 365 * 24 * time.Hour), time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC)} {
+		if got := brokerTimeout(until); got < 1 || got > math.MaxInt32 {
+			t.Errorf("brokerTimeout(%v) = %d", until, got)
+		}
+	}
+	if got := brokerTimeout(time.Now().Add(100 * 365 * 24 * time.Hour)); got != math.MaxInt32 {
+		t.Errorf("brokerTimeout in a century = %d, want the largest int32", got)
+	}
+	if got := attemptTimeout(-time.Hour, 2*time.Minute); got != minAttemptTimeout {
+		t.Errorf("attemptTimeout of a deadline passed = %v, want %v", got, minAttemptTimeout)
+	}
+	if got := attemptTimeout(1000*time.Hour, 2*time.Minute); got != 2*time.Minute {
+		t.Errorf("attemptTimeout of 1000 h = %v, want the delivery timeout", got)
+	}
+}
+
+// An attempt that ends before the transport wrote its request (the
+// connection to the leader took longer than the attempt's time) wrote
+// nothing: its records are answered not written, safe to retry, and not
+// "outcome unknown".
+func TestAttemptEndedBeforeWritingWroteNothing(t *testing.T) {
+	kafkatest.NoLeaks(t)
+	c := kafkatest.NewCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	var dials atomic.Int32
+	var dialer net.Dialer
+	p := hookedProducer(t, c, func(ctx context.Context, network, address string) (net.Conn, error) {
+		if dials.Add(1) == 1 {
+			// The first connection to the leader is slow, past the
+			// attempt's time, then opens.
+			time.Sleep(400 * time.Millisecond)
+		}
+		return dialer.DialContext(ctx, network, address)
+	})
+	p.cfg.Idempotence = IdempotenceOff
+	p.idempotent.Store(false)
+	p.start()
+
+	done := make(chan *Record, 1)
+	rec := NewRecord([]byte(`"slow dial"`), time.Now(), 200*time.Millisecond)
+	rec.OnDone = func(r *Record) { done <- r }
+	if perr := publishNoWait(p, context.Background(), "events", rec); perr != nil {
+		t.Fatal(perr)
+	}
+	r := <-done
+	if perr := r.Err(); perr == nil || perr.Outcome != OutcomeRetry {
+		t.Fatalf("got %v, want not written (the request was never written)", perr)
+	}
+	if got := kafkatest.Stored(t, c, "events"); len(got) != 0 {
+		t.Errorf("the topic holds %d records, want none", len(got))
+	}
+}
+
+// A batch is never kept empty, nor indexed when it is.
+func TestEmptyBatchIsNeverKept(t *testing.T) {
+	p := newProducer(Config{})
+	pt := newPartition(p, &topicState{p: p, name: "events"}, 0)
+	s := &session{id: 1}
+	b := &batch{part: pt, session: s, mayBeWritten: true, sending: true}
+	pt.batch = b
+	pt.failed(b, nil, errNoRecordForTest())
+	if pt.batch != nil {
+		t.Errorf("a batch left without records by claim is kept")
+	}
+	pt.batch = &batch{part: pt, session: s, mayBeWritten: true}
+	if !pt.givenUp(pt.batch, time.Now()) || pt.batch != nil {
+		t.Errorf("an empty batch is not given up at once")
+	}
+}
+
+func errNoRecordForTest() error {
+	return errors.Join(errors.New("writing the request"), protocol.ErrNoRecord)
+}
+
+// The idempotent producer's identity is asked for on a goroutine of its
+// own: a broker that holds InitProducerId holds no sink, and a try that
+// gets no answer is followed by another on a new connection, so that a
+// record is acknowledged within its timeout.
+func TestHeldInitProducerIDHoldsNoRecord(t *testing.T) {
+	kafkatest.NoLeaks(t)
+	c := kafkatest.NewCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	release := make(chan struct{})
+	var asked atomic.Int32
+	c.ControlKey(int16(kmsg.InitProducerID), func(kmsg.Request) (kmsg.Response, error, bool) {
+		if asked.Add(1) == 1 {
+			c.KeepControl()
+			c.SleepControl(func() { <-release }) // no answer on this connection
+		}
+		return nil, nil, false
+	})
+	p := testProducer(t, c)
+	t.Cleanup(func() { close(release) })
+	start := time.Now()
+	if _, perr := sendOne(p, "events", []byte(`"after a held InitProducerId"`), 3*time.Second); perr != nil {
+		t.Fatalf("after %v: %v, want acknowledged", time.Since(start), perr)
+	}
+	if asked.Load() < 2 {
+		t.Errorf("InitProducerId asked %d times, want a second try", asked.Load())
+	}
+}
