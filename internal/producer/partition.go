@@ -384,6 +384,7 @@ func (pt *partition) newBatch(now time.Time, s *session) *batch {
 			pt.dead++
 		}
 	}
+	pt.compact() // the batch took live records: the rest may be mostly dead
 	if len(recs) == 0 {
 		return nil
 	}
@@ -409,14 +410,20 @@ func (pt *partition) newBatch(now time.Time, s *session) *batch {
 // minAttemptTimeout, so that a record whose caller has little time left
 // still gets an attempt that can succeed (an attempt whose time is up
 // before it is written could never settle its batch, which would hold
-// the partition until the delivery timeout), and at most the delivery
-// timeout, past which nothing is retried.
+// the partition until the delivery timeout), and at most
+// maxAttemptTimeout and the delivery timeout: a record that may wait
+// minutes (asynchronous delivery) must not leave its partition behind a
+// connection that stopped answering for as long.
 func attemptTimeout(d, deliveryTimeout time.Duration) time.Duration {
-	return min(max(d, minAttemptTimeout), max(deliveryTimeout, minAttemptTimeout))
+	return max(min(d, maxAttemptTimeout, deliveryTimeout), minAttemptTimeout)
 }
 
-// minAttemptTimeout is the shortest time an attempt waits for the broker.
-const minAttemptTimeout = 100 * time.Millisecond
+// minAttemptTimeout and maxAttemptTimeout bound the time an attempt waits
+// for the broker; the longest is the Java client's request.timeout.ms.
+const (
+	minAttemptTimeout = 100 * time.Millisecond
+	maxAttemptTimeout = 30 * time.Second
+)
 
 // claim is called when the transport writes the batch into a request: the
 // records whose callers gave up before are left out (they were never
@@ -452,6 +459,11 @@ func (pt *partition) claim(b *batch, codec kafka.Compression) []byte {
 	clear(b.recs[len(live):])
 	b.recs = live
 	if len(live) == 0 {
+		// Nothing to send: the batch is dropped now, not kept empty
+		// until the request's failure comes back (failed ignores it
+		// then), and what is queued behind it may go.
+		pt.dissolve(b)
+		pt.signal()
 		pt.mu.Unlock()
 		return nil
 	}
@@ -509,6 +521,9 @@ func (pt *partition) failed(b *batch, ans *produceAnswer, err error) {
 	pt.mu.Lock()
 	defer pt.mu.Unlock()
 	b.sending = false
+	if pt.batch != b {
+		return // dropped by claim, which had no record left to send
+	}
 	if errors.Is(err, protocol.ErrNoRecord) {
 		// The request was never written: a batch of it had no record
 		// left (claim). The others go again at once: as they are if an

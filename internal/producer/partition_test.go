@@ -66,6 +66,38 @@ func TestTakingBackManyRecordsKeepsTheQueue(t *testing.T) {
 	}
 }
 
+// The records taken back stay a bounded share of the queue after a batch
+// takes live records from its head: newBatch compacts too.
+func TestNewBatchKeepsTheQueueCompact(t *testing.T) {
+	now := time.Now()
+	var head, dead, tail []*Record
+	for range 10 {
+		head = append(head, NewRecord([]byte(`"head"`), now, time.Minute))
+	}
+	for range 70 {
+		dead = append(dead, NewRecord([]byte(`"taken back"`), now, time.Minute))
+	}
+	for range 62 {
+		tail = append(tail, NewRecord([]byte(`"tail"`), now, time.Minute))
+	}
+	// head, one record of the tail, then the records to take back, then
+	// the rest of the tail: the batch stops before the taken back.
+	queue := append(append(append(head, tail[0]), dead...), tail[1:]...)
+	pt := queuedPartition(t, queue...)
+	pt.mu.Lock()
+	defer pt.mu.Unlock()
+	for _, rec := range dead {
+		pt.takeBack(rec) // 70 of 142: not yet most of the queue
+	}
+	pt.limit = len(head)
+	if b := pt.newBatch(now, nil); b == nil || len(b.recs) != len(head) {
+		t.Fatalf("batch %v, want the %d records at the head", b, len(head))
+	}
+	if pt.dead > 64 && pt.dead > len(pt.queue)/2 {
+		t.Errorf("%d records taken back kept in a queue of %d", pt.dead, len(pt.queue))
+	}
+}
+
 // A batch whose records were all taken back before a request took it has
 // no sequence numbers: the partition's next batch keeps the sequence.
 // A request never written (ErrNoRecord) leaves a batch an earlier attempt

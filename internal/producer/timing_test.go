@@ -92,8 +92,11 @@ func TestBrokerTimeoutIsBounded(t *testing.T) {
 	if got := attemptTimeout(-time.Hour, 2*time.Minute); got != minAttemptTimeout {
 		t.Errorf("attemptTimeout of a deadline passed = %v, want %v", got, minAttemptTimeout)
 	}
-	if got := attemptTimeout(1000*time.Hour, 2*time.Minute); got != 2*time.Minute {
-		t.Errorf("attemptTimeout of 1000 h = %v, want the delivery timeout", got)
+	if got := attemptTimeout(1000*time.Hour, 2*time.Minute); got != maxAttemptTimeout {
+		t.Errorf("attemptTimeout of 1000 h = %v, want %v", got, maxAttemptTimeout)
+	}
+	if got := attemptTimeout(time.Minute, 20*time.Second); got != 20*time.Second {
+		t.Errorf("attemptTimeout of a minute, with a delivery timeout of 20 s = %v, want 20 s", got)
 	}
 }
 
