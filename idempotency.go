@@ -19,21 +19,31 @@ import (
 // idempotencyStore remembers, for idempotency_window, what each request
 // with an Idempotency-Key produced, so that a repeat of the request is
 // answered from it instead of producing again. It lives in the memory of
-// one Caddy instance, shared by the handlers with the same window and
-// bounds, across config reloads: repeats sent to another instance produce
-// again. Keys are scoped to where the records go (see idemScope), so that
-// the same key sent to two topics or two clusters is two requests.
+// one Caddy instance, across config reloads: repeats sent to another
+// instance produce again. Keys are scoped to where the records go (see
+// idemScope), so that the same key sent to two topics or two clusters is
+// two requests; within a scope every handler must find them, whatever its
+// own window and bounds, so there is one store for all, which keeps its
+// keys for the longest window and within the largest bounds of the
+// handlers that use it.
 type idempotencyStore struct {
+	mu       sync.Mutex
+	users    map[idemSettings]int // the settings of the handlers using the store, by number of handlers
+	window   time.Duration        // the longest window of users
+	maxKeys  int                  // the largest of users
+	maxBytes int64                // the largest of users
+	entries  map[string]*idemEntry
+	order    []*idemEntry // by creation, oldest first; may hold removed entries
+	removed  int          // entries of order that are removed
+	bytes    int64        // the cost of the entries held
+	evicted  bool         // an entry was forgotten before its window ended
+}
+
+// idemSettings are a handler's settings of its store.
+type idemSettings struct {
 	window   time.Duration
 	maxKeys  int
 	maxBytes int64
-
-	mu      sync.Mutex
-	entries map[string]*idemEntry
-	order   []*idemEntry // by creation, oldest first; may hold removed entries
-	removed int          // entries of order that are removed
-	bytes   int64        // the cost of the entries held
-	evicted bool         // an entry was forgotten before its window ended
 }
 
 // idemEntry is what one Idempotency-Key produced.
@@ -69,25 +79,56 @@ const (
 	idemRecordCost = int64(unsafe.Sizeof(record{})) + 96
 )
 
-// idempotencyStores holds the stores in use, by window and bounds.
+// idempotencyStores holds the store while handlers use it.
 var idempotencyStores = caddy.NewUsagePool()
 
-// acquireIdempotencyStore returns the store for these settings, shared
-// across config reloads; releaseIdempotencyStore gives it back.
-func acquireIdempotencyStore(window time.Duration, maxKeys int, maxBytes int64) (*idempotencyStore, string) {
-	key := fmt.Sprintf("queue_publish.idempotency.%d.%d.%d", window, maxKeys, maxBytes)
-	s, _, _ := idempotencyStores.LoadOrNew(key, func() (caddy.Destructor, error) {
-		return newIdempotencyStore(window, maxKeys, maxBytes), nil
+const idempotencyStoreKey = "queue_publish.idempotency"
+
+// acquireIdempotencyStore returns the store, shared by every handler and
+// across config reloads, for a handler with settings; release gives it
+// back.
+func acquireIdempotencyStore(settings idemSettings) *idempotencyStore {
+	s, loaded, _ := idempotencyStores.LoadOrNew(idempotencyStoreKey, func() (caddy.Destructor, error) {
+		return newIdempotencyStore(settings), nil
 	})
-	return s.(*idempotencyStore), key
+	store := s.(*idempotencyStore)
+	if loaded {
+		store.use(settings, 1)
+	}
+	return store
 }
 
-func releaseIdempotencyStore(key string) {
-	idempotencyStores.Delete(key)
+// release ends a handler's use of the store: its settings stop counting
+// (running requests of the handler still use the store).
+func (s *idempotencyStore) release(settings idemSettings) {
+	s.use(settings, -1)
+	idempotencyStores.Delete(idempotencyStoreKey)
 }
 
-func newIdempotencyStore(window time.Duration, maxKeys int, maxBytes int64) *idempotencyStore {
-	return &idempotencyStore{window: window, maxKeys: maxKeys, maxBytes: maxBytes, entries: make(map[string]*idemEntry)}
+func newIdempotencyStore(settings idemSettings) *idempotencyStore {
+	s := &idempotencyStore{users: make(map[idemSettings]int), entries: make(map[string]*idemEntry)}
+	s.use(settings, 1)
+	return s
+}
+
+// use counts n more handlers with settings and applies the longest window
+// of the handlers left, so that no handler's keys are forgotten before its
+// own window ends, and the largest bounds, which count the keys of all.
+// A window or bounds that shrink apply from the next claim on.
+func (s *idempotencyStore) use(settings idemSettings, n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.users[settings] += n
+	if s.users[settings] <= 0 {
+		delete(s.users, settings)
+	}
+	if len(s.users) == 0 {
+		return // the last handler went: keep the settings for its running requests
+	}
+	s.window, s.maxKeys, s.maxBytes = 0, 0, 0
+	for u := range s.users {
+		s.window, s.maxKeys, s.maxBytes = max(s.window, u.window), max(s.maxKeys, u.maxKeys), max(s.maxBytes, u.maxBytes)
+	}
 }
 
 // Destruct implements caddy.Destructor; the memory goes with the last use.
@@ -257,6 +298,13 @@ func (s *idempotencyStore) evictedOnce() bool {
 	return ev
 }
 
+// bounds are the bounds that apply now: the largest of the handlers'.
+func (s *idempotencyStore) bounds() (maxKeys int, maxBytes int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.maxKeys, s.maxBytes
+}
+
 // reuse decides, for a repeated request, which records of the previous
 // attempt stand and which must be produced again. For a record still under
 // way it waits (if wait is set), until the deadline, for the outcome. A
@@ -291,12 +339,13 @@ func (e *idemEntry) reuse(ctx context.Context, recs []*record, deadline time.Tim
 	return final, send
 }
 
-// provisionIdempotency takes the store of Idempotency-Keys shared by the
-// configs with the same window and bounds, if the window is set.
+// provisionIdempotency takes the store of Idempotency-Keys in this
+// instance's memory, if the window is set and the keys are not on Redis.
 func (h *Handler) provisionIdempotency() {
 	h.idem = nil
 	if h.IdempotencyWindow > 0 && h.IdempotencyRedis == "" {
-		h.idem, h.idemPoolKey = acquireIdempotencyStore(time.Duration(h.IdempotencyWindow), h.IdempotencyMaxKeys, h.IdempotencyMaxBytes)
+		h.idemSettings = idemSettings{time.Duration(h.IdempotencyWindow), h.IdempotencyMaxKeys, h.IdempotencyMaxBytes}
+		h.idem = acquireIdempotencyStore(h.idemSettings)
 	}
 }
 
@@ -376,8 +425,9 @@ func (h *Handler) claimKey(ctx context.Context, key string, digest [sha256.Size]
 	}
 	entry, st := h.idem.claim(key, digest, now)
 	if h.idem.evictedOnce() {
+		maxKeys, maxBytes := h.idem.bounds()
 		h.logger.Warn("more Idempotency-Keys than idempotency_max_keys or idempotency_max_bytes hold within idempotency_window: the oldest are forgotten early",
-			zap.Int("idempotency_max_keys", h.IdempotencyMaxKeys), zap.Int64("idempotency_max_bytes", h.IdempotencyMaxBytes))
+			zap.Int("idempotency_max_keys", maxKeys), zap.Int64("idempotency_max_bytes", maxBytes))
 	}
 	return memoryClaim{h.idem, entry}, st, nil
 }

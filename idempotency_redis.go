@@ -42,7 +42,7 @@ type redisStore struct {
 	// lease is how long a claim holds a key: the request's timeout and
 	// the late acknowledgement waited for, with a margin.
 	lease   time.Duration
-	timeout time.Duration // of a settlement, which outlives its request
+	timeout time.Duration // the requests' timeout, which bounds every call to Redis
 	logger  *zap.Logger
 	warned  atomic.Int64 // when a failure was last warned of, in Unix seconds
 }
@@ -112,6 +112,10 @@ return 1
 // with user and password in the URL; with ?master_name=, through
 // Sentinel; with ?addr= for more nodes, to a Redis Cluster. The URL is
 // never part of an error or a log line: it may hold a password.
+//
+// Every call is bounded by its context's deadline (ContextTimeoutEnabled):
+// without it go-redis waits out its own read_timeout (5 s) on a server
+// that stopped answering, whatever the request's timeout.
 func newRedisStore(rawURL string, tlsConfig *tls.Config, prefix string, window, timeout time.Duration, logger *zap.Logger) (*redisStore, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
@@ -132,6 +136,7 @@ func newRedisStore(rawURL string, tlsConfig *tls.Config, prefix string, window, 
 			return nil, redisURLError(err)
 		}
 		opts.TLSConfig = withOwnTLS(opts.TLSConfig, tlsConfig)
+		opts.ContextTimeoutEnabled = true
 		client = redis.NewFailoverClient(opts)
 	case q.Has("addr"):
 		opts, err := redis.ParseClusterURL(rawURL)
@@ -139,6 +144,7 @@ func newRedisStore(rawURL string, tlsConfig *tls.Config, prefix string, window, 
 			return nil, redisURLError(err)
 		}
 		opts.TLSConfig = withOwnTLS(opts.TLSConfig, tlsConfig)
+		opts.ContextTimeoutEnabled = true
 		client = redis.NewClusterClient(opts)
 	default:
 		opts, err := redis.ParseURL(rawURL)
@@ -146,6 +152,7 @@ func newRedisStore(rawURL string, tlsConfig *tls.Config, prefix string, window, 
 			return nil, redisURLError(err)
 		}
 		opts.TLSConfig = withOwnTLS(opts.TLSConfig, tlsConfig)
+		opts.ContextTimeoutEnabled = true
 		client = redis.NewClient(opts)
 	}
 	redisLogOnce.Do(func() { redis.SetLogger(redisLog{logger.Named("redis")}) })
@@ -304,16 +311,21 @@ func parseOutcomes(s string) ([]string, bool) {
 }
 
 // settle stores the outcomes of the records that stand for the request.
-// If some are still unknown while the producer waits for their late
-// acknowledgement, the claim keeps the lease and settles again once they
-// are done, so that a repeat then gets the real outcome.
+// The answer ends after it, so that a repeat sent once the answer is read
+// finds it settled; it waits for Redis at most half the request's
+// timeout, as the claim did. If some outcomes are still unknown while the
+// producer waits for their late acknowledgement, the answer does not wait
+// for Redis at all (a repeat is answered 409 meanwhile either way): the
+// claim keeps the lease and settles again once they are done, so that a
+// repeat then gets the real outcome.
 func (c *redisClaim) settle(recs []*record) {
+	answering := c.s.timeout / 2
 	if recs == nil && !c.repeat {
-		c.store("", 0) // produced nothing: forget the key
+		c.store("", 0, answering) // produced nothing: forget the key
 		return
 	}
 	if recs == nil {
-		c.store(c.stored(nil), 0) // keep what the first attempt stored
+		c.store(c.stored(nil), 0, answering) // keep what the first attempt stored
 		return
 	}
 	var pending []*record
@@ -323,11 +335,12 @@ func (c *redisClaim) settle(recs []*record) {
 		}
 	}
 	if pending == nil {
-		c.store(c.stored(recs), 0)
+		c.store(c.stored(recs), 0, answering)
 		return
 	}
-	c.store(c.stored(recs), c.s.lease)
+	unknown := c.stored(recs)
 	go func() {
+		c.store(unknown, c.s.lease, c.s.timeout)
 		for _, rec := range pending {
 			timer := time.NewTimer(time.Until(rec.AckBy))
 			select {
@@ -337,7 +350,7 @@ func (c *redisClaim) settle(recs []*record) {
 			timer.Stop()
 			rec.Answer = rec.OutcomeNow()
 		}
-		c.store(c.stored(recs), 0)
+		c.store(c.stored(recs), 0, c.s.timeout)
 	}()
 }
 
@@ -371,12 +384,12 @@ func (c *redisClaim) stored(recs []*record) string {
 	return b.String()
 }
 
-// store runs the settlement, within its own timeout: the request may be
-// answered already. A failure leaves the claim to its lease: a repeat is
-// answered 409 until it expires, and then as unknown, never produced
-// twice.
-func (c *redisClaim) store(value string, keep time.Duration) {
-	ctx, cancel := context.WithTimeout(context.Background(), c.s.timeout)
+// store runs a settlement, within limit: the request may be answered
+// already, so its context is not the request's. A failure leaves the
+// claim to its lease: a repeat is answered 409 until it expires, and then
+// as unknown, never produced twice.
+func (c *redisClaim) store(value string, keep, limit time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
 	n, err := settleScript.Run(ctx, c.s.client, c.keys, c.token, value, keep.Milliseconds()).Int()
 	switch {

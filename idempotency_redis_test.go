@@ -195,6 +195,127 @@ func TestRedisStoreUnreachableProduce(t *testing.T) {
 	}
 }
 
+// A Redis that stops answering (paused, its port still open) costs a keyed
+// request at most half its timeout: with on_store_error reject it is
+// answered 503, with produce it is produced, both within the timeout.
+func TestRedisStorePaused(t *testing.T) {
+	for _, tc := range []struct {
+		onStoreError string
+		status       int
+		stored       int
+	}{
+		{"reject", 503, 1},
+		{"produce", 200, 3},
+	} {
+		t.Run(tc.onStoreError, func(t *testing.T) {
+			c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+			r := redistest.Start(t)
+			startFleet(t, c, r.URL(), "timeout 1s\n\t\ton_store_error "+tc.onStoreError)
+			if got := post(t, instanceA, "before", `{"n":0}`); got.status != 200 {
+				t.Fatalf("with Redis answering: %d %s", got.status, got.body)
+			}
+			r.Pause()
+			// The first on the connection the store kept, the second
+			// on a new one, whose handshake goes unanswered.
+			for i := range 2 {
+				start := time.Now()
+				got := post(t, instanceA, fmt.Sprintf("during-%d", i), `{"n":1}`)
+				took := time.Since(start)
+				t.Logf("keyed request %d with Redis paused, timeout 1s, on_store_error %s: %d after %v", i, tc.onStoreError, got.status, took.Round(time.Millisecond))
+				if got.status != tc.status {
+					t.Errorf("with Redis paused: %d %s, want %d", got.status, got.body, tc.status)
+				}
+				if took >= time.Second {
+					t.Errorf("with Redis paused, answered after %v, want within the timeout, 1s", took)
+				}
+			}
+			if n := len(stored(t, c, "events")); n != tc.stored {
+				t.Errorf("stored %d records, want %d", n, tc.stored)
+			}
+		})
+	}
+}
+
+// A Redis that stops answering between a request's claim and its
+// settlement: the answer waits for the settlement at most half the
+// timeout, and a 504 not at all; the settlement that follows the late
+// acknowledgement of a 504 fails within the timeout too, rather than
+// waiting on Redis. Either way the key is never produced twice.
+func TestRedisStorePausedSettlement(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		status int
+		// settles: the settlements that fail on the paused Redis; the
+		// last ends at most limit after the answer.
+		settles float64
+		limit   time.Duration
+	}{
+		{"acknowledged", 200, 1, 0},
+		{"unknown until the late acknowledgement", 504, 2, 2 * time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+			r := redistest.Start(t)
+			startFleet(t, c, r.URL(), "timeout 1s")
+			release := make(chan struct{})
+			received := holdProduce(c, release)
+			errorsBefore := scrape(t)["caddy_queue_publish_idempotency_store_errors_total{op=settle}"]
+
+			var first answerT
+			var answered time.Time
+			done := make(chan struct{})
+			sent := time.Now()
+			go func() {
+				first = post(t, instanceA, "k", `{"n":1}`)
+				answered = time.Now()
+				close(done)
+			}()
+			waitFor(t, 5*time.Second, func() bool { return received.Load() > 0 })
+			r.Pause() // the claim is made: the settlement meets the paused Redis
+			var released time.Time
+			if tc.status == 200 {
+				released = time.Now()
+				close(release)
+			}
+			<-done
+			if first.status != tc.status {
+				t.Fatalf("with Redis paused after the claim: %d %s, want %d", first.status, first.body, tc.status)
+			}
+			if tc.status == 200 {
+				took := answered.Sub(released)
+				t.Logf("answered %v after the acknowledgement, with Redis paused", took.Round(time.Millisecond))
+				if took >= 750*time.Millisecond {
+					t.Errorf("answered %v after the acknowledgement, with Redis paused; want within half the timeout, 0.5s", took)
+				}
+			} else {
+				took := answered.Sub(sent)
+				t.Logf("answered 504 %v after the request was sent, with Redis paused", took.Round(time.Millisecond))
+				if took >= 1500*time.Millisecond {
+					t.Errorf("answered 504 %v after the request was sent, with Redis paused; want at the timeout, 1s", took)
+				}
+				close(release)
+			}
+			var settled time.Time
+			waitFor(t, 15*time.Second, func() bool {
+				settled = time.Now()
+				return scrape(t)["caddy_queue_publish_idempotency_store_errors_total{op=settle}"]-errorsBefore >= tc.settles
+			})
+			t.Logf("the settlements failed %v after the answer", settled.Sub(answered).Round(time.Millisecond))
+			if took := settled.Sub(answered); took > tc.limit+500*time.Millisecond {
+				t.Errorf("the settlements failed %v after the answer, want within %v", took, tc.limit)
+			}
+			r.Resume()
+			again := post(t, instanceB, "k", `{"n":1}`)
+			if again.status != 409 && again.header.Get("Idempotent-Replayed") != "true" {
+				t.Errorf("the key once Redis answers again: %d %s, want 409 or the first answer replayed", again.status, again.body)
+			}
+			if n := len(stored(t, c, "events")); n != 1 {
+				t.Errorf("stored %d records, want 1", n)
+			}
+		})
+	}
+}
+
 // A key is forgotten when the window ends: the same request is produced
 // again.
 func TestRedisStoreWindowEnds(t *testing.T) {

@@ -23,7 +23,7 @@ import (
 )
 
 func TestIdempotencyStoreWindowAndBound(t *testing.T) {
-	s := newIdempotencyStore(time.Minute, 2, 1<<20)
+	s := newIdempotencyStore(idemSettings{time.Minute, 2, 1 << 20})
 	body := func(b string) [sha256.Size]byte { return idemDigest(modeRecords, []byte(b), nil) }
 	d := body(`{}`)
 	now := time.Now()
@@ -67,10 +67,43 @@ func TestIdempotencyStoreWindowAndBound(t *testing.T) {
 	}
 }
 
+// The store keeps its keys for the longest window, and within the
+// largest bounds, of the handlers that use it; once the handler with the
+// longest window goes, the next longest applies.
+func TestIdempotencyStoreAppliesTheLongestWindow(t *testing.T) {
+	short, long := idemSettings{time.Minute, 1, 1 << 20}, idemSettings{time.Hour, 2, 1 << 10}
+	s := newIdempotencyStore(short)
+	s.use(long, 1)
+	if s.window != time.Hour || s.maxKeys != 2 || s.maxBytes != 1<<20 {
+		t.Fatalf("window %v, bounds %d keys and %d bytes; want 1h, 2 keys, 1 MiB", s.window, s.maxKeys, s.maxBytes)
+	}
+	d := idemDigest(modeRecords, []byte(`{}`), nil)
+	now := time.Now()
+	for _, k := range []string{"a", "b"} {
+		e, _ := s.claim(k, d, now)
+		s.settle(e, []*record{{}})
+	}
+	if len(s.entries) != 2 || s.evictedOnce() {
+		t.Errorf("%d keys held, want both within the larger bound", len(s.entries))
+	}
+	e, st := s.claim("a", d, now.Add(30*time.Minute))
+	if st != idemRepeat {
+		t.Fatalf("within the longer window: %v, want a repeat", st)
+	}
+	s.settle(e, nil)
+	s.use(long, -1)
+	if s.window != time.Minute || s.maxKeys != 1 {
+		t.Errorf("without the handler of the longer window: window %v, %d keys; want 1m, 1 key", s.window, s.maxKeys)
+	}
+	if _, st := s.claim("a", d, now.Add(30*time.Minute)); st != idemNew {
+		t.Errorf("past the shorter window, once it is the longest: %v, want new", st)
+	}
+}
+
 // The store is bounded in bytes too: a key whose request holds many
 // records counts for them, and the oldest keys are forgotten to make room.
 func TestIdempotencyStoreBytesBound(t *testing.T) {
-	s := newIdempotencyStore(time.Minute, 1000, 10*idemRecordCost+4*(idemEntryCost+8))
+	s := newIdempotencyStore(idemSettings{time.Minute, 1000, 10*idemRecordCost + 4*(idemEntryCost+8)})
 	now := time.Now()
 	d := idemDigest(modeRecords, []byte(`{}`), nil)
 	for i := range 3 {
@@ -103,7 +136,7 @@ func checkBytes(t *testing.T, s *idempotencyStore) {
 // records alone exceed the bound) keeps its own key rather than forget it
 // to make room for its records, and the bytes counted stay those held.
 func TestIdempotencyStoreKeepsTheEntryItGrows(t *testing.T) {
-	s := newIdempotencyStore(time.Minute, 1000, idemEntryCost+8+3*idemRecordCost) // less than one entry of 10 records
+	s := newIdempotencyStore(idemSettings{time.Minute, 1000, idemEntryCost + 8 + 3*idemRecordCost}) // less than one entry of 10 records
 	now := time.Now()
 	d := idemDigest(modeRecords, []byte(`{}`), nil)
 	for i := range 5 {
@@ -119,7 +152,7 @@ func TestIdempotencyStoreKeepsTheEntryItGrows(t *testing.T) {
 // Requests that produce nothing (an outage) leave no entry, and the
 // store's order list does not grow with them either.
 func TestIdempotencyStoreDuringAnOutage(t *testing.T) {
-	s := newIdempotencyStore(time.Minute, 100, 1<<30)
+	s := newIdempotencyStore(idemSettings{time.Minute, 100, 1 << 30})
 	now := time.Now()
 	d := idemDigest(modeBody, []byte(`{}`), []*record{{}})
 	for i := range 100000 {
@@ -618,6 +651,66 @@ func TestIdempotencyKeysAreScopedToClusterAndTopic(t *testing.T) {
 		if got := stored(t, tt.c, tt.topic); len(got) != 1 {
 			t.Errorf("%s of %s holds %d records, want 1", tt.topic, tt.c.ListenAddrs()[0], len(got))
 		}
+	}
+	unloadChecksLeaks(t)
+}
+
+// idemRoute is a handle block with queue_publish on topic "events" of c,
+// with settings.
+func idemRoute(c *kfake.Cluster, path, settings string) string {
+	return fmt.Sprintf(`	handle %s {
+		queue_publish {
+			brokers %s
+			topic events
+			secret {env.QP_TEST_SECRET}
+			%s
+		}
+	}
+`, path, c.ListenAddrs()[0], settings)
+}
+
+// Handlers with the same brokers and topic share their keys whatever
+// their idempotency_window and bounds: the same key and body is produced
+// once.
+func TestIdempotencyKeysSharedWhateverTheWindowAndBounds(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	t.Setenv("QP_TEST_SECRET", testSecret)
+	startCaddy(t, filepath.Join(t.TempDir(), "caddy.log"), idemRoute(c, "/short", "idempotency_window 1m")+
+		idemRoute(c, "/long", "idempotency_window 1h")+
+		idemRoute(c, "/bounded", "idempotency_window 1m\n\t\t\tidempotency_max_keys 1000\n\t\t\tidempotency_max_bytes 1MB"))
+	body := `{"event":"evt_1"}`
+	first := do(t, "POST", "/short", withKey("evt_1"), strings.NewReader(body))
+	if first.status != 200 {
+		t.Fatalf("first: %d %s", first.status, first.body)
+	}
+	for _, path := range []string{"/long", "/bounded"} {
+		if got := do(t, "POST", path, withKey("evt_1"), strings.NewReader(body)); got.status != 200 || got.body != first.body || got.header.Get("Idempotent-Replayed") != "true" {
+			t.Errorf("%s, same key and body: %d %s (replayed %q), want the first answer replayed", path, got.status, got.body, got.header.Get("Idempotent-Replayed"))
+		}
+	}
+	if got := stored(t, c, "events"); len(got) != 1 {
+		t.Errorf("the topic holds %d records, want 1", len(got))
+	}
+	unloadChecksLeaks(t)
+}
+
+// The keys outlive a config reload that changes the window and bounds.
+func TestIdempotencyKeysOutliveAReloadOfTheWindow(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	t.Setenv("QP_TEST_SECRET", testSecret)
+	logFile := filepath.Join(t.TempDir(), "caddy.log")
+	startCaddy(t, logFile, idemRoute(c, "/", "idempotency_window 1m"))
+	body := `{"event":"evt_1"}`
+	first := do(t, "POST", "/", withKey("evt_1"), strings.NewReader(body))
+	if first.status != 200 {
+		t.Fatalf("first: %d %s", first.status, first.body)
+	}
+	startCaddy(t, logFile, idemRoute(c, "/", "idempotency_window 2m\n\t\t\tidempotency_max_keys 5000"))
+	if got := do(t, "POST", "/", withKey("evt_1"), strings.NewReader(body)); got.status != 200 || got.body != first.body || got.header.Get("Idempotent-Replayed") != "true" {
+		t.Errorf("after a reload with another window and bounds: %d %s (replayed %q), want the first answer replayed", got.status, got.body, got.header.Get("Idempotent-Replayed"))
+	}
+	if got := stored(t, c, "events"); len(got) != 1 {
+		t.Errorf("the topic holds %d records, want 1", len(got))
 	}
 	unloadChecksLeaks(t)
 }

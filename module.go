@@ -249,7 +249,7 @@ type Handler struct {
 
 	brokers       []string
 	idem          *idempotencyStore
-	idemPoolKey   string // the store's key in its pool
+	idemSettings  idemSettings // this handler's, counted by idem
 	shared        *redisStore
 	sharedPoolKey string        // the shared store's key in its pool
 	idemScope     string        // the brokers part of the scope of keys
@@ -498,7 +498,7 @@ func (h *Handler) Cleanup() error {
 	asyncQueues.remove(h)
 	if h.idem != nil {
 		// Running requests keep using the store; it only leaves the pool.
-		releaseIdempotencyStore(h.idemPoolKey)
+		h.idem.release(h.idemSettings)
 	}
 	if h.shared != nil {
 		redisStores.Delete(h.sharedPoolKey)

@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -204,6 +205,25 @@ func (s *Server) Stop() {
 	s.cmd.Process.Kill()
 	s.cmd.Wait()
 	s.cmd = nil
+}
+
+// Pause makes the server stop answering without closing anything, as a
+// host that hangs or a process that stalls would (SIGSTOP): its port still
+// accepts connections, and commands wait unanswered. Resume, or the end of
+// the test, lets it go on.
+func (s *Server) Pause() {
+	s.t.Helper()
+	if err := s.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		s.t.Fatalf("pausing redis-server: %v", err)
+	}
+	s.t.Cleanup(s.Resume)
+}
+
+// Resume lets a paused server go on (SIGCONT).
+func (s *Server) Resume() {
+	if s.cmd != nil {
+		s.cmd.Process.Signal(syscall.SIGCONT)
+	}
 }
 
 // Restart starts the server again on its port (empty: it keeps nothing)
