@@ -2,10 +2,12 @@ package queuepublish
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -439,4 +441,60 @@ func TestConfluentStreamPausesAndSpacing(t *testing.T) {
 	if got := len(stored(t, c, "topic_1")); got != 3 {
 		t.Errorf("stored %d records, want 3", got)
 	}
+}
+
+// A stream refused before any of its records is read (an Idempotency-Key,
+// a topic not allowed, another cluster) gets its answer and its connection
+// closed: its body, which may go on for as long as the client likes, is
+// not read to keep the connection, and net/http is left in no state where
+// it reads the connection twice at once (which it answers with a panic).
+func TestConfluentStreamRefusedUnread(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(2, "topic_1"), kfake.SeedTopics(1, "jsontest"))
+	t.Setenv("QP_TEST_SECRET", testSecret)
+	logFile := filepath.Join(t.TempDir(), "caddy.log")
+	startCaddy(t, logFile, confluentSite(c.ListenAddrs()[0], "cluster_id cluster-1\n\t\tidempotency_window 1m"))
+
+	record := `{"partition_id":0,"value":{"type":"STRING","data":"never"}}`
+	for _, tt := range []struct {
+		name, path, header string
+		want               int
+		body               string
+	}{
+		{"Idempotency-Key", v3Path, "Idempotency-Key: stream-1\r\n", 400,
+			`{"error_code":400,"message":` + string(quote(refusedRESTStream.message)) + "}\r\n"},
+		{"topic not allowed", "/v3/clusters/cluster-1/topics/secret/records", "", 404,
+			`{"error_code":40401,"message":"Topic not found."}` + "\r\n"},
+		{"another cluster", "/v3/clusters/other/topics/topic_1/records", "", 404,
+			`{"error_code":404,"message":"Cluster not found."}` + "\r\n"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			// The whole chunked body, its end included, is sent at
+			// once, on a connection the client would keep.
+			got := rawExchange(t, "POST "+tt.path+" HTTP/1.1\r\nHost: x\r\nAuthorization: "+testSecret+
+				"\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n"+tt.header+"\r\n"+
+				fmt.Sprintf("%x\r\n%s\r\n0\r\n\r\n", len(record), record), false)
+			if got.status != tt.want || got.body != tt.body {
+				t.Errorf("got %d %q, want %d %q", got.status, got.body, tt.want, tt.body)
+			}
+			if !got.connectionClose || !got.closed || got.rest != "" {
+				t.Errorf("Connection: close %v, then %q (closed: %v); want the connection closed after the answer",
+					got.connectionClose, got.rest, got.closed)
+			}
+		})
+	}
+	// The server's error log is written before it closes a connection
+	// whose handler panicked.
+	log, err := os.ReadFile(logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range bytes.Lines(log) {
+		if bytes.Contains(line, []byte("panic")) || bytes.Contains(line, []byte("invalid concurrent Body.Read")) {
+			t.Errorf("Caddy logged: %.300s", line)
+		}
+	}
+	if n := len(stored(t, c, "topic_1")); n != 0 {
+		t.Errorf("stored %d records of refused streams", n)
+	}
+	unloadChecksLeaks(t)
 }
