@@ -2,6 +2,7 @@ package queuepublish
 
 import (
 	"cmp"
+	"crypto/sha256"
 	"mime"
 	"net/http"
 	"strconv"
@@ -91,6 +92,14 @@ func (h *Handler) serveConfluent(x *exchange, r *http.Request) error {
 	x.contentType = mediaV3
 	if !api.v3 {
 		x.contentType = mediaV2
+	}
+	// The credentials come first, as a REST Proxy with authentication
+	// checks them: a client without them learns nothing of the paths,
+	// methods and media types served here, and its body is not read.
+	// (The path is parsed before: a token is valid for its topic only.)
+	var signature [sha256.Size]byte // no signature_header in mode confluent
+	if ref := h.admitCredentials(x, r, &signature); ref != nil {
+		return x.refuse(ref)
 	}
 	if ref == nil {
 		ref = h.checkRESTMedia(api, r)

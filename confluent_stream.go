@@ -2,7 +2,6 @@ package queuepublish
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
 	"io"
 	"net/http"
@@ -30,11 +29,7 @@ func (h *Handler) serveStream(x *exchange, r *http.Request) error {
 	// is not read to keep the connection; and in full duplex, net/http
 	// reads what a handler left of a body only after it stopped watching
 	// the connection, then reads the connection twice at once, and panics
-	// (go.dev/issue/68560).
-	var signature [sha256.Size]byte // no signature_header in mode confluent
-	if ref := h.admitHeaders(x, r, &signature); ref != nil {
-		return x.refuse(ref)
-	}
+	// (go.dev/issue/68560). serveConfluent checked the credentials.
 	if r.Header.Get("Idempotency-Key") != "" {
 		closeUnread(x.w, r)
 		return x.refuse(refusedRESTStream)

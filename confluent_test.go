@@ -498,3 +498,61 @@ func TestConfluentStreamRefusedUnread(t *testing.T) {
 	}
 	unloadChecksLeaks(t)
 }
+
+// Credentials come first in mode confluent, as in a REST Proxy with
+// authentication: a request without them is answered 401 whatever its
+// path, method or Content-Type, and its connection closed, its body
+// unread. With them, the path, method and Content-Type are answered as
+// before, on a connection that goes on.
+func TestConfluentCredentialsFirst(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(2, "topic_1"), kfake.SeedTopics(1, "jsontest"))
+	t.Setenv("QP_TEST_SECRET", testSecret)
+	startCaddy(t, filepath.Join(t.TempDir(), "caddy.log"), confluentSite(c.ListenAddrs()[0], ""))
+
+	// A request the server answers only if it reads past the one before.
+	const next = "POST /v3/clusters HTTP/1.1\r\nHost: x\r\nAuthorization: " + testSecret +
+		"\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}"
+	body := strings.Repeat(" ", 1000)
+	wrong := []struct {
+		name, path, method, contentType string
+		want                            int
+		answer                          string // with credentials
+	}{
+		{"no produce API there", "/v3/clusters", "POST", mediaV3, 404, `{"error_code":404,"message":"HTTP 404 Not Found"}` + "\r\n"},
+		{"no v2 produce API there", "/topics", "POST", mediaV2JSON, 404, `{"error_code":404,"message":"HTTP 404 Not Found"}`},
+		{"another method", v3Path, "PUT", mediaV3, 405, `{"error_code":405,"message":"HTTP 405 Method Not Allowed"}` + "\r\n"},
+		{"another Content-Type", v3Path, "POST", "text/plain", 415, `{"error_code":415,"message":"HTTP 415 Unsupported Media Type"}` + "\r\n"},
+		{"v2 and application/json", "/topics/jsontest", "POST", mediaV3, 415, `{"error_code":415,"message":"HTTP 415 Unsupported Media Type"}`},
+	}
+	for _, tt := range wrong {
+		unauthorized := `{"error_code":401,"message":"Unauthorized"}`
+		if strings.HasSuffix(tt.answer, "\r\n") {
+			unauthorized += "\r\n" // v3's shape
+		}
+		for _, credentials := range []string{"", "Authorization: guess\r\n", "Authorization: " + basic("API_KEY:nope") + "\r\n"} {
+			t.Run(tt.name+", credentials "+strings.TrimSpace(credentials), func(t *testing.T) {
+				got := rawExchange(t, fmt.Sprintf("%s %s HTTP/1.1\r\nHost: x\r\n%sContent-Type: %s\r\nContent-Length: %d\r\n\r\n%s",
+					tt.method, tt.path, credentials, tt.contentType, len(body), body)+next, false)
+				if got.status != 401 || got.body != unauthorized || got.header.Get("Www-Authenticate") != `Basic realm="queue_publish"` {
+					t.Errorf("got %d %q (WWW-Authenticate %q), want 401 %q with a challenge",
+						got.status, got.body, got.header.Get("Www-Authenticate"), unauthorized)
+				}
+				if !got.connectionClose || !got.closed || got.rest != "" {
+					t.Errorf("Connection: close %v, then %.60q (closed: %v); want the connection closed, the body unread",
+						got.connectionClose, got.rest, got.closed)
+				}
+			})
+		}
+		t.Run(tt.name+", right credentials", func(t *testing.T) {
+			got := rawExchange(t, fmt.Sprintf("%s %s HTTP/1.1\r\nHost: x\r\nAuthorization: %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n%s",
+				tt.method, tt.path, testSecret, tt.contentType, len(body), body)+next, false)
+			if got.status != tt.want || got.body != tt.answer {
+				t.Errorf("got %d %q, want %d %q", got.status, got.body, tt.want, tt.answer)
+			}
+			if !strings.HasPrefix(got.rest, "HTTP/1.1 404 ") {
+				t.Errorf("then %.60q; want the next request answered on the same connection", got.rest)
+			}
+		})
+	}
+	unloadChecksLeaks(t)
+}
