@@ -127,11 +127,12 @@ func parseRESTRoute(path string) (*restRoute, *refusal) {
 	case (len(parts) == 2 || len(parts) == 4 && parts[2] == "partitions") && parts[0] == "topics" && parts[1] != "":
 		api := &restRoute{topic: parts[1], partition: -1}
 		if len(parts) == 4 {
-			n, err := strconv.Atoi(parts[3])
-			if err != nil || n < 0 || parts[3] != strconv.Itoa(n) {
+			// Kafka's partitions are numbered in an int32.
+			n, err := strconv.ParseInt(parts[3], 10, 32)
+			if err != nil || n < 0 || parts[3] != strconv.FormatInt(n, 10) {
 				return api, refusedPartitionNotFound
 			}
-			api.partition = n
+			api.partition = int(n)
 		}
 		return api, nil
 	}

@@ -556,3 +556,35 @@ func TestConfluentCredentialsFirst(t *testing.T) {
 	}
 	unloadChecksLeaks(t)
 }
+
+// A v3 record's timestamp must be one a Kafka record can carry, from
+// 1970 to year 9999, and its partition a Kafka partition, in an int32:
+// before or beyond, the record is refused, saying so, and never reaches
+// the producer. So is a v2 path's partition beyond an int32.
+func TestConfluentTimestampsAndPartitions(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(2, "topic_1"), kfake.SeedTopics(1, "jsontest"))
+	t.Setenv("QP_TEST_SECRET", testSecret)
+	startCaddy(t, filepath.Join(t.TempDir(), "caddy.log"), confluentSite(c.ListenAddrs()[0], ""))
+
+	ok := jsonHeader(mediaV3)
+	outside := func(timestamp string) string {
+		return `{"error_code":400,"message":"Bad Request: timestamp \"` + timestamp +
+			`\" is outside the times a Kafka record can carry, 1970-01-01T00:00:00Z to 9999-12-31T23:59:59.999Z"}` + "\r\n"
+	}
+	notFound := `{"error_code":40402,"message":"Partition not found."}`
+	record := func(fields string) io.Reader { return strings.NewReader(`{"partition_id":0,` + fields + `}`) }
+	expectAnswers(t, []answerCase{
+		{"year 1", "POST", v3Path, ok, record(`"timestamp":"0001-01-01T00:00:00Z"`), 400, outside("0001-01-01T00:00:00Z"), nil, 0},
+		{"a millisecond before 1970", "POST", v3Path, ok, record(`"timestamp":"1969-12-31T23:59:59.999Z"`), 400, outside("1969-12-31T23:59:59.999Z"), nil, 0},
+		{"past 9999 in UTC", "POST", v3Path, ok, record(`"timestamp":"9999-12-31T23:59:59-01:00"`), 400, outside("9999-12-31T23:59:59-01:00"), nil, 0},
+		{"epoch milliseconds", "POST", v3Path, ok, record(`"timestamp":-1`), 400,
+			`{"error_code":400,"message":"Bad Request: timestamp must be a string, such as 2021-02-05T19:14:42Z"}` + "\r\n", nil, 0},
+		{"partition beyond an int32", "POST", v3Path, ok, strings.NewReader(`{"partition_id":2147483648}`), 404, notFound + "\r\n", nil, 0},
+		{"partition beyond an int64", "POST", v3Path, ok, strings.NewReader(`{"partition_id":9223372036854775808}`), 404, notFound + "\r\n", nil, 0},
+		{"v2 path's partition beyond an int32", "POST", "/topics/jsontest/partitions/2147483648", jsonHeader(mediaV2JSON),
+			strings.NewReader(`{"records":[{"value":1}]}`), 404, notFound, v2Answer, 0},
+	})
+	if n := len(stored(t, c, "topic_1")) + len(stored(t, c, "jsontest")); n != 0 {
+		t.Errorf("stored %d records, want none", n)
+	}
+}
