@@ -88,6 +88,9 @@ type exchange struct {
 	// byToken: the request was authenticated by a token, which any
 	// visitor of a page may hold, not by the secret.
 	byToken bool
+	// admitted: the credentials were checked (mode confluent checks them
+	// before its path, method and Content-Type).
+	admitted bool
 	// api: in mode confluent, what the path names and the answer's shape.
 	api         *restRoute
 	contentType string // of the answer; empty: application/json

@@ -2,6 +2,7 @@ package queuepublish
 
 import (
 	"cmp"
+	"crypto/sha256"
 	"mime"
 	"net/http"
 	"strconv"
@@ -92,6 +93,14 @@ func (h *Handler) serveConfluent(x *exchange, r *http.Request) error {
 	if !api.v3 {
 		x.contentType = mediaV2
 	}
+	// The credentials come first, as a REST Proxy with authentication
+	// checks them: a client without them learns nothing of the paths,
+	// methods and media types served here, and its body is not read.
+	// (The path is parsed before: a token is valid for its topic only.)
+	var signature [sha256.Size]byte // no signature_header in mode confluent
+	if ref := h.admitCredentials(x, r, &signature); ref != nil {
+		return x.refuse(ref)
+	}
 	if ref == nil {
 		ref = h.checkRESTMedia(api, r)
 	}
@@ -118,11 +127,12 @@ func parseRESTRoute(path string) (*restRoute, *refusal) {
 	case (len(parts) == 2 || len(parts) == 4 && parts[2] == "partitions") && parts[0] == "topics" && parts[1] != "":
 		api := &restRoute{topic: parts[1], partition: -1}
 		if len(parts) == 4 {
-			n, err := strconv.Atoi(parts[3])
-			if err != nil || n < 0 || parts[3] != strconv.Itoa(n) {
+			// Kafka's partitions are numbered in an int32.
+			n, err := strconv.ParseInt(parts[3], 10, 32)
+			if err != nil || n < 0 || parts[3] != strconv.FormatInt(n, 10) {
 				return api, refusedPartitionNotFound
 			}
-			api.partition = n
+			api.partition = int(n)
 		}
 		return api, nil
 	}

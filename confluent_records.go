@@ -3,9 +3,11 @@ package queuepublish
 import (
 	"bytes"
 	"encoding/base64"
+	"errors"
 	"io"
 	"math"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -119,13 +121,17 @@ func readPartition(d *jsontext.Decoder, rec *record, field string) *refusal {
 		return nil
 	case '0':
 		n, err := tok.Int()
+		if errors.Is(err, strconv.ErrRange) {
+			return refusedPartitionNotFound // a whole number beyond int64
+		}
 		if err != nil {
 			return restDataError("%s must be a whole number", field)
 		}
-		if n < 0 {
+		// Kafka's partitions are numbered in an int32.
+		if n < 0 || n > math.MaxInt32 {
 			return refusedPartitionNotFound
 		}
-		rec.Partition = int(min(n, math.MaxInt32))
+		rec.Partition = int(n)
 		return nil
 	}
 	return restDataError("%s must be a number", field)
@@ -267,6 +273,16 @@ func unquote(v jsontext.Value) string {
 	return string(b)
 }
 
+// The timestamps a record may carry. Kafka's are milliseconds since
+// 1970: a negative one means none, and Kafka's clients refuse to send
+// any other; and the answer gives the timestamp back as an RFC 3339
+// instant in UTC, whose year has four digits (an offset can push a time
+// written in year 9999 past it).
+var (
+	minTimestamp = time.Unix(0, 0)
+	maxTimestamp = time.Date(9999, 12, 31, 23, 59, 59, 999_999_999, time.UTC)
+)
+
 // readTimestamp reads an ISO 8601 timestamp, or null, as the record's.
 func readTimestamp(d *jsontext.Decoder, rec *record) *refusal {
 	tok, _ := d.ReadToken()
@@ -277,6 +293,9 @@ func readTimestamp(d *jsontext.Decoder, rec *record) *refusal {
 		t, err := time.Parse(time.RFC3339Nano, tok.String())
 		if err != nil {
 			return restDataError("timestamp %q is not an ISO 8601 date and time, such as 2021-02-05T19:14:42Z", tok.String())
+		}
+		if t.Before(minTimestamp) || t.After(maxTimestamp) {
+			return restDataError("timestamp %q is outside the times a Kafka record can carry, 1970-01-01T00:00:00Z to 9999-12-31T23:59:59.999Z", tok.String())
 		}
 		rec.Time = t
 		return nil

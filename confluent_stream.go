@@ -2,7 +2,6 @@ package queuepublish
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
 	"io"
 	"net/http"
@@ -25,24 +24,28 @@ import (
 // max_size, or JSON that is broken, is answered and ends the stream; any
 // other bad record is answered and the stream goes on.
 func (h *Handler) serveStream(x *exchange, r *http.Request) error {
+	// A stream is refused before full duplex is on, and its connection
+	// closed: its body may go on for as long as the client likes, so it
+	// is not read to keep the connection; and in full duplex, net/http
+	// reads what a handler left of a body only after it stopped watching
+	// the connection, then reads the connection twice at once, and panics
+	// (go.dev/issue/68560). serveConfluent checked the credentials.
+	if r.Header.Get("Idempotency-Key") != "" {
+		closeUnread(x.w, r)
+		return x.refuse(refusedRESTStream)
+	}
+	topic, ref := h.requestTopic(x, r)
+	x.topic = topic
+	if ref != nil {
+		closeUnread(x.w, r)
+		return x.refuse(ref)
+	}
 	// HTTP/1 answers while it reads only in full duplex (HTTP/2 always
 	// can); without, net/http would discard what is left of the body when
 	// the status goes: the body is then one request of known length.
 	rc := http.NewResponseController(x.w)
 	if err := rc.EnableFullDuplex(); err != nil && r.ProtoMajor == 1 {
 		return h.serve(x, r)
-	}
-	var signature [sha256.Size]byte // no signature_header in mode confluent
-	if ref := h.admitHeaders(x, r, &signature); ref != nil {
-		return x.refuse(ref)
-	}
-	if r.Header.Get("Idempotency-Key") != "" {
-		return x.refuse(refusedRESTStream)
-	}
-	topic, ref := h.requestTopic(x, r)
-	x.topic = topic
-	if ref != nil {
-		return x.refuse(ref)
 	}
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()

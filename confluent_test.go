@@ -2,10 +2,12 @@ package queuepublish
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -438,5 +440,151 @@ func TestConfluentStreamPausesAndSpacing(t *testing.T) {
 	done()
 	if got := len(stored(t, c, "topic_1")); got != 3 {
 		t.Errorf("stored %d records, want 3", got)
+	}
+}
+
+// A stream refused before any of its records is read (an Idempotency-Key,
+// a topic not allowed, another cluster) gets its answer and its connection
+// closed: its body, which may go on for as long as the client likes, is
+// not read to keep the connection, and net/http is left in no state where
+// it reads the connection twice at once (which it answers with a panic).
+func TestConfluentStreamRefusedUnread(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(2, "topic_1"), kfake.SeedTopics(1, "jsontest"))
+	t.Setenv("QP_TEST_SECRET", testSecret)
+	logFile := filepath.Join(t.TempDir(), "caddy.log")
+	startCaddy(t, logFile, confluentSite(c.ListenAddrs()[0], "cluster_id cluster-1\n\t\tidempotency_window 1m"))
+
+	record := `{"partition_id":0,"value":{"type":"STRING","data":"never"}}`
+	for _, tt := range []struct {
+		name, path, header string
+		want               int
+		body               string
+	}{
+		{"Idempotency-Key", v3Path, "Idempotency-Key: stream-1\r\n", 400,
+			`{"error_code":400,"message":` + string(quote(refusedRESTStream.message)) + "}\r\n"},
+		{"topic not allowed", "/v3/clusters/cluster-1/topics/secret/records", "", 404,
+			`{"error_code":40401,"message":"Topic not found."}` + "\r\n"},
+		{"another cluster", "/v3/clusters/other/topics/topic_1/records", "", 404,
+			`{"error_code":404,"message":"Cluster not found."}` + "\r\n"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			// The whole chunked body, its end included, is sent at
+			// once, on a connection the client would keep.
+			got := rawExchange(t, "POST "+tt.path+" HTTP/1.1\r\nHost: x\r\nAuthorization: "+testSecret+
+				"\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n"+tt.header+"\r\n"+
+				fmt.Sprintf("%x\r\n%s\r\n0\r\n\r\n", len(record), record), false)
+			if got.status != tt.want || got.body != tt.body {
+				t.Errorf("got %d %q, want %d %q", got.status, got.body, tt.want, tt.body)
+			}
+			if !got.connectionClose || !got.closed || got.rest != "" {
+				t.Errorf("Connection: close %v, then %q (closed: %v); want the connection closed after the answer",
+					got.connectionClose, got.rest, got.closed)
+			}
+		})
+	}
+	// The server's error log is written before it closes a connection
+	// whose handler panicked.
+	log, err := os.ReadFile(logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range bytes.Lines(log) {
+		if bytes.Contains(line, []byte("panic")) || bytes.Contains(line, []byte("invalid concurrent Body.Read")) {
+			t.Errorf("Caddy logged: %.300s", line)
+		}
+	}
+	if n := len(stored(t, c, "topic_1")); n != 0 {
+		t.Errorf("stored %d records of refused streams", n)
+	}
+	unloadChecksLeaks(t)
+}
+
+// Credentials come first in mode confluent, as in a REST Proxy with
+// authentication: a request without them is answered 401 whatever its
+// path, method or Content-Type, and its connection closed, its body
+// unread. With them, the path, method and Content-Type are answered as
+// before, on a connection that goes on.
+func TestConfluentCredentialsFirst(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(2, "topic_1"), kfake.SeedTopics(1, "jsontest"))
+	t.Setenv("QP_TEST_SECRET", testSecret)
+	startCaddy(t, filepath.Join(t.TempDir(), "caddy.log"), confluentSite(c.ListenAddrs()[0], ""))
+
+	// A request the server answers only if it reads past the one before.
+	const next = "POST /v3/clusters HTTP/1.1\r\nHost: x\r\nAuthorization: " + testSecret +
+		"\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}"
+	body := strings.Repeat(" ", 1000)
+	wrong := []struct {
+		name, path, method, contentType string
+		want                            int
+		answer                          string // with credentials
+	}{
+		{"no produce API there", "/v3/clusters", "POST", mediaV3, 404, `{"error_code":404,"message":"HTTP 404 Not Found"}` + "\r\n"},
+		{"no v2 produce API there", "/topics", "POST", mediaV2JSON, 404, `{"error_code":404,"message":"HTTP 404 Not Found"}`},
+		{"another method", v3Path, "PUT", mediaV3, 405, `{"error_code":405,"message":"HTTP 405 Method Not Allowed"}` + "\r\n"},
+		{"another Content-Type", v3Path, "POST", "text/plain", 415, `{"error_code":415,"message":"HTTP 415 Unsupported Media Type"}` + "\r\n"},
+		{"v2 and application/json", "/topics/jsontest", "POST", mediaV3, 415, `{"error_code":415,"message":"HTTP 415 Unsupported Media Type"}`},
+	}
+	for _, tt := range wrong {
+		unauthorized := `{"error_code":401,"message":"Unauthorized"}`
+		if strings.HasSuffix(tt.answer, "\r\n") {
+			unauthorized += "\r\n" // v3's shape
+		}
+		for _, credentials := range []string{"", "Authorization: guess\r\n", "Authorization: " + basic("API_KEY:nope") + "\r\n"} {
+			t.Run(tt.name+", credentials "+strings.TrimSpace(credentials), func(t *testing.T) {
+				got := rawExchange(t, fmt.Sprintf("%s %s HTTP/1.1\r\nHost: x\r\n%sContent-Type: %s\r\nContent-Length: %d\r\n\r\n%s",
+					tt.method, tt.path, credentials, tt.contentType, len(body), body)+next, false)
+				if got.status != 401 || got.body != unauthorized || got.header.Get("Www-Authenticate") != `Basic realm="queue_publish"` {
+					t.Errorf("got %d %q (WWW-Authenticate %q), want 401 %q with a challenge",
+						got.status, got.body, got.header.Get("Www-Authenticate"), unauthorized)
+				}
+				if !got.connectionClose || !got.closed || got.rest != "" {
+					t.Errorf("Connection: close %v, then %.60q (closed: %v); want the connection closed, the body unread",
+						got.connectionClose, got.rest, got.closed)
+				}
+			})
+		}
+		t.Run(tt.name+", right credentials", func(t *testing.T) {
+			got := rawExchange(t, fmt.Sprintf("%s %s HTTP/1.1\r\nHost: x\r\nAuthorization: %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n\r\n%s",
+				tt.method, tt.path, testSecret, tt.contentType, len(body), body)+next, false)
+			if got.status != tt.want || got.body != tt.answer {
+				t.Errorf("got %d %q, want %d %q", got.status, got.body, tt.want, tt.answer)
+			}
+			if !strings.HasPrefix(got.rest, "HTTP/1.1 404 ") {
+				t.Errorf("then %.60q; want the next request answered on the same connection", got.rest)
+			}
+		})
+	}
+	unloadChecksLeaks(t)
+}
+
+// A v3 record's timestamp must be one a Kafka record can carry, from
+// 1970 to year 9999, and its partition a Kafka partition, in an int32:
+// before or beyond, the record is refused, saying so, and never reaches
+// the producer. So is a v2 path's partition beyond an int32.
+func TestConfluentTimestampsAndPartitions(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(2, "topic_1"), kfake.SeedTopics(1, "jsontest"))
+	t.Setenv("QP_TEST_SECRET", testSecret)
+	startCaddy(t, filepath.Join(t.TempDir(), "caddy.log"), confluentSite(c.ListenAddrs()[0], ""))
+
+	ok := jsonHeader(mediaV3)
+	outside := func(timestamp string) string {
+		return `{"error_code":400,"message":"Bad Request: timestamp \"` + timestamp +
+			`\" is outside the times a Kafka record can carry, 1970-01-01T00:00:00Z to 9999-12-31T23:59:59.999Z"}` + "\r\n"
+	}
+	notFound := `{"error_code":40402,"message":"Partition not found."}`
+	record := func(fields string) io.Reader { return strings.NewReader(`{"partition_id":0,` + fields + `}`) }
+	expectAnswers(t, []answerCase{
+		{"year 1", "POST", v3Path, ok, record(`"timestamp":"0001-01-01T00:00:00Z"`), 400, outside("0001-01-01T00:00:00Z"), nil, 0},
+		{"a millisecond before 1970", "POST", v3Path, ok, record(`"timestamp":"1969-12-31T23:59:59.999Z"`), 400, outside("1969-12-31T23:59:59.999Z"), nil, 0},
+		{"past 9999 in UTC", "POST", v3Path, ok, record(`"timestamp":"9999-12-31T23:59:59-01:00"`), 400, outside("9999-12-31T23:59:59-01:00"), nil, 0},
+		{"epoch milliseconds", "POST", v3Path, ok, record(`"timestamp":-1`), 400,
+			`{"error_code":400,"message":"Bad Request: timestamp must be a string, such as 2021-02-05T19:14:42Z"}` + "\r\n", nil, 0},
+		{"partition beyond an int32", "POST", v3Path, ok, strings.NewReader(`{"partition_id":2147483648}`), 404, notFound + "\r\n", nil, 0},
+		{"partition beyond an int64", "POST", v3Path, ok, strings.NewReader(`{"partition_id":9223372036854775808}`), 404, notFound + "\r\n", nil, 0},
+		{"v2 path's partition beyond an int32", "POST", "/topics/jsontest/partitions/2147483648", jsonHeader(mediaV2JSON),
+			strings.NewReader(`{"records":[{"value":1}]}`), 404, notFound, v2Answer, 0},
+	})
+	if n := len(stored(t, c, "topic_1")) + len(stored(t, c, "jsontest")); n != 0 {
+		t.Errorf("stored %d records, want none", n)
 	}
 }

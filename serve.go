@@ -65,8 +65,10 @@ func (h *Handler) serve(x *exchange, r *http.Request) error {
 // and JSON, and the topic. It returns the body, or why it is refused.
 func (h *Handler) admit(x *exchange, r *http.Request) ([]byte, *refusal) {
 	var signature [sha256.Size]byte
-	if ref := h.admitHeaders(x, r, &signature); ref != nil {
-		return nil, ref
+	if !x.admitted {
+		if ref := h.admitHeaders(x, r, &signature); ref != nil {
+			return nil, ref
+		}
 	}
 	body, status := h.readBody(r)
 	switch status {
@@ -88,15 +90,22 @@ func (h *Handler) admit(x *exchange, r *http.Request) ([]byte, *refusal) {
 	return body, ref
 }
 
-// admitHeaders is the part of admit that needs no body: the method, the
-// secret or the signature's form, the Idempotency-Key's length.
+// admitHeaders is the part of admit that needs no body: the method, then
+// the credentials.
 func (h *Handler) admitHeaders(x *exchange, r *http.Request, signature *[sha256.Size]byte) *refusal {
-	w := x.w
 	if r.Method != http.MethodPost {
-		w.Header()["Allow"] = []string{"POST"}
-		closeUnread(w, r)
+		x.w.Header()["Allow"] = []string{"POST"}
+		closeUnread(x.w, r)
 		return refusedMethod
 	}
+	return h.admitCredentials(x, r, signature)
+}
+
+// admitCredentials checks the secret, the token or the signature's form,
+// and the Idempotency-Key's length, and marks the request admitted. Its
+// refusals close the connection, the body unread.
+func (h *Handler) admitCredentials(x *exchange, r *http.Request, signature *[sha256.Size]byte) *refusal {
+	w := x.w
 	if h.SignatureHeader == "" && !h.authenticated(x, r) ||
 		h.SignatureHeader != "" && !parseSignature(r.Header.Get(h.SignatureHeader), signature) {
 		// A signed request whose header is missing or malformed is
@@ -108,6 +117,7 @@ func (h *Handler) admitHeaders(x *exchange, r *http.Request, signature *[sha256.
 		closeUnread(w, r)
 		return refusedKeyTooLong
 	}
+	x.admitted = true
 	return nil
 }
 

@@ -432,6 +432,25 @@ func TestHostileRequests(t *testing.T) {
 // sending side after writing, as a client that sent less than announced.
 func rawRequest(t *testing.T, raw string, halfClose bool) (int, string) {
 	t.Helper()
+	a := rawExchange(t, raw, halfClose)
+	return a.status, a.rest
+}
+
+// rawAnswer is the first answer to raw bytes written to the test server,
+// and what came after it on the connection.
+type rawAnswer struct {
+	answerT
+	// connectionClose: the answer said Connection: close (which
+	// net/http takes out of the header).
+	connectionClose bool
+	rest            string
+	closed          bool // the server closed the connection within the deadline
+}
+
+// rawExchange is rawRequest with the whole answer, and whether the server
+// closed the connection after it.
+func rawExchange(t *testing.T, raw string, halfClose bool) rawAnswer {
+	t.Helper()
 	conn, err := net.Dial("tcp", strings.TrimPrefix(baseURL, "http://"))
 	if err != nil {
 		t.Fatal(err)
@@ -449,10 +468,10 @@ func rawRequest(t *testing.T, raw string, halfClose bool) (int, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	io.Copy(io.Discard, res.Body)
+	body, _ := io.ReadAll(res.Body)
 	res.Body.Close()
-	rest, _ := io.ReadAll(br)
-	return res.StatusCode, string(rest)
+	rest, err := io.ReadAll(br)
+	return rawAnswer{answerT{res.StatusCode, res.Header, string(body)}, res.Close, string(rest), err == nil}
 }
 
 func FuzzValidJSON(f *testing.F) {
