@@ -367,6 +367,11 @@ func (h *Handler) Validate() error {
 		if h.Delivery == deliveryAsync {
 			return errors.New("delivery async: not in mode confluent, whose answers carry each record's offset")
 		}
+		if h.Schema != "" {
+			// A value may be BINARY, STRING or null (a tombstone), of
+			// which a JSON Schema says nothing.
+			return errors.New("schema: not in mode confluent, whose record values need not be JSON")
+		}
 	case h.ClusterID != "":
 		return errors.New("cluster_id: applies to mode confluent only")
 	case h.Topic == "":
@@ -378,6 +383,9 @@ func (h *Handler) Validate() error {
 	default:
 		if err := validTopic(h.Topic); err != nil {
 			return fmt.Errorf("topic: %v", err)
+		}
+		if len(h.AllowTopics) > 0 && !slices.Contains(h.AllowTopics, h.Topic) {
+			return fmt.Errorf("allow_topics: does not list topic %q, which holds no placeholder: every request would be answered 404", h.Topic)
 		}
 	}
 	for _, t := range h.AllowTopics {
@@ -392,6 +400,11 @@ func (h *Handler) Validate() error {
 	}
 	if h.TokenMaxAge < 0 {
 		return errors.New("token_max_age: must be positive")
+	}
+	if h.SignatureHeader != "" {
+		if err := validSignatureHeader(h.SignatureHeader); err != nil {
+			return fmt.Errorf("signature_header: %v", err)
+		}
 	}
 	if h.TokenMaxAge > 0 && h.SignatureHeader != "" {
 		return errors.New("token_max_age: a handler with signature_header takes signed bodies only")
@@ -430,6 +443,9 @@ func (h *Handler) Validate() error {
 	}
 	if h.Mode != modeBody && (h.Key != "" || len(h.Headers) > 0) {
 		return fmt.Errorf("key, header: apply to mode body only; in mode %s each record carries its own", h.Mode)
+	}
+	if _, ok := h.Headers[""]; ok {
+		return errors.New("header: a record header needs a name")
 	}
 	if h.MaxSize < 0 {
 		return errors.New("max_size: must be positive")

@@ -133,6 +133,19 @@ func TestProvisionErrors(t *testing.T) {
 		{"bad compression", func(h *Handler) { h.Compression = "brotli" }, `compression: "brotli" is not none, gzip, snappy, lz4 or zstd`},
 		{"bad idempotent", func(h *Handler) { h.Idempotent = "yes" }, `idempotent: "yes" is not on or off`},
 		{"idempotent on without acks all", func(h *Handler) { h.Idempotent, h.Acks = "on", "leader" }, "idempotent on: needs acks all, not leader"},
+		{"fixed topic not in allow_topics", func(h *Handler) { h.AllowTopics = []string{"orders"} },
+			`allow_topics: does not list topic "t", which holds no placeholder: every request would be answered 404`},
+		{"signature_header not a header name", func(h *Handler) { h.SignatureHeader = "X-Hub Signature" },
+			`signature_header: "X-Hub Signature" holds ' ', which no HTTP header name holds`},
+		{"signature_header with a colon", func(h *Handler) { h.SignatureHeader = "X-Hub-Signature-256:" },
+			`signature_header: "X-Hub-Signature-256:" holds ':'`},
+		{"signature_header net/http takes out", func(h *Handler) { h.SignatureHeader = "host" },
+			`signature_header: "host" never reaches the handler as a header`},
+		{"header without a name", func(h *Handler) { h.Headers = map[string]string{"": "{http.request.header.X-Source}"} },
+			"header: a record header needs a name"},
+		{"schema in mode confluent", func(h *Handler) {
+			h.Mode, h.Topic, h.AllowTopics, h.Schema = "confluent", "", []string{"t"}, "testdata/order.schema.json"
+		}, "schema: not in mode confluent, whose record values need not be JSON"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -173,5 +186,36 @@ func TestProvisionDefaultsAndBrokerPlaceholders(t *testing.T) {
 	}
 	if len(h.secretDigests) != 1 || h.secretDigests[0] != sha256.Sum256([]byte(testSecret)) {
 		t.Error("the secret was not resolved from the environment")
+	}
+}
+
+// A config under which no request could ever succeed does not load: each
+// error names the setting. The Caddyfile way to each, as TestProvisionErrors
+// has the JSON way.
+func TestConfigsThatCannotServeFailTheLoad(t *testing.T) {
+	t.Setenv("QP_TEST_SECRET", testSecret)
+	before := len(pooledProducers(t))
+	for _, tt := range []struct {
+		name, lines, wantErr string
+	}{
+		{"fixed topic not in allow_topics", "topic events\n\t\tallow_topics orders clicks",
+			`allow_topics: does not list topic "events", which holds no placeholder: every request would be answered 404`},
+		{"signature_header not a header name", "topic events\n\t\tsignature_header \"X-Hub Signature-256\"",
+			`signature_header: "X-Hub Signature-256" holds ' ', which no HTTP header name holds`},
+		{"header without a name", "topic events\n\t\theader \"\" {http.request.header.X-Source}",
+			"header: a record header needs a name"},
+		{"schema in mode confluent", "mode confluent\n\t\tallow_topics events\n\t\tschema testdata/order.schema.json",
+			"schema: not in mode confluent, whose record values need not be JSON"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			caddytest.AssertLoadError(t, caddyConfig(filepath.Join(t.TempDir(), "caddy.log"), fmt.Sprintf(`	queue_publish {
+		brokers 127.0.0.1:1
+		secret {env.QP_TEST_SECRET}
+		%s
+	}`, tt.lines)), "caddyfile", strings.ReplaceAll(tt.wantErr, `"`, `\"`)) // quoted in the admin API's JSON answer
+		})
+	}
+	if n := len(pooledProducers(t)); n != before {
+		t.Errorf("%d producers after refused configs, want %d as before", n, before)
 	}
 }
