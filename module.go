@@ -424,6 +424,14 @@ func (h *Handler) Validate() error {
 	if h.QueueSize < 0 || h.IdempotencyMaxKeys < 0 || h.IdempotencyMaxBytes < 0 || h.IdempotencyWindow < 0 {
 		return errors.New("queue_size, idempotency_max_keys, idempotency_max_bytes, idempotency_window: must be positive")
 	}
+	if h.Delivery == deliveryAsync && h.Mode == modeRecords {
+		// A request is queued whole or not at all: one larger than the
+		// queue would be answered 503 forever, a retry never fitting.
+		queueSize, maxRecords := cmp.Or(h.QueueSize, defaultQueueSize), cmp.Or(h.MaxRecords, defaultMaxRecords)
+		if queueSize < maxRecords {
+			return fmt.Errorf("queue_size: %d is less than max_records (%d), the most records one request may carry, which could never be queued; raise queue_size or lower max_records", queueSize, maxRecords)
+		}
+	}
 	if h.IdempotencyRedis != "" && h.IdempotencyWindow == 0 {
 		return errors.New("idempotency_store redis: needs an idempotency_window")
 	}

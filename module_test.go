@@ -146,6 +146,10 @@ func TestProvisionErrors(t *testing.T) {
 		{"schema in mode confluent", func(h *Handler) {
 			h.Mode, h.Topic, h.AllowTopics, h.Schema = "confluent", "", []string{"t"}, "testdata/order.schema.json"
 		}, "schema: not in mode confluent, whose record values need not be JSON"},
+		{"async queue smaller than the default max_records", func(h *Handler) { h.Mode, h.Delivery, h.QueueSize = "records", "async", 100 },
+			"queue_size: 100 is less than max_records (500), the most records one request may carry"},
+		{"async queue smaller than max_records", func(h *Handler) { h.Mode, h.Delivery, h.QueueSize, h.MaxRecords = "records", "async", 100, 101 },
+			"queue_size: 100 is less than max_records (101)"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -206,6 +210,8 @@ func TestConfigsThatCannotServeFailTheLoad(t *testing.T) {
 			"header: a record header needs a name"},
 		{"schema in mode confluent", "mode confluent\n\t\tallow_topics events\n\t\tschema testdata/order.schema.json",
 			"schema: not in mode confluent, whose record values need not be JSON"},
+		{"async queue smaller than max_records", "topic events\n\t\tmode records\n\t\tmax_records 200\n\t\tdelivery async\n\t\tqueue_size 100",
+			"queue_size: 100 is less than max_records (200), the most records one request may carry"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			caddytest.AssertLoadError(t, caddyConfig(filepath.Join(t.TempDir(), "caddy.log"), fmt.Sprintf(`	queue_publish {
