@@ -31,6 +31,7 @@ const (
 
 	defaultMaxRecords          = 500
 	defaultQueueSize           = 10000
+	defaultQueueTimeout        = 2 * time.Minute
 	defaultIdempotencyMaxKeys  = 100000
 	defaultIdempotencyMaxBytes = 100000000
 
@@ -165,13 +166,21 @@ type Handler struct {
 	// "sync": a request is answered 200 once the broker acknowledged its
 	// records. "async": it is answered 202 as soon as its records are
 	// in the in-memory queue (queue_size), before the broker has them;
-	// queued records are lost if the process dies, and failures are
-	// only logged. Default: "sync".
+	// queued records are lost if the process dies, and those no broker
+	// acknowledges within queue_timeout are dropped, logged and counted.
+	// Default: "sync".
 	Delivery string `json:"delivery,omitempty"`
 
 	// With delivery async, the most records waiting for the broker; a
 	// request that would exceed it is answered 503. Default: 10000.
 	QueueSize int `json:"queue_size,omitempty"`
+
+	// With delivery async, how long after its request a record may wait
+	// for a broker's acknowledgement, queued while none is reachable and
+	// retried on retriable errors; then it is dropped, logged and counted
+	// in async_dropped_records_total. When Caddy exits it waits for the
+	// queue up to this long. Default: 2m (as Kafka's delivery.timeout.ms).
+	QueueTimeout caddy.Duration `json:"queue_timeout,omitempty"`
 
 	// How long an Idempotency-Key is remembered. A repeat of a request
 	// with the same key and body within the window is answered from the
@@ -313,6 +322,7 @@ func (h *Handler) applyDefaults() {
 	h.MaxRecords = cmp.Or(h.MaxRecords, defaultMaxRecords)
 	h.Delivery = cmp.Or(h.Delivery, deliverySync)
 	h.QueueSize = cmp.Or(h.QueueSize, defaultQueueSize)
+	h.QueueTimeout = cmp.Or(h.QueueTimeout, caddy.Duration(defaultQueueTimeout))
 	h.IdempotencyMaxKeys = cmp.Or(h.IdempotencyMaxKeys, defaultIdempotencyMaxKeys)
 	h.IdempotencyMaxBytes = cmp.Or(h.IdempotencyMaxBytes, defaultIdempotencyMaxBytes)
 	if h.IdempotencyRedis != "" {
@@ -460,6 +470,9 @@ func (h *Handler) Validate() error {
 	}
 	if h.Timeout < 0 {
 		return errors.New("timeout: must be positive")
+	}
+	if h.QueueTimeout < 0 {
+		return errors.New("queue_timeout: must be positive")
 	}
 	if h.Idempotent != "" {
 		if err := idempotence.check(h.Idempotent); err != nil {

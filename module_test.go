@@ -96,6 +96,7 @@ func TestProvisionErrors(t *testing.T) {
 		{"unset secret", func(h *Handler) { h.Secrets = []string{"{env.QP_UNSET_SECRET}"} }, "secret: evaluated placeholder {env.QP_UNSET_SECRET} is empty"},
 		{"bad acks", func(h *Handler) { h.Acks = "most" }, `acks: "most" is not all, leader or none`},
 		{"negative timeout", func(h *Handler) { h.Timeout = -1 }, "timeout: must be positive"},
+		{"negative queue_timeout", func(h *Handler) { h.Delivery, h.QueueTimeout = "async", -1 }, "queue_timeout: must be positive"},
 		{"topic placeholder without allow_topics", func(h *Handler) { h.Topic = "{http.request.uri.path.1}" }, "allow_topics: required when topic holds placeholders"},
 		{"bad allowed topic", func(h *Handler) { h.Topic = "{x}"; h.AllowTopics = []string{"ok", "not ok"} }, `allow_topics: "not ok" holds ' '`},
 		{"bad mode", func(h *Handler) { h.Mode = "lines" }, `mode: "lines" is not body, records or confluent`},
@@ -182,8 +183,8 @@ func TestProvisionDefaultsAndBrokerPlaceholders(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer h.Cleanup()
-	if h.MaxSize != 1000000 || time.Duration(h.Timeout) != 5*time.Second || h.Acks != "all" {
-		t.Errorf("defaults: max_size %d, timeout %v, acks %q", h.MaxSize, time.Duration(h.Timeout), h.Acks)
+	if h.MaxSize != 1000000 || time.Duration(h.Timeout) != 5*time.Second || h.Acks != "all" || time.Duration(h.QueueTimeout) != 2*time.Minute {
+		t.Errorf("defaults: max_size %d, timeout %v, acks %q, queue_timeout %v", h.MaxSize, time.Duration(h.Timeout), h.Acks, time.Duration(h.QueueTimeout))
 	}
 	if got := strings.Join(h.brokers, " "); got != "127.0.0.1:1 127.0.0.1:2 127.0.0.1:3" {
 		t.Errorf("brokers = %q", got)
