@@ -83,6 +83,24 @@ func parseSignature(header string, sig *[sha256.Size]byte) bool {
 	return err == nil
 }
 
+// validSignatureHeader checks that a request can carry the header that
+// signature_header names: otherwise every request would be refused 403.
+// The name must be an HTTP field name (RFC 9110's token), and not one
+// that net/http takes out of a request's headers (it keeps them apart,
+// as Request.Host and Request.TransferEncoding).
+func validSignatureHeader(name string) error {
+	for _, c := range name {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune("!#$%&'*+-.^_`|~", c)) {
+			return fmt.Errorf("%q holds %q, which no HTTP header name holds", name, c)
+		}
+	}
+	switch http.CanonicalHeaderKey(name) {
+	case "Host", "Transfer-Encoding":
+		return fmt.Errorf("%q never reaches the handler as a header", name)
+	}
+	return nil
+}
+
 // signed checks a parsed webhook signature against the HMAC of the body
 // with every secret, in constant time.
 func (h *Handler) signed(sig *[sha256.Size]byte, body []byte) bool {

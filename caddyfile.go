@@ -43,6 +43,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		trace_headers on|off
 //		delivery sync|async
 //		queue_size <count>
+//		queue_timeout <duration>
 //		idempotency_window   <duration>
 //		idempotency_max_keys <count>
 //		idempotency_max_bytes <size>
@@ -180,6 +181,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			h.Delivery, err = val, deliveries.check(val)
 		case "queue_size":
 			h.QueueSize, err = parseCount(val)
+		case "queue_timeout":
+			h.QueueTimeout, err = parseDuration(val, false)
 		case "idempotency_window":
 			h.IdempotencyWindow, err = parseDuration(val, false)
 		case "idempotency_max_keys":

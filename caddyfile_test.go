@@ -111,10 +111,11 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			input: `queue_publish {
 				delivery async
 				queue_size 5000
+				queue_timeout 5m
 				idempotency_window 10m
 				idempotency_max_keys 20000
 			}`,
-			want: Handler{Delivery: "async", QueueSize: 5000, IdempotencyWindow: caddy.Duration(10 * time.Minute), IdempotencyMaxKeys: 20000},
+			want: Handler{Delivery: "async", QueueSize: 5000, QueueTimeout: caddy.Duration(5 * time.Minute), IdempotencyWindow: caddy.Duration(10 * time.Minute), IdempotencyMaxKeys: 20000},
 		},
 		{
 			name: "browsers and traces",
@@ -128,6 +129,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{name: "cors without an origin", input: block("cors"), wantErr: "wrong argument count"},
 		{name: "bad trace_headers", input: block("trace_headers maybe"), wantErr: `trace_headers: "maybe" is not on or off`},
 		{name: "bad delivery", input: block("delivery later"), wantErr: `delivery: "later" is not sync or async`},
+		{name: "zero queue_timeout", input: block("queue_timeout 0s"), wantErr: `queue_timeout: invalid duration "0s"`},
 		{name: "zero idempotency window", input: block("idempotency_window 0s"), wantErr: `idempotency_window: invalid duration "0s"`},
 		{name: "tls with system roots", input: block("tls"), want: Handler{TLS: &BrokerTLS{}}},
 		{name: "tls with an argument", input: block("tls on"), wantErr: "wrong argument count"},

@@ -357,6 +357,7 @@ func TestAsyncDelivery(t *testing.T) {
 			topic batches
 			secret {env.QP_TEST_SECRET}
 			mode records
+			max_records 3
 			delivery async
 			queue_size 3
 		}

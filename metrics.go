@@ -7,6 +7,8 @@ import (
 	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/queuepublish/caddy-queue-publish/internal/producer"
 )
 
 // The module's Prometheus metrics, on Caddy's admin /metrics. They live
@@ -53,6 +55,10 @@ var (
 	}, func() float64 {
 		return asyncQueues.max(func(h *Handler) float64 { return float64(h.asyncPending.Load()) / float64(h.QueueSize) })
 	})
+	metricAsyncDropped = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "caddy_queue_publish_async_dropped_records_total",
+		Help: "Records of delivery async answered 202 that no broker acknowledged, by reason: expired (not written within queue_timeout), unknown (sent, not acknowledged: it may or may not be written), too_large or refused (the broker refused it for good).",
+	}, []string{"reason"})
 	metricProducerErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "caddy_queue_publish_producer_errors_total",
 		Help: "Records not acknowledged, by kind: retriable (503), timeout (504), too_large (413), permanent (500).",
@@ -88,6 +94,29 @@ const (
 	rejectContentType = "content_type"      // mode confluent: a format it does not take
 )
 
+// Reasons for metricAsyncDropped.
+const (
+	dropExpired  = "expired"
+	dropUnknown  = "unknown"
+	dropTooLarge = "too_large"
+	dropRefused  = "refused"
+)
+
+// asyncDropReason is why a record of delivery async was dropped, from its
+// outcome. A record that could still be written (outcome retriable) is
+// given up only when queue_timeout has passed.
+func asyncDropReason(o producer.Outcome) string {
+	switch o {
+	case outcomeRetry:
+		return dropExpired
+	case outcomeUnknown:
+		return dropUnknown
+	case outcomeTooLarge:
+		return dropTooLarge
+	}
+	return dropRefused
+}
+
 // registerMetrics adds the module's metrics to a config's registry; they
 // may be there already (another handler of the same config).
 func registerMetrics(reg *prometheus.Registry) error {
@@ -96,7 +125,7 @@ func registerMetrics(reg *prometheus.Registry) error {
 	}
 	for _, c := range []prometheus.Collector{metricRequests, metricRecords, metricBytes, metricLatency,
 		metricBatch, metricWaiting, metricProducerErrors, metricRejections, metricReplays, metricStoreErrors,
-		metricAsyncQueued, metricAsyncSize, metricAsyncFill} {
+		metricAsyncQueued, metricAsyncSize, metricAsyncFill, metricAsyncDropped} {
 		if err := reg.Register(c); err != nil {
 			var already prometheus.AlreadyRegisteredError
 			if !errors.As(err, &already) {

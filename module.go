@@ -31,6 +31,7 @@ const (
 
 	defaultMaxRecords          = 500
 	defaultQueueSize           = 10000
+	defaultQueueTimeout        = 2 * time.Minute
 	defaultIdempotencyMaxKeys  = 100000
 	defaultIdempotencyMaxBytes = 100000000
 
@@ -165,13 +166,21 @@ type Handler struct {
 	// "sync": a request is answered 200 once the broker acknowledged its
 	// records. "async": it is answered 202 as soon as its records are
 	// in the in-memory queue (queue_size), before the broker has them;
-	// queued records are lost if the process dies, and failures are
-	// only logged. Default: "sync".
+	// queued records are lost if the process dies, and those no broker
+	// acknowledges within queue_timeout are dropped, logged and counted.
+	// Default: "sync".
 	Delivery string `json:"delivery,omitempty"`
 
 	// With delivery async, the most records waiting for the broker; a
 	// request that would exceed it is answered 503. Default: 10000.
 	QueueSize int `json:"queue_size,omitempty"`
+
+	// With delivery async, how long after its request a record may wait
+	// for a broker's acknowledgement, queued while none is reachable and
+	// retried on retriable errors; then it is dropped, logged and counted
+	// in async_dropped_records_total. When Caddy exits it waits for the
+	// queue up to this long. Default: 2m (as Kafka's delivery.timeout.ms).
+	QueueTimeout caddy.Duration `json:"queue_timeout,omitempty"`
 
 	// How long an Idempotency-Key is remembered. A repeat of a request
 	// with the same key and body within the window is answered from the
@@ -313,6 +322,7 @@ func (h *Handler) applyDefaults() {
 	h.MaxRecords = cmp.Or(h.MaxRecords, defaultMaxRecords)
 	h.Delivery = cmp.Or(h.Delivery, deliverySync)
 	h.QueueSize = cmp.Or(h.QueueSize, defaultQueueSize)
+	h.QueueTimeout = cmp.Or(h.QueueTimeout, caddy.Duration(defaultQueueTimeout))
 	h.IdempotencyMaxKeys = cmp.Or(h.IdempotencyMaxKeys, defaultIdempotencyMaxKeys)
 	h.IdempotencyMaxBytes = cmp.Or(h.IdempotencyMaxBytes, defaultIdempotencyMaxBytes)
 	if h.IdempotencyRedis != "" {
@@ -367,6 +377,11 @@ func (h *Handler) Validate() error {
 		if h.Delivery == deliveryAsync {
 			return errors.New("delivery async: not in mode confluent, whose answers carry each record's offset")
 		}
+		if h.Schema != "" {
+			// A value may be BINARY, STRING or null (a tombstone), of
+			// which a JSON Schema says nothing.
+			return errors.New("schema: not in mode confluent, whose record values need not be JSON")
+		}
 	case h.ClusterID != "":
 		return errors.New("cluster_id: applies to mode confluent only")
 	case h.Topic == "":
@@ -378,6 +393,9 @@ func (h *Handler) Validate() error {
 	default:
 		if err := validTopic(h.Topic); err != nil {
 			return fmt.Errorf("topic: %v", err)
+		}
+		if len(h.AllowTopics) > 0 && !slices.Contains(h.AllowTopics, h.Topic) {
+			return fmt.Errorf("allow_topics: does not list topic %q, which holds no placeholder: every request would be answered 404", h.Topic)
 		}
 	}
 	for _, t := range h.AllowTopics {
@@ -392,6 +410,11 @@ func (h *Handler) Validate() error {
 	}
 	if h.TokenMaxAge < 0 {
 		return errors.New("token_max_age: must be positive")
+	}
+	if h.SignatureHeader != "" {
+		if err := validSignatureHeader(h.SignatureHeader); err != nil {
+			return fmt.Errorf("signature_header: %v", err)
+		}
 	}
 	if h.TokenMaxAge > 0 && h.SignatureHeader != "" {
 		return errors.New("token_max_age: a handler with signature_header takes signed bodies only")
@@ -410,6 +433,14 @@ func (h *Handler) Validate() error {
 	}
 	if h.QueueSize < 0 || h.IdempotencyMaxKeys < 0 || h.IdempotencyMaxBytes < 0 || h.IdempotencyWindow < 0 {
 		return errors.New("queue_size, idempotency_max_keys, idempotency_max_bytes, idempotency_window: must be positive")
+	}
+	if h.Delivery == deliveryAsync && h.Mode == modeRecords {
+		// A request is queued whole or not at all: one larger than the
+		// queue would be answered 503 forever, a retry never fitting.
+		queueSize, maxRecords := cmp.Or(h.QueueSize, defaultQueueSize), cmp.Or(h.MaxRecords, defaultMaxRecords)
+		if queueSize < maxRecords {
+			return fmt.Errorf("queue_size: %d is less than max_records (%d), the most records one request may carry, which could never be queued; raise queue_size or lower max_records", queueSize, maxRecords)
+		}
 	}
 	if h.IdempotencyRedis != "" && h.IdempotencyWindow == 0 {
 		return errors.New("idempotency_store redis: needs an idempotency_window")
@@ -431,11 +462,17 @@ func (h *Handler) Validate() error {
 	if h.Mode != modeBody && (h.Key != "" || len(h.Headers) > 0) {
 		return fmt.Errorf("key, header: apply to mode body only; in mode %s each record carries its own", h.Mode)
 	}
+	if _, ok := h.Headers[""]; ok {
+		return errors.New("header: a record header needs a name")
+	}
 	if h.MaxSize < 0 {
 		return errors.New("max_size: must be positive")
 	}
 	if h.Timeout < 0 {
 		return errors.New("timeout: must be positive")
+	}
+	if h.QueueTimeout < 0 {
+		return errors.New("queue_timeout: must be positive")
 	}
 	if h.Idempotent != "" {
 		if err := idempotence.check(h.Idempotent); err != nil {

@@ -96,6 +96,7 @@ func TestProvisionErrors(t *testing.T) {
 		{"unset secret", func(h *Handler) { h.Secrets = []string{"{env.QP_UNSET_SECRET}"} }, "secret: evaluated placeholder {env.QP_UNSET_SECRET} is empty"},
 		{"bad acks", func(h *Handler) { h.Acks = "most" }, `acks: "most" is not all, leader or none`},
 		{"negative timeout", func(h *Handler) { h.Timeout = -1 }, "timeout: must be positive"},
+		{"negative queue_timeout", func(h *Handler) { h.Delivery, h.QueueTimeout = "async", -1 }, "queue_timeout: must be positive"},
 		{"topic placeholder without allow_topics", func(h *Handler) { h.Topic = "{http.request.uri.path.1}" }, "allow_topics: required when topic holds placeholders"},
 		{"bad allowed topic", func(h *Handler) { h.Topic = "{x}"; h.AllowTopics = []string{"ok", "not ok"} }, `allow_topics: "not ok" holds ' '`},
 		{"bad mode", func(h *Handler) { h.Mode = "lines" }, `mode: "lines" is not body, records or confluent`},
@@ -133,6 +134,23 @@ func TestProvisionErrors(t *testing.T) {
 		{"bad compression", func(h *Handler) { h.Compression = "brotli" }, `compression: "brotli" is not none, gzip, snappy, lz4 or zstd`},
 		{"bad idempotent", func(h *Handler) { h.Idempotent = "yes" }, `idempotent: "yes" is not on or off`},
 		{"idempotent on without acks all", func(h *Handler) { h.Idempotent, h.Acks = "on", "leader" }, "idempotent on: needs acks all, not leader"},
+		{"fixed topic not in allow_topics", func(h *Handler) { h.AllowTopics = []string{"orders"} },
+			`allow_topics: does not list topic "t", which holds no placeholder: every request would be answered 404`},
+		{"signature_header not a header name", func(h *Handler) { h.SignatureHeader = "X-Hub Signature" },
+			`signature_header: "X-Hub Signature" holds ' ', which no HTTP header name holds`},
+		{"signature_header with a colon", func(h *Handler) { h.SignatureHeader = "X-Hub-Signature-256:" },
+			`signature_header: "X-Hub-Signature-256:" holds ':'`},
+		{"signature_header net/http takes out", func(h *Handler) { h.SignatureHeader = "host" },
+			`signature_header: "host" never reaches the handler as a header`},
+		{"header without a name", func(h *Handler) { h.Headers = map[string]string{"": "{http.request.header.X-Source}"} },
+			"header: a record header needs a name"},
+		{"schema in mode confluent", func(h *Handler) {
+			h.Mode, h.Topic, h.AllowTopics, h.Schema = "confluent", "", []string{"t"}, "testdata/order.schema.json"
+		}, "schema: not in mode confluent, whose record values need not be JSON"},
+		{"async queue smaller than the default max_records", func(h *Handler) { h.Mode, h.Delivery, h.QueueSize = "records", "async", 100 },
+			"queue_size: 100 is less than max_records (500), the most records one request may carry"},
+		{"async queue smaller than max_records", func(h *Handler) { h.Mode, h.Delivery, h.QueueSize, h.MaxRecords = "records", "async", 100, 101 },
+			"queue_size: 100 is less than max_records (101)"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -165,13 +183,46 @@ func TestProvisionDefaultsAndBrokerPlaceholders(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer h.Cleanup()
-	if h.MaxSize != 1000000 || time.Duration(h.Timeout) != 5*time.Second || h.Acks != "all" {
-		t.Errorf("defaults: max_size %d, timeout %v, acks %q", h.MaxSize, time.Duration(h.Timeout), h.Acks)
+	if h.MaxSize != 1000000 || time.Duration(h.Timeout) != 5*time.Second || h.Acks != "all" || time.Duration(h.QueueTimeout) != 2*time.Minute {
+		t.Errorf("defaults: max_size %d, timeout %v, acks %q, queue_timeout %v", h.MaxSize, time.Duration(h.Timeout), h.Acks, time.Duration(h.QueueTimeout))
 	}
 	if got := strings.Join(h.brokers, " "); got != "127.0.0.1:1 127.0.0.1:2 127.0.0.1:3" {
 		t.Errorf("brokers = %q", got)
 	}
 	if len(h.secretDigests) != 1 || h.secretDigests[0] != sha256.Sum256([]byte(testSecret)) {
 		t.Error("the secret was not resolved from the environment")
+	}
+}
+
+// A config under which no request could ever succeed does not load: each
+// error names the setting. The Caddyfile way to each, as TestProvisionErrors
+// has the JSON way.
+func TestConfigsThatCannotServeFailTheLoad(t *testing.T) {
+	t.Setenv("QP_TEST_SECRET", testSecret)
+	before := len(pooledProducers(t))
+	for _, tt := range []struct {
+		name, lines, wantErr string
+	}{
+		{"fixed topic not in allow_topics", "topic events\n\t\tallow_topics orders clicks",
+			`allow_topics: does not list topic "events", which holds no placeholder: every request would be answered 404`},
+		{"signature_header not a header name", "topic events\n\t\tsignature_header \"X-Hub Signature-256\"",
+			`signature_header: "X-Hub Signature-256" holds ' ', which no HTTP header name holds`},
+		{"header without a name", "topic events\n\t\theader \"\" {http.request.header.X-Source}",
+			"header: a record header needs a name"},
+		{"schema in mode confluent", "mode confluent\n\t\tallow_topics events\n\t\tschema testdata/order.schema.json",
+			"schema: not in mode confluent, whose record values need not be JSON"},
+		{"async queue smaller than max_records", "topic events\n\t\tmode records\n\t\tmax_records 200\n\t\tdelivery async\n\t\tqueue_size 100",
+			"queue_size: 100 is less than max_records (200), the most records one request may carry"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			caddytest.AssertLoadError(t, caddyConfig(filepath.Join(t.TempDir(), "caddy.log"), fmt.Sprintf(`	queue_publish {
+		brokers 127.0.0.1:1
+		secret {env.QP_TEST_SECRET}
+		%s
+	}`, tt.lines)), "caddyfile", strings.ReplaceAll(tt.wantErr, `"`, `\"`)) // quoted in the admin API's JSON answer
+		})
+	}
+	if n := len(pooledProducers(t)); n != before {
+		t.Errorf("%d producers after refused configs, want %d as before", n, before)
 	}
 }

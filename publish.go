@@ -105,6 +105,10 @@ func (h *Handler) reserveQueue(n int) bool {
 func (h *Handler) enqueue(x *exchange, set *producer.Topic, recs []*record) error {
 	for _, rec := range recs {
 		rec.OnDone = h.asyncDone
+		// The request waited for its topic within timeout; its records
+		// wait for a broker within queue_timeout, which the producer
+		// keeps them (and retries them) until, then takes them back.
+		rec.Deadline = rec.Time.Add(time.Duration(h.QueueTimeout))
 	}
 	if queued, perr := x.producer.Enqueue(set, recs); perr != nil {
 		// Shutting down: the records before were queued.
@@ -115,17 +119,21 @@ func (h *Handler) enqueue(x *exchange, set *producer.Topic, recs []*record) erro
 }
 
 // onAsyncDone accounts for a record of delivery async that is done, and
-// logs it if it failed. The record's queue is locked.
+// logs and counts it as dropped if it failed. The record's queue is
+// locked.
 func (h *Handler) onAsyncDone(rec *record) {
 	h.asyncPending.Add(-1)
 	// rec.Answer is its waiter's; a record of delivery async has none,
 	// but a repeat of its request may read it.
 	countOutcome(rec.Topic(), rec.Err(), rec.ValueLen())
 	if rec.Err() != nil {
+		reason := asyncDropReason(rec.Err().Outcome)
+		metricAsyncDropped.WithLabelValues(reason).Inc()
 		h.logger.Error("asynchronous publish failed",
 			zap.String("topic", rec.Topic()),
 			zap.Int("partition", placedPartition(rec)),
 			zap.String("kind", rec.Err().Outcome.String()),
+			zap.String("reason", reason),
 			zap.Int("attempts", rec.Attempts()),
 			zap.Duration("duration", time.Since(rec.Time)),
 			zap.Error(rec.Err()))

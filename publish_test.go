@@ -236,3 +236,61 @@ func TestFailedPublishes(t *testing.T) {
 	}
 	unloadChecksLeaks(t)
 }
+
+// A record of delivery async answered 202 while the broker refuses every
+// produce request (retriable: NOT_ENOUGH_REPLICAS) is kept and retried
+// past the request's timeout, and stored once the broker takes records
+// again; one that no broker takes within queue_timeout is dropped, logged
+// and counted with its reason.
+func TestAsyncRecordsWaitForTheBrokerWithinQueueTimeout(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "kept", "dropped"))
+	t.Setenv("QP_TEST_SECRET", testSecret)
+	logFile := filepath.Join(t.TempDir(), "caddy.log")
+	const timeout = 300 * time.Millisecond
+	startCaddy(t, logFile,
+		queueRoute("/kept", c.ListenAddrs()[0], "kept", "delivery async\n\t\t\ttimeout 300ms\n\t\t\tqueue_timeout 1m")+
+			queueRoute("/dropped", c.ListenAddrs()[0], "dropped", "delivery async\n\t\t\ttimeout 300ms\n\t\t\tqueue_timeout 1s"))
+	down := c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "kept", Err: kerr.NotEnoughReplicas, Count: -1})
+	c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "dropped", Err: kerr.NotEnoughReplicas, Count: -1})
+	before := scrape(t)
+
+	accepted := time.Now()
+	if got := do(t, "POST", "/kept", auth(testSecret), strings.NewReader(`{"kept":1}`)); got.status != 202 {
+		t.Fatalf("/kept: %d %s, want 202", got.status, got.body)
+	}
+	// The broker still gets the record, refused, well past the request's
+	// timeout: the producer kept it.
+	refusedBefore := 0
+	waitFor(t, 10*time.Second, func() bool {
+		if time.Since(accepted) < 3*timeout {
+			refusedBefore = down.Hits()
+			return false
+		}
+		return down.Hits() > refusedBefore
+	})
+	down.Remove()
+	waitFor(t, 10*time.Second, func() bool { return c.PartitionInfo("kept", 0).HighWatermark == 1 })
+	if got := stored(t, c, "kept"); len(got) != 1 || string(got[0].Value) != `{"kept":1}` {
+		t.Errorf("kept holds %v, want the record answered 202", got)
+	}
+
+	if got := do(t, "POST", "/dropped", auth(testSecret), strings.NewReader(`{"dropped":1}`)); got.status != 202 {
+		t.Fatalf("/dropped: %d %s, want 202", got.status, got.body)
+	}
+	const expired = `caddy_queue_publish_async_dropped_records_total{reason=expired}`
+	waitFor(t, 10*time.Second, func() bool { return scrape(t)[expired]-before[expired] == 1 })
+	logs, err := os.ReadFile(logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !hasLogLine(logs, "error", "asynchronous publish failed", `"reason":"expired"`) {
+		t.Errorf("no error line for the dropped record with its reason:\n%s", logs)
+	}
+	if hasLogLine(logs, "error", "asynchronous publish failed", `"topic":"kept"`) {
+		t.Error("the record kept until the broker took it was logged as failed")
+	}
+	if got := scrape(t)[expired] - before[expired]; got != 1 {
+		t.Errorf("%s went up by %v, want 1: only the record of /dropped", expired, got)
+	}
+	unloadChecksLeaks(t)
+}

@@ -3,14 +3,13 @@ package queuepublish
 import (
 	"bytes"
 	"crypto/sha256"
-	"encoding/json"
 	"io"
 	"net/http"
 	"time"
-	"unicode/utf8"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/go-json-experiment/json/jsontext"
 )
 
 // ServeHTTP answers every request itself, always with a JSON body; it never
@@ -220,7 +219,14 @@ func closeUnread(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// validJSON reports whether body is exactly one JSON value, in valid UTF-8.
+// validJSON reports whether body is exactly one JSON value, in valid
+// UTF-8, whose strings are Unicode text: an escaped lone surrogate
+// ("\ud800" without its pair) is refused, as the envelope of mode
+// records and RFC 7493 (I-JSON) refuse it, since it stands for no
+// character and consumers' decoders disagree on what to make of it.
+// Duplicate names are allowed, as in the envelope.
 func validJSON(body []byte) bool {
-	return utf8.Valid(body) && json.Valid(body)
+	return jsontext.Value(body).IsValid(allowDuplicateNames)
 }
+
+var allowDuplicateNames = jsontext.AllowDuplicateNames(true)

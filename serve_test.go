@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -114,12 +115,52 @@ func TestValidJSON(t *testing.T) {
 		`{}`: true, ` [1, 2] `: true, `"é"`: true, `0`: true, `null`: true, "{\n}\n": true,
 		``: false, ` `: false, `{`: false, `{}}`: false, `{} {}`: false, `01`: false,
 		`{"a":1,}`: false, "\"\xc3\x28\"": false, `'a'`: false, `NaN`: false,
+		`"\ud83d\ude00"`: true, `{"a":1,"a":2}`: true, `"\ud800"`: false, `"\udc00"`: false, `"\ud800x"`: false,
+		`"\ude00\ud83d"`: false, `{"\ud800":1}`: false,
 		strings.Repeat("[", 100000) + strings.Repeat("]", 100000): false,
 	} {
 		if got := validJSON([]byte(body)); got != want {
 			t.Errorf("validJSON(%.40q) = %v, want %v", body, got, want)
 		}
 	}
+}
+
+// An escaped lone surrogate ("\ud800" without its pair) is one rule in
+// both modes: the same body is refused as invalid JSON whether it is a
+// record (mode body) or an envelope (mode records), wherever the escape
+// is; an escaped pair is a character, accepted and stored as sent.
+func TestLoneSurrogateEscapesAreRefusedInEveryMode(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	t.Setenv("QP_TEST_SECRET", testSecret)
+	startCaddy(t, filepath.Join(t.TempDir(), "caddy.log"), queueRoute("/body", c.ListenAddrs()[0], "events", "mode body")+
+		queueRoute("/records", c.ListenAddrs()[0], "events", "mode records"))
+	ok := auth(testSecret)
+	invalid := `{"err":"payload not valid JSON"}`
+	var cases []answerCase
+	for _, body := range []string{
+		`{"records":[{"value":"\ud800"}]}`,
+		`{"records":[{"value":{"text":"a\udc00b"}}]}`,
+		`{"records":[{"value":"\ude00\ud83d"}]}`,
+		`{"records":[{"value":1,"key":"\ud800"}]}`,
+		`{"records":[{"value":1,"headers":{"h":"\udbff"}}]}`,
+	} {
+		for _, path := range []string{"/body", "/records"} {
+			cases = append(cases, answerCase{path + " " + body, "POST", path, ok, strings.NewReader(body), 400, invalid, nil, 0})
+		}
+	}
+	pair := `{"records":[{"value":"\ud83d\ude00"}]}`
+	cases = append(cases,
+		answerCase{"/body, a pair", "POST", "/body", ok, strings.NewReader(pair), 200, `{"success":true,"partition":0,"offset":0}`, nil, 0},
+		answerCase{"/records, a pair", "POST", "/records", ok, strings.NewReader(pair), 200, `{"success":true,"offsets":[{"partition":0,"offset":1}]}`, nil, 0})
+	expectAnswers(t, cases)
+	var values []string
+	for _, r := range stored(t, c, "events") {
+		values = append(values, string(r.Value))
+	}
+	if want := []string{pair, `"\ud83d\ude00"`}; !slices.Equal(values, want) {
+		t.Errorf("events holds %q, want %q", values, want)
+	}
+	unloadChecksLeaks(t)
 }
 
 // A body is read into a buffer that grows as its bytes arrive, never
