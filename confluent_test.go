@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -586,5 +587,46 @@ func TestConfluentTimestampsAndPartitions(t *testing.T) {
 	})
 	if n := len(stored(t, c, "topic_1")) + len(stored(t, c, "jsontest")); n != 0 {
 		t.Errorf("stored %d records, want none", n)
+	}
+}
+
+// A record's timestamp is the client's data, never the producer's clock:
+// a record stamped far in the future or at the edges of what Kafka can
+// carry is stored with its timestamp, and the next record to its
+// partition, another client's, is answered at once. (Such a record once
+// held its partition until the delivery timeout, then crashed Caddy.)
+func TestConfluentTimestampIsNotAClock(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(2, "topic_1"), kfake.SeedTopics(1, "jsontest"))
+	t.Setenv("QP_TEST_SECRET", testSecret)
+	logFile := filepath.Join(t.TempDir(), "caddy.log")
+	startCaddy(t, logFile, confluentSite(c.ListenAddrs()[0], "timeout 2s"))
+
+	stamps := []string{"2099-01-01T00:00:00Z", "9999-12-31T23:59:59.999Z", "1970-01-01T00:00:00Z"}
+	for i, ts := range stamps {
+		got := do(t, "POST", v3Path, jsonHeader(mediaV3),
+			strings.NewReader(`{"partition_id":0,"timestamp":"`+ts+`","value":{"type":"JSON","data":`+strconv.Itoa(i)+`}}`))
+		if got.status != 200 || !strings.Contains(got.body, `"timestamp":"`+ts+`"`) {
+			t.Errorf("a record stamped %s: %d %q, want 200 with its timestamp", ts, got.status, got.body)
+		}
+		start := time.Now()
+		got = do(t, "POST", v3Path, jsonHeader(mediaV3), strings.NewReader(`{"partition_id":0,"value":{"type":"JSON","data":"next"}}`))
+		if got.status != 200 {
+			t.Errorf("the next record to the partition, %v after one stamped %s: %d %q, want 200", time.Since(start), ts, got.status, got.body)
+		}
+	}
+	var times []int64
+	for _, r := range stored(t, c, "topic_1") {
+		if string(r.Value) != `"next"` {
+			times = append(times, r.Timestamp.UnixMilli())
+		}
+	}
+	want := []int64{4070908800000, 253402300799999, 0}
+	// franz-go reads a timestamp back through nanoseconds, which end in
+	// 2262: the year 9999 is checked in the answer above only.
+	if len(times) != 3 || times[0] != want[0] || times[2] != want[2] {
+		t.Errorf("stored timestamps %v ms, want %v", times, want)
+	}
+	if log, _ := os.ReadFile(logFile); bytes.Contains(log, []byte("panic")) {
+		t.Errorf("Caddy logged a panic:\n%s", log)
 	}
 }

@@ -36,7 +36,7 @@ func (h *Handler) publish(x *exchange, r *http.Request, final, send []*record, s
 			return h.answerPublished(x, final)
 		}
 		if async {
-			return h.enqueue(x, set, send)
+			return h.enqueue(x, set, send, start)
 		}
 		h.sendAndWait(x, r, set, send, start)
 	} else if async {
@@ -102,13 +102,15 @@ func (h *Handler) reserveQueue(n int) bool {
 
 // enqueue queues the records of delivery async, reserved in queue_size,
 // and answers 202 without waiting for the broker.
-func (h *Handler) enqueue(x *exchange, set *producer.Topic, recs []*record) error {
+func (h *Handler) enqueue(x *exchange, set *producer.Topic, recs []*record, start time.Time) error {
 	for _, rec := range recs {
 		rec.OnDone = h.asyncDone
 		// The request waited for its topic within timeout; its records
-		// wait for a broker within queue_timeout, which the producer
-		// keeps them (and retries them) until, then takes them back.
-		rec.Deadline = rec.Time.Add(time.Duration(h.QueueTimeout))
+		// wait for a broker within queue_timeout from the request's
+		// arrival (a record's timestamp is data, never a clock), which
+		// the producer keeps them (and retries them) until, then takes
+		// them back.
+		rec.Deadline = start.Add(time.Duration(h.QueueTimeout))
 	}
 	if queued, perr := x.producer.Enqueue(set, recs); perr != nil {
 		// Shutting down: the records before were queued.
@@ -135,7 +137,7 @@ func (h *Handler) onAsyncDone(rec *record) {
 			zap.String("kind", rec.Err().Outcome.String()),
 			zap.String("reason", reason),
 			zap.Int("attempts", rec.Attempts()),
-			zap.Duration("duration", time.Since(rec.Time)),
+			zap.Duration("duration", time.Since(rec.Deadline.Add(-time.Duration(h.QueueTimeout)))), // since its request
 			zap.Error(rec.Err()))
 	}
 }
