@@ -436,3 +436,37 @@ func TestExampleQuickStartListensOnLoopback(t *testing.T) {
 		}
 	}
 }
+
+// xcaddyCommand is an xcaddy build command, in a code span or on a line of
+// a code block (with its continuation lines).
+var xcaddyCommand = regexp.MustCompile("(?m)`[^`\n]*xcaddy build[^`]*`|^[^`\n]*xcaddy build(?:[^\n]*\\\\\n)*[^\n]*$")
+
+// TestDocsXcaddyBuildsFromTheWorkingTree fails when a page tells to build
+// Caddy with this module by its name: it is not published, so xcaddy must
+// take it from the working tree, and the development broker (a package of
+// it, which the module proxy refuses) only with the proxy off.
+func TestDocsXcaddyBuildsFromTheWorkingTree(t *testing.T) {
+	const module = "github.com/queuepublish/caddy-queue-publish"
+	found := 0
+	for _, page := range docPages(t) {
+		b, err := os.ReadFile(page)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, cmd := range xcaddyCommand.FindAllString(string(b), -1) {
+			if !strings.Contains(cmd, module) {
+				continue
+			}
+			found++
+			if !strings.Contains(cmd, "--with "+module+"@v0.0.0=.") {
+				t.Errorf("%s: %s\ndoes not take the module from the working tree (--with %s@v0.0.0=.)", page, cmd, module)
+			}
+			if strings.Contains(cmd, module+"/devbroker") && !strings.Contains(cmd, "GOPROXY=off") {
+				t.Errorf("%s: %s\nadds the development broker with the module proxy on, which refuses it", page, cmd)
+			}
+		}
+	}
+	if found == 0 {
+		t.Fatal("no page shows how to build Caddy with the module")
+	}
+}
