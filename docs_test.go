@@ -1,6 +1,8 @@
 package queuepublish
 
 import (
+	"encoding/json"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -11,6 +13,8 @@ import (
 	"testing"
 	"unicode"
 
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddytest"
 
 	"github.com/queuepublish/caddy-queue-publish/devbroker"
@@ -387,5 +391,82 @@ func TestDocsReadmeInlinesTheExamples(t *testing.T) {
 		if !strings.Contains(string(b), "```caddyfile\n"+string(example)+"```\n") {
 			t.Errorf("README.md does not show %s as it is", f)
 		}
+	}
+}
+
+// TestExampleQuickStartListensOnLoopback fails when the quick start's
+// Caddyfile listens on an address reachable from other machines: it is a
+// development setup. (The development broker binds 127.0.0.1 itself.)
+func TestExampleQuickStartListensOnLoopback(t *testing.T) {
+	cf, err := os.ReadFile("examples/Caddyfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	adapted, _, err := caddyconfig.GetAdapter("caddyfile").Adapt(cf, map[string]any{"filename": "examples/Caddyfile"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg struct {
+		Apps struct {
+			HTTP struct {
+				Servers map[string]struct {
+					Listen []string `json:"listen"`
+				} `json:"servers"`
+			} `json:"http"`
+		} `json:"apps"`
+	}
+	if err := json.Unmarshal(adapted, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Apps.HTTP.Servers) == 0 {
+		t.Fatal("examples/Caddyfile has no server")
+	}
+	for name, srv := range cfg.Apps.HTTP.Servers {
+		if len(srv.Listen) == 0 {
+			t.Errorf("server %s listens on Caddy's default, every interface", name)
+		}
+		for _, l := range srv.Listen {
+			addr, err := caddy.ParseNetworkAddress(l)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ip := net.ParseIP(addr.Host); ip == nil || !ip.IsLoopback() {
+				t.Errorf("server %s listens on %q, not on a loopback address", name, l)
+			}
+		}
+	}
+}
+
+// xcaddyCommand is an xcaddy build command, in a code span or on a line of
+// a code block (with its continuation lines).
+var xcaddyCommand = regexp.MustCompile("(?m)`[^`\n]*xcaddy build[^`]*`|^[^`\n]*xcaddy build(?:[^\n]*\\\\\n)*[^\n]*$")
+
+// TestDocsXcaddyBuildsFromTheWorkingTree fails when a page tells to build
+// Caddy with this module by its name: it is not published, so xcaddy must
+// take it from the working tree, and the development broker (a package of
+// it, which the module proxy refuses) only with the proxy off.
+func TestDocsXcaddyBuildsFromTheWorkingTree(t *testing.T) {
+	const module = "github.com/queuepublish/caddy-queue-publish"
+	found := 0
+	for _, page := range docPages(t) {
+		b, err := os.ReadFile(page)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, cmd := range xcaddyCommand.FindAllString(string(b), -1) {
+			if !strings.Contains(cmd, module) {
+				continue
+			}
+			found++
+			if !strings.Contains(cmd, "--with "+module+"@v0.0.0=.") {
+				t.Errorf("%s: %s\ndoes not take the module from the working tree (--with %s@v0.0.0=.)", page, cmd, module)
+			}
+			if strings.Contains(cmd, module+"/devbroker") && !strings.Contains(cmd, "GOPROXY=off") {
+				t.Errorf("%s: %s\nadds the development broker with the module proxy on, which refuses it", page, cmd)
+			}
+		}
+	}
+	if found == 0 {
+		t.Fatal("no page shows how to build Caddy with the module")
 	}
 }

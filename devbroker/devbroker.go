@@ -8,9 +8,11 @@
 package devbroker
 
 import (
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
@@ -97,8 +99,15 @@ func (a *App) Provision(ctx caddy.Context) error {
 			opts = append(opts, kfake.SeedTopics(int32(a.Partitions), a.Topics...))
 		}
 		c, err := kfake.NewCluster(opts...)
+		if errors.Is(err, syscall.EADDRINUSE) {
+			// Most often a local Kafka, on the same default port: say which
+			// two settings move the broker, rather than only the socket's
+			// error at the end of Caddy's chain of wrapped errors.
+			return nil, fmt.Errorf("port: 127.0.0.1:%d is already in use by another program (a local Kafka?); "+
+				"set queue_publish_dev_broker's port to a free port, and queue_publish's brokers to match: %w", a.Port, err)
+		}
 		if err != nil {
-			return nil, fmt.Errorf("starting the development broker on 127.0.0.1:%d: %v", a.Port, err)
+			return nil, fmt.Errorf("starting the development broker on 127.0.0.1:%d: %w", a.Port, err)
 		}
 		return broker{cluster: c}, nil
 	})
