@@ -122,8 +122,11 @@ func (p *Producer) askSession(done chan struct{}) {
 	var err error
 	for try := sessionTry; ; try *= 2 {
 		ctx, cancel := context.WithTimeout(p.ctx, try)
+		deadline, _ := ctx.Deadline()
 		s, err = p.initProducerID(ctx)
-		timedOut := ctx.Err() == context.DeadlineExceeded && p.ctx.Err() == nil
+		// The connection's deadline (the same instant) may fire
+		// before the context's timer marks it done: ask the clock.
+		timedOut := err != nil && p.ctx.Err() == nil && !time.Now().Before(deadline)
 		cancel()
 		if err == nil || !timedOut || try >= dialTimeout/2 {
 			break

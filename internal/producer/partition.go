@@ -54,6 +54,9 @@ type batch struct {
 	// claimed: the transport took the batch for a request (claim); its
 	// records are fixed from then on, and bytes is encoded once.
 	claimed bool
+	// encoding: claim is encoding the records outside the lock: a
+	// record completed meanwhile keeps its bytes until it is done.
+	encoding bool
 	// sequenced: claim gave the batch its sequence numbers (seq on): a
 	// batch no attempt appended gives them back.
 	sequenced bool
@@ -173,6 +176,12 @@ func (pt *partition) refuse(err error) {
 	}
 	for _, rec := range pt.queue {
 		rec.lastErr = err
+	}
+	if errors.Is(err, errNoIdentity) {
+		// Being asked for: look again soon, without the backoff of
+		// the failures, which would outlast the answer.
+		pt.pauseFor(sessionWait, nil)
+		return
 	}
 	pt.retry(err)
 }
@@ -471,11 +480,17 @@ func (pt *partition) claim(b *batch, codec kafka.Compression) []byte {
 		b.seq, b.sequenced = pt.nextSeq, true
 		pt.nextSeq = nextSequence(pt.nextSeq, len(live))
 	}
+	b.encoding = true
 	pt.mu.Unlock()
 	// The records are fixed now: encoded outside the lock.
 	enc := b.encode(codec)
 	pt.mu.Lock()
-	b.bytes = enc
+	b.bytes, b.encoding = enc, false
+	for _, rec := range b.recs {
+		if rec.state == stateCompleted {
+			rec.letGo() // settled while it was encoded (an attempt ended)
+		}
+	}
 	pt.mu.Unlock()
 	return enc
 }

@@ -208,12 +208,16 @@ func (r *Record) complete(err *Error, offset int64) {
 	if r.state == stateCompleted {
 		return
 	}
+	// A batch that claim is encoding reads the bytes outside the lock:
+	// claim lets them go when it is done.
+	encoding := r.state == stateBatched && r.part.batch != nil && r.part.batch.encoding
 	r.state = stateCompleted
 	r.err = err
 	r.offset = offset
-	// The bytes are sent or never will be: let them go.
 	r.valueLen = len(r.Value)
-	r.Key, r.Value, r.Headers = nil, nil, nil
+	if !encoding {
+		r.letGo()
+	}
 	r.release()
 	if r.OnDone != nil {
 		r.OnDone(r)
@@ -221,6 +225,12 @@ func (r *Record) complete(err *Error, offset int64) {
 	if r.part != nil {
 		r.part.p.recordDone()
 	}
+}
+
+// letGo drops the record's bytes, once it is completed: they are sent or
+// never will be.
+func (r *Record) letGo() {
+	r.Key, r.Value, r.Headers = nil, nil, nil
 }
 
 // notWritten is why a record that no request wrote, and none will, failed:

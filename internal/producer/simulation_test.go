@@ -374,9 +374,9 @@ func (w *simWorld) fault(rng *rand.Rand) {
 			}
 			return nil, errors.New("connection dropped"), true
 		})
-	case n < 9: // the network: latency, a black hole, a connection reset
+	case n < 9: // the network: latency, a black hole, a reset, an answer lost or late
 		f := netFault{
-			kind:  netFaultKind(rng.IntN(3)),
+			kind:  netFaultKind(rng.IntN(5)),
 			delay: []time.Duration{5 * time.Millisecond, 50 * time.Millisecond, 400 * time.Millisecond}[rng.IntN(3)],
 			left:  1 + rng.IntN(4),
 		}
@@ -437,9 +437,11 @@ type simNet struct {
 type netFaultKind int
 
 const (
-	netLatency   netFaultKind = iota // a write waits for delay
-	netBlackHole                     // writes vanish; the answer never comes
-	netReset                         // the connection is closed
+	netLatency    netFaultKind = iota // a write waits for delay
+	netBlackHole                      // writes vanish; the answer never comes
+	netReset                          // the connection is closed
+	netAnswerLost                     // the request arrives; its answer never does
+	netSlowAnswer                     // the answer comes delay late
 )
 
 // netFault applies to the next left writes, on any connection.
@@ -495,6 +497,32 @@ type simConn struct {
 	net     *simNet
 	mu      sync.Mutex
 	swallow bool // black-holed: writes vanish from then on
+	deaf    bool // answers vanish from then on
+	// slow: the next answer waits this long (a broker waiting for
+	// its replicas).
+	slow time.Duration
+}
+
+func (c *simConn) Read(b []byte) (int, error) {
+	c.mu.Lock()
+	deaf := c.deaf
+	c.mu.Unlock()
+	if deaf {
+		for {
+			if _, err := c.Conn.Read(b); err != nil {
+				return 0, err
+			}
+		}
+	}
+	n, err := c.Conn.Read(b)
+	c.mu.Lock()
+	slow := c.slow
+	c.slow = 0
+	c.mu.Unlock()
+	if slow > 0 {
+		time.Sleep(slow) // the answer is late; bounded
+	}
+	return n, err
 }
 
 func (c *simConn) Write(b []byte) (int, error) {
@@ -519,6 +547,17 @@ func (c *simConn) Write(b []byte) (int, error) {
 		case netReset:
 			c.Conn.Close()
 			return 0, syscall.ECONNRESET
+		case netSlowAnswer:
+			c.mu.Lock()
+			c.slow = f.delay
+			c.mu.Unlock()
+		case netAnswerLost:
+			c.mu.Lock()
+			c.deaf = true
+			c.mu.Unlock()
+			c.net.mu.Lock()
+			c.net.holes = append(c.net.holes, c)
+			c.net.mu.Unlock()
 		}
 	}
 	return c.Conn.Write(b)
@@ -653,6 +692,14 @@ func (w *simWorld) check() {
 		}
 		err := rec.Err()
 		partition, offset := rec.Placed()
+		// What the idempotency store reads of a record must agree with
+		// its outcome, and with the log.
+		if proven := rec.ProvenNotWritten(); proven != (err != nil && err.Outcome != OutcomeUnknown) || proven && len(copies) > 0 {
+			t.Errorf("record %s: ProvenNotWritten %v with outcome %v, stored %d times", sr.value[:20], proven, err, len(copies))
+		}
+		if now := rec.OutcomeNow(); now != err {
+			t.Errorf("record %s: OutcomeNow %v, completed with %v", sr.value[:20], now, err)
+		}
 		// What the caller was told must be true of what the log holds.
 		if sr.waited && sr.answer == nil && err != nil {
 			t.Errorf("record %s answered acknowledged, then completed %v", sr.value[:20], err)

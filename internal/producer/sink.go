@@ -172,7 +172,7 @@ func (s *sink) send(batches []*batch) {
 	msg, err := p.transport.RoundTrip(ctx, p.client.Addr, req)
 	cancel()
 	if err != nil {
-		s.failing.Store(!mayBeWritten(err, p.cfg.Acks))
+		reached := false
 		for i, b := range batches {
 			if !wires[i].end() {
 				// The transport never read the batch into the
@@ -181,7 +181,14 @@ func (s *sink) send(batches []*batch) {
 				b.part.failed(b, nil, unsent(err))
 				continue
 			}
+			reached = reached || mayBeWritten(err, p.cfg.Acks)
 			b.part.failed(b, nil, err)
+		}
+		if !errors.Is(err, protocol.ErrNoRecord) {
+			// A request that claim emptied says nothing of the
+			// broker; any other failure before it was written
+			// does.
+			s.failing.Store(!reached)
 		}
 		return
 	}

