@@ -53,7 +53,8 @@ func (h *Handler) serveStream(x *exchange, r *http.Request) error {
 	// being read and given to the producer.
 	items := make(chan *streamItem, max(h.MaxRecords-2, 0))
 	window := newByteWindow(h.MaxSize)
-	go h.readStream(ctx, x, r, items, window)
+	var unread bool // the body did not end: written before items closes
+	go h.readStream(ctx, x, r, items, window, &unread)
 
 	x.status = http.StatusOK
 	x.w.Header()["Content-Type"] = []string{mediaV3}
@@ -94,7 +95,28 @@ func (h *Handler) serveStream(x *exchange, r *http.Request) error {
 	if !headerSent {
 		sendHeader() // an empty stream
 	}
+	if unread && r.ProtoMajor == 1 {
+		endUnread(rc, r)
+	}
 	return werr
+}
+
+// endUnread ends the answer to a stream that ended before its body did (a
+// record ended it, or its client left) and closes the connection, the
+// rest of the body unread: it may go on for as long as the client likes,
+// and net/http, reading what full duplex left of a body, reads the
+// connection twice at once and panics (go.dev/issue/68560). The
+// connection is taken from net/http, and the chunked answer ended by hand.
+func endUnread(rc *http.ResponseController, r *http.Request) {
+	conn, bufrw, err := rc.Hijack()
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	if r.ProtoMinor >= 1 {
+		bufrw.WriteString("0\r\n\r\n") // the last chunk: the answer is whole
+		bufrw.Flush()
+	}
 }
 
 // A streamItem is one record of a stream on its way to its report.
@@ -184,8 +206,12 @@ func (w *byteWindow) release(n int64) {
 // and passes it on to be answered, until the body ends, a record ends the
 // stream, or ctx is done. Every record read is passed on, so that each one
 // given to the producer is waited for and counted.
-func (h *Handler) readStream(ctx context.Context, x *exchange, r *http.Request, items chan<- *streamItem, window *byteWindow) {
+// *unread says, once items is closed, whether the body was left before
+// its end.
+func (h *Handler) readStream(ctx context.Context, x *exchange, r *http.Request,
+	items chan<- *streamItem, window *byteWindow, unread *bool) {
 	defer close(items)
+	*unread = true
 	body := &recordBudget{r: r.Body, max: h.MaxSize}
 	d := jsontext.NewDecoder(body, jsontext.AllowDuplicateNames(true))
 	for ctx.Err() == nil {
@@ -194,6 +220,7 @@ func (h *Handler) readStream(ctx context.Context, x *exchange, r *http.Request, 
 		item := &streamItem{}
 		if d.PeekKind() == 0 {
 			if _, err := d.ReadToken(); err == io.EOF {
+				*unread = false
 				return
 			}
 			item.ref = brokenJSON()

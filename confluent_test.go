@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -629,4 +630,68 @@ func TestConfluentTimestampIsNotAClock(t *testing.T) {
 	if log, _ := os.ReadFile(logFile); bytes.Contains(log, []byte("panic")) {
 		t.Errorf("Caddy logged a panic:\n%s", log)
 	}
+}
+
+// A stream that a record ends (broken JSON, a record over max_size) while
+// the client's body goes on: the answer ends as a response does, at once,
+// and the connection is closed, the rest of the body unread, whether or
+// not the client ends it. None makes net/http panic (it did, reading what
+// full duplex left of the body).
+func TestConfluentStreamEndedEarly(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(2, "topic_1"), kfake.SeedTopics(1, "jsontest"))
+	t.Setenv("QP_TEST_SECRET", testSecret)
+	logFile := filepath.Join(t.TempDir(), "caddy.log")
+	startCaddy(t, logFile, confluentSite(c.ListenAddrs()[0], "max_size 200\n\t\ttimeout 500ms"))
+
+	good := `{"partition_id":0,"value":{"type":"STRING","data":"good"}}`
+	chunk := func(s string) string { return fmt.Sprintf("%x\r\n%s\r\n", len(s), s) }
+	head := "POST " + v3Path + " HTTP/1.1\r\nHost: x\r\nAuthorization: " + testSecret +
+		"\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+	big := `{"partition_id":0,"value":{"type":"STRING","data":"` + strings.Repeat("x", 5000) + `"}}`
+	for _, tt := range []struct {
+		name, body string
+		report     string
+	}{
+		{"broken JSON, then the body ends", chunk(good) + chunk(`{"partition_id":0,}}}}`+good+good) + "0\r\n\r\n", `"error_code":400`},
+		{"a record over max_size, then the body ends", chunk(good) + chunk(big+good) + "0\r\n\r\n", `"error_code":413`},
+		{"broken JSON, and the body goes on", chunk(good) + chunk(`{"partition_id":0,}}}}`+good), `"error_code":400`},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			conn, err := net.Dial("tcp", strings.TrimPrefix(baseURL, "http://"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			conn.SetDeadline(time.Now().Add(10 * time.Second))
+			if _, err := io.WriteString(conn, head+tt.body); err != nil {
+				t.Fatal(err)
+			}
+			br := bufio.NewReader(conn)
+			res, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, err := io.ReadAll(res.Body)
+			reports := strings.Split(strings.TrimSuffix(string(body), "\r\n"), "\r\n")
+			if res.StatusCode != 200 || len(reports) != 2 || !strings.Contains(reports[0], `"error_code":200`) || !strings.Contains(reports[1], tt.report) {
+				t.Errorf("got %d %q, want 200 with a report of the good record, then %s", res.StatusCode, body, tt.report)
+			}
+			if err != nil {
+				t.Errorf("the answer did not end as a response does: %v", err)
+			}
+			if rest, err := io.ReadAll(br); err != nil || len(rest) != 0 {
+				t.Errorf("after the answer: %q, %v; want the connection closed", rest, err)
+			}
+		})
+	}
+	log, err := os.ReadFile(logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range bytes.Lines(log) {
+		if bytes.Contains(line, []byte("panic")) || bytes.Contains(line, []byte("invalid concurrent Body.Read")) {
+			t.Errorf("Caddy logged: %.300s", line)
+		}
+	}
+	unloadChecksLeaks(t)
 }
