@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
+	"maps"
 	"net/http"
 	"slices"
 	"strings"
@@ -29,7 +30,6 @@ import (
 type idempotencyStore struct {
 	mu       sync.Mutex
 	users    map[idemSettings]int // the settings of the handlers using the store, by number of handlers
-	window   time.Duration        // the longest window of users
 	maxKeys  int                  // the largest of users
 	maxBytes int64                // the largest of users
 	entries  map[string]*idemEntry
@@ -39,11 +39,19 @@ type idempotencyStore struct {
 	evicted  bool         // an entry was forgotten before its window ended
 }
 
-// idemSettings are a handler's settings of its store.
+// idemSettings are a handler's settings of its store, and where its keys
+// go: its cluster (idemScope of its brokers) and its topics, the sorted
+// allow_topics or its fixed topic joined by NUL, "" for any.
 type idemSettings struct {
-	window   time.Duration
-	maxKeys  int
-	maxBytes int64
+	window          time.Duration
+	maxKeys         int
+	maxBytes        int64
+	cluster, topics string
+}
+
+// covers reports whether the handler's keys may go to topic of cluster.
+func (u idemSettings) covers(cluster, topic string) bool {
+	return u.cluster == cluster && (u.topics == "" || slices.Contains(strings.Split(u.topics, "\x00"), topic))
 }
 
 // idemEntry is what one Idempotency-Key produced.
@@ -51,7 +59,8 @@ type idemEntry struct {
 	key     string            // the scope and the client's key
 	digest  [sha256.Size]byte // of what shapes the records
 	created time.Time
-	cost    int64 // bytes, as counted against maxBytes
+	expires time.Time // created and the window of its scope
+	cost    int64     // bytes, as counted against maxBytes
 	removed bool
 	busy    bool      // a request is using the entry
 	recs    []*record // by position in the request; nil before the first
@@ -111,10 +120,9 @@ func newIdempotencyStore(settings idemSettings) *idempotencyStore {
 	return s
 }
 
-// use counts n more handlers with settings and applies the longest window
-// of the handlers left, so that no handler's keys are forgotten before its
-// own window ends, and the largest bounds, which count the keys of all.
-// A window or bounds that shrink apply from the next claim on.
+// use counts n more handlers with settings, and applies the largest
+// bounds of the handlers left, which count the keys of all. Bounds that
+// shrink apply from the next claim on.
 func (s *idempotencyStore) use(settings idemSettings, n int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -125,10 +133,26 @@ func (s *idempotencyStore) use(settings idemSettings, n int) {
 	if len(s.users) == 0 {
 		return // the last handler went: keep the settings for its running requests
 	}
-	s.window, s.maxKeys, s.maxBytes = 0, 0, 0
+	s.maxKeys, s.maxBytes = 0, 0
 	for u := range s.users {
-		s.window, s.maxKeys, s.maxBytes = max(s.window, u.window), max(s.maxKeys, u.maxKeys), max(s.maxBytes, u.maxBytes)
+		s.maxKeys, s.maxBytes = max(s.maxKeys, u.maxKeys), max(s.maxBytes, u.maxBytes)
 	}
+}
+
+// windowFor is how long a key of topic of cluster is kept: the longest
+// window of the handlers whose keys may go there, which share them (a
+// key is one request within its scope, whichever handler it reaches), and
+// at least the claiming handler's own, mine.
+func (s *idempotencyStore) windowFor(cluster, topic string, mine time.Duration) time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	w := mine
+	for u := range s.users {
+		if u.window > w && u.covers(cluster, topic) {
+			w = u.window
+		}
+	}
+	return w
 }
 
 // Destruct implements caddy.Destructor; the memory goes with the last use.
@@ -191,12 +215,16 @@ func boolByte(b bool) byte {
 }
 
 // claim looks the key up and, unless the status is idemOtherBody or
-// idemInProgress, returns its entry marked busy; the caller must settle it.
-func (s *idempotencyStore) claim(key string, digest [sha256.Size]byte, now time.Time) (*idemEntry, idemStatus) {
+// idemInProgress, returns its entry marked busy; the caller must settle
+// it. A new key is kept for window.
+func (s *idempotencyStore) claim(key string, digest [sha256.Size]byte, now time.Time, window time.Duration) (*idemEntry, idemStatus) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	defer s.compact()
 	s.expire(now)
+	if e := s.entries[key]; e != nil && !e.busy && !now.Before(e.expires) {
+		s.remove(e) // its window ended; an entry of a longer one kept it in order
+	}
 	if e := s.entries[key]; e != nil {
 		switch {
 		case e.digest != digest:
@@ -207,7 +235,7 @@ func (s *idempotencyStore) claim(key string, digest [sha256.Size]byte, now time.
 		e.busy = true
 		return e, idemRepeat
 	}
-	e := &idemEntry{key: key, digest: digest, created: now, busy: true, cost: idemEntryCost + int64(len(key))}
+	e := &idemEntry{key: key, digest: digest, created: now, expires: now.Add(window), busy: true, cost: idemEntryCost + int64(len(key))}
 	s.makeRoom(nil, 1, e.cost)
 	s.entries[key] = e
 	s.order = append(s.order, e)
@@ -237,12 +265,15 @@ func (s *idempotencyStore) settle(e *idemEntry, recs []*record) {
 	}
 }
 
-// expire drops the entries older than the window. s.mu is held.
+// expire drops the oldest entries whose window ended, up to the first
+// that is still kept: one of a scope with a longer window keeps those of
+// shorter ones behind it until it goes (claim checks each entry's own
+// window; the bounds hold them all). s.mu is held.
 func (s *idempotencyStore) expire(now time.Time) {
 	n := 0
 	for ; n < len(s.order); n++ {
 		e := s.order[n]
-		if !e.removed && (e.busy || now.Sub(e.created) < s.window) {
+		if !e.removed && (e.busy || now.Before(e.expires)) {
 			break
 		}
 		s.remove(e)
@@ -344,7 +375,12 @@ func (e *idemEntry) reuse(ctx context.Context, recs []*record, deadline time.Tim
 func (h *Handler) provisionIdempotency() {
 	h.idem = nil
 	if h.IdempotencyWindow > 0 && h.IdempotencyRedis == "" {
-		h.idemSettings = idemSettings{time.Duration(h.IdempotencyWindow), h.IdempotencyMaxKeys, h.IdempotencyMaxBytes}
+		topics := slices.Sorted(maps.Keys(h.allowTopics))
+		if len(topics) == 0 && !strings.Contains(h.Topic, "{") {
+			topics = []string{h.Topic}
+		}
+		h.idemSettings = idemSettings{time.Duration(h.IdempotencyWindow), h.IdempotencyMaxKeys, h.IdempotencyMaxBytes,
+			h.idemScope, strings.Join(topics, "\x00")}
 		h.idem = acquireIdempotencyStore(h.idemSettings)
 	}
 }
@@ -371,7 +407,7 @@ func (h *Handler) publishOnce(x *exchange, r *http.Request, key string, body []b
 	if x.byToken {
 		scope += "token\x00"
 	}
-	claim, st, err := h.claimKey(r.Context(), scope+x.topic+"\x00"+key, digest, start, recs)
+	claim, st, err := h.claimKey(r.Context(), x.topic, scope+x.topic+"\x00"+key, digest, start, recs)
 	if err != nil {
 		return h.storeFailed(x, r, recs, start, err)
 	}
@@ -419,11 +455,12 @@ type idemClaim interface {
 
 // claimKey claims a request's key in the handler's store; an error says
 // that a shared store could not be reached.
-func (h *Handler) claimKey(ctx context.Context, key string, digest [sha256.Size]byte, now time.Time, recs []*record) (idemClaim, idemStatus, error) {
+func (h *Handler) claimKey(ctx context.Context, topic, key string, digest [sha256.Size]byte, now time.Time, recs []*record) (idemClaim, idemStatus, error) {
 	if h.shared != nil {
 		return h.shared.claim(ctx, key, digest, now, recs[0].Deadline)
 	}
-	entry, st := h.idem.claim(key, digest, now)
+	window := h.idem.windowFor(h.idemScope, topic, time.Duration(h.IdempotencyWindow))
+	entry, st := h.idem.claim(key, digest, now, window)
 	if h.idem.evictedOnce() {
 		maxKeys, maxBytes := h.idem.bounds()
 		h.logger.Warn("more Idempotency-Keys than idempotency_max_keys or idempotency_max_bytes hold within idempotency_window: the oldest are forgotten early",

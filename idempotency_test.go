@@ -23,91 +23,106 @@ import (
 )
 
 func TestIdempotencyStoreWindowAndBound(t *testing.T) {
-	s := newIdempotencyStore(idemSettings{time.Minute, 2, 1 << 20})
+	s := newIdempotencyStore(idemSettings{time.Minute, 2, 1 << 20, "c", "t"})
 	body := func(b string) [sha256.Size]byte { return idemDigest(modeRecords, []byte(b), nil) }
 	d := body(`{}`)
 	now := time.Now()
-	e, st := s.claim("a", d, now)
+	e, st := s.claim("a", d, now, time.Minute)
 	if st != idemNew {
 		t.Fatalf("first use: %v", st)
 	}
-	if _, st := s.claim("a", d, now); st != idemInProgress {
+	if _, st := s.claim("a", d, now, time.Minute); st != idemInProgress {
 		t.Errorf("while in use: %v, want in progress", st)
 	}
 	s.settle(e, []*record{{}})
-	if _, st := s.claim("a", body(`[]`), now); st != idemOtherBody {
+	if _, st := s.claim("a", body(`[]`), now, time.Minute); st != idemOtherBody {
 		t.Errorf("another body: %v", st)
 	}
-	e, st = s.claim("a", d, now.Add(59*time.Second))
+	e, st = s.claim("a", d, now.Add(59*time.Second), time.Minute)
 	if st != idemRepeat {
 		t.Fatalf("within the window: %v", st)
 	}
 	s.settle(e, nil) // keeps what the first request stored
-	if e, st = s.claim("a", d, now.Add(61*time.Second)); st != idemNew {
+	if e, st = s.claim("a", d, now.Add(61*time.Second), time.Minute); st != idemNew {
 		t.Errorf("after the window: %v, want new", st)
 	}
 	s.settle(e, []*record{{}})
 
 	// The bound: a third key forgets the oldest.
 	for _, k := range []string{"b", "c"} {
-		e, _ := s.claim(k, d, now.Add(62*time.Second))
+		e, _ := s.claim(k, d, now.Add(62*time.Second), time.Minute)
 		s.settle(e, []*record{{}})
 	}
 	if len(s.entries) != 2 || !s.evictedOnce() || s.evictedOnce() {
 		t.Errorf("entries %d, want 2 and one eviction reported once", len(s.entries))
 	}
-	if _, st := s.claim("a", d, now.Add(62*time.Second)); st != idemNew {
+	if _, st := s.claim("a", d, now.Add(62*time.Second), time.Minute); st != idemNew {
 		t.Errorf("the evicted key: %v, want new", st)
 	}
 	// A request that produced nothing leaves no entry.
-	e, _ = s.claim("nothing", d, now.Add(62*time.Second))
+	e, _ = s.claim("nothing", d, now.Add(62*time.Second), time.Minute)
 	s.settle(e, nil)
 	if _, ok := s.entries["nothing"]; ok {
 		t.Error("an entry without records was kept")
 	}
 }
 
-// The store keeps its keys for the longest window, and within the
-// largest bounds, of the handlers that use it; once the handler with the
-// longest window goes, the next longest applies.
-func TestIdempotencyStoreAppliesTheLongestWindow(t *testing.T) {
-	short, long := idemSettings{time.Minute, 1, 1 << 20}, idemSettings{time.Hour, 2, 1 << 10}
+// A key is kept for the longest window of the handlers whose keys may go
+// to its cluster and topic, which share it; handlers of other topics or
+// clusters keep their own windows. The bounds are the largest of all, and
+// count every key.
+func TestIdempotencyStoreWindowOfTheScope(t *testing.T) {
+	short := idemSettings{time.Minute, 1, 1 << 20, "c", "t"}
+	long := idemSettings{time.Hour, 2, 1 << 10, "c", "t\x00u"}
+	any := idemSettings{24 * time.Hour, 1, 1, "d", ""}
 	s := newIdempotencyStore(short)
 	s.use(long, 1)
-	if s.window != time.Hour || s.maxKeys != 2 || s.maxBytes != 1<<20 {
-		t.Fatalf("window %v, bounds %d keys and %d bytes; want 1h, 2 keys, 1 MiB", s.window, s.maxKeys, s.maxBytes)
+	s.use(any, 1)
+	if s.maxKeys != 2 || s.maxBytes != 1<<20 {
+		t.Fatalf("bounds %d keys and %d bytes; want 2 keys, 1 MiB", s.maxKeys, s.maxBytes)
+	}
+	for _, tt := range []struct {
+		cluster, topic string
+		want           time.Duration
+	}{
+		{"c", "t", time.Hour},      // short and long share it
+		{"c", "v", time.Minute},    // no other handler's keys go there
+		{"d", "t", 24 * time.Hour}, // a handler of any topic of cluster d
+		{"e", "t", time.Minute},    // another cluster
+	} {
+		if got := s.windowFor(tt.cluster, tt.topic, time.Minute); got != tt.want {
+			t.Errorf("window of %s/%s = %v, want %v", tt.cluster, tt.topic, got, tt.want)
+		}
 	}
 	d := idemDigest(modeRecords, []byte(`{}`), nil)
 	now := time.Now()
-	for _, k := range []string{"a", "b"} {
-		e, _ := s.claim(k, d, now)
-		s.settle(e, []*record{{}})
+	e, _ := s.claim("long", d, now, time.Hour)
+	s.settle(e, []*record{{}})
+	e, _ = s.claim("short", d, now, time.Minute)
+	s.settle(e, []*record{{}})
+	if e, st := s.claim("long", d, now.Add(30*time.Minute), time.Minute); st != idemRepeat {
+		t.Errorf("within its window: %v, want a repeat", st)
+	} else {
+		s.settle(e, nil)
 	}
-	if len(s.entries) != 2 || s.evictedOnce() {
-		t.Errorf("%d keys held, want both within the larger bound", len(s.entries))
+	// Behind the entry of the longer window, the shorter one has ended.
+	if _, st := s.claim("short", d, now.Add(2*time.Minute), time.Minute); st != idemNew {
+		t.Errorf("past its window, behind a longer one: %v, want new", st)
 	}
-	e, st := s.claim("a", d, now.Add(30*time.Minute))
-	if st != idemRepeat {
-		t.Fatalf("within the longer window: %v, want a repeat", st)
-	}
-	s.settle(e, nil)
 	s.use(long, -1)
-	if s.window != time.Minute || s.maxKeys != 1 {
-		t.Errorf("without the handler of the longer window: window %v, %d keys; want 1m, 1 key", s.window, s.maxKeys)
-	}
-	if _, st := s.claim("a", d, now.Add(30*time.Minute)); st != idemNew {
-		t.Errorf("past the shorter window, once it is the longest: %v, want new", st)
+	if got := s.windowFor("c", "t", time.Minute); got != time.Minute || s.maxKeys != 1 {
+		t.Errorf("without the handler of the longer window: window %v, %d keys; want 1m, 1 key", got, s.maxKeys)
 	}
 }
 
 // The store is bounded in bytes too: a key whose request holds many
 // records counts for them, and the oldest keys are forgotten to make room.
 func TestIdempotencyStoreBytesBound(t *testing.T) {
-	s := newIdempotencyStore(idemSettings{time.Minute, 1000, 10*idemRecordCost + 4*(idemEntryCost+8)})
+	s := newIdempotencyStore(idemSettings{time.Minute, 1000, 10*idemRecordCost + 4*(idemEntryCost+8), "c", "t"})
 	now := time.Now()
 	d := idemDigest(modeRecords, []byte(`{}`), nil)
 	for i := range 3 {
-		e, _ := s.claim(fmt.Sprint("key-", i), d, now)
+		e, _ := s.claim(fmt.Sprint("key-", i), d, now, time.Minute)
 		s.settle(e, make([]*record, 4)) // 4 records each
 	}
 	if len(s.entries) != 2 || s.entries["key-0"] != nil || !s.evictedOnce() {
@@ -136,11 +151,11 @@ func checkBytes(t *testing.T, s *idempotencyStore) {
 // records alone exceed the bound) keeps its own key rather than forget it
 // to make room for its records, and the bytes counted stay those held.
 func TestIdempotencyStoreKeepsTheEntryItGrows(t *testing.T) {
-	s := newIdempotencyStore(idemSettings{time.Minute, 1000, idemEntryCost + 8 + 3*idemRecordCost}) // less than one entry of 10 records
+	s := newIdempotencyStore(idemSettings{time.Minute, 1000, idemEntryCost + 8 + 3*idemRecordCost, "c", "t"}) // less than one entry of 10 records
 	now := time.Now()
 	d := idemDigest(modeRecords, []byte(`{}`), nil)
 	for i := range 5 {
-		e, _ := s.claim(fmt.Sprint("key-", i), d, now)
+		e, _ := s.claim(fmt.Sprint("key-", i), d, now, time.Minute)
 		s.settle(e, make([]*record, 10))
 		checkBytes(t, s)
 		if s.entries[e.key] != e {
@@ -152,11 +167,11 @@ func TestIdempotencyStoreKeepsTheEntryItGrows(t *testing.T) {
 // Requests that produce nothing (an outage) leave no entry, and the
 // store's order list does not grow with them either.
 func TestIdempotencyStoreDuringAnOutage(t *testing.T) {
-	s := newIdempotencyStore(idemSettings{time.Minute, 100, 1 << 30})
+	s := newIdempotencyStore(idemSettings{time.Minute, 100, 1 << 30, "c", "t"})
 	now := time.Now()
 	d := idemDigest(modeBody, []byte(`{}`), []*record{{}})
 	for i := range 100000 {
-		e, _ := s.claim(fmt.Sprint("failed-", i), d, now)
+		e, _ := s.claim(fmt.Sprint("failed-", i), d, now, time.Minute)
 		s.settle(e, nil)
 	}
 	if len(s.entries) != 0 || len(s.order) > 128 || s.bytes != 0 {
@@ -691,6 +706,26 @@ func TestIdempotencyKeysSharedWhateverTheWindowAndBounds(t *testing.T) {
 	}
 	if got := stored(t, c, "events"); len(got) != 1 {
 		t.Errorf("the topic holds %d records, want 1", len(got))
+	}
+	unloadChecksLeaks(t)
+}
+
+// A handler of another topic keeps its own window: a longer one of
+// another topic's handler does not keep its keys.
+func TestIdempotencyWindowOfAnotherTopicIsItsOwn(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"), kfake.SeedTopics(1, "other"))
+	t.Setenv("QP_TEST_SECRET", testSecret)
+	startCaddy(t, filepath.Join(t.TempDir(), "caddy.log"), idemRoute(c, "/events", "idempotency_window 1h")+
+		strings.Replace(idemRoute(c, "/other", "idempotency_window 300ms"), "topic events", "topic other", 1))
+	body := `{"event":"evt_1"}`
+	for i := range 2 {
+		if got := do(t, "POST", "/other", withKey("evt_1"), strings.NewReader(body)); got.status != 200 || got.header.Get("Idempotent-Replayed") != "" {
+			t.Fatalf("request %d: %d %s (replayed %q), want 200, produced", i, got.status, got.body, got.header.Get("Idempotent-Replayed"))
+		}
+		time.Sleep(400 * time.Millisecond) // past /other's window: time passing, not a synchronisation
+	}
+	if got := stored(t, c, "other"); len(got) != 2 {
+		t.Errorf("the topic holds %d records, want 2: the key was kept past its handler's window", len(got))
 	}
 	unloadChecksLeaks(t)
 }

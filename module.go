@@ -304,11 +304,14 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.provisionRequests(); err != nil {
 		return err
 	}
-	h.provisionIdempotency()
 	if err := h.provisionSharedStore(repl); err != nil {
 		return err
 	}
-	return h.provisionProducer(ctx, repl)
+	if err := h.provisionProducer(ctx, repl); err != nil {
+		return err
+	}
+	h.provisionIdempotency() // its keys' scope is the brokers resolved
+	return nil
 }
 
 // applyDefaults sets every unset option but the producer's batching,

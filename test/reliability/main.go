@@ -231,7 +231,8 @@ func (e *env) startCaddy() error {
 // the same): /t/ answers once the broker has the record, /a/ with
 // delivery async, /f/ keeps Idempotency-Keys on the fleet's Redis, /i/
 // remembers them for 2 s only, so that the memory scenario reaches the
-// store's steady state quickly.
+// store's steady state quickly; /i/ alone serves its topic, memory, since
+// handlers of one topic keep its keys for the longest of their windows.
 func (e *env) caddyfile(clientID, maxSize string) string {
 	protocols := ""
 	if *h2c {
@@ -246,7 +247,7 @@ http://%[2]s {
 	queue_publish /t/* {
 		brokers %[3]s
 		topic {http.request.uri.path.1}
-		allow_topics load kill reload reload-plain shutdown memory
+		allow_topics load kill reload reload-plain shutdown
 		secret {env.QUEUE_AUTH_SECRET}
 		client_id %[4]s
 		max_size %[5]s

@@ -376,7 +376,7 @@ func (e *env) memory() error {
 		opts           loadOpts
 		warmup, length time.Duration
 	}{
-		{"plain requests", loadOpts{path: "/t/memory"}, 3 * time.Second, 12 * time.Second},
+		{"plain requests", loadOpts{path: "/i/memory"}, 3 * time.Second, 12 * time.Second},
 		{"every request with an Idempotency-Key, idempotency_window 2s", loadOpts{path: "/i/memory", idempotent: true}, 5 * time.Second, 15 * time.Second},
 	} {
 		stop := make(chan struct{})
