@@ -372,7 +372,6 @@ func TestAsyncDelivery(t *testing.T) {
 			topic batches
 			secret {env.QP_TEST_SECRET}
 			mode records
-			max_records 3
 			delivery async
 			queue_size 3
 		}
@@ -407,6 +406,12 @@ func TestAsyncDelivery(t *testing.T) {
 	}
 	if got := do(t, "POST", "/batches", auth(testSecret), strings.NewReader(batch)); got.status != 503 {
 		t.Errorf("4 records of 3: %d %s, want 503", got.status, got.body)
+	}
+	// Unset, max_records is at most queue_size: a request that could
+	// never be queued is refused for good, not 503 forever.
+	four := `{"records":[{"value":1},{"value":2},{"value":3},{"value":4}]}`
+	if got := do(t, "POST", "/batches", auth(testSecret), strings.NewReader(four)); got.status != 400 || !strings.Contains(got.body, "max_records (3)") {
+		t.Errorf("4 records, queue_size 3: %d %s, want 400 naming max_records (3)", got.status, got.body)
 	}
 	close(release)
 	waitFor(t, 5*time.Second, func() bool { return c.PartitionInfo("events", 0).HighWatermark == 2 })

@@ -322,9 +322,17 @@ func (h *Handler) applyDefaults() {
 	h.Acks = cmp.Or(h.Acks, "all")
 	h.Compression = cmp.Or(h.Compression, "none")
 	h.Mode = cmp.Or(h.Mode, modeBody)
-	h.MaxRecords = cmp.Or(h.MaxRecords, defaultMaxRecords)
 	h.Delivery = cmp.Or(h.Delivery, deliverySync)
 	h.QueueSize = cmp.Or(h.QueueSize, defaultQueueSize)
+	if h.MaxRecords == 0 {
+		h.MaxRecords = defaultMaxRecords
+		if h.Delivery == deliveryAsync && h.QueueSize > 0 {
+			// A request is queued whole: by default, at most as many
+			// records as the queue holds (more get 413, not a 503 no
+			// retry could pass).
+			h.MaxRecords = min(h.MaxRecords, h.QueueSize)
+		}
+	}
 	h.QueueTimeout = cmp.Or(h.QueueTimeout, caddy.Duration(defaultQueueTimeout))
 	h.IdempotencyMaxKeys = cmp.Or(h.IdempotencyMaxKeys, defaultIdempotencyMaxKeys)
 	h.IdempotencyMaxBytes = cmp.Or(h.IdempotencyMaxBytes, defaultIdempotencyMaxBytes)
@@ -440,7 +448,7 @@ func (h *Handler) Validate() error {
 	if h.Delivery == deliveryAsync && h.Mode == modeRecords {
 		// A request is queued whole or not at all: one larger than the
 		// queue would be answered 503 forever, a retry never fitting.
-		queueSize, maxRecords := cmp.Or(h.QueueSize, defaultQueueSize), cmp.Or(h.MaxRecords, defaultMaxRecords)
+		queueSize, maxRecords := cmp.Or(h.QueueSize, defaultQueueSize), h.MaxRecords // 0: not set, min(500, queue_size)
 		if queueSize < maxRecords {
 			return fmt.Errorf("queue_size: %d is less than max_records (%d), the most records one request may carry, which could never be queued; raise queue_size or lower max_records", queueSize, maxRecords)
 		}

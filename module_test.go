@@ -147,8 +147,6 @@ func TestProvisionErrors(t *testing.T) {
 		{"schema in mode confluent", func(h *Handler) {
 			h.Mode, h.Topic, h.AllowTopics, h.Schema = "confluent", "", []string{"t"}, "testdata/order.schema.json"
 		}, "schema: not in mode confluent, whose record values need not be JSON"},
-		{"async queue smaller than the default max_records", func(h *Handler) { h.Mode, h.Delivery, h.QueueSize = "records", "async", 100 },
-			"queue_size: 100 is less than max_records (500), the most records one request may carry"},
 		{"async queue smaller than max_records", func(h *Handler) { h.Mode, h.Delivery, h.QueueSize, h.MaxRecords = "records", "async", 100, 101 },
 			"queue_size: 100 is less than max_records (101)"},
 	}
