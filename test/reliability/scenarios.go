@@ -478,7 +478,7 @@ func hugeBody(secret string, size int64, chunked bool) (status int, written int6
 		framing = "Transfer-Encoding: chunked"
 	}
 	start := time.Now()
-	fmt.Fprintf(c, "POST /t/memory HTTP/1.1\r\nHost: %s\r\nAuthorization: %s\r\nContent-Type: application/json\r\n%s\r\n\r\n", caddyAddr, secret, framing)
+	fmt.Fprintf(c, "POST /i/memory HTTP/1.1\r\nHost: %s\r\nAuthorization: %s\r\nContent-Type: application/json\r\n%s\r\n\r\n", caddyAddr, secret, framing)
 	wrote := make(chan int64, 1)
 	go func() {
 		chunk := []byte(strings.Repeat("0", 64<<10))
@@ -509,7 +509,7 @@ func hugeBody(secret string, size int64, chunked bool) (status int, written int6
 
 // goClientHugeBody posts size bytes with Go's http.Client.
 func goClientHugeBody(secret string, size int64) (int, error) {
-	req, _ := http.NewRequest("POST", "http://"+caddyAddr+"/t/memory", io.LimitReader(zeros{}, size))
+	req, _ := http.NewRequest("POST", "http://"+caddyAddr+"/i/memory", io.LimitReader(zeros{}, size))
 	req.ContentLength = size
 	req.Header.Set("Authorization", secret)
 	res, err := (&http.Client{Transport: &http.Transport{}, Timeout: 30 * time.Second}).Do(req)
