@@ -184,11 +184,11 @@ func run() error {
 		}
 	}
 	// Each round measures every endpoint and, beside them, the bare
-	// kafka-go producer against the same broker process, so that each
-	// comparison is of runs on a broker in the same state: the in-memory
-	// broker slows as it fills.
+	// kafka-go and kgo producers against the same broker process, so that
+	// each comparison is of runs on a broker in the same state: the
+	// in-memory broker slows as it fills.
 	var respond, publish, keyed, respond1, publish1, respondH2, publishH2 []sample
-	var kg kafkagoResult
+	var kg, kgo baselineResult
 	for range *rounds {
 		for _, run := range []struct {
 			url string
@@ -200,11 +200,9 @@ func run() error {
 			}
 			*run.to = append(*run.to, s)
 		}
-		r, err := p.kafkago(kafkago, 1)
-		if err != nil {
+		if err := p.baselines(kafkago, 1, &kg, &kgo); err != nil {
 			return err
 		}
-		kg.add(r)
 	}
 	for range *rounds {
 		s, err := measure(respondURL, 1, *latencyDur)
@@ -225,18 +223,16 @@ func run() error {
 	acked += producerAloneRecords
 
 	var records []sample
-	var kg100 kafkagoResult
+	var kg100, kgo100 baselineResult
 	for range *rounds {
 		s, err := measure(recordsURL, *conns, *duration)
 		if err != nil {
 			return err
 		}
 		records = append(records, s)
-		r, err := p.kafkago(kafkago, perRequest)
-		if err != nil {
+		if err := p.baselines(kafkago, perRequest, &kg100, &kgo100); err != nil {
 			return err
 		}
-		kg100.add(r)
 	}
 	if *sweepDir != "" {
 		n, err := p.sweep(*sweepDir, env)
@@ -246,14 +242,14 @@ func run() error {
 		}
 	}
 	// +1 a run: the baselines' warm-up records.
-	expected := acked + kg.Records + kg100.Records + 2*int64(*rounds)
+	expected := acked + kg.Records + kg100.Records + kgo.Records + kgo100.Records + 4*int64(*rounds)
 
 	inTopic, err := countRecords(p.brokerAddr)
 	if err != nil {
 		return err
 	}
 
-	report := renderReport(runs{respond, publish, keyed, respond1, publish1, records, respondH2, publishH2, alone}, kg, kg100, expected, inTopic)
+	report := renderReport(runs{respond, publish, keyed, respond1, publish1, records, respondH2, publishH2, alone}, baselines{kg, kg100, kgo, kgo100}, expected, inTopic)
 	fmt.Print(report)
 	if *out != "" {
 		if err := os.WriteFile(*out, []byte(report), 0o644); err != nil {
@@ -308,8 +304,8 @@ func (p *procs) startBroker(bin, tmp string, env []string) (func(), error) {
 // recordsBody is a records-mode request of perRequest seed payloads.
 func recordsBody() string { return recordsBodyOf(perRequest) }
 
-// kafkagoResult is what a run of bench/kafkago measured.
-type kafkagoResult struct {
+// baselineResult is what a run of bench/kafkago measured.
+type baselineResult struct {
 	Records    int64   `json:"records"`
 	Failed     int64   `json:"failed"`
 	Seconds    float64 `json:"seconds"`
@@ -318,7 +314,7 @@ type kafkagoResult struct {
 }
 
 // add sums the runs of r into k.
-func (k *kafkagoResult) add(r kafkagoResult) {
+func (k *baselineResult) add(r baselineResult) {
 	k.Records += r.Records
 	k.Failed += r.Failed
 	k.Seconds += r.Seconds
@@ -326,21 +322,49 @@ func (k *kafkagoResult) add(r kafkagoResult) {
 	k.brokerCPU += r.brokerCPU
 }
 
-// kafkago runs the bare kafka-go producer for one run's duration with the
-// same number of callers, perCall records a call.
-func (p *procs) kafkago(bin string, perCall int) (kafkagoResult, error) {
-	var r kafkagoResult
+// baselines runs the bare kafka-go and kgo producers, one after the other,
+// perCall records a call, and adds their runs to kg and kgo.
+func (p *procs) baselines(bin string, perCall int, kg, kgo *baselineResult) error {
+	for _, b := range []struct {
+		client string
+		to     *baselineResult
+	}{{"kafka-go", kg}, {"kgo", kgo}} {
+		r, err := p.baseline(bin, b.client, perCall)
+		if err != nil {
+			return err
+		}
+		b.to.add(r)
+	}
+	return nil
+}
+
+// baseline runs a bare Go producer (bench/kafkago -client) for one run's
+// duration with the same number of callers, perCall records a call.
+func (p *procs) baseline(bin, client string, perCall int) (baselineResult, error) {
+	var r baselineResult
 	b0 := harness.CPUTime(p.brokerPid)
-	out, err := exec.Command(bin, "-brokers", p.brokerAddr, "-topic", topic, "-callers", strconv.Itoa(*conns),
+	out, err := exec.Command(bin, "-client", client, "-brokers", p.brokerAddr, "-topic", topic, "-callers", strconv.Itoa(*conns),
 		"-records-per-call", strconv.Itoa(perCall), "-duration", duration.String(), "-body", seedBody).Output()
 	if err != nil {
-		return r, fmt.Errorf("kafka-go baseline: %v", err)
+		return r, fmt.Errorf("%s baseline: %v", client, err)
 	}
 	if err := json.Unmarshal(out, &r); err != nil {
-		return r, fmt.Errorf("kafka-go baseline: %v: %s", err, out)
+		return r, fmt.Errorf("%s baseline: %v: %s", client, err, out)
 	}
 	r.brokerCPU = harness.CPUTime(p.brokerPid) - b0
 	return r, nil
+}
+
+// baselines are the bare producers' runs: kafka-go's Writer and kgo, at 1
+// and at perRequest records a call.
+type baselines struct{ kg, kg100, kgo, kgo100 baselineResult }
+
+// rate is records a second; cpu the client's CPU per record, in us; broker
+// the broker's.
+func (k baselineResult) rate() float64 { return float64(k.Records) / k.Seconds }
+func (k baselineResult) cpu() float64  { return k.CPUSeconds * 1e6 / float64(k.Records) }
+func (k baselineResult) broker() float64 {
+	return float64(k.brokerCPU.Microseconds()) / float64(k.Records)
 }
 
 // measure runs wrk once against url and reads the CPU time that Caddy and
@@ -538,7 +562,8 @@ func producerAlone(brokerAddr string) (sample, error) {
 // producerAloneRecords is the number of records producerAlone sends.
 const producerAloneRecords = 5500
 
-func renderReport(rs runs, kg, kg100 kafkagoResult, expected, inTopic int64) string {
+func renderReport(rs runs, bl baselines, expected, inTopic int64) string {
+	kg, kg100, kgo, kgo100 := bl.kg, bl.kg100, bl.kgo, bl.kgo100
 	r, q, k := summarize(rs.respond), summarize(rs.publish), summarize(rs.keyed)
 	r1, q1 := summarize(rs.respond1), summarize(rs.publish1)
 	rm := summarize(rs.records)
@@ -559,11 +584,13 @@ func renderReport(rs runs, kg, kg100 kafkagoResult, expected, inTopic int64) str
 	fmt.Fprintf(&b, "| Caddy `respond` | %.0f | %.2f ms | %.2f ms | %.1f us | - | %d |\n", r.reqPerSec, r.p50ms, r.p99ms, r.caddyUS, r.non2xx)
 	fmt.Fprintf(&b, "| `queue_publish` | %.0f | %.2f ms | %.2f ms | %.1f us | %.1f us | %d |\n", q.reqPerSec, q.p50ms, q.p99ms, q.caddyUS, q.brokerUS, q.non2xx)
 	fmt.Fprintf(&b, "| `queue_publish`, a distinct key per request | %.0f | %.2f ms | %.2f ms | %.1f us | %.1f us | %d |\n", k.reqPerSec, k.p50ms, k.p99ms, k.caddyUS, k.brokerUS, k.non2xx)
-	fmt.Fprintf(&b, "| bare kafka-go `Writer`, %d callers, 1 record a call (msg/s) | %.0f | - | - | %.1f us (client) | %.1f us | %d failed |\n\n", *conns, kgRate, kg.CPUSeconds*1e6/float64(kg.Records), perRecord(kg.brokerCPU, kg.Records), kg.Failed)
+	fmt.Fprintf(&b, "| bare kafka-go `Writer`, %d callers, 1 record a call (msg/s) | %.0f | - | - | %.1f us (client) | %.1f us | %d failed |\n", *conns, kgRate, kg.CPUSeconds*1e6/float64(kg.Records), perRecord(kg.brokerCPU, kg.Records), kg.Failed)
+	fmt.Fprintf(&b, "| bare franz-go `kgo`, %d callers, 1 record a call (msg/s) | %.0f | - | - | %.1f us (client) | %.1f us | %d failed |\n\n", *conns, kgo.rate(), kgo.cpu(), kgo.broker(), kgo.Failed)
 	fmt.Fprintf(&b, "| %d records a request or call, %d connections or callers | records/s | p50 | p99 | client CPU/record | broker CPU/record | non-2xx |\n", perRequest, *conns)
 	b.WriteString("|---|---:|---:|---:|---:|---:|---:|\n")
 	fmt.Fprintf(&b, "| `queue_publish` `mode records` (Caddy CPU) | %.0f | %.2f ms | %.2f ms | %.2f us | %.2f us | %d |\n", rm.reqPerSec*perRequest, rm.p50ms, rm.p99ms, rm.caddyUS/perRequest, rm.brokerUS/perRequest, rm.non2xx)
-	fmt.Fprintf(&b, "| bare kafka-go `Writer` | %.0f | - | - | %.2f us | %.2f us | %d failed |\n\n", kg100Rate, kg100.CPUSeconds*1e6/float64(kg100.Records), perRecord(kg100.brokerCPU, kg100.Records), kg100.Failed)
+	fmt.Fprintf(&b, "| bare kafka-go `Writer` | %.0f | - | - | %.2f us | %.2f us | %d failed |\n", kg100Rate, kg100.CPUSeconds*1e6/float64(kg100.Records), perRecord(kg100.brokerCPU, kg100.Records), kg100.Failed)
+	fmt.Fprintf(&b, "| bare franz-go `kgo` | %.0f | - | - | %.2f us | %.2f us | %d failed |\n\n", kgo100.rate(), kgo100.cpu(), kgo100.broker(), kgo100.Failed)
 	fmt.Fprintf(&b, "| HTTPS (tls internal), HTTP/2: h2load, 1 connection, %d streams | req/s | Caddy CPU/req | broker CPU/msg | non-2xx |\n|---|---:|---:|---:|---:|\n", h2Streams)
 	fmt.Fprintf(&b, "| Caddy `respond` | %.0f | %.1f us | - | %d |\n", rh.reqPerSec, rh.caddyUS, rh.non2xx)
 	fmt.Fprintf(&b, "| `queue_publish` | %.0f | %.1f us | %.1f us | %d |\n\n", qh.reqPerSec, qh.caddyUS, qh.brokerUS, qh.non2xx)
@@ -575,12 +602,13 @@ func renderReport(rs runs, kg, kg100 kafkagoResult, expected, inTopic int64) str
 	fmt.Fprintf(&b, "A distinct key per request: throughput queue_publish/respond = %.2f; Caddy CPU per request = %.2f.\n", k.reqPerSec/r.reqPerSec, k.caddyUS/r.caddyUS)
 	fmt.Fprintf(&b, "HTTPS, HTTP/2: throughput queue_publish/respond = %.2f; Caddy CPU per request queue_publish/respond = %.2f.\n", qh.reqPerSec/rh.reqPerSec, qh.caddyUS/rh.caddyUS)
 	fmt.Fprintf(&b, "Broker CPU per message: queue_publish %.1f us, bare kafka-go %.1f us.\n", q.brokerUS, perRecord(kg.brokerCPU, kg.Records))
-	fmt.Fprintf(&b, "Records mode: records/s queue_publish/bare kafka-go at %d records a call = %.2f.\n", perRequest, rm.reqPerSec*perRequest/kg100Rate)
+	fmt.Fprintf(&b, "Records mode: records/s queue_publish/bare kafka-go at %d records a call = %.2f; /kgo = %.2f; Caddy CPU per record over kgo's client CPU per record = %.2f.\n",
+		perRequest, rm.reqPerSec*perRequest/kg100Rate, rm.reqPerSec*perRequest/kgo100.rate(), rm.caddyUS/perRequest/kgo100.cpu())
 	fmt.Fprintf(&b, "At 1 connection: p50 queue_publish - respond = %+.3f ms.\n", q1.p50ms-r1.p50ms)
 	check := "ok"
 	if inTopic < expected {
 		check = "MISSING RECORDS"
 	}
-	fmt.Fprintf(&b, "Records: %d acknowledged (queue_publish 2xx and kafka-go writes), %d in the topic (read back with kcat): %s.\n", expected, inTopic, check)
+	fmt.Fprintf(&b, "Records: %d acknowledged (queue_publish 2xx, kafka-go's and kgo's writes), %d in the topic (read back with kcat): %s.\n", expected, inTopic, check)
 	return b.String()
 }
