@@ -2,6 +2,7 @@ package queuepublish
 
 import (
 	"cmp"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -85,9 +86,10 @@ type exchange struct {
 	status   int
 	topic    string
 	reason   string
-	// byToken: the request was authenticated by a token, which any
-	// visitor of a page may hold, not by the secret.
-	byToken bool
+	// identity: who the request was authenticated as; signature: the
+	// webhook signature its header carried, checked once the body is in.
+	identity  identity
+	signature [sha256.Size]byte
 	// admitted: the credentials were checked (mode confluent checks them
 	// before its path, method and Content-Type).
 	admitted bool

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/queuepublish/caddy-queue-publish/internal/producer"
-	"github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"go.uber.org/zap"
 )
@@ -65,7 +64,7 @@ func TestHeaderReplacementsApplyOncePerAnswer(t *testing.T) {
 // failed record carries its own status.
 func TestAnswerRecordsStatus(t *testing.T) {
 	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(2, "events"))
-	p := mustProducer(t, producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll}, zap.NewNop())
+	p := mustProducer(t, connection{Kafka: Kafka{Brokers: c.ListenAddrs(), Acks: "all"}}, zap.NewNop())
 	t.Cleanup(p.Close)
 	ok := func() *record { // acknowledged on partition 1
 		r := newRecord([]byte(`{}`), time.Now(), 5*time.Second)

@@ -17,17 +17,147 @@ import (
 	"github.com/caddyserver/caddy/v2"
 )
 
-// authenticated checks a request's Authorization header or, without one
-// and with token_max_age set, the token in its query, which is valid for
-// the request's topic only.
-func (h *Handler) authenticated(x *exchange, r *http.Request) bool {
-	header := r.Header.Get("Authorization")
-	if header != "" || h.TokenMaxAge == 0 || !r.URL.Query().Has("token") {
-		return h.authorized(header)
+// Authentication is how a request proves that its sender may publish:
+// a shared secret in Authorization, a webhook's signature of the body, or
+// a page's token minted with a secret. The scheme is chosen once, when
+// the config loads.
+type Authentication struct {
+	// The shared secrets; a request with any of them is accepted, so
+	// that a secret can be rotated without downtime. Clients send one in
+	// the Authorization header, as the whole value or after "Bearer ",
+	// unless signature_header is set. Use placeholders, {env.NAME} or
+	// {file.PATH}, so that secrets stay out of the config; they are
+	// resolved once when the config loads, and a secret that resolves
+	// empty stops the config from loading. At least one is required.
+	Secrets []string `json:"secrets,omitempty"`
+
+	// If set, requests are authenticated by this header instead of
+	// Authorization: it must hold "sha256=" and the hex HMAC-SHA256 of
+	// the raw body keyed with a secret, as GitHub signs webhooks
+	// (X-Hub-Signature-256). The signature covers the body only: the
+	// path, query and other headers of a replayed body may change, so a
+	// webhook handler should pin its topic.
+	SignatureHeader string `json:"signature_header,omitempty"`
+
+	// If set, a request without Authorization may authenticate with a
+	// token in its query (?token=...), minted with a secret for the
+	// request's topic (MintToken) and expiring within this long of the
+	// request: a page publishes without the secret. Unset, tokens are
+	// refused.
+	TokenMaxAge caddy.Duration `json:"token_max_age,omitempty"`
+
+	secrets  secrets       // resolved
+	scheme   authenticator // chosen at provision
+	topicFor func(*exchange, *http.Request) (string, *refusal)
+}
+
+// check checks the settings.
+func (a *Authentication) check() error {
+	if len(a.Secrets) == 0 {
+		return errors.New("secret: required; use {env.NAME} or {file.PATH}")
 	}
-	topic, ref := h.requestTopic(x, r)
-	x.byToken = ref == nil && h.tokenValid(r.URL.Query().Get("token"), topic, time.Now())
-	return x.byToken
+	if err := checkLimits(limit{"token_max_age", int64(a.TokenMaxAge), false}); err != nil {
+		return err
+	}
+	if a.SignatureHeader != "" {
+		if err := validSignatureHeader(a.SignatureHeader); err != nil {
+			return fmt.Errorf("signature_header: %v", err)
+		}
+		if a.TokenMaxAge > 0 {
+			return errors.New("token_max_age: a handler with signature_header takes signed bodies only")
+		}
+	}
+	return nil
+}
+
+// provision resolves the secrets and chooses the scheme.
+func (a *Authentication) provision(p *provisioning) error {
+	if err := a.secrets.resolve(p.repl, a.Secrets); err != nil {
+		return err
+	}
+	a.topicFor = p.h.requestTopic
+	switch {
+	case a.SignatureHeader != "":
+		a.scheme = signatures{header: a.SignatureHeader, secrets: &a.secrets}
+	case a.TokenMaxAge > 0:
+		a.scheme = secretsOrTokens{tokens: tokens{secrets: &a.secrets, maxAge: time.Duration(a.TokenMaxAge), topicFor: p.h.requestTopic}}
+	default:
+		a.scheme = bearers{&a.secrets}
+	}
+	return nil
+}
+
+func (a *Authentication) cleanup() error { return nil }
+
+// authorized reports whether an Authorization header holds a secret.
+func (a *Authentication) authorized(header string) bool {
+	_, ok := a.secrets.authorized(header)
+	return ok
+}
+
+// An identity is who a request was authenticated as: today, the holder
+// of one of the secrets, or of a token or a signature made with it.
+type identity struct {
+	scheme string // "secret", "token" or "signature"
+	secret int    // which secret, from 1; 0 before the body is verified
+}
+
+// An authenticator is one scheme of credentials.
+type authenticator interface {
+	// authenticate checks what the request's headers or query carry,
+	// before its body is read, and sets x.identity.
+	authenticate(x *exchange, r *http.Request) bool
+	// verify checks the body, for a scheme that signs it.
+	verify(x *exchange, body []byte) bool
+}
+
+// bearers take a secret in Authorization.
+type bearers struct{ secrets *secrets }
+
+func (b bearers) authenticate(x *exchange, r *http.Request) bool {
+	n, ok := b.secrets.authorized(r.Header.Get("Authorization"))
+	x.identity = identity{scheme: "secret", secret: n}
+	return ok
+}
+
+func (bearers) verify(*exchange, []byte) bool { return true }
+
+// signatures take a webhook's signature of the body in a header: its form
+// is checked before the body is read, the signature after.
+type signatures struct {
+	header  string
+	secrets *secrets
+}
+
+func (s signatures) authenticate(x *exchange, r *http.Request) bool {
+	x.identity = identity{scheme: "signature"}
+	return parseSignature(r.Header.Get(s.header), &x.signature)
+}
+
+func (s signatures) verify(x *exchange, body []byte) bool {
+	n, ok := s.secrets.signed(&x.signature, body)
+	x.identity.secret = n
+	return ok
+}
+
+// secretsOrTokens take a secret in Authorization or, without one, a
+// token in the query.
+type secretsOrTokens struct{ tokens tokens }
+
+func (st secretsOrTokens) authenticate(x *exchange, r *http.Request) bool {
+	if r.Header.Get("Authorization") != "" || !r.URL.Query().Has("token") {
+		return bearers{st.tokens.secrets}.authenticate(x, r)
+	}
+	return st.tokens.authenticate(x, r)
+}
+
+func (secretsOrTokens) verify(*exchange, []byte) bool { return true }
+
+// secrets are the shared secrets, resolved, and their digests for the
+// comparison of an Authorization header.
+type secrets struct {
+	values  [][]byte
+	digests [][sha256.Size]byte
 }
 
 // authorized compares the Authorization header with every secret: whole,
@@ -35,8 +165,9 @@ func (h *Handler) authenticated(x *exchange, r *http.Request) bool {
 // Confluent REST Proxy's clients send), as the "user:password" pair and as
 // the password alone. It compares SHA-256 digests in constant time and
 // checks every secret without stopping at a match, so the time taken shows
-// neither which secret matched nor any secret's content or length.
-func (h *Handler) authorized(header string) bool {
+// neither which secret matched nor any secret's content or length. It
+// returns which secret matched, from 1.
+func (s *secrets) authorized(header string) (int, bool) {
 	token := header
 	if len(header) > 7 && strings.EqualFold(header[:7], "Bearer ") {
 		token = header[7:]
@@ -48,14 +179,26 @@ func (h *Handler) authorized(header string) bool {
 		sent[2], sent[3] = sha256.Sum256(pair), sha256.Sum256(password)
 		n = 4
 	}
-	match := 0
-	for i := range h.secretDigests {
+	var m matcher
+	for i := range s.digests {
 		for j := range n {
-			match |= compareDigests(sent[j][:], h.secretDigests[i][:])
+			m.compare(i, sent[j][:], s.digests[i][:])
 		}
 	}
-	return match == 1
+	return m.result()
 }
+
+// matcher finds which of the secrets matched, in constant time: every
+// comparison is made, and the one that matched chosen without a branch.
+type matcher struct{ match, which int }
+
+func (m *matcher) compare(i int, x, y []byte) {
+	eq := compareDigests(x, y)
+	m.match |= eq
+	m.which = subtle.ConstantTimeSelect(eq, i+1, m.which)
+}
+
+func (m *matcher) result() (int, bool) { return m.which, m.match == 1 }
 
 // basicCredentials decodes an HTTP Basic Authorization header into its
 // "user:password" pair and the password; false if it is not one.
@@ -103,14 +246,14 @@ func validSignatureHeader(name string) error {
 
 // signed checks a parsed webhook signature against the HMAC of the body
 // with every secret, in constant time.
-func (h *Handler) signed(sig *[sha256.Size]byte, body []byte) bool {
-	match := 0
-	for _, secret := range h.secrets {
+func (s *secrets) signed(sig *[sha256.Size]byte, body []byte) (int, bool) {
+	var m matcher
+	for i, secret := range s.values {
 		mac := hmac.New(sha256.New, secret)
 		mac.Write(body)
-		match |= compareDigests(mac.Sum(nil), sig[:])
+		m.compare(i, mac.Sum(nil), sig[:])
 	}
-	return match == 1
+	return m.result()
 }
 
 // resolveSecret resolves the placeholders of a secret's configured value.
@@ -149,24 +292,24 @@ func stringBytes(s string) []byte {
 	return unsafe.Slice(unsafe.StringData(s), len(s))
 }
 
-// provisionSecrets resolves each secret's placeholders and keeps it, and
-// its digest for the comparison of an Authorization header.
-func (h *Handler) provisionSecrets(repl *caddy.Replacer) error {
-	h.secrets, h.secretDigests = nil, nil
-	for i, s := range h.Secrets {
+// resolve resolves each secret's placeholders and keeps it, and its
+// digest.
+func (s *secrets) resolve(repl *caddy.Replacer, configured []string) error {
+	s.values, s.digests = nil, nil
+	for i, v := range configured {
 		field := "secret"
-		if len(h.Secrets) > 1 {
+		if len(configured) > 1 {
 			field = fmt.Sprintf("secret %d", i+1)
 		}
-		secret, err := resolveSecret(repl, s)
+		secret, err := resolveSecret(repl, v)
 		if err != nil {
 			return fmt.Errorf("%s: %v", field, err)
 		}
 		if secret == "" {
 			return fmt.Errorf("%s: resolves to an empty value", field)
 		}
-		h.secrets = append(h.secrets, []byte(secret))
-		h.secretDigests = append(h.secretDigests, sha256.Sum256([]byte(secret)))
+		s.values = append(s.values, []byte(secret))
+		s.digests = append(s.digests, sha256.Sum256([]byte(secret)))
 	}
 	return nil
 }

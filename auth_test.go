@@ -31,11 +31,35 @@ func signature(secret, body string) string {
 // handlerWithSecrets is a handler as Provision leaves it with these
 // secrets, without a producer.
 func handlerWithSecrets(secrets ...string) *Handler {
-	h := &Handler{Secrets: secrets}
-	if err := h.provisionSecrets(caddy.NewReplacer()); err != nil {
+	h := &Handler{Authentication: Authentication{Secrets: secrets}}
+	if err := h.Authentication.provision(&provisioning{repl: caddy.NewReplacer(), h: h}); err != nil {
 		panic(err)
 	}
 	return h
+}
+
+// The identity of a request is which secret it holds, whichever of the
+// schemes it uses.
+func TestIdentityNamesTheSecret(t *testing.T) {
+	h := handlerWithSecrets("first-secret", "second-secret", "third-secret")
+	for i, secret := range []string{"first-secret", "second-secret", "third-secret"} {
+		if n, ok := h.secrets.authorized("Bearer " + secret); !ok || n != i+1 {
+			t.Errorf("Authorization with secret %d: identity %d, %v", i+1, n, ok)
+		}
+		var sig [sha256.Size]byte
+		parseSignature(signature(secret, "{}"), &sig)
+		if n, ok := h.secrets.signed(&sig, []byte("{}")); !ok || n != i+1 {
+			t.Errorf("signature with secret %d: identity %d, %v", i+1, n, ok)
+		}
+		h.TokenMaxAge = caddy.Duration(time.Hour)
+		tok := tokens{secrets: &h.secrets, maxAge: time.Hour}
+		if n, ok := tok.valid(MintToken(secret, "events", time.Now().Add(time.Minute)), "events", time.Now()); !ok || n != i+1 {
+			t.Errorf("token with secret %d: identity %d, %v", i+1, n, ok)
+		}
+	}
+	if n, ok := h.secrets.authorized("wrong"); ok || n != 0 {
+		t.Errorf("a wrong secret: identity %d, %v", n, ok)
+	}
 }
 
 func TestSecretRotation(t *testing.T) {
@@ -90,33 +114,33 @@ func TestSecretChecksDoNotStopEarly(t *testing.T) {
 	for _, header := range []string{"first-secret", "third-secret", "Bearer second-secret", "wrong", "f", "first-secre", "first-secret-and-more", strings.Repeat("x", 500)} {
 		calls = append(calls, 0)
 		h.authorized(header)
-		if got := calls[len(calls)-1]; got != 2*len(h.secretDigests) {
-			t.Errorf("%q: %d digest comparisons, want %d", header, got, 2*len(h.secretDigests))
+		if got := calls[len(calls)-1]; got != 2*len(h.secrets.digests) {
+			t.Errorf("%q: %d digest comparisons, want %d", header, got, 2*len(h.secrets.digests))
 		}
 	}
 	// Basic credentials: the pair and the password too, for every secret.
 	for _, pair := range []string{"user:first-secret", "user:third-secret", "first-secret:x", "u:wrong"} {
 		calls = append(calls, 0)
 		h.authorized(basic(pair))
-		if got := calls[len(calls)-1]; got != 4*len(h.secretDigests) {
-			t.Errorf("Basic %q: %d digest comparisons, want %d", pair, got, 4*len(h.secretDigests))
+		if got := calls[len(calls)-1]; got != 4*len(h.secrets.digests) {
+			t.Errorf("Basic %q: %d digest comparisons, want %d", pair, got, 4*len(h.secrets.digests))
 		}
 	}
 	body := []byte(`{}`)
 	for _, header := range []string{signature("first-secret", string(body)), signature("third-secret", string(body)), signature("nope", string(body))} {
 		calls = append(calls, 0)
 		signedHeader(h, header, body)
-		if got := calls[len(calls)-1]; got != len(h.secrets) {
-			t.Errorf("signature: %d comparisons, want %d", got, len(h.secrets))
+		if got := calls[len(calls)-1]; got != len(h.secrets.values) {
+			t.Errorf("signature: %d comparisons, want %d", got, len(h.secrets.values))
 		}
 	}
 	h.TokenMaxAge = caddy.Duration(time.Hour)
 	now := time.Now()
 	for _, secret := range []string{"first-secret", "third-secret", "nope"} {
 		calls = append(calls, 0)
-		h.tokenValid(MintToken(secret, "events", now.Add(time.Minute)), "events", now)
-		if got := calls[len(calls)-1]; got != len(h.secrets) {
-			t.Errorf("token: %d comparisons, want %d", got, len(h.secrets))
+		tokenValid(h, MintToken(secret, "events", now.Add(time.Minute)), "events", now)
+		if got := calls[len(calls)-1]; got != len(h.secrets.values) {
+			t.Errorf("token: %d comparisons, want %d", got, len(h.secrets.values))
 		}
 	}
 	for _, n := range lengths {
@@ -162,7 +186,11 @@ func TestSignatureHeaderThroughCaddy(t *testing.T) {
 // signedHeader checks a signature header as a request's is checked.
 func signedHeader(h *Handler, header string, body []byte) bool {
 	var sig [sha256.Size]byte
-	return parseSignature(header, &sig) && h.signed(&sig, body)
+	if !parseSignature(header, &sig) {
+		return false
+	}
+	_, ok := h.secrets.signed(&sig, body)
+	return ok
 }
 
 // No load error quotes any part of a literal secret, even one holding
@@ -178,8 +206,8 @@ func TestSecretErrorsQuoteNoSecret(t *testing.T) {
 	} {
 		os.Unsetenv("QP_UNSET_SECRET")
 		for _, h := range []*Handler{
-			{Brokers: []string{"localhost:1"}, Topic: "t", Secrets: []string{tt.value}},
-			{Brokers: []string{"localhost:1"}, Topic: "t", Secrets: []string{"ok"}, SASL: &BrokerSASL{Mechanism: "plain", Username: "u", Password: tt.value}},
+			{Kafka: Kafka{Brokers: []string{"localhost:1"}}, Requests: Requests{Topic: "t"}, Authentication: Authentication{Secrets: []string{tt.value}}},
+			{Kafka: Kafka{Brokers: []string{"localhost:1"}, SASL: &BrokerSASL{Mechanism: "plain", Username: "u", Password: tt.value}}, Requests: Requests{Topic: "t"}, Authentication: Authentication{Secrets: []string{"ok"}}},
 		} {
 			ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 			err := h.Provision(ctx)

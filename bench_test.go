@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"go.uber.org/zap"
 )
@@ -87,7 +86,7 @@ func benchmarkHandler(b *testing.B, bc benchCase, callers int) {
 	if bc.mode == modeConfluent {
 		h.Topic, h.allowTopics = "", map[string]bool{"bench": true}
 	}
-	h.producer = mustProducer(b, producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll}, zap.NewNop())
+	h.producer = mustProducer(b, connection{Kafka: Kafka{Brokers: c.ListenAddrs(), Acks: "all"}}, zap.NewNop())
 	h.logger = zap.NewNop()
 	defer h.producer.Close()
 	body := []byte(bc.body)
@@ -135,7 +134,7 @@ func recordsBody(n int, extra func(i int) string) string {
 
 // BenchmarkParseEnvelope parses a records-mode body of 100 seed payloads.
 func BenchmarkParseEnvelope(b *testing.B) {
-	h := &Handler{MaxRecords: 500, Mode: modeRecords}
+	h := &Handler{Requests: Requests{MaxRecords: 500, Mode: modeRecords}}
 	body := []byte(recordsBody(100, func(i int) string {
 		return fmt.Sprintf(`,"key":"k%d","headers":{"source":"bench"}`, i)
 	}))

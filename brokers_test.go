@@ -26,7 +26,6 @@ import (
 	"time"
 
 	"github.com/queuepublish/caddy-queue-publish/internal/producer"
-	"github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -152,7 +151,7 @@ func TestTLSBrokers(t *testing.T) {
 			serverTLS := &tls.Config{Certificates: []tls.Certificate{pki.server}, ClientCAs: pki.caPool, ClientAuth: tt.clientAuth}
 			c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"), kfake.TLS(serverTLS))
 			logger, logs := observedLogger()
-			p := mustProducer(t, producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll, TLS: tt.tls}, logger)
+			p := mustProducer(t, connection{Kafka: Kafka{Brokers: c.ListenAddrs(), Acks: "all"}, TLS: tt.tls}, logger)
 			defer p.Close()
 			_, perr := sendOne(p, "events", []byte(`{"tls":true}`), 2*time.Second)
 			if tt.want == "" {
@@ -251,7 +250,7 @@ func saslAnswers(t *testing.T, c *kfake.Cluster, brokers []string) {
 	} {
 		t.Run(fmt.Sprintf("%s %s/%s", tt.mechanism, tt.user, tt.password), func(t *testing.T) {
 			logger, logs := observedLogger()
-			p := mustProducer(t, producerConfig{Brokers: brokers, Acks: kafka.RequireAll,
+			p := mustProducer(t, connection{Kafka: Kafka{Brokers: brokers, Acks: "all"},
 				SASL: &saslCredentials{Mechanism: tt.mechanism, Username: tt.user, Password: tt.password}}, logger)
 			defer p.Close()
 			_, perr := sendOne(p, "events", []byte(`{"sasl":"`+tt.mechanism+`"}`), 2*time.Second)
@@ -320,7 +319,7 @@ func TestSASLConnectionResetIsRetriable(t *testing.T) {
 	var armed atomic.Bool
 	armed.Store(true)
 	var dialer net.Dialer
-	p := mustProducer(t, producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll,
+	p := mustProducer(t, connection{Kafka: Kafka{Brokers: c.ListenAddrs(), Acks: "all"},
 		SASL: &saslCredentials{Mechanism: "plain", Username: "plain-user", Password: "plain-pass"}}, zap.NewNop(),
 		func(ctx context.Context, network, address string) (net.Conn, error) {
 			conn, err := dialer.DialContext(ctx, network, address)

@@ -210,9 +210,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "key":
 			h.Key = val
 		case "trace_headers":
-			h.TraceHeaders, err = val, switches.check(val)
+			h.TraceHeaders, err = switchOf(val)
 		case "idempotent":
-			h.Idempotent, err = val, idempotence.check(val)
+			h.Idempotent, err = switchOf(val)
 		case "acks":
 			h.Acks, err = val, acksLevels.check(val)
 		case "compression":

@@ -38,25 +38,12 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 				max_batch_bytes 64KiB
 				max_in_flight 2
 			}`,
-			want: Handler{
-				Brokers: []string{"a:9092", "b:9092", "c:9092"},
-				Topic:   "my-queue",
-				Secrets: []string{"{env.QUEUE_AUTH_SECRET}"},
-				MaxSize: 256000,
-				Timeout: caddy.Duration(1500 * time.Millisecond),
-				Acks:    "leader",
-
-				Compression:     "zstd",
-				Linger:          caddy.Duration(2 * time.Millisecond),
-				MaxBatchRecords: 200,
-				MaxBatchBytes:   65536,
-				MaxInFlight:     2,
-			},
+			want: Handler{Kafka: Kafka{Brokers: []string{"a:9092", "b:9092", "c:9092"}, Acks: "leader", Compression: "zstd", Linger: caddy.Duration(2 * time.Millisecond), MaxBatchRecords: 200, MaxBatchBytes: 65536, MaxInFlight: 2}, Requests: Requests{Topic: "my-queue", MaxSize: 256000, Timeout: caddy.Duration(1500 * time.Millisecond)}, Authentication: Authentication{Secrets: []string{"{env.QUEUE_AUTH_SECRET}"}}},
 		},
 		{
 			name:  "required options only",
 			input: block("brokers a:9092", "topic t", "secret {file./run/secret}"),
-			want:  Handler{Brokers: []string{"a:9092"}, Topic: "t", Secrets: []string{"{file./run/secret}"}},
+			want:  Handler{Kafka: Kafka{Brokers: []string{"a:9092"}}, Requests: Requests{Topic: "t"}, Authentication: Authentication{Secrets: []string{"{file./run/secret}"}}},
 		},
 		{
 			name: "records mode, topics from the request, rotation, webhooks",
@@ -72,12 +59,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 				max_records 100
 				schema /etc/caddy/order.json
 			}`,
-			want: Handler{
-				Brokers: []string{"a:9092"}, Topic: "{http.request.uri.path.1}",
-				AllowTopics: []string{"orders", "clicks", "views"},
-				Secrets:     []string{"{env.NEW}", "{env.OLD}"}, SignatureHeader: "X-Hub-Signature-256",
-				Mode: "records", MaxRecords: 100, Schema: "/etc/caddy/order.json",
-			},
+			want: Handler{Kafka: Kafka{Brokers: []string{"a:9092"}}, Requests: Requests{Topic: "{http.request.uri.path.1}", AllowTopics: []string{"orders", "clicks", "views"}, Mode: "records", MaxRecords: 100, Schema: "/etc/caddy/order.json"}, Authentication: Authentication{Secrets: []string{"{env.NEW}", "{env.OLD}"}, SignatureHeader: "X-Hub-Signature-256"}},
 		},
 		{
 			name: "key and headers from the request",
@@ -86,7 +68,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 				header source {http.request.header.X-Source}
 				header kind order
 			}`,
-			want: Handler{Key: "{http.request.header.X-Message-Key}", Headers: map[string]string{"source": "{http.request.header.X-Source}", "kind": "order"}},
+			want: Handler{Requests: Requests{Key: "{http.request.header.X-Message-Key}", Headers: map[string]string{"source": "{http.request.header.X-Source}", "kind": "order"}}},
 		},
 		{
 			name: "secure brokers",
@@ -101,10 +83,8 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 					insecure_skip_verify
 				}
 			}`,
-			want: Handler{ClientID: "checkout",
-				SASL: &BrokerSASL{Mechanism: "scram-sha-512", Username: "producer", Password: "{env.KAFKA_PASSWORD}"},
-				TLS: &BrokerTLS{CA: "/etc/kafka/ca.pem", Cert: "/etc/kafka/client.pem", Key: "/etc/kafka/client-key.pem",
-					ServerName: "kafka.internal", InsecureSkipVerify: true}},
+			want: Handler{Kafka: Kafka{ClientID: "checkout", SASL: &BrokerSASL{Mechanism: "scram-sha-512", Username: "producer", Password: "{env.KAFKA_PASSWORD}"}, TLS: &BrokerTLS{CA: "/etc/kafka/ca.pem", Cert: "/etc/kafka/client.pem", Key: "/etc/kafka/client-key.pem",
+				ServerName: "kafka.internal", InsecureSkipVerify: true}}},
 		},
 		{
 			name: "delivery and idempotency",
@@ -115,7 +95,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 				idempotency_window 10m
 				idempotency_max_keys 20000
 			}`,
-			want: Handler{Delivery: "async", QueueSize: 5000, QueueTimeout: caddy.Duration(5 * time.Minute), IdempotencyWindow: caddy.Duration(10 * time.Minute), IdempotencyMaxKeys: 20000},
+			want: Handler{Requests: Requests{Delivery: "async", QueueSize: 5000, QueueTimeout: caddy.Duration(5 * time.Minute)}, Idempotency: Idempotency{IdempotencyWindow: caddy.Duration(10 * time.Minute), IdempotencyMaxKeys: 20000}},
 		},
 		{
 			name: "browsers and traces",
@@ -124,14 +104,14 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 				cors https://www.example.com
 				trace_headers off
 			}`,
-			want: Handler{CORS: []string{"https://shop.example.com", "http://localhost:8080", "https://www.example.com"}, TraceHeaders: "off"},
+			want: Handler{Requests: Requests{TraceHeaders: ptr(Switch(false))}, CrossOrigin: CrossOrigin{CORS: []string{"https://shop.example.com", "http://localhost:8080", "https://www.example.com"}}},
 		},
 		{name: "cors without an origin", input: block("cors"), wantErr: "wrong argument count"},
 		{name: "bad trace_headers", input: block("trace_headers maybe"), wantErr: `trace_headers: "maybe" is not on or off`},
 		{name: "bad delivery", input: block("delivery later"), wantErr: `delivery: "later" is not sync or async`},
 		{name: "zero queue_timeout", input: block("queue_timeout 0s"), wantErr: `queue_timeout: invalid duration "0s"`},
 		{name: "zero idempotency window", input: block("idempotency_window 0s"), wantErr: `idempotency_window: invalid duration "0s"`},
-		{name: "tls with system roots", input: block("tls"), want: Handler{TLS: &BrokerTLS{}}},
+		{name: "tls with system roots", input: block("tls"), want: Handler{Kafka: Kafka{TLS: &BrokerTLS{}}}},
 		{name: "tls with an argument", input: block("tls on"), wantErr: "wrong argument count"},
 		{name: "unknown tls option", input: "queue_publish {\ntls {\nverify no\n}\n}", wantErr: `tls: unrecognized option "verify"`},
 		{name: "unknown redis tls option", input: "queue_publish {\nidempotency_store redis rediss://r:6380 {\nverify no\n}\n}", wantErr: `idempotency_store: unrecognized option "verify"`},
@@ -142,8 +122,8 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{name: "allow_topics without topic", input: block("allow_topics"), wantErr: "wrong argument count"},
 		{name: "bad mode", input: block("mode lines"), wantErr: `mode: "lines" is not body, records or confluent`},
 		{name: "bad max_records", input: block("max_records -5"), wantErr: `max_records: "-5" is not a positive number`},
-		{name: "max_size in MiB", input: block("max_size 1MiB"), want: Handler{MaxSize: 1 << 20}},
-		{name: "timeout in days", input: block("timeout 1d"), want: Handler{Timeout: caddy.Duration(24 * time.Hour)}},
+		{name: "max_size in MiB", input: block("max_size 1MiB"), want: Handler{Requests: Requests{MaxSize: 1 << 20}}},
+		{name: "timeout in days", input: block("timeout 1d"), want: Handler{Requests: Requests{Timeout: caddy.Duration(24 * time.Hour)}}},
 		{name: "argument on the directive", input: `queue_publish my-queue`, wantErr: "wrong argument count"},
 		{name: "brokers without address", input: block("brokers"), wantErr: "wrong argument count"},
 		{name: "topic twice on a line", input: block("topic a b"), wantErr: "wrong argument count"},

@@ -1,10 +1,10 @@
 package queuepublish
 
 import (
+	"encoding/json"
 	"fmt"
 	"strings"
 
-	"github.com/queuepublish/caddy-queue-publish/internal/producer"
 	"github.com/segmentio/kafka-go"
 )
 
@@ -30,13 +30,7 @@ var (
 		{"zstd", kafka.Zstd},
 	}
 
-	// Unset, idempotence is used where the cluster allows it.
-	idempotence = choices[producer.Idempotence]{
-		{"on", producer.IdempotenceOn},
-		{"off", producer.IdempotenceOff},
-	}
-
-	// An option that is on or off.
+	// An option that is on or off, as the Caddyfile says it.
 	switches = choices[bool]{{"on", true}, {"off", false}}
 
 	// What a request with an Idempotency-Key gets when the shared store
@@ -106,4 +100,77 @@ func (c choices[T]) lookup(name string) (T, bool) {
 func (c choices[T]) valueOf(name string) T {
 	v, _ := c.lookup(name)
 	return v
+}
+
+// limit is a numeric setting that must not be negative; unset (zero), it
+// takes its default, unless zero is one of its values.
+type limit struct {
+	name      string
+	value     int64
+	zeroValid bool
+}
+
+// checkLimits checks a concern's numeric settings, in order.
+func checkLimits(limits ...limit) error {
+	for _, l := range limits {
+		switch {
+		case l.value >= 0:
+		case l.zeroValid:
+			return fmt.Errorf("%s: must not be negative", l.name)
+		default:
+			return fmt.Errorf("%s: must be positive", l.name)
+		}
+	}
+	return nil
+}
+
+// checkChoice checks a setting against its choices, unless it is unset.
+func checkChoice[T any](name, value string, c choices[T]) error {
+	if value == "" {
+		return nil
+	}
+	if err := c.check(value); err != nil {
+		return fmt.Errorf("%s: %v", name, err)
+	}
+	return nil
+}
+
+// A Switch is a setting that is on or off: true or false in JSON, as
+// Caddy's own settings are; "on" and "off", as the Caddyfile says them,
+// are taken too. A *Switch that is nil is unset.
+type Switch bool
+
+// UnmarshalJSON takes true, false, "on" or "off".
+func (s *Switch) UnmarshalJSON(b []byte) error {
+	var v any
+	if err := json.Unmarshal(b, &v); err != nil {
+		return err
+	}
+	switch v {
+	case true, "on":
+		*s = true
+	case false, "off":
+		*s = false
+	default:
+		return fmt.Errorf("%s is not true, false, \"on\" or \"off\"", b)
+	}
+	return nil
+}
+
+// switchOf is the Switch of a Caddyfile's on or off, checked.
+func switchOf(name string) (*Switch, error) {
+	on, ok := switches.lookup(name)
+	if !ok {
+		return nil, switches.check(name)
+	}
+	s := Switch(on)
+	return &s, nil
+}
+
+// isOn reports whether a switch is on, or unset with def.
+func (s *Switch) isOn(def bool) bool {
+	if s == nil {
+		return def
+	}
+	return bool(*s)
 }

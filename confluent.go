@@ -2,7 +2,6 @@ package queuepublish
 
 import (
 	"cmp"
-	"crypto/sha256"
 	"mime"
 	"net/http"
 	"strconv"
@@ -97,8 +96,7 @@ func (h *Handler) serveConfluent(x *exchange, r *http.Request) error {
 	// checks them: a client without them learns nothing of the paths,
 	// methods and media types served here, and its body is not read.
 	// (The path is parsed before: a token is valid for its topic only.)
-	var signature [sha256.Size]byte // no signature_header in mode confluent
-	if ref := h.admitCredentials(x, r, &signature); ref != nil {
+	if ref := h.admitCredentials(x, r); ref != nil {
 		return x.refuse(ref)
 	}
 	if ref == nil {

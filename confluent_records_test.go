@@ -33,7 +33,7 @@ func FuzzParseREST(f *testing.F) {
 		f.Add(body, false, false)
 		f.Add(body, false, true)
 	}
-	h := &Handler{MaxRecords: 20, Timeout: 1}
+	h := &Handler{Requests: Requests{MaxRecords: 20, Timeout: 1}}
 	f.Fuzz(func(t *testing.T, body string, v3, binary bool) {
 		api := &restRoute{v3: v3, binary: binary, partition: -1}
 		recs, ref := h.parseREST(api, []byte(body), time.Now())
@@ -156,7 +156,7 @@ func FuzzRESTRecords(f *testing.F) {
 	} {
 		f.Add(tt.path, tt.contentType, tt.body)
 	}
-	h := &Handler{Mode: modeConfluent, MaxRecords: 20, MaxSize: 1 << 20, Timeout: caddy.Duration(time.Second)}
+	h := &Handler{Requests: Requests{Mode: modeConfluent, MaxRecords: 20, MaxSize: 1 << 20, Timeout: caddy.Duration(time.Second)}}
 	now := time.Date(2026, 1, 2, 3, 4, 5, 678_901_234, time.UTC)
 	// What a record's time may be: Kafka's milliseconds from 1970, and an
 	// RFC 3339 instant in the answer.

@@ -21,10 +21,43 @@ const (
 	corsMaxAge        = "600" // seconds a browser may keep a preflight's answer
 )
 
+// CrossOrigin is which browser pages may publish: a page of a listed
+// origin may send requests and read the answers.
+type CrossOrigin struct {
+	// The origins (scheme://host[:port]) whose pages may send requests
+	// from a browser and read the answers: a CORS preflight from one of
+	// them is answered 204, one from another origin 403, and the answers
+	// to a listed origin's requests let its page read them. Empty: no
+	// CORS, and a preflight is answered 405 as any method but POST.
+	CORS []string `json:"cors,omitempty"`
+
+	// allowHeaders: the request headers a page of a cors origin may send.
+	allowHeaders string
+}
+
+// check checks the origins.
+func (c *CrossOrigin) check() error {
+	for _, origin := range c.CORS {
+		if err := validOrigin(origin); err != nil {
+			return fmt.Errorf("cors: %v", err)
+		}
+	}
+	return nil
+}
+
+// provision lists the request headers a page may send: the fixed ones,
+// and those that the key and headers of a record read.
+func (c *CrossOrigin) provision(p *provisioning) error {
+	c.allowHeaders = corsHeaders(p.h.Key, p.h.Headers)
+	return nil
+}
+
+func (c *CrossOrigin) cleanup() error { return nil }
+
 // corsOrigin is the request's Origin if cors lists it, else "".
-func (h *Handler) corsOrigin(r *http.Request) string {
+func (c *CrossOrigin) corsOrigin(r *http.Request) string {
 	origin := r.Header.Get("Origin")
-	if origin == "" || !slices.Contains(h.CORS, origin) {
+	if origin == "" || !slices.Contains(c.CORS, origin) {
 		return ""
 	}
 	return origin
@@ -34,15 +67,15 @@ func (h *Handler) corsOrigin(r *http.Request) string {
 // origin's page gets no CORS header, so its browser hides the answer;
 // the request is still served (a browser sends a simple POST without
 // asking), and its secret decides.
-func (h *Handler) allowOrigin(w http.ResponseWriter, r *http.Request) {
-	if len(h.CORS) == 0 {
+func (c *CrossOrigin) allowOrigin(w http.ResponseWriter, r *http.Request) {
+	if len(c.CORS) == 0 {
 		return
 	}
 	// What another handler varies on stays; the values are a fresh slice.
 	if vary := w.Header()["Vary"]; !slices.Contains(vary, "Origin") {
 		w.Header()["Vary"] = append(vary[:len(vary):len(vary)], "Origin")
 	}
-	if origin := h.corsOrigin(r); origin != "" {
+	if origin := c.corsOrigin(r); origin != "" {
 		w.Header()["Access-Control-Allow-Origin"] = []string{origin}
 		w.Header()["Access-Control-Expose-Headers"] = []string{corsExposeHeaders}
 	}
@@ -50,22 +83,22 @@ func (h *Handler) allowOrigin(w http.ResponseWriter, r *http.Request) {
 
 // isPreflight reports whether the request is a browser's CORS preflight,
 // which a handler with cors answers instead of refusing its method.
-func (h *Handler) isPreflight(r *http.Request) bool {
-	return len(h.CORS) > 0 && r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != ""
+func (c *CrossOrigin) isPreflight(r *http.Request) bool {
+	return len(c.CORS) > 0 && r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != ""
 }
 
 // preflight answers a CORS preflight: 204 with what a listed origin may
 // send, 403 without any CORS header for another origin or a method other
 // than POST. The origin is named, never "*".
-func (h *Handler) preflight(x *exchange, r *http.Request) error {
-	if h.corsOrigin(r) == "" || r.Header.Get("Access-Control-Request-Method") != http.MethodPost {
+func (c *CrossOrigin) preflight(x *exchange, r *http.Request) error {
+	if c.corsOrigin(r) == "" || r.Header.Get("Access-Control-Request-Method") != http.MethodPost {
 		x.w.Header().Del("Access-Control-Allow-Origin")
 		x.w.Header().Del("Access-Control-Expose-Headers")
 		return x.refuse(refusedOrigin)
 	}
 	header := x.w.Header()
 	header["Access-Control-Allow-Methods"] = []string{http.MethodPost}
-	header["Access-Control-Allow-Headers"] = []string{h.corsAllowHeaders}
+	header["Access-Control-Allow-Headers"] = []string{c.allowHeaders}
 	header["Access-Control-Max-Age"] = []string{corsMaxAge}
 	x.status = http.StatusNoContent
 	x.w.WriteHeader(http.StatusNoContent)
@@ -97,9 +130,9 @@ var requestHeaderPlaceholder = regexp.MustCompile(`\{http\.request\.header\.([A-
 
 // corsHeaders is what a page may send: the fixed headers and those that
 // key and header take values from.
-func (h *Handler) corsHeaders() string {
+func corsHeaders(key string, headers map[string]string) string {
 	list := corsAllowHeaders
-	values := append([]string{h.Key}, slices.Sorted(maps.Values(h.Headers))...)
+	values := append([]string{key}, slices.Sorted(maps.Values(headers))...)
 	seen := map[string]bool{}
 	for _, v := range values {
 		for _, m := range requestHeaderPlaceholder.FindAllStringSubmatch(v, -1) {

@@ -106,9 +106,8 @@ func TestCORSOriginsAreOrigins(t *testing.T) {
 		"https://bücher.example":        false,
 		"https://xn--bcher-kva.example": true,
 	} {
-		h := &Handler{Brokers: []string{"k:9092"}, Topic: "t", Secrets: []string{"s"}, CORS: []string{origin}}
-		h.applyDefaults()
-		err := h.Validate()
+		h := &Handler{Kafka: Kafka{Brokers: []string{"k:9092"}}, Requests: Requests{Topic: "t"}, Authentication: Authentication{Secrets: []string{"s"}}, CrossOrigin: CrossOrigin{CORS: []string{origin}}}
+		err := h.CrossOrigin.check()
 		if (err == nil) != ok {
 			t.Errorf("cors %q: %v, want ok %v", origin, err, ok)
 		}

@@ -57,8 +57,7 @@ type option struct{ json, caddyfile string }
 func options(v any, caddyfileNames map[string]string) []option {
 	var opts []option
 	typ := reflect.TypeOf(v)
-	for i := range typ.NumField() {
-		f := typ.Field(i)
+	for _, f := range reflect.VisibleFields(typ) {
 		name, _, _ := strings.Cut(f.Tag.Get("json"), ",")
 		if !f.IsExported() || name == "" || name == "-" {
 			continue

@@ -39,7 +39,7 @@ func sendOne(p *producer.Producer, topic string, value []byte, timeout time.Dura
 
 // mustProducer is a started producer for cfg; dial, if given, opens its
 // connections. The caller closes it.
-func mustProducer(t testing.TB, cfg producerConfig, logger *zap.Logger, dial ...func(ctx context.Context, network, address string) (net.Conn, error)) *producer.Producer {
+func mustProducer(t testing.TB, cfg connection, logger *zap.Logger, dial ...func(ctx context.Context, network, address string) (net.Conn, error)) *producer.Producer {
 	t.Helper()
 	c, err := cfg.config(logger)
 	if err != nil {

@@ -7,7 +7,6 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -45,6 +44,7 @@ type redisStore struct {
 	timeout time.Duration // the requests' timeout, which bounds every call to Redis
 	logger  *zap.Logger
 	warned  atomic.Int64 // when a failure was last warned of, in Unix seconds
+	poolKey string       // its key among the shared values
 }
 
 // The outcome of a record as the store keeps it, one letter and its place:
@@ -116,7 +116,7 @@ return 1
 // Every call is bounded by its context's deadline (ContextTimeoutEnabled):
 // without it go-redis waits out its own read_timeout (5 s) on a server
 // that stopped answering, whatever the request's timeout.
-func newRedisStore(rawURL string, tlsConfig *tls.Config, prefix string, window, timeout time.Duration, logger *zap.Logger) (*redisStore, error) {
+func newRedisStore(rawURL string, tlsConfig *tls.Config, prefix string, window, timeout time.Duration, poolKey string, logger *zap.Logger) (*redisStore, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
 		return nil, errors.New("not a URL (it is not quoted here: it may hold a password)")
@@ -159,7 +159,7 @@ func newRedisStore(rawURL string, tlsConfig *tls.Config, prefix string, window, 
 	return &redisStore{
 		client: client, prefix: prefix, window: window,
 		lease:   timeout + lateAckWait + 10*time.Second,
-		timeout: timeout, logger: logger,
+		timeout: timeout, logger: logger, poolKey: poolKey,
 	}, nil
 }
 
@@ -206,7 +206,7 @@ func (s *redisStore) keys(key string) []string {
 // claim claims key for a request whose records wait until deadline; the
 // call takes at most half of the time left, so that with on_store_error
 // produce the producer still has the other half.
-func (s *redisStore) claim(ctx context.Context, key string, digest [sha256.Size]byte, now, deadline time.Time) (idemClaim, idemStatus, error) {
+func (s *redisStore) claim(ctx context.Context, _, key string, digest [sha256.Size]byte, now, deadline time.Time) (idemClaim, idemStatus, error) {
 	ctx, cancel := context.WithDeadline(ctx, now.Add(deadline.Sub(now)/2))
 	defer cancel()
 	var token [16]byte
@@ -416,10 +416,10 @@ func (s *redisStore) warn(msg string, err error) {
 func (h *Handler) storeFailed(x *exchange, r *http.Request, recs []*record, start time.Time, err error) error {
 	metricStoreErrors.WithLabelValues("claim").Inc()
 	if h.OnStoreError == storeErrorProduce {
-		h.shared.warn("the idempotency store cannot be reached: requests with an Idempotency-Key are produced without it (on_store_error produce), and a repeat may be stored twice", err)
+		h.store.warn("the idempotency store cannot be reached: requests with an Idempotency-Key are produced without it (on_store_error produce), and a repeat may be stored twice", err)
 		return h.publish(x, r, recs, recs, start)
 	}
-	h.shared.warn("the idempotency store cannot be reached: requests with an Idempotency-Key are answered 503 (on_store_error reject)", err)
+	h.store.warn("the idempotency store cannot be reached: requests with an Idempotency-Key are answered 503 (on_store_error reject)", err)
 	x.reason = rejectStore
 	return x.answerFailure(errStoreUnavailable)
 }
@@ -427,10 +427,6 @@ func (h *Handler) storeFailed(x *exchange, r *http.Request, recs []*record, star
 // errStoreUnavailable answers a request whose Idempotency-Key could not
 // be claimed: nothing of it was produced.
 var errStoreUnavailable = &publishError{Outcome: outcomeRetry, Reason: "idempotency store unavailable"}
-
-// redisStores holds the shared stores in use, by URL and settings, so
-// that a config reload keeps the connections.
-var redisStores = caddy.NewUsagePool()
 
 // Destruct implements caddy.Destructor: the connections go with the last
 // config that uses them, once a lease later, for requests that reached
@@ -441,36 +437,34 @@ func (s *redisStore) Destruct() error {
 	return nil
 }
 
-// provisionSharedStore connects to the shared store of Idempotency-Keys,
-// if one is configured; its URL's placeholders are resolved first.
-func (h *Handler) provisionSharedStore(repl *caddy.Replacer) error {
-	h.shared = nil
-	if h.IdempotencyRedis == "" {
-		return nil
-	}
-	rawURL, err := resolveSecret(repl, h.IdempotencyRedis)
+// redisStore connects to the shared store of Idempotency-Keys, its URL's
+// placeholders resolved first; handlers with the same URL and settings
+// share one client, across config reloads.
+func (i *Idempotency) redisStore(repl *caddy.Replacer, timeout time.Duration, logger *zap.Logger) (*redisStore, error) {
+	rawURL, err := resolveSecret(repl, i.IdempotencyRedis)
 	if err != nil {
-		return fmt.Errorf("idempotency_store: %v", err)
+		return nil, err
 	}
+	identity := struct {
+		URL     string        `json:"url"` // part of the digest of the key, never the key
+		TLS     *tlsMaterial  `json:"tls,omitempty"`
+		Prefix  string        `json:"prefix"`
+		Window  time.Duration `json:"window"`
+		Timeout time.Duration `json:"timeout"`
+	}{URL: rawURL, Prefix: i.IdempotencyKeyPrefix, Window: time.Duration(i.IdempotencyWindow), Timeout: timeout}
 	var tlsConfig *tls.Config
-	identity := sha256.New() // the URL itself stays out of the pool's keys
-	identity.Write([]byte(rawURL))
-	identity.Write([]byte{0})
-	if h.IdempotencyRedisTLS != nil {
-		m, err := h.IdempotencyRedisTLS.material(repl)
-		if err != nil {
-			return fmt.Errorf("idempotency_store: %v", err)
+	if i.IdempotencyRedisTLS != nil {
+		if identity.TLS, err = i.IdempotencyRedisTLS.material(repl); err != nil {
+			return nil, err
 		}
-		tlsConfig, _ = m.config()           // material built it once already
-		json.NewEncoder(identity).Encode(m) // a changed file makes a new client
+		tlsConfig, _ = identity.TLS.config() // material built it once already
 	}
-	key := fmt.Sprintf("queue_publish.redis.%x.%q.%d.%d", identity.Sum(nil), h.IdempotencyKeyPrefix, h.IdempotencyWindow, h.Timeout)
-	s, _, err := redisStores.LoadOrNew(key, func() (caddy.Destructor, error) {
-		return newRedisStore(rawURL, tlsConfig, h.IdempotencyKeyPrefix, time.Duration(h.IdempotencyWindow), time.Duration(h.Timeout), h.logger)
+	key := sharedKey("redis", identity)
+	s, _, err := loadShared(key, func() (*redisStore, error) {
+		return newRedisStore(rawURL, tlsConfig, i.IdempotencyKeyPrefix, time.Duration(i.IdempotencyWindow), timeout, key, logger)
 	})
-	if err != nil {
-		return fmt.Errorf("idempotency_store: %v", err)
-	}
-	h.shared, h.sharedPoolKey = s.(*redisStore), key
-	return nil
+	return s, err
 }
+
+// release ends a handler's use of the client.
+func (s *redisStore) release() error { return releaseShared(s.poolKey) }

@@ -356,15 +356,15 @@ func BenchmarkIdempotencyStore(b *testing.B) {
 				h.logger = zap.NewNop()
 				if store == "redis" {
 					h.IdempotencyRedis, h.IdempotencyKeyPrefix = r.URL(), fmt.Sprintf("bench%d:", callers)
-					if err := h.provisionSharedStore(caddy.NewReplacer()); err != nil {
-						b.Fatal(err)
-					}
-					defer h.Cleanup()
-				} else {
-					h.provisionIdempotency()
-					defer h.Cleanup()
 				}
-				h.producer = mustProducer(b, producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll}, zap.NewNop())
+				if err := h.Idempotency.check(); err != nil {
+					b.Fatal(err)
+				}
+				if err := h.Idempotency.provision(&provisioning{repl: caddy.NewReplacer(), logger: zap.NewNop(), h: h}); err != nil {
+					b.Fatal(err)
+				}
+				defer h.Idempotency.cleanup()
+				h.producer = mustProducer(b, connection{Kafka: Kafka{Brokers: c.ListenAddrs(), Acks: "all"}}, zap.NewNop())
 				defer h.producer.Close()
 				body := []byte(seedBody)
 				var n atomic.Int64

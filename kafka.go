@@ -3,9 +3,6 @@ package queuepublish
 import (
 	"cmp"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -15,7 +12,6 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/segmentio/kafka-go"
 	"github.com/segmentio/kafka-go/sasl"
 	"go.uber.org/zap"
 
@@ -48,54 +44,222 @@ const (
 	clientID = "caddy-queue-publish"
 	// devBrokerApp is the module ID of the in-memory development broker.
 	devBrokerApp = "queue_publish_dev_broker"
+	// idempotenceCheckTimeout bounds the check of idempotent on at load.
+	idempotenceCheckTimeout = 2 * time.Second
 )
 
-// producers holds one producer per distinct connection setting, shared by
-// every handler (across config reloads) that uses the same settings.
-var producers = caddy.NewUsagePool()
+// Kafka is where records go and how: the brokers, the connection to them,
+// and the producer's acknowledgements, idempotence, compression and
+// batching. Handlers whose settings resolve alike share one producer,
+// across config reloads.
+type Kafka struct {
+	// Addresses (host:port) of Kafka brokers to bootstrap from. The
+	// cluster's other brokers are discovered. Each entry may hold
+	// {env.*} or {file.*} placeholders and several addresses separated
+	// by commas. Required.
+	Brokers []string `json:"brokers,omitempty"`
 
-// producerConfig is everything that shapes a connection to a Kafka cluster.
-// Handlers whose producerConfig is equal share one producer.
-type producerConfig struct {
-	Brokers     []string             `json:"brokers"`
-	Acks        kafka.RequiredAcks   `json:"acks"`
-	Compression kafka.Compression    `json:"compression"`
-	ClientID    string               `json:"client_id"`
-	TLS         *tlsMaterial         `json:"tls,omitempty"`
-	SASL        *saslCredentials     `json:"sasl,omitempty"`
-	Idempotence producer.Idempotence `json:"idempotence"`
-	Linger      time.Duration        `json:"linger"`
-	// MaxBatchRecords and MaxBatchBytes bound a partition's batch;
-	// MaxInFlight bounds the requests in flight to a broker.
-	MaxBatchRecords int `json:"max_batch_records"`
-	MaxBatchBytes   int `json:"max_batch_bytes"`
-	MaxInFlight     int `json:"max_in_flight"`
+	// An identifier the brokers see for this producer, in their logs
+	// and quotas. Default: caddy-queue-publish.
+	ClientID string `json:"client_id,omitempty"`
+
+	// TLS for broker connections; absent means plaintext.
+	TLS *BrokerTLS `json:"tls,omitempty"`
+
+	// SASL authentication to the brokers.
+	SASL *BrokerSASL `json:"sasl,omitempty"`
+
+	// Which acknowledgement a record needs: "all" (every in-sync
+	// replica has it), "leader" (the partition leader has it) or "none"
+	// (sent, not confirmed: a 200 then means only that the record was
+	// sent). Default: "all".
+	Acks string `json:"acks,omitempty"`
+
+	// Whether the producer is idempotent: true or false. Unset, it is
+	// with acks "all" (as in Kafka's clients, idempotence needs it),
+	// unless the cluster refuses it (an ACL, an old version): then it
+	// warns and produces without. true makes a refusal a config error
+	// when a broker answers at load, and every record's refusal after.
+	// Idempotence removes the duplicates the producer's own retries can
+	// store; a client's repeat of a request is what Idempotency-Key
+	// covers.
+	Idempotent *Switch `json:"idempotent,omitempty"`
+
+	// How record batches are compressed on the way to the brokers:
+	// "none", "gzip", "snappy", "lz4" or "zstd". Default: "none".
+	Compression string `json:"compression,omitempty"`
+
+	// How long a broker's sender waits, under concurrent load, for
+	// more records before sending the next produce request, counted from
+	// the start of the previous one. A record arriving at an idle
+	// broker is always sent at once. Default: 0 (send as soon as the
+	// previous request is answered).
+	Linger caddy.Duration `json:"linger,omitempty"`
+
+	// The most records in one partition's batch (a produce request
+	// carries a batch of each partition the broker leads). Default: 1000.
+	MaxBatchRecords int `json:"max_batch_records,omitempty"`
+
+	// The most bytes of records in one partition's batch; keep it at or
+	// below the brokers' message.max.bytes. Default: 1000000.
+	MaxBatchBytes int `json:"max_batch_bytes,omitempty"`
+
+	// How many produce requests each broker may have in flight. A
+	// partition has one batch in flight at a time whatever this is, so
+	// its records are stored in the order they were queued. Default: 1.
+	MaxInFlight int `json:"max_in_flight,omitempty"`
+
+	brokers  []string           // Brokers, resolved
+	producer *producer.Producer // while the config is loaded
+	use      *producerUse
 }
 
-// key is the canonical identity of the settings in the producer pool. It is
-// a digest, so that the credentials in the settings never sit in a key.
-func (c producerConfig) key() string {
-	c.Brokers = slices.Clone(c.Brokers)
-	slices.Sort(c.Brokers)
-	c.Brokers = slices.Compact(c.Brokers)
-	c.ClientID = cmp.Or(c.ClientID, clientID)
-	b, err := json.Marshal(c)
-	if err != nil {
-		panic(err) // plain data; cannot fail
+// check applies the defaults and checks the settings.
+func (k *Kafka) check() error {
+	if len(k.Brokers) == 0 {
+		return errors.New("brokers: at least one broker address is required")
 	}
-	sum := sha256.Sum256(b)
-	return "queue_publish.producer." + hex.EncodeToString(sum[:])
+	k.Acks = cmp.Or(k.Acks, "all")
+	k.Compression = cmp.Or(k.Compression, "none")
+	if k.Idempotent.isOn(false) && k.Acks != "all" {
+		return fmt.Errorf("idempotent on: needs acks all, not %s", k.Acks)
+	}
+	if err := checkChoice("acks", k.Acks, acksLevels); err != nil {
+		return err
+	}
+	if err := checkChoice("compression", k.Compression, compressions); err != nil {
+		return err
+	}
+	if k.SASL != nil {
+		if err := saslMechanisms.check(k.SASL.Mechanism); err != nil {
+			return fmt.Errorf("sasl: %v", err)
+		}
+	}
+	return checkLimits(
+		limit{"linger", int64(k.Linger), true},
+		limit{"max_batch_records", int64(k.MaxBatchRecords), false},
+		limit{"max_batch_bytes", int64(k.MaxBatchBytes), false},
+		limit{"max_in_flight", int64(k.MaxInFlight), false},
+	)
 }
 
-// config is the producer's configuration for these settings.
-func (c producerConfig) config(logger *zap.Logger) (producer.Config, error) {
+// provision resolves the brokers and the connection settings and takes
+// the producer shared by the configs that use the same ones.
+func (k *Kafka) provision(p *provisioning) error {
+	if err := k.resolveBrokers(p.repl); err != nil {
+		return err
+	}
+	// The in-memory development broker, when configured, must listen
+	// before the producer looks for brokers; apps are otherwise
+	// provisioned in no particular order.
+	if _, err := p.ctx.AppIfConfigured(devBrokerApp); err != nil && !errors.Is(err, caddy.ErrNotConfigured) {
+		return err
+	}
+	conn := connection{Kafka: *k}
+	conn.Kafka.Brokers = k.brokers
+	var err error
+	if k.TLS != nil {
+		if conn.TLS, err = k.TLS.material(p.repl); err != nil {
+			return err
+		}
+	}
+	if k.SASL != nil {
+		if conn.SASL, err = k.SASL.credentials(p.repl); err != nil {
+			return err
+		}
+	}
+	var key string
+	k.producer, key, err = acquireProducer(conn, p.logger)
+	if err != nil {
+		return err
+	}
+	k.use = &producerUse{conn: conn, logger: p.logger, original: k.producer, current: k.producer, key: key}
+	if k.Idempotent.isOn(false) {
+		// A cluster that answers now and refuses is a config error;
+		// one that does not answer is not (it may come up later).
+		ctx, cancel := context.WithTimeout(context.Background(), idempotenceCheckTimeout)
+		defer cancel()
+		if err := k.producer.CheckIdempotence(ctx); err != nil {
+			return fmt.Errorf("idempotent on: %v", err)
+		}
+	}
+	return nil
+}
+
+// cleanup releases the handler's use of its producer; the last config
+// that uses a producer flushes and closes it.
+func (k *Kafka) cleanup() error {
+	if k.use == nil {
+		return nil
+	}
+	return k.use.unload()
+}
+
+// resolveBrokers resolves the placeholders of the broker addresses; one
+// entry may hold a comma-separated list.
+func (k *Kafka) resolveBrokers(repl *caddy.Replacer) error {
+	k.brokers = nil
+	for _, b := range k.Brokers {
+		list, err := repl.ReplaceOrErr(b, true, true)
+		if err != nil {
+			return fmt.Errorf("brokers: %v", err)
+		}
+		for addr := range strings.SplitSeq(list, ",") {
+			if addr = strings.TrimSpace(addr); addr != "" {
+				k.brokers = append(k.brokers, addr)
+			}
+		}
+	}
+	if len(k.brokers) == 0 {
+		return errors.New("brokers: resolves to no address")
+	}
+	return nil
+}
+
+// cluster is the brokers resolved, sorted and without repeats: the order
+// of bootstrap brokers means nothing, so two lists of the same brokers
+// name the same cluster.
+func cluster(brokers []string) []string {
+	return slices.Compact(slices.Sorted(slices.Values(brokers)))
+}
+
+// connection is the settings of a producer as resolved: the brokers, the
+// files of TLS read and the SASL credentials. Handlers whose connection is
+// equal share one producer.
+type connection struct {
+	Kafka
+	TLS  *tlsMaterial     `json:"tls,omitempty"`
+	SASL *saslCredentials `json:"sasl,omitempty"`
+}
+
+// key is the connection's key in the pool: equal settings, one key.
+func (c connection) key() string {
+	c.Kafka.Brokers = cluster(c.Kafka.Brokers)
+	c.ClientID = cmp.Or(c.ClientID, clientID)
+	return sharedKey("producer", c)
+}
+
+// idempotence is the producer's idempotence: unset, where the cluster
+// allows it.
+func (k *Kafka) idempotence() producer.Idempotence {
+	switch {
+	case k.Idempotent == nil:
+		return producer.IdempotenceAuto
+	case bool(*k.Idempotent):
+		return producer.IdempotenceOn
+	}
+	return producer.IdempotenceOff
+}
+
+// config is the producer's configuration for the connection.
+func (c connection) config(logger *zap.Logger) (producer.Config, error) {
 	cfg := producer.Config{
-		Brokers:         c.Brokers,
-		Acks:            c.Acks,
-		Compression:     c.Compression,
+		Brokers:         c.Kafka.Brokers,
+		Acks:            acksLevels.valueOf(c.Acks),
+		Compression:     compressions.valueOf(c.Compression),
 		ClientID:        cmp.Or(c.ClientID, clientID),
-		Idempotence:     c.Idempotence,
-		Linger:          c.Linger,
+		Idempotence:     c.idempotence(),
+		Linger:          time.Duration(c.Linger),
 		MaxBatchRecords: c.MaxBatchRecords,
 		MaxBatchBytes:   c.MaxBatchBytes,
 		MaxInFlight:     c.MaxInFlight,
@@ -138,29 +302,22 @@ func (p pooledProducer) Destruct() error {
 	return nil
 }
 
-// acquireProducer returns the shared producer for cfg, creating it if no
-// loaded config uses these settings yet. Every successful call must be
-// matched by one releaseProducer(key).
-func acquireProducer(c producerConfig, logger *zap.Logger) (p *producer.Producer, key string, err error) {
+// acquireProducer returns the shared producer for the connection, creating
+// it if no loaded config uses these settings yet. Every successful call
+// must be matched by one releaseShared(key).
+func acquireProducer(c connection, logger *zap.Logger) (p *producer.Producer, key string, err error) {
 	key = c.key()
-	val, _, err := producers.LoadOrNew(key, func() (caddy.Destructor, error) {
+	val, _, err := loadShared(key, func() (pooledProducer, error) {
 		cfg, err := c.config(logger)
 		if err != nil {
-			return nil, err
+			return pooledProducer{}, err
 		}
 		return pooledProducer{producer.New(cfg)}, nil
 	})
 	if err != nil {
 		return nil, "", err
 	}
-	return val.(pooledProducer).Producer, key, nil
-}
-
-// releaseProducer gives back one use of a shared producer; the last release
-// flushes and closes it.
-func releaseProducer(key string) error {
-	_, err := producers.Delete(key)
-	return err
+	return val.Producer, key, nil
 }
 
 // producerUse is a handler's use of its shared producer. It lasts until the
@@ -172,7 +329,7 @@ func releaseProducer(key string) error {
 // (the same one if the new config kept the settings) for as long as such
 // requests run.
 type producerUse struct {
-	cfg      producerConfig
+	conn     connection
 	logger   *zap.Logger
 	original *producer.Producer // the producer while the config is loaded
 	inflight atomic.Int64
@@ -196,8 +353,8 @@ func (u *producerUse) enter() *producer.Producer {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if u.released {
-		u.logger.Info(msgTakenAgain, zap.Strings("brokers", u.cfg.Brokers))
-		p, key, err := acquireProducer(u.cfg, u.logger)
+		u.logger.Info(msgTakenAgain, zap.Strings("brokers", u.conn.Kafka.Brokers))
+		p, key, err := acquireProducer(u.conn, u.logger)
 		if err != nil {
 			return nil
 		}
@@ -228,85 +385,8 @@ func (u *producerUse) releaseIfIdle() error {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if u.inflight.Load() == 0 && !u.released {
-		u.err = releaseProducer(u.key)
+		u.err = releaseShared(u.key)
 		u.released = true
 	}
 	return u.err
-}
-
-// idempotenceCheckTimeout bounds the check of idempotent on at load.
-const idempotenceCheckTimeout = 2 * time.Second
-
-// provisionProducer resolves the brokers and the connection settings and
-// acquires the producer shared by the configs that use the same ones.
-func (h *Handler) provisionProducer(ctx caddy.Context, repl *caddy.Replacer) error {
-	if err := h.resolveBrokers(repl); err != nil {
-		return err
-	}
-	// The in-memory development broker, when configured, must listen
-	// before the producer looks for brokers; apps are otherwise
-	// provisioned in no particular order.
-	if _, err := ctx.AppIfConfigured(devBrokerApp); err != nil && !errors.Is(err, caddy.ErrNotConfigured) {
-		return err
-	}
-	cfg := producerConfig{
-		Brokers:         h.brokers,
-		Acks:            acksLevels.valueOf(h.Acks),
-		Idempotence:     idempotence.valueOf(h.Idempotent),
-		Compression:     compressions.valueOf(h.Compression),
-		Linger:          time.Duration(h.Linger),
-		MaxBatchRecords: h.MaxBatchRecords,
-		MaxBatchBytes:   h.MaxBatchBytes,
-		MaxInFlight:     h.MaxInFlight,
-		ClientID:        h.ClientID,
-	}
-	var err error
-	if h.TLS != nil {
-		if cfg.TLS, err = h.TLS.material(repl); err != nil {
-			return err
-		}
-	}
-	if h.SASL != nil {
-		if cfg.SASL, err = h.SASL.credentials(repl); err != nil {
-			return err
-		}
-	}
-	var key string
-	h.producer, key, err = acquireProducer(cfg, h.logger)
-	if err != nil {
-		return err
-	}
-	h.use = &producerUse{cfg: cfg, logger: h.logger, original: h.producer, current: h.producer, key: key}
-	if h.Idempotent == "on" {
-		// A cluster that answers now and refuses is a config error;
-		// one that does not answer is not (it may come up later).
-		ctx, cancel := context.WithTimeout(context.Background(), idempotenceCheckTimeout)
-		defer cancel()
-		if err := h.producer.CheckIdempotence(ctx); err != nil {
-			return fmt.Errorf("idempotent on: %v", err)
-		}
-	}
-	return nil
-}
-
-// resolveBrokers resolves the placeholders of the broker addresses; one
-// entry may hold a comma-separated list.
-func (h *Handler) resolveBrokers(repl *caddy.Replacer) error {
-	h.brokers = h.brokers[:0]
-	for _, b := range h.Brokers {
-		list, err := repl.ReplaceOrErr(b, true, true)
-		if err != nil {
-			return fmt.Errorf("brokers: %v", err)
-		}
-		for addr := range strings.SplitSeq(list, ",") {
-			if addr = strings.TrimSpace(addr); addr != "" {
-				h.brokers = append(h.brokers, addr)
-			}
-		}
-	}
-	if len(h.brokers) == 0 {
-		return errors.New("brokers: resolves to no address")
-	}
-	h.idemScope = idemScope(h.brokers)
-	return nil
 }

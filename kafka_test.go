@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/queuepublish/caddy-queue-publish/internal/producer"
-	"github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"go.uber.org/zap"
 )
@@ -267,10 +266,7 @@ func TestReloadDoesNotWaitForTheOldProducer(t *testing.T) {
 func pooledProducers(t *testing.T) []*producer.Producer {
 	t.Helper()
 	var list []*producer.Producer
-	producers.Range(func(_, v any) bool {
-		list = append(list, v.(pooledProducer).Producer)
-		return true
-	})
+	eachShared(func(p pooledProducer) { list = append(list, p.Producer) })
 	return list
 }
 
@@ -287,12 +283,12 @@ func isClosed(p *producer.Producer) bool {
 func TestRequestAfterCleanupStillPublishes(t *testing.T) {
 	noLeaks(t)
 	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
-	cfg := producerConfig{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll}
+	cfg := connection{Kafka: Kafka{Brokers: c.ListenAddrs(), Acks: "all"}}
 	p, key, err := acquireProducer(cfg, zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}
-	u := &producerUse{cfg: cfg, logger: zap.NewNop(), original: p, current: p, key: key}
+	u := &producerUse{conn: cfg, logger: zap.NewNop(), original: p, current: p, key: key}
 
 	// A request running at Cleanup keeps the producer until it ends.
 	if got := u.enter(); got != p {

@@ -44,16 +44,16 @@ var (
 	metricAsyncQueued = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "caddy_queue_publish_async_queued_records",
 		Help: "Records of delivery async answered 202 and not yet settled by a broker, over the loaded handlers.",
-	}, func() float64 { return asyncQueues.sum(func(h *Handler) int64 { return h.asyncPending.Load() }) })
+	}, func() float64 { return asyncQueues.sum(func(q *Requests) int64 { return q.asyncPending.Load() }) })
 	metricAsyncSize = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "caddy_queue_publish_async_queue_size",
 		Help: "The queue_size of the loaded handlers with delivery async, summed: where requests start to be answered 503.",
-	}, func() float64 { return asyncQueues.sum(func(h *Handler) int64 { return int64(h.QueueSize) }) })
+	}, func() float64 { return asyncQueues.sum(func(q *Requests) int64 { return int64(q.QueueSize) }) })
 	metricAsyncFill = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "caddy_queue_publish_async_queue_fill",
 		Help: "The fill of the fullest delivery async queue, from 0 to 1: each handler's queued records over its queue_size.",
 	}, func() float64 {
-		return asyncQueues.max(func(h *Handler) float64 { return float64(h.asyncPending.Load()) / float64(h.QueueSize) })
+		return asyncQueues.max(func(q *Requests) float64 { return float64(q.asyncPending.Load()) / float64(q.QueueSize) })
 	})
 	metricAsyncDropped = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "caddy_queue_publish_async_dropped_records_total",
@@ -193,10 +193,7 @@ func countOutcome(topic string, failure *publishError, valueLen int) {
 // holds in its queues or in flight.
 func recordsWaiting() float64 {
 	n := 0
-	producers.Range(func(_, v any) bool {
-		n += v.(pooledProducer).Waiting()
-		return true
-	})
+	eachShared(func(p pooledProducer) { n += p.Waiting() })
 	return float64(n)
 }
 
@@ -211,24 +208,24 @@ type handlerSet struct{ m sync.Map }
 
 var asyncQueues handlerSet
 
-func (s *handlerSet) add(h *Handler)    { s.m.Store(h, struct{}{}) }
-func (s *handlerSet) remove(h *Handler) { s.m.Delete(h) }
+func (s *handlerSet) add(q *Requests)    { s.m.Store(q, struct{}{}) }
+func (s *handlerSet) remove(q *Requests) { s.m.Delete(q) }
 
 // sum adds up f over the handlers.
-func (s *handlerSet) sum(f func(*Handler) int64) float64 {
+func (s *handlerSet) sum(f func(*Requests) int64) float64 {
 	var n int64
 	s.m.Range(func(k, _ any) bool {
-		n += f(k.(*Handler))
+		n += f(k.(*Requests))
 		return true
 	})
 	return float64(n)
 }
 
 // max is the largest f over the handlers, 0 without any.
-func (s *handlerSet) max(f func(*Handler) float64) float64 {
+func (s *handlerSet) max(f func(*Requests) float64) float64 {
 	m := 0.0
 	s.m.Range(func(k, _ any) bool {
-		m = math.Max(m, f(k.(*Handler)))
+		m = math.Max(m, f(k.(*Requests)))
 		return true
 	})
 	return m

@@ -1,6 +1,7 @@
 package queuepublish
 
 import (
+	"encoding/json"
 	"crypto/sha256"
 	"fmt"
 	"os"
@@ -81,7 +82,7 @@ func TestProvisionErrors(t *testing.T) {
 	t.Setenv("QP_TEST_SECRET", testSecret)
 	before := len(pooledProducers(t))
 	valid := func() *Handler {
-		return &Handler{Brokers: []string{"127.0.0.1:1"}, Topic: "t", Secrets: []string{"{env.QP_TEST_SECRET}"}}
+		return &Handler{Kafka: Kafka{Brokers: []string{"127.0.0.1:1"}}, Requests: Requests{Topic: "t"}, Authentication: Authentication{Secrets: []string{"{env.QP_TEST_SECRET}"}}}
 	}
 	tests := []struct {
 		name    string
@@ -132,8 +133,7 @@ func TestProvisionErrors(t *testing.T) {
 		}, "idempotency_store: tls ca: open /nonexistent/ca.pem: no such file or directory"},
 		{"second secret unset", func(h *Handler) { h.Secrets = append(h.Secrets, "{env.QP_UNSET_SECRET}") }, "secret 2: evaluated placeholder {env.QP_UNSET_SECRET} is empty"},
 		{"bad compression", func(h *Handler) { h.Compression = "brotli" }, `compression: "brotli" is not none, gzip, snappy, lz4 or zstd`},
-		{"bad idempotent", func(h *Handler) { h.Idempotent = "yes" }, `idempotent: "yes" is not on or off`},
-		{"idempotent on without acks all", func(h *Handler) { h.Idempotent, h.Acks = "on", "leader" }, "idempotent on: needs acks all, not leader"},
+		{"idempotent on without acks all", func(h *Handler) { on := Switch(true); h.Idempotent, h.Acks = &on, "leader" }, "idempotent on: needs acks all, not leader"},
 		{"fixed topic not in allow_topics", func(h *Handler) { h.AllowTopics = []string{"orders"} },
 			`allow_topics: does not list topic "t", which holds no placeholder: every request would be answered 404`},
 		{"signature_header not a header name", func(h *Handler) { h.SignatureHeader = "X-Hub Signature" },
@@ -156,9 +156,14 @@ func TestProvisionErrors(t *testing.T) {
 			tt.change(h)
 			ctx, cancel := caddy.NewContext(caddy.Context{Context: t.Context()})
 			defer cancel()
+			// As Caddy does: Validate, the rules across concerns, after
+			// a Provision that succeeded.
 			err := h.Provision(ctx)
+			if err == nil {
+				err = h.Validate()
+			}
 			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-				t.Fatalf("Provision error = %v, want %q", err, tt.wantErr)
+				t.Fatalf("Provision and Validate error = %v, want %q", err, tt.wantErr)
 			}
 			// As Caddy does after a failed Provision.
 			if err := h.Cleanup(); err != nil {
@@ -174,7 +179,7 @@ func TestProvisionErrors(t *testing.T) {
 func TestProvisionDefaultsAndBrokerPlaceholders(t *testing.T) {
 	t.Setenv("QP_TEST_SECRET", testSecret)
 	t.Setenv("QP_TEST_BROKERS", "127.0.0.1:1, 127.0.0.1:2")
-	h := &Handler{Brokers: []string{"{env.QP_TEST_BROKERS}", "127.0.0.1:3"}, Topic: "t", Secrets: []string{"{env.QP_TEST_SECRET}"}}
+	h := &Handler{Kafka: Kafka{Brokers: []string{"{env.QP_TEST_BROKERS}", "127.0.0.1:3"}}, Requests: Requests{Topic: "t"}, Authentication: Authentication{Secrets: []string{"{env.QP_TEST_SECRET}"}}}
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: t.Context()})
 	defer cancel()
 	if err := h.Provision(ctx); err != nil {
@@ -187,7 +192,7 @@ func TestProvisionDefaultsAndBrokerPlaceholders(t *testing.T) {
 	if got := strings.Join(h.brokers, " "); got != "127.0.0.1:1 127.0.0.1:2 127.0.0.1:3" {
 		t.Errorf("brokers = %q", got)
 	}
-	if len(h.secretDigests) != 1 || h.secretDigests[0] != sha256.Sum256([]byte(testSecret)) {
+	if len(h.secrets.digests) != 1 || h.secrets.digests[0] != sha256.Sum256([]byte(testSecret)) {
 		t.Error("the secret was not resolved from the environment")
 	}
 }
@@ -224,3 +229,47 @@ func TestConfigsThatCannotServeFailTheLoad(t *testing.T) {
 		t.Errorf("%d producers after refused configs, want %d as before", n, before)
 	}
 }
+
+// A setting that is on or off is a boolean in JSON, as Caddy's are; the
+// words of the Caddyfile, which earlier JSON configs hold, are taken too.
+func TestSwitchesInJSON(t *testing.T) {
+	for _, tt := range []struct {
+		json        string
+		trace, idem *bool
+		wantErr     string
+	}{
+		{json: `{}`},
+		{json: `{"trace_headers":false,"idempotent":true}`, trace: ptr(false), idem: ptr(true)},
+		{json: `{"trace_headers":true,"idempotent":false}`, trace: ptr(true), idem: ptr(false)},
+		{json: `{"trace_headers":"off","idempotent":"on"}`, trace: ptr(false), idem: ptr(true)},
+		{json: `{"idempotent":"yes"}`, wantErr: `"yes" is not true, false, "on" or "off"`},
+		{json: `{"trace_headers":1}`, wantErr: `1 is not true, false, "on" or "off"`},
+	} {
+		var h Handler
+		err := json.Unmarshal([]byte(tt.json), &h)
+		if tt.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Errorf("%s: error %v, want %q", tt.json, err, tt.wantErr)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", tt.json, err)
+		}
+		for _, f := range []struct {
+			name string
+			got  *Switch
+			want *bool
+		}{{"trace_headers", h.TraceHeaders, tt.trace}, {"idempotent", h.Idempotent, tt.idem}} {
+			if (f.got == nil) != (f.want == nil) || f.got != nil && bool(*f.got) != *f.want {
+				t.Errorf("%s: %s = %v, want %v", tt.json, f.name, f.got, f.want)
+			}
+		}
+		out, _ := json.Marshal(h)
+		if tt.trace != nil && !strings.Contains(string(out), fmt.Sprintf(`"trace_headers":%t`, *tt.trace)) {
+			t.Errorf("%s: marshalled as %s, want a boolean trace_headers", tt.json, out)
+		}
+	}
+}
+
+func ptr[T any](v T) *T { return &v }

@@ -282,7 +282,7 @@ func FuzzParseEnvelope(f *testing.F) {
 	} {
 		f.Add([]byte(s))
 	}
-	h := &Handler{MaxRecords: 5, Mode: modeRecords}
+	h := &Handler{Requests: Requests{MaxRecords: 5, Mode: modeRecords}}
 	f.Fuzz(func(t *testing.T, body []byte) {
 		recs, cerr := h.parseEnvelope(body, time.Now())
 		if cerr != nil {

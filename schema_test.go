@@ -18,7 +18,7 @@ func schemaHandler(t testing.TB, file, mode string) *Handler {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &Handler{schema: sch, Mode: mode, Timeout: caddy.Duration(time.Second)}
+	return &Handler{Requests: Requests{schema: sch, Mode: mode, Timeout: caddy.Duration(time.Second)}}
 }
 
 func TestSchemaIssues(t *testing.T) {
@@ -72,7 +72,7 @@ func TestSchemaMustCompile(t *testing.T) {
 		"testdata/invalid.schema.json": "schema: ",
 		"testdata/missing.json":        "schema: ",
 	} {
-		h := &Handler{Brokers: []string{"127.0.0.1:1"}, Topic: "t", Secrets: []string{"s"}, Schema: file}
+		h := &Handler{Kafka: Kafka{Brokers: []string{"127.0.0.1:1"}}, Requests: Requests{Topic: "t", Schema: file}, Authentication: Authentication{Secrets: []string{"s"}}}
 		ctx, cancel := caddy.NewContext(caddy.Context{Context: t.Context()})
 		err := h.Provision(ctx)
 		cancel()

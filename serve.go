@@ -2,7 +2,6 @@ package queuepublish
 
 import (
 	"bytes"
-	"crypto/sha256"
 	"io"
 	"net/http"
 	"time"
@@ -63,9 +62,8 @@ func (h *Handler) serve(x *exchange, r *http.Request) error {
 // the secret or signature, the Idempotency-Key's length, the body's size
 // and JSON, and the topic. It returns the body, or why it is refused.
 func (h *Handler) admit(x *exchange, r *http.Request) ([]byte, *refusal) {
-	var signature [sha256.Size]byte
 	if !x.admitted {
-		if ref := h.admitHeaders(x, r, &signature); ref != nil {
+		if ref := h.admitHeaders(x, r); ref != nil {
 			return nil, ref
 		}
 	}
@@ -77,7 +75,7 @@ func (h *Handler) admit(x *exchange, r *http.Request) ([]byte, *refusal) {
 	case http.StatusBadRequest:
 		return nil, refusedInvalidJSON
 	}
-	if h.SignatureHeader != "" && !h.signed(&signature, body) {
+	if !h.scheme.verify(x, body) {
 		return nil, refusedAuth
 	}
 	// Records mode checks the JSON as it parses the envelope.
@@ -91,22 +89,21 @@ func (h *Handler) admit(x *exchange, r *http.Request) ([]byte, *refusal) {
 
 // admitHeaders is the part of admit that needs no body: the method, then
 // the credentials.
-func (h *Handler) admitHeaders(x *exchange, r *http.Request, signature *[sha256.Size]byte) *refusal {
+func (h *Handler) admitHeaders(x *exchange, r *http.Request) *refusal {
 	if r.Method != http.MethodPost {
 		x.w.Header()["Allow"] = []string{"POST"}
 		closeUnread(x.w, r)
 		return refusedMethod
 	}
-	return h.admitCredentials(x, r, signature)
+	return h.admitCredentials(x, r)
 }
 
 // admitCredentials checks the secret, the token or the signature's form,
 // and the Idempotency-Key's length, and marks the request admitted. Its
 // refusals close the connection, the body unread.
-func (h *Handler) admitCredentials(x *exchange, r *http.Request, signature *[sha256.Size]byte) *refusal {
+func (h *Handler) admitCredentials(x *exchange, r *http.Request) *refusal {
 	w := x.w
-	if h.SignatureHeader == "" && !h.authenticated(x, r) ||
-		h.SignatureHeader != "" && !parseSignature(r.Header.Get(h.SignatureHeader), signature) {
+	if !h.scheme.authenticate(x, r) {
 		// A signed request whose header is missing or malformed is
 		// refused before its body costs any memory.
 		closeUnread(w, r)

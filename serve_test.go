@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"github.com/caddyserver/caddy/v2"
 	"io"
 	"net"
 	"net/http"
@@ -196,6 +197,7 @@ func TestBodyMemoryFollowsTheBytesReceived(t *testing.T) {
 	}
 
 	h.SignatureHeader = "X-Hub-Signature-256"
+	h.Authentication.provision(&provisioning{repl: caddy.NewReplacer(), h: h})
 	for _, header := range []string{"", "sha256=", "sha1=" + strings.Repeat("0", 40), "sha256=" + strings.Repeat("z", 64)} {
 		body := &countingReader{r: strings.NewReader(`{}`)}
 		req := httptest.NewRequest("POST", "/", body)

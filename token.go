@@ -4,6 +4,7 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
+	"net/http"
 	"strconv"
 	"strings"
 	"time"
@@ -39,27 +40,47 @@ func tokenMAC(secret []byte, topic, expiry string) [sha256.Size]byte {
 	return sum
 }
 
-// tokenValid checks a token for topic at now: not expired, expiring
-// within token_max_age, and signed with one of the secrets. Every secret is checked, in constant time, whatever
-// matched.
-func (h *Handler) tokenValid(token, topic string, now time.Time) bool {
+// tokens take a token, for the request's topic, in the query.
+type tokens struct {
+	secrets  *secrets
+	maxAge   time.Duration
+	topicFor func(*exchange, *http.Request) (string, *refusal)
+}
+
+func (t tokens) authenticate(x *exchange, r *http.Request) bool {
+	x.identity = identity{scheme: "token"}
+	topic, ref := t.topicFor(x, r)
+	if ref != nil {
+		return false
+	}
+	n, ok := t.valid(r.URL.Query().Get("token"), topic, time.Now())
+	x.identity.secret = n
+	return ok
+}
+
+func (tokens) verify(*exchange, []byte) bool { return true }
+
+// valid checks a token for topic at now: not expired, expiring within
+// token_max_age, and signed with one of the secrets. Every secret is
+// checked, in constant time, whatever matched.
+func (t tokens) valid(token, topic string, now time.Time) (int, bool) {
 	exp, hexMAC, ok := strings.Cut(token, ".")
 	if !ok || len(hexMAC) != 2*sha256.Size {
-		return false
+		return 0, false
 	}
 	expiry, err := strconv.ParseInt(exp, 10, 64)
 	if err != nil || strconv.FormatInt(expiry, 10) != exp || now.Unix() >= expiry ||
-		expiry > now.Add(time.Duration(h.TokenMaxAge)).Unix() {
-		return false // expired, or valid for longer than token_max_age
+		expiry > now.Add(t.maxAge).Unix() {
+		return 0, false // expired, or valid for longer than token_max_age
 	}
 	var sent [sha256.Size]byte
 	if _, err := hex.Decode(sent[:], stringBytes(hexMAC)); err != nil {
-		return false
+		return 0, false
 	}
-	match := 0
-	for _, secret := range h.secrets {
+	var m matcher
+	for i, secret := range t.secrets.values {
 		want := tokenMAC(secret, topic, exp)
-		match |= compareDigests(want[:], sent[:])
+		m.compare(i, want[:], sent[:])
 	}
-	return match == 1
+	return m.result()
 }

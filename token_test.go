@@ -43,7 +43,7 @@ func TestTokenValid(t *testing.T) {
 		"MAC in capitals":                     {exp + "." + strings.ToUpper(mac), "events", true},
 		"far in the past expiry":              {"0." + mac, "events", false},
 	} {
-		if got := h.tokenValid(tt.token, tt.topic, now); got != tt.want {
+		if got := tokenValid(h, tt.token, tt.topic, now); got != tt.want {
 			t.Errorf("%s: tokenValid(%q, %q) = %v, want %v", name, tt.token, tt.topic, got, tt.want)
 		}
 	}
@@ -114,4 +114,10 @@ func TestTokenThroughCaddy(t *testing.T) {
 	if _, ok := recordsByValue(t, c, "events")[`{"from":"server"}`]; !ok {
 		t.Error("the request with the secret was not stored")
 	}
+}
+
+// tokenValid checks a token as a request's is checked.
+func tokenValid(h *Handler, token, topic string, now time.Time) bool {
+	_, ok := tokens{secrets: &h.secrets, maxAge: time.Duration(h.TokenMaxAge)}.valid(token, topic, now)
+	return ok
 }
