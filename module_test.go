@@ -1,8 +1,8 @@
 package queuepublish
 
 import (
-	"encoding/json"
 	"crypto/sha256"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
