@@ -93,6 +93,7 @@ type exchange struct {
 	// admitted: the credentials were checked (mode confluent checks them
 	// before its path, method and Content-Type).
 	admitted bool
+	mode mode
 	// api: in mode confluent, what the path names and the answer's shape.
 	api         *restRoute
 	contentType string // of the answer; empty: application/json
@@ -101,11 +102,11 @@ type exchange struct {
 // refuse answers a request that is wrong.
 func (x *exchange) refuse(ref *refusal) error {
 	x.reason = ref.reason
-	if x.api != nil {
-		return x.answerRESTRefusal(ref)
-	}
-	return x.answer(ref.status, ref.body)
+	return x.mode.refuse(x, ref)
 }
+
+// fail answers a request none of whose records was published.
+func (x *exchange) fail(f *publishError) error { return x.mode.fail(x, f) }
 
 // answer writes the status and body. Header values are fresh slices for
 // each answer: Caddy's deferred header replacements (header >Name ...)
@@ -122,11 +123,9 @@ func (x *exchange) answer(status int, body []byte) error {
 	return err
 }
 
-// answerFailure answers a request none of whose records was published.
+// answerFailure answers a request none of whose records was published,
+// in the shape of body and records mode.
 func (x *exchange) answerFailure(f *publishError) error {
-	if x.api != nil {
-		return x.answerRESTError(statusOf(f.Outcome), restFailureCode(f.Outcome), f.Reason)
-	}
 	b := appendFailure(append(make([]byte, 0, 96), '{'), f)
 	return x.answer(statusOf(f.Outcome), append(b, '}'))
 }

@@ -83,6 +83,7 @@ func benchmarkHandler(b *testing.B, bc benchCase, callers int) {
 	c := newCluster(b, kfake.NumBrokers(1), kfake.SeedTopics(1, "bench"))
 	h := handlerForUnitTest(1000000)
 	h.Topic, h.Mode, h.MaxRecords = "bench", bc.mode, 1000
+	h.mode, _ = modeOf(bc.mode)
 	if bc.mode == modeConfluent {
 		h.Topic, h.allowTopics = "", map[string]bool{"bench": true}
 	}

@@ -12,7 +12,7 @@ import (
 // its values: the Caddyfile parser and Validate both check against it,
 // and its error names them in this order.
 var (
-	modes = choices[string]{{modeBody, modeBody}, {modeRecords, modeRecords}, {modeConfluent, modeConfluent}}
+	modes = choices[mode]{{modeBody, bodyMode{}}, {modeRecords, recordsMode{}}, {modeConfluent, confluentMode{}}}
 
 	deliveries = choices[string]{{deliverySync, deliverySync}, {deliveryAsync, deliveryAsync}}
 

@@ -156,7 +156,7 @@ func FuzzRESTRecords(f *testing.F) {
 	} {
 		f.Add(tt.path, tt.contentType, tt.body)
 	}
-	h := &Handler{Requests: Requests{Mode: modeConfluent, MaxRecords: 20, MaxSize: 1 << 20, Timeout: caddy.Duration(time.Second)}}
+	h := &Handler{Requests: Requests{Mode: modeConfluent, mode: confluentMode{}, MaxRecords: 20, MaxSize: 1 << 20, Timeout: caddy.Duration(time.Second)}}
 	now := time.Date(2026, 1, 2, 3, 4, 5, 678_901_234, time.UTC)
 	// What a record's time may be: Kafka's milliseconds from 1970, and an
 	// RFC 3339 instant in the answer.

@@ -255,6 +255,7 @@ func hasLogLine(log []byte, level, msg, detail string) bool {
 func handlerForUnitTest(maxSize int64) *Handler {
 	h := handlerWithSecrets(testSecret)
 	h.MaxSize, h.Timeout = maxSize, caddy.Duration(time.Second)
+	h.mode = bodyMode{}
 	return h
 }
 

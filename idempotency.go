@@ -179,19 +179,11 @@ func idemScope(brokers []string) string {
 	return strings.Join(cluster(brokers), ",") + "\x00"
 }
 
-// digestMode is what, beside the body, makes a request's records: the
-// mode and, in mode confluent, the API and format the request named.
-func (h *Handler) digestMode(x *exchange) string {
-	if x.api == nil {
-		return h.Mode
-	}
-	return fmt.Sprintf("%s v3=%t binary=%t partition=%d", h.Mode, x.api.v3, x.api.binary, x.api.partition)
-}
-
 // idemDigest identifies a request for its Idempotency-Key: everything
 // that shapes its records. The same body means other records in another
-// mode, so the mode is part of it; in body mode, so are the key and
-// headers taken from the request (records mode has them in the body).
+// mode, so the mode (and what else its requests name) is part of it; so
+// are the key and headers of recs, taken from the request (in body mode;
+// records mode has them in the body).
 func idemDigest(mode string, body []byte, recs []*record) [sha256.Size]byte {
 	h := sha256.New()
 	field := func(b []byte) {
@@ -202,8 +194,7 @@ func idemDigest(mode string, body []byte, recs []*record) [sha256.Size]byte {
 	}
 	field([]byte(mode))
 	field(body)
-	if mode == modeBody {
-		rec := recs[0]
+	for _, rec := range recs {
 		field([]byte{boolByte(rec.Key != nil)}) // no key, or an empty one
 		field(rec.Key)
 		for _, hd := range rec.Headers {
@@ -230,7 +221,7 @@ func boolByte(b bool) byte {
 func (h *Handler) publishOnce(x *exchange, r *http.Request, key string, body []byte, recs []*record, start time.Time) error {
 	var digest [sha256.Size]byte
 	if h.store != nil {
-		digest = idemDigest(h.digestMode(x), body, recs) // before the key joins the headers
+		digest = h.mode.digest(x, body, recs) // before the key joins the headers
 	}
 	addKeyHeader(recs, key)
 	if h.store == nil {

@@ -353,6 +353,7 @@ func BenchmarkIdempotencyStore(b *testing.B) {
 				c := newCluster(b, kfake.NumBrokers(1), kfake.SeedTopics(1, "bench"))
 				h := handlerForUnitTest(1000000)
 				h.Topic, h.Mode, h.IdempotencyWindow = "bench", modeBody, caddy.Duration(time.Minute)
+				h.mode = bodyMode{}
 				h.logger = zap.NewNop()
 				if store == "redis" {
 					h.IdempotencyRedis, h.IdempotencyKeyPrefix = r.URL(), fmt.Sprintf("bench%d:", callers)

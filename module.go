@@ -100,8 +100,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 // Validate checks the rules across concerns; each concern checked its
 // own settings in Provision.
 func (h *Handler) Validate() error {
-	if h.Mode == modeConfluent && h.SignatureHeader != "" {
-		return errors.New("signature_header: not in mode confluent, whose clients send their credentials in Authorization")
+	if err := h.mode.validate(h); err != nil {
+		return err
 	}
 	if h.IdempotencyRedis != "" && h.Delivery == deliveryAsync {
 		return errors.New("idempotency_store redis: not with delivery async, whose requests are answered before the broker settles their records")

@@ -20,7 +20,7 @@ func (h *Handler) publish(x *exchange, r *http.Request, final, send []*record, s
 		}
 		if async && !h.reserveQueue(len(send)) {
 			x.reason = rejectQueueFull
-			return x.answerFailure(errQueueFull)
+			return x.fail(errQueueFull)
 		}
 		set, ref := h.place(x, r, send, start)
 		if set == nil || ref != nil {
@@ -30,10 +30,10 @@ func (h *Handler) publish(x *exchange, r *http.Request, final, send []*record, s
 			switch {
 			case ref != nil:
 				return x.refuse(ref)
-			case async || h.Mode == modeBody:
-				return x.answerFailure(send[0].Answer)
+			case async:
+				return x.fail(send[0].Answer)
 			}
-			return h.answerPublished(x, final)
+			return h.mode.answer(h, x, final)
 		}
 		if async {
 			return h.enqueue(x, set, send, start)
@@ -42,19 +42,7 @@ func (h *Handler) publish(x *exchange, r *http.Request, final, send []*record, s
 	} else if async {
 		return x.answer(http.StatusAccepted, bodyAccepted)
 	}
-	return h.answerPublished(x, final)
-}
-
-// answerPublished answers a request whose records were sent: the records
-// that stand for it, in the shape of the mode.
-func (h *Handler) answerPublished(x *exchange, final []*record) error {
-	switch {
-	case x.api != nil:
-		return h.answerREST(x, final)
-	case h.Mode == modeRecords:
-		return x.answerRecords(final)
-	}
-	return x.answerBody(final[0])
+	return h.mode.answer(h, x, final)
 }
 
 // place finds the topic of the records and checks the partitions they ask
@@ -115,7 +103,7 @@ func (h *Handler) enqueue(x *exchange, set *producer.Topic, recs []*record, star
 	if queued, perr := x.producer.Enqueue(set, recs); perr != nil {
 		// Shutting down: the records before were queued.
 		h.asyncPending.Add(-int64(len(recs) - queued))
-		return x.answerFailure(perr)
+		return x.fail(perr)
 	}
 	return x.answer(http.StatusAccepted, bodyAccepted)
 }

@@ -30,16 +30,7 @@ func addKeyHeader(recs []*record, key string) {
 // toRecords turns a request's body into its records, and checks them
 // against the schema.
 func (h *Handler) toRecords(x *exchange, r *http.Request, body []byte, now time.Time) ([]*record, *refusal) {
-	var recs []*record
-	var ref *refusal
-	switch h.Mode {
-	case modeRecords:
-		recs, ref = h.parseEnvelope(body, now)
-	case modeConfluent:
-		recs, ref = h.parseREST(x.api, body, now)
-	default:
-		recs = []*record{h.bodyRecord(r, body, now)}
-	}
+	recs, ref := h.mode.records(h, x, r, body, now)
 	if ref != nil {
 		return nil, ref
 	}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"maps"
 	"slices"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -96,6 +95,7 @@ type Requests struct {
 	// queue up to this long. Default: 2m (as Kafka's delivery.timeout.ms).
 	QueueTimeout caddy.Duration `json:"queue_timeout,omitempty"`
 
+	mode         mode // of Mode
 	allowTopics  map[string]bool
 	schema       *jsonschema.Schema
 	headerNames  []string // of Headers, sorted
@@ -117,7 +117,8 @@ const (
 func (q *Requests) check() error {
 	q.Mode = cmp.Or(q.Mode, modeBody)
 	q.Delivery = cmp.Or(q.Delivery, deliverySync)
-	if err := checkChoice("mode", q.Mode, modes); err != nil {
+	var err error
+	if q.mode, err = modeOf(q.Mode); err != nil {
 		return err
 	}
 	if err := checkChoice("delivery", q.Delivery, deliveries); err != nil {
@@ -136,10 +137,8 @@ func (q *Requests) check() error {
 	q.Timeout = cmp.Or(q.Timeout, caddy.Duration(defaultTimeout))
 	q.QueueSize = cmp.Or(q.QueueSize, defaultQueueSize)
 	q.QueueTimeout = cmp.Or(q.QueueTimeout, caddy.Duration(defaultQueueTimeout))
-	if q.Delivery == deliveryAsync && q.Mode == modeRecords && q.MaxRecords > q.QueueSize {
-		// A request is queued whole or not at all: one larger than the
-		// queue would be answered 503 forever, a retry never fitting.
-		return fmt.Errorf("queue_size: %d is less than max_records (%d), the most records one request may carry, which could never be queued; raise queue_size or lower max_records", q.QueueSize, q.MaxRecords)
+	if err := q.mode.check(q); err != nil {
+		return err
 	}
 	if q.MaxRecords == 0 {
 		q.MaxRecords = defaultMaxRecords
@@ -150,57 +149,13 @@ func (q *Requests) check() error {
 			q.MaxRecords = min(q.MaxRecords, q.QueueSize)
 		}
 	}
-	if err := q.checkTopics(); err != nil {
-		return err
-	}
-	if q.Mode != modeBody && (q.Key != "" || len(q.Headers) > 0) {
-		return fmt.Errorf("key, header: apply to mode body only; in mode %s each record carries its own", q.Mode)
-	}
-	if _, ok := q.Headers[""]; ok {
-		return errors.New("header: a record header needs a name")
-	}
-	return nil
-}
-
-// checkTopics checks the topic and the topics allowed, which mode
-// confluent takes from the path.
-func (q *Requests) checkTopics() error {
-	switch {
-	case q.Mode == modeConfluent:
-		if q.Topic != "" {
-			return errors.New("topic: not used in mode confluent, where the path names the topic; list the topics allowed in allow_topics")
-		}
-		if len(q.AllowTopics) == 0 {
-			return errors.New("allow_topics: required in mode confluent")
-		}
-		if q.Delivery == deliveryAsync {
-			return errors.New("delivery async: not in mode confluent, whose answers carry each record's offset")
-		}
-		if q.Schema != "" {
-			// A value may be BINARY, STRING or null (a tombstone), of
-			// which a JSON Schema says nothing.
-			return errors.New("schema: not in mode confluent, whose record values need not be JSON")
-		}
-	case q.ClusterID != "":
-		return errors.New("cluster_id: applies to mode confluent only")
-	case q.Topic == "":
-		return errors.New("topic: required")
-	case strings.ContainsAny(q.Topic, "{}"):
-		if len(q.AllowTopics) == 0 {
-			return errors.New("allow_topics: required when topic holds placeholders")
-		}
-	default:
-		if err := validTopic(q.Topic); err != nil {
-			return fmt.Errorf("topic: %v", err)
-		}
-		if len(q.AllowTopics) > 0 && !slices.Contains(q.AllowTopics, q.Topic) {
-			return fmt.Errorf("allow_topics: does not list topic %q, which holds no placeholder: every request would be answered 404", q.Topic)
-		}
-	}
 	for _, t := range q.AllowTopics {
 		if err := validTopic(t); err != nil {
 			return fmt.Errorf("allow_topics: %v", err)
 		}
+	}
+	if _, ok := q.Headers[""]; ok {
+		return errors.New("header: a record header needs a name")
 	}
 	return nil
 }

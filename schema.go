@@ -40,10 +40,7 @@ type schemaIssue struct {
 func (h *Handler) checkSchema(recs []*record) *refusal {
 	var issues []schemaIssue
 	for i, rec := range recs {
-		prefix := ""
-		if h.Mode == modeRecords {
-			prefix = "/records/" + strconv.Itoa(i) + "/value"
-		}
+		prefix := h.mode.valuePath(i)
 		doc, err := jsonschema.UnmarshalJSON(bytes.NewReader(rec.Value))
 		if err != nil {
 			// The body passed the JSON check: this cannot happen.

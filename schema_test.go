@@ -18,7 +18,8 @@ func schemaHandler(t testing.TB, file, mode string) *Handler {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &Handler{Requests: Requests{schema: sch, Mode: mode, Timeout: caddy.Duration(time.Second)}}
+	m, _ := modeOf(mode)
+	return &Handler{Requests: Requests{schema: sch, Mode: mode, mode: m, Timeout: caddy.Duration(time.Second)}}
 }
 
 func TestSchemaIssues(t *testing.T) {

@@ -15,7 +15,7 @@ import (
 // calls the next handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
 	// Until the topic is resolved, a topic from the request is unknown.
-	x := exchange{w: w, producer: h.producer}
+	x := exchange{w: w, producer: h.producer, mode: h.mode}
 	if h.use != nil {
 		x.producer = h.use.enter()
 		defer h.use.leave()
@@ -28,10 +28,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	switch {
 	case h.isPreflight(r):
 		err = h.preflight(&x, r)
-	case h.Mode == modeConfluent:
-		err = h.serveConfluent(&x, r)
 	default:
-		err = h.serve(&x, r)
+		err = h.mode.serve(h, &x, r)
 	}
 	countRequest(x.topic, x.status)
 	if x.reason != "" {
@@ -78,9 +76,8 @@ func (h *Handler) admit(x *exchange, r *http.Request) ([]byte, *refusal) {
 	if !h.scheme.verify(x, body) {
 		return nil, refusedAuth
 	}
-	// Records mode checks the JSON as it parses the envelope.
-	if h.Mode == modeBody && !validJSON(body) {
-		return nil, refusedInvalidJSON
+	if ref := h.mode.checkBody(body); ref != nil {
+		return nil, ref
 	}
 	topic, ref := h.requestTopic(x, r)
 	x.topic = topic
@@ -120,13 +117,7 @@ func (h *Handler) admitCredentials(x *exchange, r *http.Request) *refusal {
 // requestTopic resolves the request's topic; "" and why if it is not
 // allowed.
 func (h *Handler) requestTopic(x *exchange, r *http.Request) (string, *refusal) {
-	if x.api != nil {
-		return h.restTopic(x.api)
-	}
-	if topic, ok := h.topicFor(r); ok {
-		return topic, nil
-	}
-	return "", refusedTopic
+	return h.mode.topic(h, x, r)
 }
 
 // topicFor resolves the topic of the handler's topic setting for the
