@@ -93,7 +93,7 @@ type exchange struct {
 	// admitted: the credentials were checked (mode confluent checks them
 	// before its path, method and Content-Type).
 	admitted bool
-	mode mode
+	mode     mode
 	// api: in mode confluent, what the path names and the answer's shape.
 	api         *restRoute
 	contentType string // of the answer; empty: application/json

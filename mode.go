@@ -148,7 +148,9 @@ func (recordsMode) digest(_ *exchange, body []byte, _ []*record) [sha256.Size]by
 	return idemDigest(modeRecords, body, nil)
 }
 
-func (recordsMode) answer(_ *Handler, x *exchange, recs []*record) error { return x.answerRecords(recs) }
+func (recordsMode) answer(_ *Handler, x *exchange, recs []*record) error {
+	return x.answerRecords(recs)
+}
 
 // confluentMode: the paths, bodies and answers of Confluent REST Proxy's
 // produce APIs, v2 and v3, with the topic from the path.
@@ -179,7 +181,9 @@ func (confluentMode) validate(h *Handler) error {
 	return nil
 }
 
-func (confluentMode) serve(h *Handler, x *exchange, r *http.Request) error { return h.serveConfluent(x, r) }
+func (confluentMode) serve(h *Handler, x *exchange, r *http.Request) error {
+	return h.serveConfluent(x, r)
+}
 
 // checkBody: a body's JSON is checked as it is parsed.
 func (confluentMode) checkBody([]byte) *refusal { return nil }
@@ -199,7 +203,9 @@ func (confluentMode) digest(x *exchange, body []byte, _ []*record) [sha256.Size]
 	return idemDigest(fmt.Sprintf("%s v3=%t binary=%t partition=%d", modeConfluent, x.api.v3, x.api.binary, x.api.partition), body, nil)
 }
 
-func (confluentMode) answer(h *Handler, x *exchange, recs []*record) error { return h.answerREST(x, recs) }
+func (confluentMode) answer(h *Handler, x *exchange, recs []*record) error {
+	return h.answerREST(x, recs)
+}
 
 func (confluentMode) fail(x *exchange, f *publishError) error {
 	return x.answerRESTError(statusOf(f.Outcome), restFailureCode(f.Outcome), f.Reason)
