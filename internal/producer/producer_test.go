@@ -1319,3 +1319,224 @@ func TestRefusedEnqueueClosesDone(t *testing.T) {
 		t.Fatal("done still open for a record the producer refused")
 	}
 }
+
+// notQueued fails the test unless none of recs was queued.
+func notQueued(t *testing.T, p *Producer, recs []*Record) {
+	t.Helper()
+	for i, rec := range recs {
+		if partition, _ := rec.Progress(); partition >= 0 {
+			t.Errorf("record %d was queued on partition %d", i, partition)
+		}
+	}
+	if n := p.Waiting(); n != 0 {
+		t.Errorf("%d records waiting, want none", n)
+	}
+}
+
+// A record asking for a partition the topic does not have fails the call
+// before anything is queued, with an error the caller tells apart (and
+// answers 404): not a failure of Kafka, so no record's outcome.
+func TestPartitionBeyondTheTopicQueuesNothing(t *testing.T) {
+	kafkatest.NoLeaks(t)
+	c := kafkatest.NewCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(2, "events"))
+	p := testProducer(t, c)
+	verbs := map[string]func([]*Record) error{
+		"Produce": func(recs []*Record) error { return p.Produce(context.Background(), recs) },
+		"Start":   func(recs []*Record) error { return p.Start(context.Background(), recs) },
+		"Enqueue": func(recs []*Record) error {
+			n, err := p.Enqueue(context.Background(), recs)
+			if n != 0 {
+				t.Errorf("Enqueue queued %d records", n)
+			}
+			return err
+		},
+	}
+	for name, verb := range verbs {
+		var recs []*Record
+		for _, partition := range []int{0, -1, 5} {
+			rec := NewRecord([]byte(`{}`), time.Now(), time.Second)
+			rec.Topic, rec.Partition = "events", partition
+			rec.OnDone = func(*Record, *Error) { t.Errorf("%s: OnDone called for a record never queued", name) }
+			recs = append(recs, rec)
+		}
+		err := verb(recs)
+		var perr *PartitionError
+		if !errors.As(err, &perr) || *perr != (PartitionError{Index: 2, Partition: 5, Partitions: 2}) {
+			t.Fatalf("%s: %v, want the partition error of record 2", name, err)
+		}
+		if got, want := err.Error(), "record 2: partition 5 does not exist (the topic has 2)"; got != want {
+			t.Errorf("%s: %q, want %q", name, got, want)
+		}
+		if errors.As(err, new(*Error)) {
+			t.Errorf("%s: the client's mistake reads as a failure of Kafka", name)
+		}
+		notQueued(t, p, recs)
+		for i, rec := range recs {
+			if got := rec.Outcome(); got != nil || rec.Done() != nil {
+				t.Errorf("%s: record %d has the outcome %v, done %v; want none", name, i, got, rec.Done())
+			}
+		}
+	}
+	if got := kafkatest.Stored(t, c, "events"); len(got) != 0 {
+		t.Errorf("the topic holds %d records, want none", len(got))
+	}
+}
+
+// When the topic cannot be had, its error is every record's outcome, and
+// the call returns it with nothing queued: a topic that does not exist,
+// and a producer that is closed.
+func TestTopicLookupFailureIsEveryRecordsOutcome(t *testing.T) {
+	kafkatest.NoLeaks(t)
+	c := kafkatest.NewCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	p := mustProducer(t, Config{Brokers: c.ListenAddrs(), Acks: AcksAll}, zap.NewNop())
+	closed := false
+	t.Cleanup(func() {
+		if !closed {
+			<-p.Close()
+		}
+	})
+	records := func(topic string) []*Record {
+		var recs []*Record
+		for range 3 {
+			rec := NewRecord([]byte(`{}`), time.Now(), 2*time.Second)
+			rec.Topic = topic
+			rec.OnDone = func(*Record, *Error) { t.Error("OnDone called for a record never queued") }
+			recs = append(recs, rec)
+		}
+		return recs
+	}
+	check := func(what string, err error, recs []*Record, want func(*Error) bool) {
+		t.Helper()
+		var perr *Error
+		if !errors.As(err, &perr) || !want(perr) {
+			t.Fatalf("%s: %v", what, err)
+		}
+		for i, rec := range recs {
+			if got := rec.Outcome(); got != perr {
+				t.Errorf("%s: record %d has the outcome %v, want %v", what, i, got, perr)
+			}
+		}
+		notQueued(t, p, recs)
+	}
+	unknown := func(perr *Error) bool { return perr.Outcome == OutcomeRejected && perr.Reason == "unknown topic" }
+	recs := records("nope")
+	check("Produce, unknown topic", p.Produce(context.Background(), recs), recs, unknown)
+	recs = records("nope")
+	_, err := p.Enqueue(context.Background(), recs)
+	check("Enqueue, unknown topic", err, recs, unknown)
+
+	<-p.Close()
+	closed = true
+	shutting := func(perr *Error) bool { return perr == errShuttingDown }
+	recs = records("events")
+	check("Start, closed", p.Start(context.Background(), recs), recs, shutting)
+	p.Wait(context.Background(), recs) // nothing to wait for
+	recs = records("events")
+	n, err := p.Enqueue(context.Background(), recs)
+	check("Enqueue, closed", err, recs, shutting)
+	if n != 0 {
+		t.Errorf("Enqueue on a closed producer queued %d", n)
+	}
+}
+
+// A call takes records of one topic: one that mixes topics, or names
+// none, is refused before any lookup, and nothing is queued.
+func TestMixedTopicsRefused(t *testing.T) {
+	kafkatest.NoLeaks(t)
+	c := kafkatest.NewCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events", "other"))
+	p := testProducer(t, c)
+	for _, topics := range [][]string{{"events", "other"}, {"events", "events", ""}, {""}} {
+		var recs []*Record
+		for _, topic := range topics {
+			rec := NewRecord([]byte(`{}`), time.Now(), time.Second)
+			rec.Topic = topic
+			recs = append(recs, rec)
+		}
+		err := p.Produce(context.Background(), recs)
+		if err == nil || errors.As(err, new(*Error)) || errors.As(err, new(*PartitionError)) {
+			t.Fatalf("records for %q: %v, want the call refused", topics, err)
+		}
+		if want := fmt.Sprintf("for topic %q", topics[len(topics)-1]); len(topics) > 1 && !strings.Contains(err.Error(), want) {
+			t.Errorf("records for %q: %q does not say %s", topics, err, want)
+		}
+		notQueued(t, p, recs)
+		for i, rec := range recs {
+			if got := rec.Outcome(); got != nil {
+				t.Errorf("records for %q: record %d has the outcome %v", topics, i, got)
+			}
+		}
+	}
+	if err := p.Produce(context.Background(), nil); err != nil {
+		t.Errorf("a call of no records: %v", err)
+	}
+}
+
+// A record's one outcome through its life: none before a call takes it;
+// "outcome unknown" while a request carries it and its caller stopped
+// waiting (or before it waits); acknowledged (nil) once the broker
+// answers, for good once Done is closed; and the refusal of a record no
+// partition took.
+func TestOutcomeAcrossALife(t *testing.T) {
+	kafkatest.NoLeaks(t)
+	c := kafkatest.NewCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	p := mustProducer(t, Config{Brokers: c.ListenAddrs(), Acks: AcksAll, Idempotence: IdempotenceOff}, zap.NewNop())
+	t.Cleanup(func() { <-p.Close() })
+	if _, perr := sendOne(p, "events", []byte(`"warm"`), time.Second); perr != nil {
+		t.Fatal(perr)
+	}
+	release := make(chan struct{})
+	received := kafkatest.HoldProduce(c, release)
+
+	rec := NewRecord([]byte(`"held"`), time.Now(), 300*time.Millisecond)
+	rec.Topic = "events"
+	rec.AckBy = rec.Deadline.Add(lateWait) // one attempt, waiting for its answer
+	if got := rec.Outcome(); got != nil {
+		t.Errorf("before any call: %v, want none", got)
+	}
+	if err := p.Start(context.Background(), []*Record{rec}); err != nil {
+		t.Fatal(err)
+	}
+	kafkatest.WaitFor(t, 5*time.Second, func() bool { return received.Load() == 1 })
+	if got := rec.Outcome(); got == nil || got.Outcome != OutcomeUnknown || got.Reason != reasonUnknown {
+		t.Errorf("in flight, before Wait: %v, want outcome unknown", got)
+	}
+	p.Wait(context.Background(), []*Record{rec}) // its deadline passes
+	if got := rec.Outcome(); got == nil || got.Outcome != OutcomeUnknown {
+		t.Errorf("in flight, its caller gone: %v, want outcome unknown", got)
+	}
+	select {
+	case <-rec.Done():
+		t.Fatal("done closed while the broker holds the record")
+	default:
+	}
+	close(release)
+	completedWithin(t, rec, 10*time.Second)
+	if got := rec.Outcome(); got != nil {
+		t.Errorf("acknowledged late: %v, want nil", got)
+	}
+	if partition, attempts := rec.Progress(); partition != 0 || attempts != 1 {
+		t.Errorf("progress %d, %d; want partition 0 after 1 attempt", partition, attempts)
+	}
+
+	// Refused by its partition (the producer closed after the lookup):
+	// the refusal is the outcome, and Start returns it.
+	refused := NewRecord([]byte(`"refused"`), time.Now(), time.Second)
+	refused.Topic = "events"
+	topic, err := p.lookup(context.Background(), []*Record{refused})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-p.Close()
+	if err := start(topic, []*Record{refused}); err != errShuttingDown {
+		t.Errorf("start on a closed partition: %v, want %v", err, errShuttingDown)
+	}
+	if got := refused.Outcome(); got != errShuttingDown {
+		t.Errorf("refused: %v, want %v", got, errShuttingDown)
+	}
+	select {
+	case <-refused.Done():
+	default:
+		t.Error("done still open for a refused record")
+	}
+	notQueued(t, p, []*Record{refused})
+}
