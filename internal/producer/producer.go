@@ -305,7 +305,7 @@ func (p *Producer) Wait(ctx context.Context, recs []*Record) {
 	}
 }
 
-// timers are the stopped timers of Send calls that returned: a request
+// timers are the stopped timers of Wait calls that returned: a request
 // waits on one, and a pooled timer costs no allocation. (Since Go 1.23 a
 // stopped or reset timer never delivers a stale tick.)
 var timers sync.Pool

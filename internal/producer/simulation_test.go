@@ -242,7 +242,7 @@ func (w *simWorld) newStream() int {
 	return w.streams
 }
 
-// call is a caller that sends 1 to 20 records in one Start and waits for
+// call is a caller that sends 1 to 20 records in one Produce and waits for
 // them, or leaves early.
 func (w *simWorld) call(seed uint64) {
 	rng := rand.New(rand.NewPCG(seed, 1))
