@@ -96,6 +96,7 @@ func (a Acks) String() string {
 // as they are.
 type Compression int8
 
+// The codecs, as Kafka numbers them.
 const (
 	CompressionNone   Compression = 0
 	CompressionGzip   Compression = 1
