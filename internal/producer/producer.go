@@ -294,6 +294,8 @@ func (p *Producer) Wait(ctx context.Context, recs []*Record) {
 	timer := startTimer(time.Until(recs[0].Deadline))
 	select {
 	case <-recs[0].done:
+		stopTimer(timer)
+		return
 	case <-timer.C:
 	case <-ctx.Done():
 	}
