@@ -31,8 +31,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/segmentio/kafka-go"
-
 	"github.com/queuepublish/caddy-queue-publish/internal/harness"
 	"github.com/queuepublish/caddy-queue-publish/internal/producer"
 	"github.com/queuepublish/caddy-queue-publish/test/apachekafka"
@@ -531,8 +529,11 @@ type runs struct {
 // request at 1 connection waits for.
 func producerAlone(brokerAddr string) (sample, error) {
 	const n, warm = producerAloneRecords - 500, 500
-	p := producer.New(producer.Config{Brokers: []string{brokerAddr}, Acks: kafka.RequireAll})
-	defer p.Close()
+	p, err := producer.New(producer.Config{Brokers: []string{brokerAddr}, Acks: producer.AcksAll})
+	if err != nil {
+		return sample{}, err
+	}
+	defer func() { <-p.Close() }()
 	var lat []time.Duration
 	start := time.Now()
 	for i := range n + warm {
@@ -540,15 +541,13 @@ func producerAlone(brokerAddr string) (sample, error) {
 			start = time.Now()
 		}
 		rec := producer.NewRecord([]byte(seedBody), time.Now(), 5*time.Second)
-		recs := []*producer.Record{rec}
+		rec.Topic = topic
 		t0 := time.Now()
-		t, perr := p.Topic(context.Background(), topic, recs)
-		if perr != nil {
-			return sample{}, fmt.Errorf("the producer alone: %v", perr)
+		if err := p.Produce(context.Background(), []*producer.Record{rec}); err != nil {
+			return sample{}, fmt.Errorf("the producer alone: %v", err)
 		}
-		p.Send(context.Background(), t, recs)
-		if rec.Answer != nil {
-			return sample{}, fmt.Errorf("the producer alone: %v", rec.Answer)
+		if perr := rec.Outcome(); perr != nil {
+			return sample{}, fmt.Errorf("the producer alone: %v", perr)
 		}
 		if i >= warm {
 			lat = append(lat, time.Since(t0))

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/queuepublish/caddy-queue-publish/internal/kafkatest"
-	"github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"go.uber.org/zap"
 )
@@ -34,8 +33,8 @@ func BenchmarkProducerSend(b *testing.B) {
 			b.Run("partitions="+strconv.Itoa(int(partitions))+"/callers="+strconv.Itoa(callers), func(b *testing.B) {
 				c := kafkatest.NewCluster(b, kfake.NumBrokers(1), kfake.SeedTopics(partitions, "bench"))
 				var counted batchCounter
-				p := mustProducer(b, Config{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll, Hooks: &counted}, zap.NewNop())
-				defer p.Close()
+				p := mustProducer(b, Config{Brokers: c.ListenAddrs(), Acks: AcksAll, Hooks: &counted}, zap.NewNop())
+				defer func() { <-p.Close() }()
 				body := []byte(seedBody)
 				// Warm up: metadata, connections, the producer ID.
 				if _, perr := sendOne(p, "bench", body, 5*time.Second); perr != nil {

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/queuepublish/caddy-queue-publish/internal/kafkatest"
-	"github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"go.uber.org/zap"
 )
@@ -59,7 +58,7 @@ func TestFrozenBootstrapBrokerIsPassedOver(t *testing.T) {
 		if i%2 == 1 {
 			brokers[0], brokers[1] = brokers[1], brokers[0]
 		}
-		p := mustProducer(t, Config{Brokers: brokers, Acks: kafka.RequireAll}, zap.NewNop())
+		p := mustProducer(t, Config{Brokers: brokers, Acks: AcksAll}, zap.NewNop())
 		start := time.Now()
 		_, perr := sendOne(p, "events", []byte(`{}`), 2*time.Second)
 		took := time.Since(start)
@@ -77,8 +76,8 @@ func TestFrozenBootstrapBrokerIsPassedOver(t *testing.T) {
 // the request's timeout.
 func TestNoBootstrapBrokerAnswers(t *testing.T) {
 	kafkatest.NoLeaks(t)
-	p := mustProducer(t, Config{Brokers: []string{frozenBroker(t), kafkatest.ClosedPort(t)}, Acks: kafka.RequireAll}, zap.NewNop())
-	defer p.Close()
+	p := mustProducer(t, Config{Brokers: []string{frozenBroker(t), kafkatest.ClosedPort(t)}, Acks: AcksAll}, zap.NewNop())
+	defer func() { <-p.Close() }()
 	start := time.Now()
 	_, perr := sendOne(p, "events", []byte(`{}`), time.Second)
 	if took := time.Since(start); perr == nil || perr.Outcome != OutcomeRetry || took > 2*time.Second {

@@ -22,7 +22,7 @@ func (p *Producer) dial(ctx context.Context, network, address string) (net.Conn,
 // SASL tracking.
 func (p *Producer) dialBroker(ctx context.Context, network, address string) (net.Conn, error) {
 	conn, err := p.dialTLS(ctx, network, address)
-	if err != nil || p.cfg.SASL == nil {
+	if err != nil || p.sasl == nil {
 		return conn, err
 	}
 	return trackSASL(&p.saslConns, ctx, conn), nil

@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"encoding/binary"
 	"hash/crc32"
-
-	"github.com/segmentio/kafka-go/compress"
 )
 
 // kafka-go's record-batch writer (protocol/record_v2.go) writes the
@@ -37,7 +35,7 @@ var noProducer = producerIdentity{id: -1, epoch: -1, sequence: -1}
 
 // encodeBatch appends to dst the v2 record batch of recs, with the
 // producer's identity and the codec's compression of the records.
-func encodeBatch(dst []byte, recs []*Record, codec compress.Compression, who producerIdentity) ([]byte, error) {
+func encodeBatch(dst []byte, recs []*Record, codec Compression, who producerIdentity) ([]byte, error) {
 	start := len(dst)
 	first, maxTime := recs[0].Time.UnixMilli(), recs[0].Time.UnixMilli()
 	for _, r := range recs[1:] {
@@ -57,7 +55,7 @@ func encodeBatch(dst []byte, recs []*Record, codec compress.Compression, who pro
 	dst = binary.BigEndian.AppendUint32(dst, uint32(who.sequence))
 	dst = binary.BigEndian.AppendUint32(dst, uint32(len(recs)))
 
-	if codec == compress.None {
+	if codec == CompressionNone {
 		for i, r := range recs {
 			dst = appendRecord(dst, r, int64(i), first)
 		}
@@ -67,7 +65,7 @@ func encodeBatch(dst []byte, recs []*Record, codec compress.Compression, who pro
 			raw = appendRecord(raw, r, int64(i), first)
 		}
 		out := bytes.NewBuffer(dst)
-		w := codec.Codec().NewWriter(out)
+		w := codec.codec().Codec().NewWriter(out)
 		if _, err := w.Write(raw); err != nil {
 			return nil, err
 		}

@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/segmentio/kafka-go"
-	"github.com/segmentio/kafka-go/compress"
 	"github.com/segmentio/kafka-go/protocol"
 	"github.com/twmb/franz-go/pkg/kmsg"
 )
@@ -25,7 +23,7 @@ func testRecords() []*Record {
 			rec.Key = []byte(fmt.Sprint("key-", i))
 		}
 		if i >= 2 {
-			rec.Headers = []kafka.Header{{Key: "idempotency-key", Value: []byte("k1")}, {Key: "empty", Value: []byte{}}}
+			rec.Headers = []Header{{Key: "idempotency-key", Value: []byte("k1")}, {Key: "empty", Value: []byte{}}}
 		}
 		recs = append(recs, rec)
 	}
@@ -37,8 +35,8 @@ func testRecords() []*Record {
 // reader, and franz-go's batch parser with a CRC-32C check.
 func TestBatchDecodesWithKafkaGoAndFranzGo(t *testing.T) {
 	who := producerIdentity{id: 4242, epoch: 3, sequence: 17}
-	for _, codec := range []compress.Compression{compress.None, compress.Gzip, compress.Snappy, compress.Lz4, compress.Zstd} {
-		t.Run(codec.String(), func(t *testing.T) {
+	for _, codec := range []Compression{CompressionNone, CompressionGzip, CompressionSnappy, CompressionLZ4, CompressionZstd} {
+		t.Run(codec.codec().String(), func(t *testing.T) {
 			recs := testRecords()
 			enc, err := encodeBatch(nil, recs, codec, who)
 			if err != nil {
@@ -67,13 +65,13 @@ func TestBatchDecodesWithKafkaGoAndFranzGo(t *testing.T) {
 // checkKafkaGoReads decodes enc with kafka-go's record-set reader and fails
 // the test unless it reads recs back: offsets, timestamps, keys (or none),
 // values and headers.
-func checkKafkaGoReads(t testing.TB, enc []byte, codec compress.Compression, recs []*Record) {
+func checkKafkaGoReads(t testing.TB, enc []byte, codec Compression, recs []*Record) {
 	t.Helper()
 	var rs protocol.RecordSet
 	if _, err := rs.ReadFrom(bytes.NewReader(sizePrefixed(enc))); err != nil {
 		t.Fatal(err)
 	}
-	if rs.Version != 2 || rs.Attributes.Compression() != codec {
+	if rs.Version != 2 || rs.Attributes.Compression() != codec.codec() {
 		t.Errorf("kafka-go reads version %d, compression %v", rs.Version, rs.Attributes.Compression())
 	}
 	for i := 0; ; i++ {
@@ -129,11 +127,11 @@ func FuzzEncodeBatch(f *testing.F) {
 				rec.Key = key
 			}
 			if i%3 == 1 {
-				rec.Headers = []kafka.Header{{Key: hk, Value: hv}}
+				rec.Headers = []Header{{Key: hk, Value: hv}}
 			}
 			recs = append(recs, rec)
 		}
-		c := compress.Compression(codec % 5)
+		c := Compression(codec % 5)
 		enc, err := encodeBatch(nil, recs, c, producerIdentity{id: 7, epoch: 1, sequence: int32(n)})
 		if err != nil {
 			t.Fatal(err)

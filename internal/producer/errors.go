@@ -66,6 +66,21 @@ func (e *Error) Error() string {
 
 func (e *Error) Unwrap() error { return e.Err }
 
+// PartitionError is why a call queued nothing: the record at Index asks
+// for a partition the topic does not have (it has Partitions). It is the
+// client's mistake, not a failure of Kafka, so it is not an Error and no
+// record's Outcome: a caller tells it apart with errors.As, and answers
+// it as a request for something that does not exist.
+type PartitionError struct {
+	Index      int
+	Partition  int
+	Partitions int
+}
+
+func (e *PartitionError) Error() string {
+	return fmt.Sprintf("record %d: partition %d does not exist (the topic has %d)", e.Index, e.Partition, e.Partitions)
+}
+
 // classify maps an error from kafka-go to what it means for the client.
 func classify(err error) *Error {
 	if perr := refusedConnection(err); perr != nil {
@@ -232,14 +247,14 @@ func unsent(err error) error { return fmt.Errorf("%w (%w)", err, errUnsent) }
 // appending, when it loses leadership while waiting for the replicas;
 // with fewer acks it does not wait, and that answer means the broker
 // refused the record before appending.
-func mayBeWritten(err error, acks kafka.RequiredAcks) bool {
+func mayBeWritten(err error, acks Acks) bool {
 	if errors.Is(err, errUnsent) {
 		return false
 	}
 	var kerr kafka.Error
 	if errors.As(err, &kerr) {
 		if kerr == kafka.NotLeaderForPartition {
-			return acks == kafka.RequireAll
+			return acks == AcksAll
 		}
 		return !appendedNothing[kerr]
 	}

@@ -4,11 +4,11 @@ package producer
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
 	"github.com/queuepublish/caddy-queue-publish/internal/kafkatest"
-	"github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"go.uber.org/zap"
 )
@@ -17,8 +17,8 @@ import (
 // the test ends.
 func testProducer(t testing.TB, c *kfake.Cluster) *Producer {
 	t.Helper()
-	p := mustProducer(t, Config{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll}, zap.NewNop())
-	t.Cleanup(func() { p.Close() })
+	p := mustProducer(t, Config{Brokers: c.ListenAddrs(), Acks: AcksAll}, zap.NewNop())
+	t.Cleanup(func() { <-p.Close() })
 	return p
 }
 
@@ -41,37 +41,59 @@ func sendOne(p *Producer, topic string, value []byte, timeout time.Duration) (*R
 	return rec, p.send(context.Background(), topic, rec)
 }
 
-// send publishes rec and waits for its outcome.
+// send publishes rec to topic and waits for its outcome.
 func (p *Producer) send(ctx context.Context, topic string, rec *Record) *Error {
-	recs := []*Record{rec}
-	t, perr := p.Topic(ctx, topic, recs)
-	if perr != nil {
-		return perr
+	rec.Topic = topic
+	if err := p.Produce(ctx, []*Record{rec}); err != nil {
+		return asError(err)
 	}
-	p.Send(ctx, t, recs)
-	return rec.Answer
+	return rec.Outcome()
 }
 
-// publishNoWait queues rec without waiting for its outcome; the test
-// waits on rec.done.
+// publishNoWait queues rec on topic without waiting for its outcome; the
+// test waits on rec.done.
 func publishNoWait(p *Producer, ctx context.Context, topic string, rec *Record) *Error {
-	t, perr := p.Topic(ctx, topic, []*Record{rec})
-	if perr != nil {
+	rec.Topic = topic
+	_, err := p.Enqueue(ctx, []*Record{rec})
+	return asError(err)
+}
+
+// asError is a verb's error as an Error, so that a test that expects
+// none fails with it: an Error as it is, any other as rejected.
+func asError(err error) *Error {
+	if err == nil {
+		return nil
+	}
+	var perr *Error
+	if errors.As(err, &perr) {
 		return perr
 	}
-	_, perr = p.Enqueue(t, []*Record{rec})
-	return perr
+	return &Error{Outcome: OutcomeRejected, Reason: err.Error(), Err: err}
 }
 
 // mustProducer is a started producer for cfg; the caller closes it.
 func mustProducer(t testing.TB, cfg Config, logger *zap.Logger) *Producer {
 	t.Helper()
 	cfg.Logger = logger
-	return New(cfg)
+	p, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
 
 // placedOn is the partition a record was queued on.
 func placedOn(rec *Record) int {
 	partition, _ := rec.Placed()
 	return partition
+}
+
+// unstarted is a producer that New has not started.
+func unstarted(t testing.TB, cfg Config) *Producer {
+	t.Helper()
+	p, err := newProducer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
 }

@@ -218,8 +218,8 @@ func (p *Producer) initProducerID(ctx context.Context) (*session, error) {
 		return nil, errNoInitProducerID
 	}
 	pc.SetVersions(selected)
-	if p.cfg.SASL != nil {
-		if err := authenticate(ctx, pc, p.cfg.SASL, conn.RemoteAddr().String()); err != nil {
+	if p.sasl != nil {
+		if err := authenticate(ctx, pc, p.sasl, conn.RemoteAddr().String()); err != nil {
 			return nil, err
 		}
 	}

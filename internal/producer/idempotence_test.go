@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/queuepublish/caddy-queue-publish/internal/kafkatest"
-	"github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
@@ -67,8 +66,8 @@ func TestSequenceErrors(t *testing.T) {
 			if renewed := after.id != before.id; renewed != tt.renewed {
 				t.Errorf("producer ID %d, then %d: want renewed %v", before.id, after.id, tt.renewed)
 			}
-			if tt.renewed && rec.attempts != 2 {
-				t.Errorf("attempts = %d, want 2: refused, then sent under the new ID", rec.attempts)
+			if tt.renewed && rec.attempts.Load() != 2 {
+				t.Errorf("attempts = %d, want 2: refused, then sent under the new ID", rec.attempts.Load())
 			}
 			if hw := c.PartitionInfo("events", 0).HighWatermark; hw != tt.stored {
 				t.Errorf("the topic holds %d records, want %d (the warm-up and the record once, or the warm-up alone when the broker said it had the batch)", hw, tt.stored)
@@ -87,8 +86,8 @@ func TestClusterRefusingIdempotence(t *testing.T) {
 			c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.InitProducerID}, Err: kerr.ClusterAuthorizationFailed, Count: -1})
 			batches := kafkatest.ProducedBatches(c)
 			logger, logs := kafkatest.ObservedLogger()
-			p := mustProducer(t, Config{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll, Idempotence: mode}, logger)
-			t.Cleanup(p.Close)
+			p := mustProducer(t, Config{Brokers: c.ListenAddrs(), Acks: AcksAll, Idempotence: mode}, logger)
+			t.Cleanup(func() { <-p.Close() })
 			if err := p.CheckIdempotence(t.Context()); err == nil {
 				t.Fatal("CheckIdempotence: nil, want the refusal")
 			}
@@ -118,12 +117,12 @@ func TestClusterRefusingIdempotence(t *testing.T) {
 // Idempotence needs acks=all, as in Kafka's clients: with fewer acks the
 // producer's batches carry no producer ID.
 func TestIdempotenceOnlyWithAcksAll(t *testing.T) {
-	for _, acks := range []kafka.RequiredAcks{kafka.RequireOne, kafka.RequireNone} {
+	for _, acks := range []Acks{AcksLeader, AcksNone} {
 		t.Run(acks.String(), func(t *testing.T) {
 			c := kafkatest.NewCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
 			batches := kafkatest.ProducedBatches(c)
 			p := mustProducer(t, Config{Brokers: c.ListenAddrs(), Acks: acks}, nil)
-			t.Cleanup(p.Close)
+			t.Cleanup(func() { <-p.Close() })
 			if _, perr := sendOne(p, "events", []byte(`"x"`), 5*time.Second); perr != nil {
 				t.Fatal(perr)
 			}

@@ -37,7 +37,7 @@ const (
 type topicState struct {
 	p           *Producer
 	name        string
-	current     atomic.Pointer[Topic]
+	current     atomic.Pointer[topicLayout]
 	refreshing  atomic.Bool
 	lastRefresh atomic.Int64  // UnixNano of the last refresh for a miss
 	recheckMu   sync.Mutex    // guards rechecking
@@ -49,9 +49,9 @@ type topicState struct {
 	sticky atomic.Int32
 }
 
-// Topic is a topic's partitions as of one metadata read, or the error that
-// read gave.
-type Topic struct {
+// topicLayout is a topic's partitions as of one metadata read, or the
+// error that read gave.
+type topicLayout struct {
 	ts    *topicState
 	parts []*partition // by partition ID
 	ids   []int        // 0 .. len(parts)-1, for the key partitioner
@@ -63,9 +63,6 @@ type Topic struct {
 	expires      atomic.Int64 // UnixNano
 }
 
-// Partitions is the number of the topic's partitions.
-func (t *Topic) Partitions() int { return len(t.parts) }
-
 func (p *Producer) topic(name string) *topicState {
 	if v, ok := p.topics.Load(name); ok {
 		return v.(*topicState)
@@ -76,19 +73,59 @@ func (p *Producer) topic(name string) *topicState {
 	return v.(*topicState)
 }
 
-// Topic returns the partitions of topic for recs, which share a deadline.
-// It fails when they cannot be known: the topic does not exist, no broker
-// answers, or the producer is closed. A topic unknown, or a partition asked
-// for beyond those known, may be new: the metadata is then read afresh (at
-// most every refreshInterval per topic) before the answer.
-func (p *Producer) Topic(ctx context.Context, topic string, recs []*Record) (*Topic, *Error) {
+// lookup is the verbs' first step: the partitions of the records' topic,
+// which they share, as topicFor finds them. If the topic cannot be had,
+// its error becomes every record's outcome; a record that asks for a
+// partition the topic does not have fails the call with a PartitionError.
+// Either way nothing is queued, and the layout is nil (also for a call of
+// no records, with no error).
+func (p *Producer) lookup(ctx context.Context, recs []*Record) (*topicLayout, error) {
+	if len(recs) == 0 {
+		return nil, nil
+	}
+	name := recs[0].Topic
+	if name == "" {
+		return nil, errNoTopic
+	}
+	for i, rec := range recs {
+		if rec.Topic != name {
+			return nil, fmt.Errorf("record %d is for topic %q, record 0 for %q: one call takes records of one topic", i, rec.Topic, name)
+		}
+	}
+	t, perr := p.topicFor(ctx, name, recs)
+	if perr != nil {
+		for _, rec := range recs {
+			rec.err = perr
+		}
+		return nil, perr
+	}
+	for i, rec := range recs {
+		if rec.Partition >= len(t.parts) {
+			return nil, &PartitionError{Index: i, Partition: rec.Partition, Partitions: len(t.parts)}
+		}
+	}
+	return t, nil
+}
+
+var errNoTopic = errors.New("a record has no topic")
+
+// topicFor returns the partitions of topic for recs, which share a
+// deadline: the earlier of theirs and ctx's bounds the wait. It fails when
+// they cannot be known: the topic does not exist, no broker answers, or
+// the producer is closed. A topic unknown, or a partition asked for beyond
+// those known, may be new: the metadata is then read afresh (at most every
+// refreshInterval per topic) before the answer.
+func (p *Producer) topicFor(ctx context.Context, topic string, recs []*Record) (*topicLayout, *Error) {
 	if p == nil || p.isStopped() {
 		return nil, errShuttingDown
 	}
 	ts := p.topic(topic)
 	deadline := recs[0].Deadline
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
 	set, perr := ts.partitions(ctx, deadline)
-	if set.unknownTopic || perr == nil && maxWant(recs) >= set.Partitions() {
+	if set.unknownTopic || perr == nil && maxWant(recs) >= len(set.parts) {
 		set, perr = ts.recheck(ctx, set, deadline)
 	}
 	return set, perr
@@ -108,7 +145,7 @@ func maxWant(recs []*Record) int {
 // was filled is missing from it. One caller reads; the others, which saw
 // the same miss (a burst of first requests for a new topic), wait for its
 // answer rather than answer 500 from the cache it replaces.
-func (ts *topicState) recheck(ctx context.Context, seen *Topic, deadline time.Time) (*Topic, *Error) {
+func (ts *topicState) recheck(ctx context.Context, seen *topicLayout, deadline time.Time) (*topicLayout, *Error) {
 	ts.recheckMu.Lock()
 	if cur := ts.current.Load(); cur != seen {
 		ts.recheckMu.Unlock()
@@ -168,7 +205,7 @@ func (ts *topicState) expire() {
 // partitions returns the topic's partitions, reading metadata when the
 // cached list is missing or old. One caller reads; meanwhile the others go
 // on with what was known.
-func (ts *topicState) partitions(ctx context.Context, deadline time.Time) (*Topic, *Error) {
+func (ts *topicState) partitions(ctx context.Context, deadline time.Time) (*topicLayout, *Error) {
 	cur := ts.current.Load()
 	if cur != nil && (time.Now().UnixNano() < cur.expires.Load() || !ts.refreshing.CompareAndSwap(false, true)) {
 		return cur, cur.err
@@ -181,7 +218,7 @@ func (ts *topicState) partitions(ctx context.Context, deadline time.Time) (*Topi
 
 // read reads the topic's metadata and makes it the current partition set,
 // unless another read replaced cur meanwhile: then that one is returned.
-func (ts *topicState) read(ctx context.Context, deadline time.Time, cur *Topic) (*Topic, *Error) {
+func (ts *topicState) read(ctx context.Context, deadline time.Time, cur *topicLayout) (*topicLayout, *Error) {
 	p := ts.p
 	// The caller's deadline, but not its cancellation: a client that left
 	// must not make the answer an error for everyone else.
@@ -189,7 +226,7 @@ func (ts *topicState) read(ctx context.Context, deadline time.Time, cur *Topic) 
 	meta, err := p.client.Metadata(ctx, &kafka.MetadataRequest{Topics: []string{ts.name}})
 	cancel()
 
-	set := &Topic{ts: ts}
+	set := &topicLayout{ts: ts}
 	ttl := topicMetadataTTL
 	switch {
 	case err != nil:
@@ -221,7 +258,7 @@ func (ts *topicState) read(ctx context.Context, deadline time.Time, cur *Topic) 
 
 // fill gives set a partition for every partition of the topic, keeping
 // those that exist, and tells each its leader.
-func (ts *topicState) fill(set *Topic, parts []kafka.Partition) {
+func (ts *topicState) fill(set *topicLayout, parts []kafka.Partition) {
 	n := 0
 	for _, part := range parts {
 		n = max(n, part.ID+1)

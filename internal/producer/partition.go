@@ -7,7 +7,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/segmentio/kafka-go"
 	"github.com/segmentio/kafka-go/protocol"
 )
 
@@ -212,29 +211,27 @@ func (pt *partition) close() {
 }
 
 // abandon is called when the caller stops waiting for rec: it completed,
-// its deadline passed or its client left. It returns why rec was not
-// acknowledged, or nil if it was. A record no batch holds is taken back,
-// so that none will.
-func (pt *partition) abandon(rec *Record) *Error {
+// its deadline passed or its client left. A record no batch holds is
+// taken back, so that none will: its outcome is then final; one a batch
+// holds stays "outcome unknown" until the batch settles it.
+func (pt *partition) abandon(rec *Record) {
 	pt.mu.Lock()
 	defer pt.mu.Unlock()
 	switch rec.state {
 	case stateCompleted:
-		return rec.err
+		return
 	case stateQueued:
 		pt.takeBack(rec)
 		pt.compact()
-		return rec.err
+		return
 	}
 	rec.abandoned = true
 	if b := pt.batch; b != nil && !b.claimed {
 		// Drained, but no request took it yet: claim leaves it out.
 		rec.complete(notWritten(rec), -1)
-		return rec.err
 	}
-	// A batch holds it: the batch settles it, and an idempotent repeat
-	// learns the outcome then.
-	return &Error{Outcome: OutcomeUnknown, Reason: reasonUnknown, Err: rec.lastErr}
+	// Otherwise a batch holds it: the batch settles it, and an
+	// idempotent repeat learns the outcome then.
 }
 
 // takeBack completes a queued record as not written; it stays in the
@@ -284,7 +281,7 @@ func (pt *partition) drain(broker int32, now time.Time, noIdentity error) *batch
 		if !pt.givenUp(b, now) {
 			b.sending = true
 			for _, rec := range b.recs {
-				rec.attempts++
+				rec.attempts.Add(1)
 			}
 			return b
 		}
@@ -408,7 +405,7 @@ func (pt *partition) newBatch(now time.Time, s *session) *batch {
 	}
 	for _, rec := range recs {
 		rec.state = stateBatched
-		rec.attempts++
+		rec.attempts.Add(1)
 	}
 	pt.batch = b
 	pt.topic.batchTaken(pt)
@@ -439,7 +436,7 @@ const (
 // sent, and are answered so), and the others get their sequence numbers
 // and are encoded, once for every attempt. It returns nil if no record is
 // left: the request is then not sent.
-func (pt *partition) claim(b *batch, codec kafka.Compression) []byte {
+func (pt *partition) claim(b *batch, codec Compression) []byte {
 	pt.mu.Lock()
 	if pt.batch != b {
 		// Settled or dissolved by an attempt that ended before the

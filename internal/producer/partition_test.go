@@ -5,7 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/segmentio/kafka-go"
 	"github.com/segmentio/kafka-go/protocol"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
@@ -16,7 +15,7 @@ import (
 // records queued on it directly.
 func queuedPartition(t *testing.T, recs ...*Record) *partition {
 	t.Helper()
-	p := newProducer(Config{})
+	p := unstarted(t, Config{})
 	t.Cleanup(p.cancel)
 	pt := newPartition(p, p.topic("events"), 0)
 	for _, rec := range recs {
@@ -35,7 +34,7 @@ func TestTakingBackManyRecordsKeepsTheQueue(t *testing.T) {
 	var expired, live []*Record
 	for range 100 {
 		rec := NewRecord([]byte(`"expired"`), now.Add(-time.Minute), time.Second)
-		rec.OnDone = func(*Record) {}
+		rec.OnDone = func(*Record, *Error) {}
 		expired = append(expired, rec)
 	}
 	for range 30 {
@@ -110,10 +109,11 @@ func TestRequestNeverWrittenKeepsTheSequence(t *testing.T) {
 	pt.session, pt.nextSeq = s, 7
 	b := pt.newBatch(time.Now(), s)
 	pt.mu.Unlock()
-	if perr := pt.abandon(rec); perr == nil || perr.Outcome != OutcomeRetry {
+	pt.abandon(rec)
+	if perr := rec.Outcome(); perr == nil || perr.Outcome != OutcomeRetry {
 		t.Fatalf("taken back before any request: %v, want not written", perr)
 	}
-	if enc := pt.claim(b, kafka.Compression(0)); enc != nil {
+	if enc := pt.claim(b, CompressionNone); enc != nil {
 		t.Fatal("a batch without records was encoded")
 	}
 	pt.failed(b, nil, protocol.ErrNoRecord)
@@ -126,7 +126,7 @@ func TestRequestNeverWrittenKeepsTheSequence(t *testing.T) {
 	pt.mu.Lock()
 	b = pt.newBatch(time.Now(), s)
 	pt.mu.Unlock()
-	pt.claim(b, kafka.Compression(0))
+	pt.claim(b, CompressionNone)
 	b.mayBeWritten = true // an earlier attempt's answer was lost
 	b.sending = true
 	pt.failed(b, nil, protocol.ErrNoRecord)
@@ -138,7 +138,7 @@ func TestRequestNeverWrittenKeepsTheSequence(t *testing.T) {
 // A snapshot of a topic older than the one that chose the sticky partition
 // may have fewer partitions: it picks among its own.
 func TestStickyPartitionOfAnOlderSnapshot(t *testing.T) {
-	p := newProducer(Config{})
+	p := unstarted(t, Config{})
 	defer p.cancel()
 	ts := p.topic("events")
 	var parts []*partition
@@ -148,12 +148,12 @@ func TestStickyPartitionOfAnOlderSnapshot(t *testing.T) {
 		parts = append(parts, pt)
 	}
 	ts.sticky.Store(5) // chosen from the newer snapshot
-	old := &Topic{ts: ts, parts: parts[:3], led: parts[:3]}
+	old := &topicLayout{ts: ts, parts: parts[:3], led: parts[:3]}
 	if pt := old.sticky(); pt.id >= 3 {
 		t.Fatalf("sticky partition %d of a snapshot of 3", pt.id)
 	}
 	// A sticky partition that lost its leader is left.
-	now := &Topic{ts: ts, parts: parts, led: parts[1:]}
+	now := &topicLayout{ts: ts, parts: parts, led: parts[1:]}
 	ts.sticky.Store(0)
 	parts[0].leader.Store(-1)
 	if pt := now.sticky(); pt.id == 0 {
@@ -179,8 +179,8 @@ func TestFinalAnswersAndTheSequence(t *testing.T) {
 		t.Fatalf("TOPIC_AUTHORIZATION_FAILED: %v, want refused", perr)
 	}
 	rec, perr := sendOne(p, "events", []byte(`"next"`), 5*time.Second)
-	if perr != nil || rec.attempts != 1 {
-		t.Fatalf("the next record: %v after %d attempts, want acknowledged at once", perr, rec.attempts)
+	if perr != nil || rec.attempts.Load() != 1 {
+		t.Fatalf("the next record: %v after %d attempts, want acknowledged at once", perr, rec.attempts.Load())
 	}
 	if s := p.currentSession(); s.id != before.id {
 		t.Errorf("producer ID %d, then %d: a refused batch broke the sequence", before.id, s.id)

@@ -13,7 +13,7 @@ var keyPartitioner = kafka.Murmur2Balancer{Consistent: true}
 // partitionFor returns the partition rec goes to: the one it asks for; for
 // a keyed record the one Kafka's Java client would choose; otherwise the
 // topic's sticky partition.
-func (t *Topic) partitionFor(rec *Record) *partition {
+func (t *topicLayout) partitionFor(rec *Record) *partition {
 	switch {
 	case rec.Partition >= 0:
 		return t.parts[rec.Partition]
@@ -32,7 +32,7 @@ func (t *Topic) partitionFor(rec *Record) *partition {
 // the other partitions take them. The sticky choice is shared by the
 // topic's snapshots, and a snapshot older than the one that chose it may
 // have fewer partitions: it then picks among its own.
-func (t *Topic) sticky() *partition {
+func (t *topicLayout) sticky() *partition {
 	id := t.ts.sticky.Load()
 	if id >= 0 && int(id) < len(t.parts) {
 		if pt := t.parts[id]; pt.leader.Load() >= 0 && !pt.p.sinkFailing(pt) {
@@ -47,7 +47,7 @@ func (t *Topic) sticky() *partition {
 // pick chooses a partition other than not at random, among those whose
 // leader is known and was reachable at the last request, else among those
 // with a leader, else among all.
-func (t *Topic) pick(not int32) *partition {
+func (t *topicLayout) pick(not int32) *partition {
 	var choice *partition
 	seen := 0
 	for _, pt := range t.led {

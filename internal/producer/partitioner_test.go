@@ -9,7 +9,7 @@ import (
 
 func TestKeyPartitionerMatchesJavaClient(t *testing.T) {
 	for _, n := range []int{1, 3, 7, 12, 1000003} {
-		set := &Topic{parts: make([]*partition, n), ids: make([]int, n)}
+		set := &topicLayout{parts: make([]*partition, n), ids: make([]int, n)}
 		for i := range n {
 			set.parts[i] = &partition{id: int32(i)}
 			set.ids[i] = i

@@ -17,7 +17,6 @@ package producer
 import (
 	"cmp"
 	"context"
-	"crypto/tls"
 	"errors"
 	"net"
 	"sync"
@@ -36,52 +35,7 @@ const (
 	// attempts of a batch that failed with a retriable error.
 	retryBackoffMin = 20 * time.Millisecond
 	retryBackoffMax = 500 * time.Millisecond
-	// Defaults of Config.
-	defaultMaxBatchRecords = 1000
-	// The byte bound stays below Kafka's default message.max.bytes
-	// (1048588), which applies to a whole batch.
-	defaultMaxBatchBytes   = 1000000
-	defaultMaxInFlight     = 1
-	defaultDeliveryTimeout = 2 * time.Minute
-	defaultClientID        = "caddy-queue-publish"
 )
-
-// Config is how a producer connects and batches.
-type Config struct {
-	Brokers     []string
-	Acks        kafka.RequiredAcks
-	Compression kafka.Compression
-	ClientID    string
-	TLS         *tls.Config    // nil: plain TCP
-	SASL        sasl.Mechanism // nil: none
-	Idempotence Idempotence
-	// Linger is how long a sink waits, after its previous request
-	// started, before sending the next one, when the previous one held
-	// more than one record. Zero sends as soon as a sink is free.
-	Linger time.Duration
-	// MaxBatchRecords and MaxBatchBytes bound one partition's batch.
-	MaxBatchRecords int
-	MaxBatchBytes   int
-	// MaxInFlight is the number of produce requests a broker may have
-	// in flight; each partition has one batch in flight at a time.
-	MaxInFlight int
-	// DeliveryTimeout is how long, with idempotence, a batch whose
-	// callers have all stopped waiting is still retried until the broker
-	// settles it (as the Java client's delivery.timeout.ms).
-	DeliveryTimeout time.Duration
-	// Dial opens network connections; nil: a net.Dialer.
-	Dial func(ctx context.Context, network, address string) (net.Conn, error)
-	// Hooks, if set, learns of the producer's work.
-	Hooks  Hooks
-	Logger *zap.Logger
-}
-
-// Hooks are told of the producer's work, for metrics. They are called
-// from the producer's goroutines and must not block.
-type Hooks interface {
-	// Batch is called for each batch the broker acknowledged.
-	Batch(topic string, records int)
-}
 
 // Producer publishes records to Kafka. It is safe for concurrent use.
 type Producer struct {
@@ -89,6 +43,7 @@ type Producer struct {
 	logger    *zap.Logger
 	transport *kafka.Transport
 	client    *kafka.Client
+	sasl      sasl.Mechanism // built from cfg.SASL; nil: none
 
 	topics sync.Map // topic name -> *topicState
 
@@ -105,6 +60,9 @@ type Producer struct {
 	outstanding atomic.Int64
 	drained     chan struct{}
 	drainOnce   sync.Once
+	// closeOnce starts the flush that closes finished.
+	closeOnce sync.Once
+	finished  chan struct{}
 
 	// The idempotent producer's identity (idempotence.go).
 	idempotent   atomic.Bool
@@ -137,14 +95,18 @@ const reasonUnknown = "no acknowledgement from Kafka within the timeout; the rec
 const reasonUnknownTwice = "Kafka failed twice after it may have written the record; the record may or may not have been written"
 
 // New returns a producer that has started looking for a reachable broker.
-func New(cfg Config) *Producer {
-	p := newProducer(cfg)
+// It fails only for settings it cannot use (SASL.Check's errors).
+func New(cfg Config) (*Producer, error) {
+	p, err := newProducer(cfg)
+	if err != nil {
+		return nil, err
+	}
 	p.start()
-	return p
+	return p, nil
 }
 
 // newProducer builds a producer that start sets going.
-func newProducer(cfg Config) *Producer {
+func newProducer(cfg Config) (*Producer, error) {
 	cfg.MaxBatchRecords = cmp.Or(cfg.MaxBatchRecords, defaultMaxBatchRecords)
 	cfg.MaxBatchBytes = cmp.Or(cfg.MaxBatchBytes, defaultMaxBatchBytes)
 	cfg.MaxInFlight = cmp.Or(cfg.MaxInFlight, defaultMaxInFlight)
@@ -156,11 +118,17 @@ func newProducer(cfg Config) *Producer {
 	if cfg.Dial == nil {
 		cfg.Dial = (&net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}).DialContext
 	}
-	p := &Producer{cfg: cfg, logger: cfg.Logger, sinkByID: map[int32]*sink{}, drained: make(chan struct{})}
+	p := &Producer{cfg: cfg, logger: cfg.Logger, sinkByID: map[int32]*sink{}, drained: make(chan struct{}), finished: make(chan struct{})}
+	if cfg.SASL != nil {
+		var err error
+		if p.sasl, err = cfg.SASL.mechanism(); err != nil {
+			return nil, err
+		}
+	}
 	// As in Kafka's clients, idempotence needs acks=all: with fewer acks
 	// a record the broker lost, or refused unanswered (acks=0), leaves a
 	// gap in the partition's sequence that refuses every later batch.
-	p.idempotent.Store(cfg.Idempotence != IdempotenceOff && cfg.Acks == kafka.RequireAll)
+	p.idempotent.Store(cfg.Idempotence != IdempotenceOff && cfg.Acks == AcksAll)
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	p.transport = &kafka.Transport{
 		Dial:        p.dial,
@@ -171,15 +139,15 @@ func newProducer(cfg Config) *Producer {
 		// Ends the transport's background goroutines on close.
 		Context: p.ctx,
 	}
-	if cfg.SASL != nil {
-		p.transport.SASL = trackedMechanism{Mechanism: cfg.SASL, conns: &p.saslConns}
+	if p.sasl != nil {
+		p.transport.SASL = trackedMechanism{Mechanism: p.sasl, conns: &p.saslConns}
 	}
 	var bootstrap net.Addr = kafka.TCP(cfg.Brokers...)
 	if len(cfg.Brokers) > 1 {
 		bootstrap = bootstrapAddr{} // the first that answers: bootstrap.go
 	}
 	p.client = &kafka.Client{Addr: bootstrap, Transport: p.transport}
-	return p
+	return p, nil
 }
 
 // start looks for a reachable broker, and warns if none answers.
@@ -190,7 +158,7 @@ func (p *Producer) start() {
 		zap.String("acks", p.cfg.Acks.String()),
 		zap.Bool("idempotent", p.idempotent.Load()),
 		zap.Bool("tls", p.cfg.TLS != nil),
-		zap.Bool("sasl", p.cfg.SASL != nil))
+		zap.Bool("sasl", p.sasl != nil))
 	p.watch("no Kafka broker reachable at start; requests are answered 503 until one is")
 }
 
@@ -247,47 +215,99 @@ func (p *Producer) recordDone() {
 // Waiting is the number of records queued or in flight.
 func (p *Producer) Waiting() int { return int(p.outstanding.Load()) }
 
-// Send queues the records on their partitions of t and waits until each
-// is acknowledged or has failed, their deadline passes or ctx is done (the
-// client left); then each record's Answer says how it ended. The records
-// share one deadline, and a record's Partition must be one of t's.
-func (p *Producer) Send(ctx context.Context, t *Topic, recs []*Record) {
-	p.Start(t, recs)
+// The verbs. Each call takes records of one topic (their Topic), looks the
+// topic up (metadata.go) and queues each record on its partition; Produce
+// then waits for them, Start returns and Wait waits later, and Enqueue
+// leaves them to their OnDone. The lookup waits for the topic's metadata
+// until the records' deadline or ctx's, whichever is earlier; ctx's
+// cancellation ends the caller's wait, not the read others share. A call
+// that returns an error queued nothing:
+//
+//   - *PartitionError: a record asks for a partition the topic does not
+//     have; no record's Outcome changes.
+//   - *Error: the topic cannot be had (no broker answers, it does not
+//     exist, the producer is closed); it is every record's Outcome.
+//   - any other error: the call itself is wrong (records of two topics,
+//     or of none).
+//
+// Otherwise each record's Outcome tells how it went: a record that a
+// partition refused (the producer closed meanwhile) has that refusal.
+
+// Produce queues the records and waits until each is acknowledged or has
+// failed, their deadline passes or ctx is done (the client left); then
+// each record's Outcome says how it ended, or "outcome unknown" for one a
+// request still carries (read it once: it may be acknowledged later). The
+// records share one deadline.
+func (p *Producer) Produce(ctx context.Context, recs []*Record) error {
+	if err := p.Start(ctx, recs); err != nil {
+		return err
+	}
 	p.Wait(ctx, recs)
+	return nil
 }
 
-// Start is the first half of Send: it queues the records and returns
+// Start is the first half of Produce: it queues the records and returns
 // without waiting, so that a caller can queue more (a stream of records)
-// before it waits for these with Wait. A record that could not be queued
-// has its Answer set.
-func (p *Producer) Start(t *Topic, recs []*Record) {
+// before it waits for these with Wait. ctx bounds only the topic's lookup.
+func (p *Producer) Start(ctx context.Context, recs []*Record) error {
+	t, err := p.lookup(ctx, recs)
+	if t == nil {
+		return err
+	}
+	return start(t, recs)
+}
+
+// start queues the records on their partitions of t: Start once the
+// topic is found. A record a partition refuses has the refusal as its
+// outcome; it is returned if no record was queued.
+func start(t *topicLayout, recs []*Record) error {
 	waitWith(recs)
 	now := time.Now()
+	queued := 0
+	var refused *Error
 	for _, rec := range recs {
-		if rec.Answer = t.partitionFor(rec).push(rec, now); rec.Answer != nil {
+		if perr := t.partitionFor(rec).push(rec, now); perr != nil {
+			rec.err, refused = perr, perr
 			rec.release() // not queued
+			continue
 		}
+		queued++
 	}
+	if queued == 0 && refused != nil {
+		return refused
+	}
+	return nil
 }
 
-// Wait is the second half of Send: it waits for the records of one Start
-// call, and sets each one's Answer.
+// Wait is the second half of Produce: it waits for the records of one
+// Start call, and takes back those no request carries yet, so that none
+// will: their Outcome is then final.
 func (p *Producer) Wait(ctx context.Context, recs []*Record) {
+	if len(recs) == 0 || recs[0].done == nil {
+		return // not started
+	}
+	select {
+	case <-recs[0].done:
+		return // every record completed, or was refused
+	default:
+	}
 	timer := startTimer(time.Until(recs[0].Deadline))
 	select {
 	case <-recs[0].done:
+		stopTimer(timer)
+		return
 	case <-timer.C:
 	case <-ctx.Done():
 	}
 	stopTimer(timer)
 	for _, rec := range recs {
-		if rec.Answer == nil {
-			rec.Answer = rec.part.abandon(rec)
+		if rec.part != nil {
+			rec.part.abandon(rec)
 		}
 	}
 }
 
-// timers are the stopped timers of Send calls that returned: a request
+// timers are the stopped timers of Wait calls that returned: a request
 // waits on one, and a pooled timer costs no allocation. (Since Go 1.23 a
 // stopped or reset timer never delivers a stale tick.)
 var timers sync.Pool
@@ -305,15 +325,29 @@ func stopTimer(t *time.Timer) {
 	timers.Put(t)
 }
 
-// Enqueue queues the records on their partitions of t without waiting;
-// each record's OnDone must be set. It returns how many were queued before
-// one was refused (the producer is closing), and why.
-func (p *Producer) Enqueue(t *Topic, recs []*Record) (int, *Error) {
+// Enqueue queues the records without waiting; each record's OnDone must
+// be set, and the producer takes a record back at its deadline. It
+// returns how many were queued before one was refused (the producer is
+// closing), and why; the records not queued have that refusal as their
+// Outcome, and their OnDone is not called. ctx bounds only the topic's
+// lookup, with the first record's deadline.
+func (p *Producer) Enqueue(ctx context.Context, recs []*Record) (queued int, err error) {
+	t, err := p.lookup(ctx, recs)
+	if t == nil {
+		return 0, err
+	}
+	return enqueue(t, recs)
+}
+
+// enqueue queues the records on their partitions of t, until one is
+// refused: Enqueue once the topic is found.
+func enqueue(t *topicLayout, recs []*Record) (int, error) {
 	waitWith(recs)
 	now := time.Now()
 	for i, rec := range recs {
 		if perr := t.partitionFor(rec).push(rec, now); perr != nil {
 			for _, rest := range recs[i:] {
+				rest.err = perr
 				rest.release() // not queued
 			}
 			return i, perr
@@ -322,14 +356,26 @@ func (p *Producer) Enqueue(t *Topic, recs []*Record) (int, *Error) {
 	return len(recs), nil
 }
 
-// Close stops the producer and waits until it has flushed and closed.
-func (p *Producer) Close() {
-	p.Stop()
-	p.Finish()
+// Close makes the producer take no more records, at once, and returns a
+// channel that is closed once the producer has settled every record it
+// holds (each within its deadline: their callers may still be waiting)
+// and closed its connections. The flush goes on in the background, so
+// that a caller that must not wait for records already answered (a config
+// reload) does not; one that must (the process exits) receives from the
+// channel. Every call returns the same channel.
+func (p *Producer) Close() <-chan struct{} {
+	p.closeOnce.Do(func() {
+		p.stop()
+		go func() {
+			p.finish()
+			close(p.finished)
+		}()
+	})
+	return p.finished
 }
 
-// Stop makes the producer take no more records.
-func (p *Producer) Stop() {
+// stop makes the producer take no more records.
+func (p *Producer) stop() {
 	p.mu.Lock()
 	p.closed = true
 	p.stopped.Store(true)
@@ -348,9 +394,9 @@ func (p *Producer) Stop() {
 	}
 }
 
-// Finish waits until the stopped producer has settled every record it
-// holds (each within its deadline), and closes the connections.
-func (p *Producer) Finish() {
+// finish waits until the stopped producer has settled every record it
+// holds, and closes the connections.
+func (p *Producer) finish() {
 	<-p.drained
 	p.sinksMu.Lock()
 	for _, s := range p.sinkByID {

@@ -137,8 +137,8 @@ func TestProducerRetriesRetriableErrors(t *testing.T) {
 	if perr != nil {
 		t.Fatalf("want success after retries, got %v", perr)
 	}
-	if rec.attempts != 4 {
-		t.Errorf("attempts = %d, want 4 (3 refused, 1 taken)", rec.attempts)
+	if rec.attempts.Load() != 4 {
+		t.Errorf("attempts = %d, want 4 (3 refused, 1 taken)", rec.attempts.Load())
 	}
 	if hits := faults.Hits(); hits != 3 {
 		t.Errorf("broker refused %d times, want 3", hits)
@@ -151,24 +151,24 @@ func TestProducerRetriesRetriableErrors(t *testing.T) {
 func TestProducerRetriableErrorUntilTimeoutIsNotWritten(t *testing.T) {
 	for _, tt := range []struct {
 		err     *kerr.Error
-		acks    kafka.RequiredAcks
+		acks    Acks
 		outcome Outcome
 		reason  string
 	}{
-		{kerr.NotEnoughReplicas, kafka.RequireAll, OutcomeRetry, "Kafka broker not ready: Not Enough Replicas"},
-		{kerr.NotLeaderForPartition, kafka.RequireOne, OutcomeRetry, "Kafka broker not ready: Not Leader For Partition"},
+		{kerr.NotEnoughReplicas, AcksAll, OutcomeRetry, "Kafka broker not ready: Not Enough Replicas"},
+		{kerr.NotLeaderForPartition, AcksLeader, OutcomeRetry, "Kafka broker not ready: Not Leader For Partition"},
 		// With acks=all a broker may say NOT_LEADER after appending,
 		// when leadership moved while it waited for the replicas.
-		{kerr.NotLeaderForPartition, kafka.RequireAll, OutcomeUnknown, reasonUnknown},
+		{kerr.NotLeaderForPartition, AcksAll, OutcomeUnknown, reasonUnknown},
 		// Answered before anything is appended: the topic is being
 		// created, or the metadata is stale.
-		{kerr.UnknownTopicOrPartition, kafka.RequireAll, OutcomeRetry, "Kafka broker not ready: Unknown Topic Or Partition"},
+		{kerr.UnknownTopicOrPartition, AcksAll, OutcomeRetry, "Kafka broker not ready: Unknown Topic Or Partition"},
 	} {
 		t.Run(fmt.Sprint(tt.err.Message, " acks ", tt.acks), func(t *testing.T) {
 			kafkatest.NoLeaks(t)
 			c := kafkatest.NewCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
 			p := mustProducer(t, Config{Brokers: c.ListenAddrs(), Acks: tt.acks}, zap.NewNop())
-			t.Cleanup(func() { p.Close() })
+			t.Cleanup(func() { <-p.Close() })
 			c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "events", Err: tt.err, Count: -1})
 
 			start := time.Now()
@@ -180,8 +180,8 @@ func TestProducerRetriableErrorUntilTimeoutIsNotWritten(t *testing.T) {
 			if took > 300*time.Millisecond+200*time.Millisecond {
 				t.Errorf("answered after %v, want within the 300ms timeout", took)
 			}
-			if rec.attempts < 2 {
-				t.Errorf("attempts = %d, want retries", rec.attempts)
+			if rec.attempts.Load() < 2 {
+				t.Errorf("attempts = %d, want retries", rec.attempts.Load())
 			}
 			if got := kafkatest.Stored(t, c, "events"); len(got) != 0 {
 				t.Errorf("topic holds %d records, want none", len(got))
@@ -256,8 +256,8 @@ func TestProducerSplitsBatchesTheBrokerFindsTooLarge(t *testing.T) {
 
 	// One record alone over the limit is refused for good, at once.
 	rec, perr := sendOne(p, "events", fmt.Appendf(nil, `"%01000d"`, 0), 5*time.Second)
-	if perr == nil || perr.Outcome != OutcomeTooLarge || rec.attempts != 1 {
-		t.Errorf("want too large after one attempt, got %v after %d", perr, rec.attempts)
+	if perr == nil || perr.Outcome != OutcomeTooLarge || rec.attempts.Load() != 1 {
+		t.Errorf("want too large after one attempt, got %v after %d", perr, rec.attempts.Load())
 	}
 }
 
@@ -285,8 +285,8 @@ func TestProducerPermanentErrors(t *testing.T) {
 		if perr == nil || perr.Outcome != OutcomeRejected || perr.Reason != tt.reason {
 			t.Errorf("%s: got %v, want permanent (500) %q", tt.err.Message, perr, tt.reason)
 		}
-		if rec.attempts != 1 {
-			t.Errorf("%s: a permanent error was tried %d times, want once", tt.err.Message, rec.attempts)
+		if rec.attempts.Load() != 1 {
+			t.Errorf("%s: a permanent error was tried %d times, want once", tt.err.Message, rec.attempts.Load())
 		}
 	}
 	if got := kafkatest.Stored(t, c, "events"); len(got) != 0 {
@@ -298,8 +298,8 @@ func TestProducerWithoutBrokerAnswers503AndRecoversWhenOneComesUp(t *testing.T) 
 	kafkatest.NoLeaks(t)
 	addr := kafkatest.ClosedPort(t)
 	logger, logs := kafkatest.ObservedLogger()
-	p := mustProducer(t, Config{Brokers: []string{addr}, Acks: kafka.RequireAll}, logger)
-	t.Cleanup(func() { p.Close() })
+	p := mustProducer(t, Config{Brokers: []string{addr}, Acks: AcksAll}, logger)
+	t.Cleanup(func() { <-p.Close() })
 
 	start := time.Now()
 	_, perr := sendOne(p, "events", []byte(`{}`), 2*time.Second)
@@ -340,13 +340,13 @@ func hookedProducer(t *testing.T, c *kfake.Cluster, leaderDial func(ctx context.
 		brokers = append(brokers, "localhost:"+port)
 	}
 	var dialer net.Dialer
-	p := mustProducer(t, Config{Brokers: brokers, Acks: kafka.RequireAll, Dial: func(ctx context.Context, network, address string) (net.Conn, error) {
+	p := mustProducer(t, Config{Brokers: brokers, Acks: AcksAll, Dial: func(ctx context.Context, network, address string) (net.Conn, error) {
 		if strings.HasPrefix(address, "127.0.0.1:") {
 			return leaderDial(ctx, network, address)
 		}
 		return dialer.DialContext(ctx, network, address)
 	}}, zap.NewNop())
-	t.Cleanup(func() { p.Close() })
+	t.Cleanup(func() { <-p.Close() })
 	return p
 }
 
@@ -366,8 +366,8 @@ func TestAbandonWhileConnectingIsNotWritten(t *testing.T) {
 	if perr == nil || perr.Outcome != OutcomeRetry {
 		t.Fatalf("want not written (safe to retry), got %v", perr)
 	}
-	if rec.attempts != 1 || dials.Load() != 1 {
-		t.Errorf("attempts = %d, dials = %d, want 1 and 1", rec.attempts, dials.Load())
+	if rec.attempts.Load() != 1 || dials.Load() != 1 {
+		t.Errorf("attempts = %d, dials = %d, want 1 and 1", rec.attempts.Load(), dials.Load())
 	}
 	if got := kafkatest.Stored(t, c, "events"); len(got) != 0 {
 		t.Errorf("topic holds %d records, want none", len(got))
@@ -415,8 +415,8 @@ func TestPossiblyWrittenIsNeverAnsweredNotWritten(t *testing.T) {
 	if perr == nil || perr.Outcome != OutcomeUnknown {
 		t.Fatalf("want outcome unknown, got %v", perr)
 	}
-	if rec.attempts < 2 {
-		t.Errorf("attempts = %d, want retries", rec.attempts)
+	if rec.attempts.Load() < 2 {
+		t.Errorf("attempts = %d, want retries", rec.attempts.Load())
 	}
 	if got := kafkatest.Stored(t, c, "events"); len(got) != 1 {
 		t.Errorf("topic holds %d records; the first attempt wrote one", len(got))
@@ -477,7 +477,8 @@ func TestSlowConnectionStillDelivers(t *testing.T) {
 			case <-rec.done:
 				results[i] = rec.err
 			case <-timer.C:
-				results[i] = rec.part.abandon(rec)
+				rec.part.abandon(rec)
+				results[i] = rec.Outcome()
 			}
 		}()
 	}
@@ -536,11 +537,11 @@ func TestNothingRunsAfterClose(t *testing.T) {
 	}
 	before := discoverers()
 	c := kafkatest.NewCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
-	p := mustProducer(t, Config{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll}, zap.NewNop())
+	p := mustProducer(t, Config{Brokers: c.ListenAddrs(), Acks: AcksAll}, zap.NewNop())
 	if _, perr := sendOne(p, "events", []byte(`{}`), 2*time.Second); perr != nil {
 		t.Fatal(perr)
 	}
-	p.Close()
+	<-p.Close()
 	for _, topic := range []string{"events", "other"} {
 		if _, perr := sendOne(p, topic, []byte(`{}`), time.Second); perr != errShuttingDown {
 			t.Errorf("%s after close: %v, want %v", topic, perr, errShuttingDown)
@@ -553,7 +554,7 @@ func TestNothingRunsAfterClose(t *testing.T) {
 func TestCloseFlushesQueuedRecords(t *testing.T) {
 	kafkatest.NoLeaks(t)
 	c := kafkatest.NewCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
-	p := mustProducer(t, Config{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll}, zap.NewNop())
+	p := mustProducer(t, Config{Brokers: c.ListenAddrs(), Acks: AcksAll}, zap.NewNop())
 
 	release := make(chan struct{})
 	c.ControlKey(int16(kmsg.Produce), func(kmsg.Request) (kmsg.Response, error, bool) {
@@ -568,11 +569,9 @@ func TestCloseFlushesQueuedRecords(t *testing.T) {
 		}
 		recs = append(recs, rec)
 	}
-	destructed := make(chan struct{})
-	go func() {
-		p.Close()
-		close(destructed)
-	}()
+	// Close returns at once (the broker holds the records: a Close that
+	// waited would never return), and the flush goes on behind it.
+	destructed := p.Close()
 	select {
 	case <-destructed:
 		t.Fatal("Destruct returned while records were queued")
@@ -606,8 +605,8 @@ func TestMaxInFlightSendsConcurrentRequests(t *testing.T) {
 	for _, inFlight := range []int{1, 2} {
 		t.Run(fmt.Sprint("max_in_flight=", inFlight), func(t *testing.T) {
 			c := kafkatest.NewCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(2, "events"))
-			p := mustProducer(t, Config{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll, MaxInFlight: inFlight}, zap.NewNop())
-			t.Cleanup(func() { p.Close() })
+			p := mustProducer(t, Config{Brokers: c.ListenAddrs(), Acks: AcksAll, MaxInFlight: inFlight}, zap.NewNop())
+			t.Cleanup(func() { <-p.Close() })
 			release := make(chan struct{})
 			received := kafkatest.HoldProduce(c, release)
 
@@ -642,8 +641,8 @@ func TestMaxInFlightSendsConcurrentRequests(t *testing.T) {
 func TestLingerOnlyUnderConcurrentLoad(t *testing.T) {
 	const linger = 300 * time.Millisecond
 	c := kafkatest.NewCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
-	p := mustProducer(t, Config{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll, Linger: linger}, zap.NewNop())
-	t.Cleanup(func() { p.Close() })
+	p := mustProducer(t, Config{Brokers: c.ListenAddrs(), Acks: AcksAll, Linger: linger}, zap.NewNop())
+	t.Cleanup(func() { <-p.Close() })
 
 	// An idle partition sends a lone record at once, again and again.
 	for range 3 {
@@ -712,8 +711,8 @@ func TestLeaderMoveIsFollowed(t *testing.T) {
 	if perr != nil {
 		t.Fatalf("after the leader moved from %d to %d: %v", from, to, perr)
 	}
-	if rec.attempts < 2 {
-		t.Errorf("attempts = %d; the old leader should have refused the first", rec.attempts)
+	if rec.attempts.Load() < 2 {
+		t.Errorf("attempts = %d; the old leader should have refused the first", rec.attempts.Load())
 	}
 	var values []string
 	for _, r := range kafkatest.Stored(t, c, "events") {
@@ -724,14 +723,14 @@ func TestLeaderMoveIsFollowed(t *testing.T) {
 	}
 }
 
-var compressionByName = map[string]kafka.Compression{"gzip": kafka.Gzip, "snappy": kafka.Snappy, "lz4": kafka.Lz4, "zstd": kafka.Zstd}
+var compressionByName = map[string]Compression{"gzip": CompressionGzip, "snappy": CompressionSnappy, "lz4": CompressionLZ4, "zstd": CompressionZstd}
 
 func TestCompressedRecordsReadBack(t *testing.T) {
 	for _, codec := range []string{"gzip", "snappy", "lz4", "zstd"} {
 		t.Run(codec, func(t *testing.T) {
 			c := kafkatest.NewCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
-			p := mustProducer(t, Config{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll, Compression: compressionByName[codec]}, zap.NewNop())
-			t.Cleanup(func() { p.Close() })
+			p := mustProducer(t, Config{Brokers: c.ListenAddrs(), Acks: AcksAll, Compression: compressionByName[codec]}, zap.NewNop())
+			t.Cleanup(func() { <-p.Close() })
 			value := []byte(`{"text":"` + strings.Repeat("compressible ", 100) + `"}`)
 			if _, perr := sendOne(p, "events", value, 5*time.Second); perr != nil {
 				t.Fatal(perr)
@@ -831,8 +830,8 @@ func TestDroppedConnectionIsRetried(t *testing.T) {
 	if perr != nil {
 		t.Fatalf("after a dropped connection: %v", perr)
 	}
-	if rec.attempts != 2 || dropped != 1 {
-		t.Errorf("attempts %d, drops %d; want a retry after the one drop", rec.attempts, dropped)
+	if rec.attempts.Load() != 2 || dropped != 1 {
+		t.Errorf("attempts %d, drops %d; want a retry after the one drop", rec.attempts.Load(), dropped)
 	}
 	if got := kafkatest.RecordsByValue(t, c, "events"); len(got) != 2 || got[`"dropped once"`] == nil {
 		t.Errorf("the topic holds %d records, want the warm-up and the retried one", len(got))
@@ -842,28 +841,28 @@ func TestDroppedConnectionIsRetried(t *testing.T) {
 func TestMayBeWritten(t *testing.T) {
 	for _, tt := range []struct {
 		err  error
-		acks kafka.RequiredAcks
+		acks Acks
 		want bool
 	}{
-		{kafka.NotEnoughReplicas, kafka.RequireAll, false},
-		{kafka.NotEnoughReplicasAfterAppend, kafka.RequireAll, true},
-		{kafka.RequestTimedOut, kafka.RequireAll, true},
-		{kafka.NotLeaderForPartition, kafka.RequireAll, true}, // may follow an append
-		{kafka.NotLeaderForPartition, kafka.RequireOne, false},
-		{kafka.MessageSizeTooLarge, kafka.RequireAll, false},
-		{kafka.TopicAuthorizationFailed, kafka.RequireAll, false},
-		{kafka.UnknownTopicOrPartition, kafka.RequireAll, false},
-		{kafka.InvalidTopic, kafka.RequireAll, false},
-		{kafka.UnsupportedCompressionType, kafka.RequireAll, false},
-		{kafka.InvalidRecord, kafka.RequireAll, false},
-		{kafka.InvalidMessage, kafka.RequireAll, false},
-		{kafka.KafkaStorageError, kafka.RequireAll, true},
-		{kafka.Error(-1), kafka.RequireAll, true}, // UNKNOWN_SERVER_ERROR
-		{errAnswerWithoutPartition, kafka.RequireAll, true},
-		{io.ErrUnexpectedEOF, kafka.RequireAll, true},
-		{&net.OpError{Op: "dial", Err: syscall.ECONNREFUSED}, kafka.RequireAll, false},
-		{fmt.Errorf("wrapped: %w", syscall.ECONNREFUSED), kafka.RequireAll, false},
-		{context.DeadlineExceeded, kafka.RequireAll, true},
+		{kafka.NotEnoughReplicas, AcksAll, false},
+		{kafka.NotEnoughReplicasAfterAppend, AcksAll, true},
+		{kafka.RequestTimedOut, AcksAll, true},
+		{kafka.NotLeaderForPartition, AcksAll, true}, // may follow an append
+		{kafka.NotLeaderForPartition, AcksLeader, false},
+		{kafka.MessageSizeTooLarge, AcksAll, false},
+		{kafka.TopicAuthorizationFailed, AcksAll, false},
+		{kafka.UnknownTopicOrPartition, AcksAll, false},
+		{kafka.InvalidTopic, AcksAll, false},
+		{kafka.UnsupportedCompressionType, AcksAll, false},
+		{kafka.InvalidRecord, AcksAll, false},
+		{kafka.InvalidMessage, AcksAll, false},
+		{kafka.KafkaStorageError, AcksAll, true},
+		{kafka.Error(-1), AcksAll, true}, // UNKNOWN_SERVER_ERROR
+		{errAnswerWithoutPartition, AcksAll, true},
+		{io.ErrUnexpectedEOF, AcksAll, true},
+		{&net.OpError{Op: "dial", Err: syscall.ECONNREFUSED}, AcksAll, false},
+		{fmt.Errorf("wrapped: %w", syscall.ECONNREFUSED), AcksAll, false},
+		{context.DeadlineExceeded, AcksAll, true},
 	} {
 		if got := mayBeWritten(tt.err, tt.acks); got != tt.want {
 			t.Errorf("mayBeWritten(%v, acks %v) = %v, want %v", tt.err, tt.acks, got, tt.want)
@@ -876,8 +875,8 @@ func TestMayBeWritten(t *testing.T) {
 func TestLogsOfALeaderMove(t *testing.T) {
 	c := kafkatest.NewCluster(t, kfake.NumBrokers(2), kfake.SeedTopics(1, "events"))
 	logger, logs := kafkatest.ObservedLogger()
-	p := mustProducer(t, Config{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll}, logger)
-	t.Cleanup(func() { p.Close() })
+	p := mustProducer(t, Config{Brokers: c.ListenAddrs(), Acks: AcksAll}, logger)
+	t.Cleanup(func() { <-p.Close() })
 	for range 5 {
 		if _, perr := sendOne(p, "events", []byte(`{}`), 5*time.Second); perr != nil {
 			t.Fatal(perr)
@@ -921,7 +920,7 @@ func TestRetriedBatchWithAnExpiredRecord(t *testing.T) {
 		timeout time.Duration
 	}{{`"first"`, 100 * time.Millisecond}, {`"expires"`, 300 * time.Millisecond}, {`"b"`, 5 * time.Second}, {`"c"`, 5 * time.Second}} {
 		rec := NewRecord([]byte(tt.value), now, tt.timeout)
-		rec.OnDone = func(*Record) {}
+		rec.OnDone = func(*Record, *Error) {}
 		if perr := publishNoWait(p, context.Background(), "events", rec); perr != nil {
 			t.Fatal(perr)
 		}
@@ -958,8 +957,8 @@ func TestGivenUpRecordIsCompleted(t *testing.T) {
 		t.Run(fmt.Sprint("idempotence=", idem), func(t *testing.T) {
 			kafkatest.NoLeaks(t)
 			c := kafkatest.NewCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
-			p := mustProducer(t, Config{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll, Idempotence: idem, DeliveryTimeout: time.Second}, zap.NewNop())
-			t.Cleanup(p.Close)
+			p := mustProducer(t, Config{Brokers: c.ListenAddrs(), Acks: AcksAll, Idempotence: idem, DeliveryTimeout: time.Second}, zap.NewNop())
+			t.Cleanup(func() { <-p.Close() })
 			if _, perr := sendOne(p, "events", []byte(`"warm"`), time.Second); perr != nil {
 				t.Fatal(perr)
 			}
@@ -981,7 +980,7 @@ func TestGivenUpRecordIsCompleted(t *testing.T) {
 			case <-time.After(5 * time.Second):
 				t.Fatal("the record was never completed")
 			}
-			if got := rec.OutcomeNow(); got == nil || got.Outcome != OutcomeUnknown {
+			if got := rec.Outcome(); got == nil || got.Outcome != OutcomeUnknown {
 				t.Errorf("completed as %v, want unknown", got)
 			}
 			if idem == IdempotenceOn {
@@ -1063,8 +1062,8 @@ func TestBadRecordFailsAlone(t *testing.T) {
 func TestRequestTimedOutIsRetriedOnce(t *testing.T) {
 	kafkatest.NoLeaks(t)
 	c := kafkatest.NewCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
-	p := mustProducer(t, Config{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll, Idempotence: IdempotenceOff}, zap.NewNop())
-	t.Cleanup(p.Close)
+	p := mustProducer(t, Config{Brokers: c.ListenAddrs(), Acks: AcksAll, Idempotence: IdempotenceOff}, zap.NewNop())
+	t.Cleanup(func() { <-p.Close() })
 	var mu sync.Mutex
 	var brokerTimeouts []int32
 	c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "events", Observe: true, Count: -1, When: func(req kmsg.Request) bool {
@@ -1081,8 +1080,8 @@ func TestRequestTimedOutIsRetriedOnce(t *testing.T) {
 	if perr == nil || perr.Outcome != OutcomeUnknown {
 		t.Fatalf("got %v, want 504 (outcome unknown)", perr)
 	}
-	if rec.attempts != 2 {
-		t.Errorf("attempts = %d, want 2: the first and one retry", rec.attempts)
+	if rec.attempts.Load() != 2 {
+		t.Errorf("attempts = %d, want 2: the first and one retry", rec.attempts.Load())
 	}
 	if hw := c.PartitionInfo("events", 0).HighWatermark; hw != 2 {
 		t.Errorf("the topic holds %d copies, want 2", hw)
@@ -1107,8 +1106,8 @@ func TestRequestTimedOutRetriedIdempotentlyIsStoredOnce(t *testing.T) {
 	if perr != nil {
 		t.Fatalf("got %v, want the record acknowledged", perr)
 	}
-	if rec.attempts != 4 || fault.Hits() != 3 {
-		t.Errorf("attempts = %d, faults %d, want 4 and 3", rec.attempts, fault.Hits())
+	if rec.attempts.Load() != 4 || fault.Hits() != 3 {
+		t.Errorf("attempts = %d, faults %d, want 4 and 3", rec.attempts.Load(), fault.Hits())
 	}
 	if hw := c.PartitionInfo("events", 0).HighWatermark; hw != 1 {
 		t.Errorf("the topic holds %d copies, want 1", hw)
@@ -1147,8 +1146,8 @@ func completedWithin(t *testing.T, rec *Record, limit time.Duration) {
 func TestNotWrittenAfterCallerLeftCompletes(t *testing.T) {
 	kafkatest.NoLeaks(t)
 	c := kafkatest.NewCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
-	p := mustProducer(t, Config{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll, Idempotence: IdempotenceOff}, zap.NewNop())
-	t.Cleanup(p.Close)
+	p := mustProducer(t, Config{Brokers: c.ListenAddrs(), Acks: AcksAll, Idempotence: IdempotenceOff}, zap.NewNop())
+	t.Cleanup(func() { <-p.Close() })
 	if _, perr := sendOne(p, "events", []byte(`"warm"`), time.Second); perr != nil {
 		t.Fatal(perr)
 	}
@@ -1168,8 +1167,10 @@ func TestNotWrittenAfterCallerLeftCompletes(t *testing.T) {
 	if fault.Hits() != 1 {
 		t.Errorf("the fault answered %d requests, want the held one", fault.Hits())
 	}
-	if !rec.ProvenNotWritten() {
-		t.Errorf("completed as %v, want not written", rec.OutcomeNow())
+	// Queued, and completed neither acknowledged nor "outcome unknown":
+	// provably not written, what a repeat of its request reads.
+	if perr, partition := rec.Outcome(), placedOn(rec); perr == nil || perr.Outcome == OutcomeUnknown || partition < 0 {
+		t.Errorf("completed as %v on partition %d, want not written", perr, partition)
 	}
 	if hw := c.PartitionInfo("events", 0).HighWatermark; hw != 1 {
 		t.Errorf("the topic holds %d records, want the warm-up only", hw)
@@ -1206,7 +1207,7 @@ func TestHeldRequestDoesNotStallThePartition(t *testing.T) {
 	}
 	close(release)
 	completedWithin(t, held, 10*time.Second)
-	if got := held.OutcomeNow(); got != nil {
+	if got := held.Outcome(); got != nil {
 		t.Errorf("the held request landed, but its record completed as %v", got)
 	}
 	if got := kafkatest.RecordsByValue(t, c, "events"); len(got) != 3 || got[`"next"`] == nil || got[`"held"`] == nil {
@@ -1223,8 +1224,8 @@ func TestRefusalAfterAPossibleWriteIsUnknown(t *testing.T) {
 	kafkatest.RefuseBadRecords(t, c, true, 1) // the first attempt passes
 	c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "events", Err: kerr.RequestTimedOut})
 	rec, perr := sendOne(p, "events", []byte(`"bad after a timeout"`), 2*time.Second)
-	if perr == nil || perr.Outcome != OutcomeUnknown || rec.attempts != 2 {
-		t.Errorf("got %v after %d attempts, want 504 after 2", perr, rec.attempts)
+	if perr == nil || perr.Outcome != OutcomeUnknown || rec.attempts.Load() != 2 {
+		t.Errorf("got %v after %d attempts, want 504 after 2", perr, rec.attempts.Load())
 	}
 	if hw := c.PartitionInfo("events", 0).HighWatermark; hw != 2 {
 		t.Errorf("the topic holds %d records, want the warm-up and the timed-out append", hw)
@@ -1234,7 +1235,7 @@ func TestRefusalAfterAPossibleWriteIsUnknown(t *testing.T) {
 // A record refused by a closed queue was never queued: it says so, so
 // that an idempotent repeat produces it rather than wait for it.
 func TestRecordRefusedByAClosedQueueIsNotQueued(t *testing.T) {
-	q := &partition{p: newProducer(Config{}), closed: true}
+	q := &partition{p: unstarted(t, Config{}), closed: true}
 	rec := NewRecord([]byte(`{}`), time.Now(), time.Second)
 	if perr := q.push(rec, time.Now()); perr != errShuttingDown || rec.part != nil {
 		t.Errorf("push to a closed queue: %v, rec.part %p; want shutting down and no queue", perr, rec.part)
@@ -1297,20 +1298,245 @@ func TestDoneClosesWithTheLastRecordOfItsCall(t *testing.T) {
 // wait, so that one waiting on them is not kept waiting.
 func TestRefusedEnqueueClosesDone(t *testing.T) {
 	c := kafkatest.NewCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
-	p := mustProducer(t, Config{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll}, zap.NewNop())
+	p := mustProducer(t, Config{Brokers: c.ListenAddrs(), Acks: AcksAll}, zap.NewNop())
 	rec := NewRecord([]byte(`{}`), time.Now(), time.Second)
-	rec.OnDone = func(*Record) {}
-	topic, perr := p.Topic(context.Background(), "events", []*Record{rec})
-	if perr != nil {
-		t.Fatal(perr)
+	rec.OnDone = func(*Record, *Error) {}
+	rec.Topic = "events"
+	topic, err := p.lookup(context.Background(), []*Record{rec})
+	if err != nil {
+		t.Fatal(err)
 	}
-	p.Close()
-	if n, perr := p.Enqueue(topic, []*Record{rec}); n != 0 || perr != errShuttingDown {
-		t.Fatalf("Enqueue on a closed producer: %d queued, %v; want 0, %v", n, perr, errShuttingDown)
+	<-p.Close()
+	if n, err := enqueue(topic, []*Record{rec}); n != 0 || err != errShuttingDown {
+		t.Fatalf("Enqueue on a closed producer: %d queued, %v; want 0, %v", n, err, errShuttingDown)
+	}
+	if got := rec.Outcome(); got != errShuttingDown {
+		t.Errorf("a record the producer refused has the outcome %v, want %v", got, errShuttingDown)
 	}
 	select {
 	case <-rec.Done():
 	default:
 		t.Fatal("done still open for a record the producer refused")
 	}
+}
+
+// notQueued fails the test unless none of recs was queued.
+func notQueued(t *testing.T, p *Producer, recs []*Record) {
+	t.Helper()
+	for i, rec := range recs {
+		if partition, _ := rec.Progress(); partition >= 0 {
+			t.Errorf("record %d was queued on partition %d", i, partition)
+		}
+	}
+	if n := p.Waiting(); n != 0 {
+		t.Errorf("%d records waiting, want none", n)
+	}
+}
+
+// A record asking for a partition the topic does not have fails the call
+// before anything is queued, with an error the caller tells apart (and
+// answers 404): not a failure of Kafka, so no record's outcome.
+func TestPartitionBeyondTheTopicQueuesNothing(t *testing.T) {
+	kafkatest.NoLeaks(t)
+	c := kafkatest.NewCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(2, "events"))
+	p := testProducer(t, c)
+	verbs := map[string]func([]*Record) error{
+		"Produce": func(recs []*Record) error { return p.Produce(context.Background(), recs) },
+		"Start":   func(recs []*Record) error { return p.Start(context.Background(), recs) },
+		"Enqueue": func(recs []*Record) error {
+			n, err := p.Enqueue(context.Background(), recs)
+			if n != 0 {
+				t.Errorf("Enqueue queued %d records", n)
+			}
+			return err
+		},
+	}
+	for name, verb := range verbs {
+		var recs []*Record
+		for _, partition := range []int{0, -1, 5} {
+			rec := NewRecord([]byte(`{}`), time.Now(), time.Second)
+			rec.Topic, rec.Partition = "events", partition
+			rec.OnDone = func(*Record, *Error) { t.Errorf("%s: OnDone called for a record never queued", name) }
+			recs = append(recs, rec)
+		}
+		err := verb(recs)
+		var perr *PartitionError
+		if !errors.As(err, &perr) || *perr != (PartitionError{Index: 2, Partition: 5, Partitions: 2}) {
+			t.Fatalf("%s: %v, want the partition error of record 2", name, err)
+		}
+		if got, want := err.Error(), "record 2: partition 5 does not exist (the topic has 2)"; got != want {
+			t.Errorf("%s: %q, want %q", name, got, want)
+		}
+		if errors.As(err, new(*Error)) {
+			t.Errorf("%s: the client's mistake reads as a failure of Kafka", name)
+		}
+		notQueued(t, p, recs)
+		for i, rec := range recs {
+			if got := rec.Outcome(); got != nil || rec.Done() != nil {
+				t.Errorf("%s: record %d has the outcome %v, done %v; want none", name, i, got, rec.Done())
+			}
+		}
+	}
+	if got := kafkatest.Stored(t, c, "events"); len(got) != 0 {
+		t.Errorf("the topic holds %d records, want none", len(got))
+	}
+}
+
+// When the topic cannot be had, its error is every record's outcome, and
+// the call returns it with nothing queued: a topic that does not exist,
+// and a producer that is closed.
+func TestTopicLookupFailureIsEveryRecordsOutcome(t *testing.T) {
+	kafkatest.NoLeaks(t)
+	c := kafkatest.NewCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	p := mustProducer(t, Config{Brokers: c.ListenAddrs(), Acks: AcksAll}, zap.NewNop())
+	closed := false
+	t.Cleanup(func() {
+		if !closed {
+			<-p.Close()
+		}
+	})
+	records := func(topic string) []*Record {
+		var recs []*Record
+		for range 3 {
+			rec := NewRecord([]byte(`{}`), time.Now(), 2*time.Second)
+			rec.Topic = topic
+			rec.OnDone = func(*Record, *Error) { t.Error("OnDone called for a record never queued") }
+			recs = append(recs, rec)
+		}
+		return recs
+	}
+	check := func(what string, err error, recs []*Record, want func(*Error) bool) {
+		t.Helper()
+		var perr *Error
+		if !errors.As(err, &perr) || !want(perr) {
+			t.Fatalf("%s: %v", what, err)
+		}
+		for i, rec := range recs {
+			if got := rec.Outcome(); got != perr {
+				t.Errorf("%s: record %d has the outcome %v, want %v", what, i, got, perr)
+			}
+		}
+		notQueued(t, p, recs)
+	}
+	unknown := func(perr *Error) bool { return perr.Outcome == OutcomeRejected && perr.Reason == "unknown topic" }
+	recs := records("nope")
+	check("Produce, unknown topic", p.Produce(context.Background(), recs), recs, unknown)
+	recs = records("nope")
+	_, err := p.Enqueue(context.Background(), recs)
+	check("Enqueue, unknown topic", err, recs, unknown)
+
+	<-p.Close()
+	closed = true
+	shutting := func(perr *Error) bool { return perr == errShuttingDown }
+	recs = records("events")
+	check("Start, closed", p.Start(context.Background(), recs), recs, shutting)
+	p.Wait(context.Background(), recs) // nothing to wait for
+	recs = records("events")
+	n, err := p.Enqueue(context.Background(), recs)
+	check("Enqueue, closed", err, recs, shutting)
+	if n != 0 {
+		t.Errorf("Enqueue on a closed producer queued %d", n)
+	}
+}
+
+// A call takes records of one topic: one that mixes topics, or names
+// none, is refused before any lookup, and nothing is queued.
+func TestMixedTopicsRefused(t *testing.T) {
+	kafkatest.NoLeaks(t)
+	c := kafkatest.NewCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events", "other"))
+	p := testProducer(t, c)
+	for _, topics := range [][]string{{"events", "other"}, {"events", "events", ""}, {""}} {
+		var recs []*Record
+		for _, topic := range topics {
+			rec := NewRecord([]byte(`{}`), time.Now(), time.Second)
+			rec.Topic = topic
+			recs = append(recs, rec)
+		}
+		err := p.Produce(context.Background(), recs)
+		if err == nil || errors.As(err, new(*Error)) || errors.As(err, new(*PartitionError)) {
+			t.Fatalf("records for %q: %v, want the call refused", topics, err)
+		}
+		if want := fmt.Sprintf("for topic %q", topics[len(topics)-1]); len(topics) > 1 && !strings.Contains(err.Error(), want) {
+			t.Errorf("records for %q: %q does not say %s", topics, err, want)
+		}
+		notQueued(t, p, recs)
+		for i, rec := range recs {
+			if got := rec.Outcome(); got != nil {
+				t.Errorf("records for %q: record %d has the outcome %v", topics, i, got)
+			}
+		}
+	}
+	if err := p.Produce(context.Background(), nil); err != nil {
+		t.Errorf("a call of no records: %v", err)
+	}
+}
+
+// A record's one outcome through its life: none before a call takes it;
+// "outcome unknown" while a request carries it and its caller stopped
+// waiting (or before it waits); acknowledged (nil) once the broker
+// answers, for good once Done is closed; and the refusal of a record no
+// partition took.
+func TestOutcomeAcrossALife(t *testing.T) {
+	kafkatest.NoLeaks(t)
+	c := kafkatest.NewCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
+	p := mustProducer(t, Config{Brokers: c.ListenAddrs(), Acks: AcksAll, Idempotence: IdempotenceOff}, zap.NewNop())
+	t.Cleanup(func() { <-p.Close() })
+	if _, perr := sendOne(p, "events", []byte(`"warm"`), time.Second); perr != nil {
+		t.Fatal(perr)
+	}
+	release := make(chan struct{})
+	received := kafkatest.HoldProduce(c, release)
+
+	rec := NewRecord([]byte(`"held"`), time.Now(), 300*time.Millisecond)
+	rec.Topic = "events"
+	rec.AckBy = rec.Deadline.Add(lateWait) // one attempt, waiting for its answer
+	if got := rec.Outcome(); got != nil {
+		t.Errorf("before any call: %v, want none", got)
+	}
+	if err := p.Start(context.Background(), []*Record{rec}); err != nil {
+		t.Fatal(err)
+	}
+	kafkatest.WaitFor(t, 5*time.Second, func() bool { return received.Load() == 1 })
+	if got := rec.Outcome(); got == nil || got.Outcome != OutcomeUnknown || got.Reason != reasonUnknown {
+		t.Errorf("in flight, before Wait: %v, want outcome unknown", got)
+	}
+	p.Wait(context.Background(), []*Record{rec}) // its deadline passes
+	if got := rec.Outcome(); got == nil || got.Outcome != OutcomeUnknown {
+		t.Errorf("in flight, its caller gone: %v, want outcome unknown", got)
+	}
+	select {
+	case <-rec.Done():
+		t.Fatal("done closed while the broker holds the record")
+	default:
+	}
+	close(release)
+	completedWithin(t, rec, 10*time.Second)
+	if got := rec.Outcome(); got != nil {
+		t.Errorf("acknowledged late: %v, want nil", got)
+	}
+	if partition, attempts := rec.Progress(); partition != 0 || attempts != 1 {
+		t.Errorf("progress %d, %d; want partition 0 after 1 attempt", partition, attempts)
+	}
+
+	// Refused by its partition (the producer closed after the lookup):
+	// the refusal is the outcome, and Start returns it.
+	refused := NewRecord([]byte(`"refused"`), time.Now(), time.Second)
+	refused.Topic = "events"
+	topic, err := p.lookup(context.Background(), []*Record{refused})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-p.Close()
+	if err := start(topic, []*Record{refused}); err != errShuttingDown {
+		t.Errorf("start on a closed partition: %v, want %v", err, errShuttingDown)
+	}
+	if got := refused.Outcome(); got != errShuttingDown {
+		t.Errorf("refused: %v, want %v", got, errShuttingDown)
+	}
+	select {
+	case <-refused.Done():
+	default:
+		t.Error("done still open for a refused record")
+	}
+	notQueued(t, p, []*Record{refused})
 }

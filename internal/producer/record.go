@@ -3,8 +3,6 @@ package producer
 import (
 	"sync/atomic"
 	"time"
-
-	"github.com/segmentio/kafka-go"
 )
 
 // A record's life, guarded by its partition's lock:
@@ -27,13 +25,17 @@ const (
 	stateCompleted
 )
 
-// Record is one Kafka record on its way to the broker. The caller fills the
-// exported fields before it sends the record, and reads its outcome
-// through the methods once Done is closed (or Send returned).
+// Record is one Kafka record on its way to the broker: the data the
+// caller fills before a verb takes it (the exported fields), then its
+// results (Placed, Progress) and its one outcome (Outcome). What the
+// caller tells its own client about it is the caller's to keep.
 type Record struct {
+	// Topic is the topic the record goes to; the records of one call
+	// share it.
+	Topic   string
 	Key     []byte // nil: no key
 	Value   []byte
-	Headers []kafka.Header
+	Headers []Header
 	// Partition is the partition asked for, or -1 to let the
 	// partitioner choose; Placed says where the record went.
 	Partition int
@@ -47,17 +49,15 @@ type Record struct {
 	// retried (without idempotence) or waited for until then, so that
 	// the outcome of a record answered "outcome unknown" is learned.
 	AckBy time.Time
-	// OnDone, if set, is called (with the partition locked) when the
-	// record is completed. A record with OnDone has no waiter: the
-	// producer takes it back at its deadline.
-	OnDone func(*Record)
-	// Answer is what the caller that waited tells its client: set by Send
-	// when it stops waiting, nil if the record was acknowledged. It
-	// belongs to that caller, which may also set it.
-	Answer *Error
+	// OnDone, if set, is called with the record's outcome (nil:
+	// acknowledged) when it is completed, as kgo's promises are. It runs
+	// with the partition locked: it must not block, nor call Outcome. A
+	// record with OnDone has no waiter: the producer takes it back at
+	// its deadline.
+	OnDone func(*Record, *Error)
 
-	// done is closed when every record of the Send or Enqueue call that
-	// took this one is completed; left counts those still to complete
+	// done is closed when every record of the call that took this one
+	// is completed or was refused; left counts those still to complete
 	// (nil for a call of one record). One channel a call, not a record:
 	// a request of many records waits once.
 	done chan struct{}
@@ -73,10 +73,22 @@ type Record struct {
 	state  recordState
 	// abandoned: the caller stopped waiting.
 	abandoned bool
-	attempts  int
-	lastErr   error
-	err       *Error // the outcome, once completed
-	valueLen  int
+	// attempts counts the requests that carried the record; atomic, so
+	// that Progress reads it without the partition's lock, from OnDone
+	// too (which holds it).
+	attempts atomic.Int32
+	lastErr  error
+	// err is the outcome once completed, or the refusal of a record
+	// never queued.
+	err      *Error
+	valueLen int
+}
+
+// Header is a record header. Its layout is the one the encoder writes,
+// so that headers go to the wire as the caller gave them.
+type Header struct {
+	Key   string
+	Value []byte
 }
 
 // NewRecord returns a record of value that its caller waits for until
@@ -103,16 +115,42 @@ func MakeRecord(value []byte, now time.Time, timeout time.Duration) Record {
 // Replayed is a record acknowledged earlier, perhaps by another process,
 // at partition and offset at time t: what a shared idempotency store knows
 // of it, to answer a repeat of its request. Only its Placed, Time and
-// Answer mean anything; it must not be sent.
+// Outcome (nil) mean anything; it must not be sent.
 func Replayed(partition int, offset int64, t time.Time) *Record {
 	done := make(chan struct{})
 	close(done)
 	return &Record{Partition: partition, placed: partition, offset: offset, Time: t, state: stateCompleted, done: done}
 }
 
-// Done is closed when the record and the others of the Send or Enqueue
-// call that took it are completed (or were refused); nil before such a
-// call.
+// Outcome is the record's outcome as known now: nil once it is
+// acknowledged; the error it completed with; while a request may still
+// write it (its caller stopped waiting), "outcome unknown"; for a record
+// that was never queued, why (the topic could not be had, the producer
+// closed). Read after the call that took the record returned (OnDone is
+// given it); nil before any call took it. It is final once Done is
+// closed.
+func (r *Record) Outcome() *Error {
+	select {
+	case <-r.done:
+		// Every record of the call is completed or was refused, and
+		// no one writes err again: closing done published it.
+		return r.err
+	default:
+	}
+	pt := r.part
+	if pt == nil {
+		return r.err // refused, or not taken by a call yet
+	}
+	pt.mu.Lock()
+	defer pt.mu.Unlock()
+	if r.state == stateCompleted {
+		return r.err
+	}
+	return &Error{Outcome: OutcomeUnknown, Reason: reasonUnknown, Err: r.lastErr}
+}
+
+// Done is closed when the record and the others of the call that took it
+// are completed (or were refused); nil before such a call.
 func (r *Record) Done() <-chan struct{} { return r.done }
 
 // waitWith makes the records share one done channel, closed when the
@@ -137,57 +175,27 @@ func (r *Record) release() {
 	}
 }
 
-// Queued reports whether the record was queued on a partition (so that it
-// may have been written, or its outcome is known).
-func (r *Record) Queued() bool { return r.part != nil }
-
-// Err is the record's outcome once Done is closed: nil if acknowledged.
-func (r *Record) Err() *Error { return r.err }
-
 // ValueLen is the length of the value, once the record is completed (its
-// bytes are let go of then).
+// bytes are let go of then): what OnDone counts.
 func (r *Record) ValueLen() int { return r.valueLen }
 
-// Topic is the topic of a queued record.
-func (r *Record) Topic() string { return r.part.topic.name }
-
-// Progress is the partition of a queued record and the requests that
-// carried it so far.
+// Progress is the partition the record was queued on (-1 if it never
+// was: a record refused, or replayed from a store) and the requests that
+// carried it so far. Read any time after the call that took it returned,
+// or in OnDone. A record queued whose Outcome is not "outcome unknown"
+// provably was written (nil) or was not and never will be; one never
+// queued was not written.
 func (r *Record) Progress() (partition, attempts int) {
-	r.part.mu.Lock()
-	defer r.part.mu.Unlock()
-	return r.placed, r.attempts
+	if r.part == nil {
+		return -1, 0
+	}
+	return r.placed, int(r.attempts.Load())
 }
 
 // Placed is where the record went, read once Done is closed: the
 // partition it was queued on (-1 if none) and, if it was acknowledged,
 // its offset (-1 if not, or if the broker did not say).
 func (r *Record) Placed() (partition int, offset int64) { return r.placed, r.offset }
-
-// Attempts is the number of requests that carried the record, read in
-// OnDone or once Done is closed.
-func (r *Record) Attempts() int { return r.attempts }
-
-// ProvenNotWritten reports whether the queued record provably was not
-// written and never will be: it completed without an acknowledgement, and
-// not as "outcome unknown".
-func (r *Record) ProvenNotWritten() bool {
-	r.part.mu.Lock()
-	defer r.part.mu.Unlock()
-	return r.state == stateCompleted && r.err != nil && r.err.Outcome != OutcomeUnknown
-}
-
-// OutcomeNow is the queued record's outcome as known now: nil if
-// acknowledged, "outcome unknown" while it may be written and is not
-// acknowledged yet.
-func (r *Record) OutcomeNow() *Error {
-	r.part.mu.Lock()
-	defer r.part.mu.Unlock()
-	if r.state == stateCompleted {
-		return r.err
-	}
-	return &Error{Outcome: OutcomeUnknown, Reason: reasonUnknown, Err: r.lastErr}
-}
 
 // size approximates the bytes the record takes in a batch.
 func (r *Record) size() int {
@@ -220,7 +228,7 @@ func (r *Record) complete(err *Error, offset int64) {
 	}
 	r.release()
 	if r.OnDone != nil {
-		r.OnDone(r)
+		r.OnDone(r, err)
 	}
 	if r.part != nil {
 		r.part.p.recordDone()

@@ -9,7 +9,40 @@ import (
 	"sync/atomic"
 
 	"github.com/segmentio/kafka-go/sasl"
+	"github.com/segmentio/kafka-go/sasl/plain"
+	"github.com/segmentio/kafka-go/sasl/scram"
 )
+
+// SASL is how the producer authenticates to the brokers: plain data, so
+// that a caller configures it without kafka-go's types, which the
+// producer builds from it in New.
+type SASL struct {
+	// Mechanism is "plain", "scram-sha-256" or "scram-sha-512".
+	Mechanism string
+	Username  string
+	Password  string
+}
+
+// Check reports what New would refuse in s: a mechanism it does not know,
+// or credentials SCRAM cannot use. A caller checks its settings with it
+// when it loads them, before any producer is made.
+func (s SASL) Check() error {
+	_, err := s.mechanism()
+	return err
+}
+
+// mechanism builds kafka-go's SASL mechanism.
+func (s SASL) mechanism() (sasl.Mechanism, error) {
+	switch s.Mechanism {
+	case "plain":
+		return plain.Mechanism{Username: s.Username, Password: s.Password}, nil
+	case "scram-sha-256":
+		return scram.Mechanism(scram.SHA256, s.Username, s.Password)
+	case "scram-sha-512":
+		return scram.Mechanism(scram.SHA512, s.Username, s.Password)
+	}
+	return nil, fmt.Errorf("sasl: %q is not plain, scram-sha-256 or scram-sha-512", s.Mechanism)
+}
 
 // errSASLDropped is what a connection reports when it failed during SASL
 // authentication: the broker closed or reset it, or it timed out.

@@ -35,7 +35,6 @@ import (
 	"time"
 
 	"github.com/queuepublish/caddy-queue-publish/internal/kafkatest"
-	"github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
@@ -107,7 +106,10 @@ type simRecord struct {
 	// enqueued: sent with Enqueue and OnDone, not waited for.
 	enqueued bool
 	onDone   atomic.Int32
-	// answer is what Wait set (the caller's answer), for waited records.
+	// onDoneErr is the outcome OnDone was given.
+	onDoneErr atomic.Pointer[Error]
+	// answer is the outcome the caller read once its wait returned (the
+	// caller's answer), for waited records.
 	answer *Error
 	waited bool
 }
@@ -143,12 +145,12 @@ func simulate(t *testing.T, seed uint64) {
 		kfake.BrokerConfigs(map[string]string{"message.max.bytes": "60000"}))
 	cfg := Config{
 		Brokers:         w.c.ListenAddrs(),
-		Acks:            kafka.RequireAll,
+		Acks:            AcksAll,
 		Idempotence:     []Idempotence{IdempotenceOn, IdempotenceAuto, IdempotenceOff}[rng.IntN(3)],
 		MaxBatchRecords: []int{1, 3, 20, 1000}[rng.IntN(4)],
 		MaxBatchBytes:   []int{500, 5000, 50000}[rng.IntN(3)],
 		MaxInFlight:     1 + rng.IntN(3),
-		Compression:     []kafka.Compression{0, kafka.Snappy, kafka.Lz4}[rng.IntN(3)],
+		Compression:     []Compression{0, CompressionSnappy, CompressionLZ4}[rng.IntN(3)],
 		// Longer than any caller waits here, so that a batch that
 		// stalls its partition until the delivery timeout shows.
 		DeliveryTimeout: 15 * time.Second,
@@ -212,6 +214,7 @@ func (w *simWorld) newRecord(rng *rand.Rand, stream int, now time.Time) *simReco
 	timeout := []time.Duration{-10 * time.Millisecond, time.Millisecond, 20 * time.Millisecond, 200 * time.Millisecond,
 		time.Second, 2 * time.Second}[rng.IntN(6)]
 	rec := NewRecord([]byte(sr.value), now, timeout)
+	rec.Topic = simTopic
 	// A client's timestamp is data, not a clock: absurd ones too.
 	rec.Time = []time.Time{now, now, now.Add(-time.Hour), time.Date(2099, 1, 1, 0, 0, 0, 0, time.UTC),
 		time.Date(1, 1, 1, 0, 0, 0, 0, time.UTC), time.Unix(0, 0), time.Date(9999, 12, 31, 23, 59, 59, 0, time.UTC),
@@ -223,7 +226,7 @@ func (w *simWorld) newRecord(rng *rand.Rand, stream int, now time.Time) *simReco
 		rec.Partition = rng.IntN(w.partitions)
 	}
 	if rng.IntN(4) == 0 {
-		rec.Headers = []kafka.Header{{Key: "h", Value: []byte(sr.value[:min(len(sr.value), 8)])}}
+		rec.Headers = []Header{{Key: "h", Value: []byte(sr.value[:min(len(sr.value), 8)])}}
 	}
 	if rng.IntN(4) == 0 {
 		rec.AckBy = rec.Deadline.Add(time.Duration(rng.IntN(1000)) * time.Millisecond)
@@ -239,7 +242,7 @@ func (w *simWorld) newStream() int {
 	return w.streams
 }
 
-// call is a caller that sends 1 to 20 records in one Start and waits for
+// call is a caller that sends 1 to 20 records in one Produce and waits for
 // them, or leaves early.
 func (w *simWorld) call(seed uint64) {
 	rng := rand.New(rand.NewPCG(seed, 1))
@@ -267,14 +270,12 @@ func (w *simWorld) call(seed uint64) {
 			timer := time.AfterFunc(leave, cancel)
 			defer timer.Stop()
 		}
-		tp, perr := w.p.Topic(ctx, simTopic, recs)
-		if perr != nil {
+		if err := w.p.Produce(ctx, recs); err != nil {
+			w.checkRefused(err, recs)
 			return // never queued: nothing to check but that
 		}
-		w.p.Start(tp, recs)
-		w.p.Wait(ctx, recs)
 		for _, sr := range srs {
-			sr.answer, sr.waited = sr.rec.Answer, true
+			sr.answer, sr.waited = sr.rec.Outcome(), true
 		}
 	})
 }
@@ -296,11 +297,10 @@ func (w *simWorld) stream(seed uint64) {
 		for _, sr := range srs {
 			now := time.Now()
 			recs := []*Record{sr.rec}
-			tp, perr := w.p.Topic(ctx, simTopic, recs)
-			if perr != nil {
+			if err := w.p.Start(ctx, recs); err != nil {
+				w.checkRefused(err, recs)
 				continue
 			}
-			w.p.Start(tp, recs)
 			started = append(started, sr)
 			if wait := gap - time.Since(now); wait > 0 {
 				time.Sleep(wait) // the client's pace between records
@@ -308,7 +308,7 @@ func (w *simWorld) stream(seed uint64) {
 		}
 		for _, sr := range started {
 			w.p.Wait(ctx, []*Record{sr.rec})
-			sr.answer, sr.waited = sr.rec.Answer, true
+			sr.answer, sr.waited = sr.rec.Outcome(), true
 		}
 	})
 }
@@ -323,15 +323,34 @@ func (w *simWorld) enqueue(seed uint64) {
 	for i := range srs {
 		sr := w.newRecord(rng, stream, now)
 		sr.enqueued = true
-		sr.rec.OnDone = func(*Record) { sr.onDone.Add(1) }
+		sr.rec.OnDone = func(_ *Record, err *Error) {
+			sr.onDoneErr.Store(err)
+			sr.onDone.Add(1)
+		}
 		srs[i], recs[i] = sr, sr.rec
 	}
-	tp, perr := w.p.Topic(context.Background(), simTopic, recs)
-	if perr != nil {
+	if _, err := w.p.Enqueue(context.Background(), recs); err == errShuttingDown {
+		w.t.Errorf("Enqueue before Close: %v", err)
+	} else if err != nil {
+		w.checkRefused(err, recs)
+	}
+}
+
+// checkRefused checks a call that queued nothing: the topic could not be
+// had, and its error is every record's outcome.
+func (w *simWorld) checkRefused(err error, recs []*Record) {
+	var perr *Error
+	if !errors.As(err, &perr) {
+		w.t.Errorf("a call refused with %v, want an Error", err)
 		return
 	}
-	if _, perr := w.p.Enqueue(tp, recs); perr != nil {
-		w.t.Errorf("Enqueue before Close: %v", perr)
+	for i, rec := range recs {
+		if partition, _ := rec.Progress(); partition >= 0 {
+			w.t.Errorf("record %d of a refused call was queued on %d", i, partition)
+		}
+		if got := rec.Outcome(); got != perr {
+			w.t.Errorf("record %d of a call refused with %v has the outcome %v", i, perr, got)
+		}
 	}
 }
 
@@ -579,13 +598,11 @@ func (w *simWorld) probe(timeout time.Duration) {
 				sr := w.newRecord(rand.New(rand.NewPCG(w.seed, uint64(part))), w.newStream(), time.Now())
 				sr.value = fmt.Sprintf("%d:%d:probe:%d", w.seed, part, try)
 				sr.rec = NewRecord([]byte(sr.value), time.Now(), time.Until(deadline))
-				sr.rec.Partition = part
-				recs := []*Record{sr.rec}
-				tp, terr := w.p.Topic(context.Background(), simTopic, recs)
-				if perr = terr; perr == nil {
-					w.p.Start(tp, recs)
-					w.p.Wait(context.Background(), recs)
-					perr = sr.rec.Answer
+				sr.rec.Topic, sr.rec.Partition = simTopic, part
+				if err := w.p.Produce(context.Background(), []*Record{sr.rec}); err != nil {
+					perr = asError(err)
+				} else {
+					perr = sr.rec.Outcome()
 				}
 				sr.answer, sr.waited = perr, true
 				if perr == nil || perr.Outcome != OutcomeRetry {
@@ -667,7 +684,7 @@ func (w *simWorld) check() {
 		copies := stored[sr.value]
 		delete(stored, sr.value)
 		simTotals.records.Add(1)
-		if !rec.Queued() {
+		if partition, _ := rec.Progress(); partition < 0 {
 			if len(copies) > 0 {
 				t.Errorf("record %s was never queued, and is stored %d times", sr.value[:20], len(copies))
 			}
@@ -690,15 +707,23 @@ func (w *simWorld) check() {
 				t.Errorf("record %s: its caller returned and Done is open", sr.value[:20])
 			}
 		}
-		err := rec.Err()
+		err := rec.err
 		partition, offset := rec.Placed()
-		// What the idempotency store reads of a record must agree with
-		// its outcome, and with the log.
-		if proven := rec.ProvenNotWritten(); proven != (err != nil && err.Outcome != OutcomeUnknown) || proven && len(copies) > 0 {
-			t.Errorf("record %s: ProvenNotWritten %v with outcome %v, stored %d times", sr.value[:20], proven, err, len(copies))
+		// What the idempotency store reads of a record (queued, and its
+		// outcome) must agree with how it completed, and with the log:
+		// one queued whose outcome is neither nil nor unknown provably
+		// was not written.
+		if now := rec.Outcome(); now != err {
+			t.Errorf("record %s: Outcome %v, completed with %v", sr.value[:20], now, err)
 		}
-		if now := rec.OutcomeNow(); now != err {
-			t.Errorf("record %s: OutcomeNow %v, completed with %v", sr.value[:20], now, err)
+		if queuedOn, attempts := rec.Progress(); queuedOn != partition || attempts != int(rec.attempts.Load()) {
+			t.Errorf("record %s: Progress %d, %d; placed on %d after %d attempts", sr.value[:20], queuedOn, attempts, partition, rec.attempts.Load())
+		}
+		if proven := err != nil && err.Outcome != OutcomeUnknown; proven && len(copies) > 0 {
+			t.Errorf("record %s: provably not written (%v), stored %d times", sr.value[:20], err, len(copies))
+		}
+		if sr.enqueued && sr.onDoneErr.Load() != err {
+			t.Errorf("record %s: OnDone given %v, completed with %v", sr.value[:20], sr.onDoneErr.Load(), err)
 		}
 		// What the caller was told must be true of what the log holds.
 		if sr.waited && sr.answer == nil && err != nil {

@@ -211,7 +211,7 @@ func (s *sink) send(batches []*batch) {
 // ended, the batch is no longer given to it.
 type wireBatch struct {
 	b     *batch
-	codec kafka.Compression
+	codec Compression
 	r     *bytes.Reader // the transport's goroutine's only
 	// opened: the transport read the batch into the request; ended:
 	// the attempt's outcome is being settled. Guarded by the
@@ -264,7 +264,7 @@ func (w *wireBatch) WriteTo(dst io.Writer) (int64, error) {
 
 // encode is the batch as a request carries it: its length, then the
 // batch.
-func (b *batch) encode(codec kafka.Compression) []byte {
+func (b *batch) encode(codec Compression) []byte {
 	size := batchHeaderSize + 4
 	for _, rec := range b.recs {
 		size += rec.size()
@@ -293,8 +293,8 @@ var errAnswerWithoutPartition = errors.New("the Kafka broker's answer does not m
 // answerFor finds the batch's partition in the answer: nil error if the
 // records were written (or were already: a duplicate the broker
 // recognised by its sequence numbers).
-func answerFor(res *produceAPI.Response, b *batch, acks kafka.RequiredAcks) (*produceAnswer, error) {
-	if acks == kafka.RequireNone {
+func answerFor(res *produceAPI.Response, b *batch, acks Acks) (*produceAnswer, error) {
+	if acks == AcksNone {
 		return &produceAnswer{base: -1}, nil
 	}
 	if res == nil {

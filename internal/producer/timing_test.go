@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/queuepublish/caddy-queue-publish/internal/kafkatest"
-	"github.com/segmentio/kafka-go"
 	"github.com/segmentio/kafka-go/protocol"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
@@ -37,8 +36,8 @@ func TestClientTimestampIsNotAClock(t *testing.T) {
 			c := kafkatest.NewCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
 			// Without the delivery timeout's two minutes to hide
 			// behind: a held partition shows as a failed second record.
-			p := mustProducer(t, Config{Brokers: c.ListenAddrs(), Acks: kafka.RequireAll, DeliveryTimeout: 30 * time.Second}, zap.NewNop())
-			t.Cleanup(p.Close)
+			p := mustProducer(t, Config{Brokers: c.ListenAddrs(), Acks: AcksAll, DeliveryTimeout: 30 * time.Second}, zap.NewNop())
+			t.Cleanup(func() { <-p.Close() })
 			var mu sync.Mutex
 			var brokerTimeouts []int32
 			c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Observe: true, Count: -1, When: func(req kmsg.Request) bool {
@@ -56,8 +55,8 @@ func TestClientTimestampIsNotAClock(t *testing.T) {
 			}
 			// Another client's record to the same partition.
 			next, perr := sendOne(p, "events", []byte(`"next"`), 2*time.Second)
-			if perr != nil || next.Attempts() != 1 {
-				t.Fatalf("the next record: %v after %d attempts, want acknowledged at once", perr, next.Attempts())
+			if _, attempts := next.Progress(); perr != nil || attempts != 1 {
+				t.Fatalf("the next record: %v after %d attempts, want acknowledged at once", perr, attempts)
 			}
 			stored := kafkatest.Stored(t, c, "events")
 			// franz-go decodes a timestamp through nanoseconds, which
@@ -121,14 +120,13 @@ func TestAttemptEndedBeforeWritingWroteNothing(t *testing.T) {
 	p.idempotent.Store(false)
 	p.start()
 
-	done := make(chan *Record, 1)
+	done := make(chan *Error, 1)
 	rec := NewRecord([]byte(`"slow dial"`), time.Now(), 200*time.Millisecond)
-	rec.OnDone = func(r *Record) { done <- r }
+	rec.OnDone = func(_ *Record, err *Error) { done <- err }
 	if perr := publishNoWait(p, context.Background(), "events", rec); perr != nil {
 		t.Fatal(perr)
 	}
-	r := <-done
-	if perr := r.Err(); perr == nil || perr.Outcome != OutcomeRetry {
+	if perr := <-done; perr == nil || perr.Outcome != OutcomeRetry {
 		t.Fatalf("got %v, want not written (the request was never written)", perr)
 	}
 	if got := kafkatest.Stored(t, c, "events"); len(got) != 0 {
@@ -138,7 +136,7 @@ func TestAttemptEndedBeforeWritingWroteNothing(t *testing.T) {
 
 // A batch is never kept empty, nor indexed when it is.
 func TestEmptyBatchIsNeverKept(t *testing.T) {
-	p := newProducer(Config{})
+	p := unstarted(t, Config{})
 	pt := newPartition(p, &topicState{p: p, name: "events"}, 0)
 	s := &session{id: 1}
 	b := &batch{part: pt, session: s, mayBeWritten: true, sending: true}
@@ -212,7 +210,7 @@ func TestAskSessionDoublesItsTries(t *testing.T) {
 			held = append(held, c) // never answered
 		}
 	})
-	p := newProducer(Config{Brokers: []string{ln.Addr().String()}, Acks: kafka.RequireAll})
+	p := unstarted(t, Config{Brokers: []string{ln.Addr().String()}, Acks: AcksAll})
 	done := make(chan struct{})
 	p.sessionAsking = done
 	p.watchers.Add(1)
