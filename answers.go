@@ -132,9 +132,9 @@ func (x *exchange) answerFailure(f *publishError) error {
 
 // answerBody answers a body-mode request: the seed's {"success":true},
 // with the record's partition and offset.
-func (x *exchange) answerBody(rec *record) error {
-	if rec.Answer != nil {
-		return x.answerFailure(rec.Answer)
+func (x *exchange) answerBody(rec *record, out outcomes) error {
+	if f := out.of(0); f != nil {
+		return x.answerFailure(f)
 	}
 	b := appendPlace(append(make([]byte, 0, 64), `{"success":true,`...), rec)
 	return x.answer(http.StatusOK, append(b, '}'))
@@ -146,8 +146,8 @@ func (x *exchange) answerBody(rec *record) error {
 // the status of the worst failure: 413 or 500 if some record will never
 // be taken, else 504 if some outcome is unknown, else 503 (every failed
 // record was not written; retrying them is safe).
-func (x *exchange) answerRecords(recs []*record) error {
-	worst := worstFailure(recs)
+func (x *exchange) answerRecords(recs []*record, out outcomes) error {
+	worst := out.worst()
 	b := make([]byte, 0, 32+40*len(recs))
 	if worst == nil {
 		b = append(b, `{"success":true,"offsets":[`...)
@@ -161,7 +161,7 @@ func (x *exchange) answerRecords(recs []*record) error {
 			b = append(b, ',')
 		}
 		b = append(b, '{')
-		if f := rec.Answer; f != nil {
+		if f := out.of(i); f != nil {
 			b = appendFailure(b, f)
 			b = append(b, `,"status":`...)
 			b = strconv.AppendInt(b, int64(statusOf(f.Outcome)), 10)
@@ -175,18 +175,6 @@ func (x *exchange) answerRecords(recs []*record) error {
 		return x.answer(http.StatusOK, b)
 	}
 	return x.answer(statusOf(worst.Outcome), b)
-}
-
-// worstFailure is the failure of recs whose status tells the most: nil
-// if every record was acknowledged.
-func worstFailure(recs []*record) *publishError {
-	var worst *publishError
-	for _, rec := range recs {
-		if f := rec.Answer; f != nil && (worst == nil || severity(f.Outcome) > severity(worst.Outcome)) {
-			worst = f
-		}
-	}
-	return worst
 }
 
 // appendPlace appends where an acknowledged record went: "partition" and,

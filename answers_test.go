@@ -65,24 +65,17 @@ func TestHeaderReplacementsApplyOncePerAnswer(t *testing.T) {
 func TestAnswerRecordsStatus(t *testing.T) {
 	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(2, "events"))
 	p := mustProducer(t, connection{Kafka: Kafka{Brokers: c.ListenAddrs(), Acks: "all"}}, zap.NewNop())
-	t.Cleanup(p.Close)
+	t.Cleanup(func() { closeProducer(p) })
 	ok := func() *record { // acknowledged on partition 1
 		r := newRecord([]byte(`{}`), time.Now(), 5*time.Second)
-		r.Partition = 1
-		recs := []*record{r}
-		set, perr := p.Topic(context.Background(), "events", recs)
-		if perr != nil {
-			t.Fatal(perr)
-		}
-		if p.Send(context.Background(), set, recs); r.Answer != nil {
-			t.Fatal(r.Answer)
+		r.Partition, r.Topic = 1, "events"
+		if err := p.Produce(context.Background(), []*record{r}); err != nil || r.Outcome() != nil {
+			t.Fatal(err, r.Outcome())
 		}
 		return r
 	}
 	failed := func(o producer.Outcome) *record {
-		r := newRecord(nil, time.Now(), time.Second)
-		r.Answer = &publishError{Outcome: o, Reason: o.String()}
-		return r
+		return producer.Replayed(-1, -1, time.Time{}, &publishError{Outcome: o, Reason: o.String()})
 	}
 	for _, tt := range []struct {
 		recs []*record
@@ -96,7 +89,8 @@ func TestAnswerRecordsStatus(t *testing.T) {
 	} {
 		w := httptest.NewRecorder()
 		x := exchange{w: w}
-		if err := x.answerRecords(tt.recs); err != nil {
+		out := outcomesOf(tt.recs)
+		if err := x.answerRecords(tt.recs, out); err != nil {
 			t.Fatal(err)
 		}
 		var ans struct {
@@ -123,7 +117,8 @@ func TestAnswerRecordsStatus(t *testing.T) {
 		}
 		for i, rec := range tt.recs {
 			res := ans.Results[i]
-			if rec.Answer == nil {
+			f := out.of(i)
+			if f == nil {
 				partition, offset := rec.Placed()
 				if res.Status != 0 || res.Partition != partition || res.Offset != int(offset) || partition != 1 {
 					t.Errorf("record %d, acknowledged at %d/%d: %+v", i, partition, offset, res)
@@ -131,11 +126,11 @@ func TestAnswerRecordsStatus(t *testing.T) {
 				continue
 			}
 			wantOutcome := "not_written"
-			if rec.Answer.Outcome == outcomeUnknown {
+			if f.Outcome == outcomeUnknown {
 				wantOutcome = "unknown"
 			}
-			if res.Status != statusOf(rec.Answer.Outcome) || res.Outcome != wantOutcome {
-				t.Errorf("record %d, %v: %+v", i, rec.Answer.Outcome, res)
+			if res.Status != statusOf(f.Outcome) || res.Outcome != wantOutcome {
+				t.Errorf("record %d, %v: %+v", i, f.Outcome, res)
 			}
 		}
 	}

@@ -89,7 +89,7 @@ func benchmarkHandler(b *testing.B, bc benchCase, callers int) {
 	}
 	h.producer = mustProducer(b, connection{Kafka: Kafka{Brokers: c.ListenAddrs(), Acks: "all"}}, zap.NewNop())
 	h.logger = zap.NewNop()
-	defer h.producer.Close()
+	defer closeProducer(h.producer)
 	body := []byte(bc.body)
 	serve := func() {
 		req := httptest.NewRequest("POST", bc.path, bodyReader(body))

@@ -8,9 +8,7 @@ import (
 	"os"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/segmentio/kafka-go/sasl"
-	"github.com/segmentio/kafka-go/sasl/plain"
-	"github.com/segmentio/kafka-go/sasl/scram"
+	"github.com/queuepublish/caddy-queue-publish/internal/producer"
 )
 
 // BrokerTLS is how connections to the brokers use TLS. The zero value
@@ -52,13 +50,6 @@ type tlsMaterial struct {
 	Key                []byte `json:"key,omitempty"`
 	ServerName         string `json:"server_name,omitempty"`
 	InsecureSkipVerify bool   `json:"insecure_skip_verify,omitempty"`
-}
-
-// saslCredentials is BrokerSASL with its placeholders resolved.
-type saslCredentials struct {
-	Mechanism string `json:"mechanism"`
-	Username  string `json:"username"`
-	Password  string `json:"password"`
 }
 
 // material reads the files and resolves the placeholders of the TLS
@@ -112,7 +103,7 @@ func (m *tlsMaterial) config() (*tls.Config, error) {
 }
 
 // credentials resolves the placeholders of the SASL settings.
-func (s *BrokerSASL) credentials(repl *caddy.Replacer) (*saslCredentials, error) {
+func (s *BrokerSASL) credentials(repl *caddy.Replacer) (*producer.SASL, error) {
 	user, err := repl.ReplaceOrErr(s.Username, true, true)
 	if err != nil {
 		return nil, fmt.Errorf("sasl username: %v", err)
@@ -124,20 +115,6 @@ func (s *BrokerSASL) credentials(repl *caddy.Replacer) (*saslCredentials, error)
 	if user == "" || password == "" {
 		return nil, errors.New("sasl: username and password are required")
 	}
-	c := &saslCredentials{Mechanism: s.Mechanism, Username: user, Password: password}
-	_, err = c.mechanism()
-	return c, err
-}
-
-// mechanism builds kafka-go's SASL mechanism.
-func (c *saslCredentials) mechanism() (sasl.Mechanism, error) {
-	switch c.Mechanism {
-	case "plain":
-		return plain.Mechanism{Username: c.Username, Password: c.Password}, nil
-	case "scram-sha-256":
-		return scram.Mechanism(scram.SHA256, c.Username, c.Password)
-	case "scram-sha-512":
-		return scram.Mechanism(scram.SHA512, c.Username, c.Password)
-	}
-	return nil, fmt.Errorf("sasl: %q is not plain, scram-sha-256 or scram-sha-512", c.Mechanism)
+	c := &producer.SASL{Mechanism: s.Mechanism, Username: user, Password: password}
+	return c, c.Check()
 }

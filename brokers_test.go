@@ -152,7 +152,7 @@ func TestTLSBrokers(t *testing.T) {
 			c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"), kfake.TLS(serverTLS))
 			logger, logs := observedLogger()
 			p := mustProducer(t, connection{Kafka: Kafka{Brokers: c.ListenAddrs(), Acks: "all"}, TLS: tt.tls}, logger)
-			defer p.Close()
+			defer closeProducer(p)
 			_, perr := sendOne(p, "events", []byte(`{"tls":true}`), 2*time.Second)
 			if tt.want == "" {
 				if perr != nil {
@@ -251,8 +251,8 @@ func saslAnswers(t *testing.T, c *kfake.Cluster, brokers []string) {
 		t.Run(fmt.Sprintf("%s %s/%s", tt.mechanism, tt.user, tt.password), func(t *testing.T) {
 			logger, logs := observedLogger()
 			p := mustProducer(t, connection{Kafka: Kafka{Brokers: brokers, Acks: "all"},
-				SASL: &saslCredentials{Mechanism: tt.mechanism, Username: tt.user, Password: tt.password}}, logger)
-			defer p.Close()
+				SASL: &producer.SASL{Mechanism: tt.mechanism, Username: tt.user, Password: tt.password}}, logger)
+			defer closeProducer(p)
 			_, perr := sendOne(p, "events", []byte(`{"sasl":"`+tt.mechanism+`"}`), 2*time.Second)
 			switch tt.want {
 			case 0:
@@ -320,7 +320,7 @@ func TestSASLConnectionResetIsRetriable(t *testing.T) {
 	armed.Store(true)
 	var dialer net.Dialer
 	p := mustProducer(t, connection{Kafka: Kafka{Brokers: c.ListenAddrs(), Acks: "all"},
-		SASL: &saslCredentials{Mechanism: "plain", Username: "plain-user", Password: "plain-pass"}}, zap.NewNop(),
+		SASL: &producer.SASL{Mechanism: "plain", Username: "plain-user", Password: "plain-pass"}}, zap.NewNop(),
 		func(ctx context.Context, network, address string) (net.Conn, error) {
 			conn, err := dialer.DialContext(ctx, network, address)
 			if err != nil {
@@ -328,7 +328,7 @@ func TestSASLConnectionResetIsRetriable(t *testing.T) {
 			}
 			return &resetConn{Conn: conn, armed: &armed}, nil
 		})
-	defer p.Close()
+	defer closeProducer(p)
 	_, perr := sendOne(p, "events", []byte(`{"reset":1}`), 2*time.Second)
 	if armed.Load() {
 		t.Fatal("the connection was never reset during SASL")

@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/segmentio/kafka-go"
+	"github.com/queuepublish/caddy-queue-publish/internal/producer"
 )
 
 // The settings with a closed set of values. Each table is the one list of
@@ -16,18 +16,18 @@ var (
 
 	deliveries = choices[string]{{deliverySync, deliverySync}, {deliveryAsync, deliveryAsync}}
 
-	acksLevels = choices[kafka.RequiredAcks]{
-		{"all", kafka.RequireAll},
-		{"leader", kafka.RequireOne},
-		{"none", kafka.RequireNone},
+	acksLevels = choices[producer.Acks]{
+		{"all", producer.AcksAll},
+		{"leader", producer.AcksLeader},
+		{"none", producer.AcksNone},
 	}
 
-	compressions = choices[kafka.Compression]{
-		{"none", 0},
-		{"gzip", kafka.Gzip},
-		{"snappy", kafka.Snappy},
-		{"lz4", kafka.Lz4},
-		{"zstd", kafka.Zstd},
+	compressions = choices[producer.Compression]{
+		{"none", producer.CompressionNone},
+		{"gzip", producer.CompressionGzip},
+		{"snappy", producer.CompressionSnappy},
+		{"lz4", producer.CompressionLZ4},
+		{"zstd", producer.CompressionZstd},
 	}
 
 	// An option that is on or off, as the Caddyfile says it.

@@ -13,19 +13,19 @@ import (
 // If every record was acknowledged the status is 200; otherwise it is
 // that of the worst failure, as in records mode, while the body still
 // says how each record ended.
-func (h *Handler) answerREST(x *exchange, recs []*record) error {
+func (h *Handler) answerREST(x *exchange, recs []*record, out outcomes) error {
 	var b []byte
 	if x.api.v3 {
 		b = make([]byte, 0, 200*len(recs))
 		for i, rec := range recs {
-			b = h.appendV3Report(b, x, rec, x.api.shapes[i])
+			b = h.appendV3Report(b, x, rec, out.of(i), x.api.shapes[i])
 			b = append(b, v3Separator...)
 		}
 	} else {
-		b = appendV2Offsets(make([]byte, 0, 64+64*len(recs)), recs)
+		b = appendV2Offsets(make([]byte, 0, 64+64*len(recs)), recs, out)
 	}
 	status := http.StatusOK
-	if worst := worstFailure(recs); worst != nil {
+	if worst := out.worst(); worst != nil {
 		status = statusOf(worst.Outcome)
 	}
 	return x.answer(status, b)
@@ -36,8 +36,8 @@ func (h *Handler) answerREST(x *exchange, recs []*record) error {
 // {"type","size"},"value":{...}} if the broker took it, else
 // {"error_code","message"}. key and value are there only if the request
 // had them, as in the REST Proxy's answers.
-func (h *Handler) appendV3Report(b []byte, x *exchange, rec *record, shape restShape) []byte {
-	if f := rec.Answer; f != nil {
+func (h *Handler) appendV3Report(b []byte, x *exchange, rec *record, f *publishError, shape restShape) []byte {
+	if f != nil {
 		return appendRESTError(b, restFailureCode(f.Outcome), f.Reason)
 	}
 	partition, offset := rec.Placed()
@@ -84,13 +84,13 @@ func appendInstant(b []byte, t time.Time) []byte {
 // appendV2Offsets appends v2's answer: {"offsets":[{"partition","offset",
 // "error_code","error"}, ...],"key_schema_id":null,"value_schema_id":null},
 // in request order, every field written, null where it does not apply.
-func appendV2Offsets(b []byte, recs []*record) []byte {
+func appendV2Offsets(b []byte, recs []*record, out outcomes) []byte {
 	b = append(b, `{"offsets":[`...)
 	for i, rec := range recs {
 		if i > 0 {
 			b = append(b, ',')
 		}
-		if f := rec.Answer; f != nil {
+		if f := out.of(i); f != nil {
 			b = append(b, `{"partition":null,"offset":null,"error_code":`...)
 			b = strconv.AppendInt(b, int64(restFailureCode(f.Outcome)), 10)
 			b = append(b, `,"error":`...)

@@ -13,7 +13,6 @@ import (
 
 	"github.com/go-json-experiment/json/jsontext"
 	"github.com/queuepublish/caddy-queue-publish/internal/producer"
-	"github.com/segmentio/kafka-go"
 )
 
 // parseREST turns the body of a request of mode confluent of known length
@@ -149,7 +148,7 @@ func readV3Headers(d *jsontext.Decoder, rec *record) *refusal {
 	d.ReadToken()
 	for d.PeekKind() == '{' {
 		d.ReadToken()
-		var hd kafka.Header
+		var hd producer.Header
 		named := false
 		for d.PeekKind() == '"' {
 			tok, _ := d.ReadToken()

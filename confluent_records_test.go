@@ -226,8 +226,8 @@ func FuzzRESTRecords(f *testing.F) {
 			if int64(len(rec.Key)+len(rec.Value)) > int64(len(body)) {
 				t.Fatalf("record %d: %d bytes of key and value from a body of %d", i, len(rec.Key)+len(rec.Value), len(body))
 			}
-			if rec.Answer != nil {
-				t.Fatalf("record %d: answered %v before it was sent", i, rec.Answer)
+			if rec.Outcome() != nil {
+				t.Fatalf("record %d: an outcome, %v, before it was sent", i, rec.Outcome())
 			}
 		}
 		if api.v3 {

@@ -125,6 +125,7 @@ type streamItem struct {
 	shape   restShape
 	ref     *refusal // the record is refused, not sent
 	started bool     // the record was given to the producer
+	outcome *publishError // once settled; nil: acknowledged
 	start   time.Time
 	size    int64 // the bytes of its JSON, held until it is answered
 }
@@ -261,12 +262,12 @@ func (h *Handler) startStreamRecord(x *exchange, r *http.Request, item *streamIt
 	if h.traceHeaders {
 		addTraceHeaders(r, recs)
 	}
-	set, ref := h.place(x, r, recs, item.start)
-	if item.ref = ref; set == nil || ref != nil {
-		return // a failed topic lookup answered the record
+	item.rec.Topic = x.topic
+	err := x.producer.Start(r.Context(), recs)
+	if item.ref = refusalOf(err); item.ref != nil {
+		return
 	}
-	x.producer.Start(set, recs)
-	item.started = true
+	item.started = true // a failed topic lookup is the record's outcome
 }
 
 // settleStreamItem waits for a record of a stream to be settled, and
@@ -277,9 +278,11 @@ func (h *Handler) settleStreamItem(ctx context.Context, x *exchange, item *strea
 	}
 	recs := []*record{item.rec}
 	x.producer.Wait(ctx, recs)
-	countRecord(x.topic, item.rec)
-	if item.rec.Answer != nil {
-		h.logFailure(x.topic, recs, item.start)
+	out := outcomesOf(recs)
+	item.outcome = out.of(0)
+	countRecord(x.topic, item.rec, item.outcome)
+	if item.outcome != nil {
+		h.logFailure(x.topic, recs, out, item.start)
 	} else {
 		metricsFor(x.topic).latency.Observe(time.Since(item.start).Seconds())
 	}
@@ -291,5 +294,5 @@ func (h *Handler) appendStreamReport(b []byte, x *exchange, item *streamItem) []
 		_, code, message := restError(item.ref)
 		return appendRESTError(b, code, message)
 	}
-	return h.appendV3Report(b, x, item.rec, item.shape)
+	return h.appendV3Report(b, x, item.rec, item.outcome, item.shape)
 }

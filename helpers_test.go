@@ -28,14 +28,13 @@ import (
 // sendOne publishes one record and waits for its outcome.
 func sendOne(p *producer.Producer, topic string, value []byte, timeout time.Duration) (*record, *publishError) {
 	rec := newRecord(value, time.Now(), timeout)
-	recs := []*record{rec}
-	set, perr := p.Topic(context.Background(), topic, recs)
-	if perr != nil {
-		return rec, perr
-	}
-	p.Send(context.Background(), set, recs)
-	return rec, rec.Answer
+	rec.Topic = topic
+	p.Produce(context.Background(), []*record{rec})
+	return rec, rec.Outcome()
 }
+
+// closeProducer closes p and waits until it has flushed.
+func closeProducer(p *producer.Producer) { <-p.Close() }
 
 // mustProducer is a started producer for cfg; dial, if given, opens its
 // connections. The caller closes it.
@@ -48,7 +47,11 @@ func mustProducer(t testing.TB, cfg connection, logger *zap.Logger, dial ...func
 	if len(dial) > 0 {
 		c.Dial = dial[0]
 	}
-	return producer.New(c)
+	p, err := producer.New(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
 
 func contextWithTimeout(d time.Duration) (context.Context, context.CancelFunc) {

@@ -263,7 +263,7 @@ func (h *Handler) publishOnce(x *exchange, r *http.Request, key string, body []b
 	var stored []*record
 	defer func() { claim.settle(stored) }()
 	err = h.publish(x, r, final, send, start)
-	if send == nil || slices.ContainsFunc(send, (*record).Queued) {
+	if send == nil || slices.ContainsFunc(send, queued) {
 		stored = final // records were queued: they may be written
 	}
 	return err

@@ -272,7 +272,7 @@ func (e *idemEntry) reuse(ctx context.Context, recs []*record, deadline time.Tim
 	waiting := wait
 	final = make([]*record, len(recs))
 	for i, prev := range e.recs {
-		if prev.Queued() && waiting {
+		if queued(prev) && waiting {
 			select {
 			case <-prev.Done():
 			case <-timer.C:
@@ -281,12 +281,11 @@ func (e *idemEntry) reuse(ctx context.Context, recs []*record, deadline time.Tim
 				waiting = false
 			}
 		}
-		if !prev.Queued() || prev.ProvenNotWritten() {
+		if provenNotWritten(prev) {
 			final[i] = recs[i]
 			send = append(send, recs[i])
 			continue
 		}
-		prev.Answer = prev.OutcomeNow()
 		final[i] = prev
 	}
 	return final, send

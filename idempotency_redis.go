@@ -275,8 +275,7 @@ func (c *redisClaim) reuse(_ context.Context, recs []*record, _ time.Time, _ boo
 		case storedAcked:
 			final[i] = replayedRecord(o)
 		default:
-			final[i] = producer.Replayed(-1, -1, time.Time{})
-			final[i].Answer = &publishError{Outcome: outcomeUnknown, Reason: "the outcome of the first attempt is unknown; the record may have been written"}
+			final[i] = producer.Replayed(-1, -1, time.Time{}, &publishError{Outcome: outcomeUnknown, Reason: "the outcome of the first attempt is unknown; the record may have been written"})
 		}
 	}
 	return final, send
@@ -291,7 +290,7 @@ func replayedRecord(o string) *record {
 		off, _ = strconv.ParseInt(parts[1], 10, 64)
 		ms, _ = strconv.ParseInt(parts[2], 10, 64)
 	}
-	return producer.Replayed(int(p), off, time.UnixMilli(ms))
+	return producer.Replayed(int(p), off, time.UnixMilli(ms), nil)
 }
 
 // parseOutcomes reads the outcomes stored after the digest: "|" and one
@@ -330,7 +329,7 @@ func (c *redisClaim) settle(recs []*record) {
 	}
 	var pending []*record
 	for _, rec := range recs {
-		if rec.Answer != nil && rec.Answer.Outcome == outcomeUnknown && rec.Queued() && !rec.ProvenNotWritten() {
+		if f := rec.Outcome(); f != nil && f.Outcome == outcomeUnknown && queued(rec) {
 			pending = append(pending, rec)
 		}
 	}
@@ -348,7 +347,6 @@ func (c *redisClaim) settle(recs []*record) {
 			case <-timer.C:
 			}
 			timer.Stop()
-			rec.Answer = rec.OutcomeNow()
 		}
 		c.store(c.stored(recs), 0, c.s.timeout)
 	}()
@@ -371,11 +369,11 @@ func (c *redisClaim) stored(recs []*record) string {
 		} else {
 			b.WriteByte(';')
 		}
-		switch {
-		case rec.Answer == nil:
+		switch f := rec.Outcome(); {
+		case f == nil:
 			partition, offset := rec.Placed()
 			fmt.Fprintf(&b, "a%d:%d:%d", partition, offset, rec.Time.UnixMilli())
-		case rec.Answer.Outcome != outcomeUnknown:
+		case f.Outcome != outcomeUnknown:
 			b.WriteByte(storedNotWritten)
 		default:
 			b.WriteByte(storedUnknown)

@@ -366,7 +366,7 @@ func BenchmarkIdempotencyStore(b *testing.B) {
 				}
 				defer h.Idempotency.cleanup()
 				h.producer = mustProducer(b, connection{Kafka: Kafka{Brokers: c.ListenAddrs(), Acks: "all"}}, zap.NewNop())
-				defer h.producer.Close()
+				defer closeProducer(h.producer)
 				body := []byte(seedBody)
 				var n atomic.Int64
 				serve := func() {
@@ -447,7 +447,7 @@ func TestRedisStorePasswordStaysOut(t *testing.T) {
 // and a claim whose call failed is undone.
 func TestRedisClaimResentAnswersAlike(t *testing.T) {
 	r := redistest.Start(t)
-	s, err := newRedisStore(r.URL(), nil, "t:", time.Minute, time.Second, zap.NewNop())
+	s, err := newRedisStore(r.URL(), nil, "t:", time.Minute, time.Second, "", zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -474,14 +474,14 @@ func TestRedisClaimResentAnswersAlike(t *testing.T) {
 // leave it without an expiry.
 func TestRedisSettleAfterWindowLeavesNoKey(t *testing.T) {
 	r := redistest.Start(t)
-	s, err := newRedisStore(r.URL(), nil, "t:", 50*time.Millisecond, time.Second, zap.NewNop())
+	s, err := newRedisStore(r.URL(), nil, "t:", 50*time.Millisecond, time.Second, "", zap.NewNop())
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.client.Close()
 	var digest [32]byte
 	now := time.Now()
-	claim, st, err := s.claim(t.Context(), "k", digest, now, now.Add(time.Second))
+	claim, st, err := s.claim(t.Context(), "", "k", digest, now, now.Add(time.Second))
 	if err != nil || st != idemNew {
 		t.Fatalf("claim: %v %v", st, err)
 	}
@@ -684,7 +684,7 @@ func TestRedisStoreTLSSettingsApplyToEveryKind(t *testing.T) {
 		{"rediss://10.0.0.1:6380?addr=10.0.0.2:6380", "redis.internal", "redis.internal"},
 	} {
 		own := &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{pair}, ServerName: tc.serverName}
-		s, err := newRedisStore(tc.url, own, "t:", time.Minute, time.Second, zap.NewNop())
+		s, err := newRedisStore(tc.url, own, "t:", time.Minute, time.Second, "", zap.NewNop())
 		if err != nil {
 			t.Fatalf("%s: %v", tc.url, err)
 		}

@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	"github.com/queuepublish/caddy-queue-publish/internal/producer"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -16,7 +17,6 @@ import (
 	"unsafe"
 
 	"github.com/queuepublish/caddy-queue-publish/internal/kafkatest"
-	"github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kmsg"
@@ -188,7 +188,7 @@ func TestIdempotencyDigest(t *testing.T) {
 			r.Key = []byte(key)
 		}
 		for i := 0; i+1 < len(headers); i += 2 {
-			r.Headers = append(r.Headers, kafka.Header{Key: headers[i], Value: []byte(headers[i+1])})
+			r.Headers = append(r.Headers, producer.Header{Key: headers[i], Value: []byte(headers[i+1])})
 		}
 		return []*record{r}
 	}

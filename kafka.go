@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/segmentio/kafka-go/sasl"
 	"go.uber.org/zap"
 
 	"github.com/queuepublish/caddy-queue-publish/internal/producer"
@@ -228,8 +227,8 @@ func cluster(brokers []string) []string {
 // equal share one producer.
 type connection struct {
 	Kafka
-	TLS  *tlsMaterial     `json:"tls,omitempty"`
-	SASL *saslCredentials `json:"sasl,omitempty"`
+	TLS  *tlsMaterial   `json:"tls,omitempty"`
+	SASL *producer.SASL `json:"sasl,omitempty"`
 }
 
 // key is the connection's key in the pool: equal settings, one key.
@@ -272,13 +271,7 @@ func (c connection) config(logger *zap.Logger) (producer.Config, error) {
 			return cfg, err
 		}
 	}
-	if c.SASL != nil {
-		var mechanism sasl.Mechanism
-		if mechanism, err = c.SASL.mechanism(); err != nil {
-			return cfg, err
-		}
-		cfg.SASL = mechanism
-	}
+	cfg.SASL = c.SASL
 	return cfg, nil
 }
 
@@ -293,12 +286,10 @@ type pooledProducer struct{ *producer.Producer }
 // waits for records already answered, and the flush goes on in the
 // background. When the process exits, it flushes before returning.
 func (p pooledProducer) Destruct() error {
-	p.Stop()
+	done := p.Close()
 	if caddy.Exiting() {
-		p.Finish()
-		return nil
+		<-done
 	}
-	go p.Finish()
 	return nil
 }
 
@@ -312,7 +303,8 @@ func acquireProducer(c connection, logger *zap.Logger) (p *producer.Producer, ke
 		if err != nil {
 			return pooledProducer{}, err
 		}
-		return pooledProducer{producer.New(cfg)}, nil
+		p, err := producer.New(cfg)
+		return pooledProducer{p}, err
 	})
 	if err != nil {
 		return nil, "", err

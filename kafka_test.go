@@ -273,7 +273,10 @@ func pooledProducers(t *testing.T) []*producer.Producer {
 // isClosed reports whether p stopped taking records: it refuses one
 // before looking for its topic.
 func isClosed(p *producer.Producer) bool {
-	_, perr := p.Topic(context.Background(), "any", []*record{newRecord(nil, time.Now(), time.Second)})
+	rec := newRecord(nil, time.Now(), time.Second)
+	rec.Topic = "any"
+	p.Start(context.Background(), []*record{rec})
+	perr := rec.Outcome()
 	return perr != nil && perr.Reason == "shutting down"
 }
 

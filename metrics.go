@@ -168,11 +168,11 @@ func countRequest(topic string, status int) {
 	metricRequests.WithLabelValues(topic, strconv.Itoa(status)).Inc()
 }
 
-// countRecord counts a record's outcome.
-func countRecord(topic string, rec *record) {
-	if rec.Answer != nil {
+// countRecord counts a record's outcome, f, as its request is answered.
+func countRecord(topic string, rec *record, f *publishError) {
+	if f != nil {
 		// The producer may still be completing it: read nothing else.
-		countOutcome(topic, rec.Answer, 0)
+		countOutcome(topic, f, 0)
 		return
 	}
 	countOutcome(topic, nil, rec.ValueLen())

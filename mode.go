@@ -39,7 +39,7 @@ type mode interface {
 	// answer answers a request whose records were sent, in the mode's
 	// shape; fail answers one none of whose records was, and refuse one
 	// that is wrong.
-	answer(h *Handler, x *exchange, recs []*record) error
+	answer(h *Handler, x *exchange, recs []*record, out outcomes) error
 	fail(x *exchange, f *publishError) error
 	refuse(x *exchange, ref *refusal) error
 }
@@ -117,7 +117,9 @@ func (bodyMode) digest(_ *exchange, body []byte, recs []*record) [sha256.Size]by
 	return idemDigest(modeBody, body, recs[:1])
 }
 
-func (bodyMode) answer(_ *Handler, x *exchange, recs []*record) error { return x.answerBody(recs[0]) }
+func (bodyMode) answer(_ *Handler, x *exchange, recs []*record, out outcomes) error {
+	return x.answerBody(recs[0], out)
+}
 
 // recordsMode: the body is {"records":[...]}, each record with its own
 // key, headers and partition.
@@ -148,8 +150,8 @@ func (recordsMode) digest(_ *exchange, body []byte, _ []*record) [sha256.Size]by
 	return idemDigest(modeRecords, body, nil)
 }
 
-func (recordsMode) answer(_ *Handler, x *exchange, recs []*record) error {
-	return x.answerRecords(recs)
+func (recordsMode) answer(_ *Handler, x *exchange, recs []*record, out outcomes) error {
+	return x.answerRecords(recs, out)
 }
 
 // confluentMode: the paths, bodies and answers of Confluent REST Proxy's
@@ -203,8 +205,8 @@ func (confluentMode) digest(x *exchange, body []byte, _ []*record) [sha256.Size]
 	return idemDigest(fmt.Sprintf("%s v3=%t binary=%t partition=%d", modeConfluent, x.api.v3, x.api.binary, x.api.partition), body, nil)
 }
 
-func (confluentMode) answer(h *Handler, x *exchange, recs []*record) error {
-	return h.answerREST(x, recs)
+func (confluentMode) answer(h *Handler, x *exchange, recs []*record, out outcomes) error {
+	return h.answerREST(x, recs, out)
 }
 
 func (confluentMode) fail(x *exchange, f *publishError) error {

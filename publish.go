@@ -1,7 +1,8 @@
 package queuepublish
 
 import (
-	"cmp"
+	"context"
+	"errors"
 	"net/http"
 	"time"
 
@@ -11,122 +12,59 @@ import (
 
 // publish produces the records of send and answers with final, the
 // records that stand for the request: send and, for a repeated request,
-// those of the first attempt that stand.
+// those of the first attempt that stand. Delivery async only queues them.
 func (h *Handler) publish(x *exchange, r *http.Request, final, send []*record, start time.Time) error {
-	async := h.Delivery == deliveryAsync
+	if len(send) > 0 && h.traceHeaders {
+		addTraceHeaders(r, send)
+	}
+	for _, rec := range send {
+		rec.Topic = x.topic
+	}
+	if h.Delivery == deliveryAsync {
+		return h.publishAsync(x, r.Context(), send, start)
+	}
+	return h.publishSync(x, r.Context(), final, send, start)
+}
+
+// publishSync produces the records of send, waits for them within the
+// request's timeout, and answers with final.
+func (h *Handler) publishSync(x *exchange, ctx context.Context, final, send []*record, start time.Time) error {
 	if len(send) > 0 {
-		if h.traceHeaders {
-			addTraceHeaders(r, send)
+		if ref := refusalOf(x.producer.Produce(ctx, send)); ref != nil {
+			return x.refuse(ref)
 		}
-		if async && !h.reserveQueue(len(send)) {
-			x.reason = rejectQueueFull
-			return x.fail(errQueueFull)
-		}
-		set, ref := h.place(x, r, send, start)
-		if set == nil || ref != nil {
-			if async {
-				h.asyncPending.Add(-int64(len(send)))
-			}
-			switch {
-			case ref != nil:
-				return x.refuse(ref)
-			case async:
-				return x.fail(send[0].Answer)
-			}
-			return h.mode.answer(h, x, final)
-		}
-		if async {
-			return h.enqueue(x, set, send, start)
-		}
-		h.sendAndWait(x, r, set, send, start)
-	} else if async {
-		return x.answer(http.StatusAccepted, bodyAccepted)
 	}
-	return h.mode.answer(h, x, final)
+	out := outcomesOf(final)
+	h.countSent(x.topic, final, send, out, start)
+	return h.mode.answer(h, x, final, out)
 }
 
-// place finds the topic of the records and checks the partitions they ask
-// for: the step that sync and async delivery share. If the producer cannot
-// have the topic, every record fails alike before any is queued: each is
-// answered, counted and logged, and the topic is nil.
-func (h *Handler) place(x *exchange, r *http.Request, recs []*record, start time.Time) (*producer.Topic, *refusal) {
-	set, perr := x.producer.Topic(r.Context(), x.topic, recs)
-	if perr != nil {
-		for _, rec := range recs {
-			rec.Answer = perr
-			countRecord(x.topic, rec)
-		}
-		h.logFailure(x.topic, recs, start)
-		return nil, nil
+// refusalOf is the refusal of a call that queued nothing because a record
+// asks for a partition the topic does not have; nil for any other
+// outcome, which the records' own outcomes tell.
+func refusalOf(err error) *refusal {
+	var perr *producer.PartitionError
+	if !errors.As(err, &perr) {
+		return nil
 	}
-	return set, checkPartitions(recs, set.Partitions())
+	return restRefusal(badRequest(rejectRecords, "%s", perr.Error()), http.StatusNotFound, codePartitionNotFound, "")
 }
 
-// sendAndWait sends the records and waits for their outcomes, within the
-// request's timeout.
-func (h *Handler) sendAndWait(x *exchange, r *http.Request, set *producer.Topic, recs []*record, start time.Time) {
-	x.producer.Send(r.Context(), set, recs)
-	failed := false
-	for _, rec := range recs {
-		countRecord(x.topic, rec)
-		failed = failed || rec.Answer != nil
+// countSent counts and logs the records of send, which final holds in
+// order, with the outcomes of final.
+func (h *Handler) countSent(topic string, final, send []*record, out outcomes, start time.Time) {
+	failed, j := false, 0
+	for i, rec := range final {
+		if j < len(send) && send[j] == rec {
+			j++
+			countRecord(topic, rec, out.of(i))
+			failed = failed || out.of(i) != nil
+		}
 	}
 	if failed {
-		h.logFailure(x.topic, recs, start)
-	} else {
-		metricsFor(x.topic).latency.Observe(time.Since(start).Seconds())
-	}
-}
-
-// reserveQueue counts n records of delivery async against queue_size;
-// false if they do not fit.
-func (h *Handler) reserveQueue(n int) bool {
-	if h.asyncPending.Add(int64(n)) > int64(h.QueueSize) {
-		h.asyncPending.Add(-int64(n))
-		return false
-	}
-	return true
-}
-
-// enqueue queues the records of delivery async, reserved in queue_size,
-// and answers 202 without waiting for the broker.
-func (h *Handler) enqueue(x *exchange, set *producer.Topic, recs []*record, start time.Time) error {
-	for _, rec := range recs {
-		rec.OnDone = h.asyncDone
-		// The request waited for its topic within timeout; its records
-		// wait for a broker within queue_timeout from the request's
-		// arrival (a record's timestamp is data, never a clock), which
-		// the producer keeps them (and retries them) until, then takes
-		// them back.
-		rec.Deadline = start.Add(time.Duration(h.QueueTimeout))
-	}
-	if queued, perr := x.producer.Enqueue(set, recs); perr != nil {
-		// Shutting down: the records before were queued.
-		h.asyncPending.Add(-int64(len(recs) - queued))
-		return x.fail(perr)
-	}
-	return x.answer(http.StatusAccepted, bodyAccepted)
-}
-
-// onAsyncDone accounts for a record of delivery async that is done, and
-// logs and counts it as dropped if it failed. The record's queue is
-// locked.
-func (h *Handler) onAsyncDone(rec *record) {
-	h.asyncPending.Add(-1)
-	// rec.Answer is its waiter's; a record of delivery async has none,
-	// but a repeat of its request may read it.
-	countOutcome(rec.Topic(), rec.Err(), rec.ValueLen())
-	if rec.Err() != nil {
-		reason := asyncDropReason(rec.Err().Outcome)
-		metricAsyncDropped.WithLabelValues(reason).Inc()
-		h.logger.Error("asynchronous publish failed",
-			zap.String("topic", rec.Topic()),
-			zap.Int("partition", placedPartition(rec)),
-			zap.String("kind", rec.Err().Outcome.String()),
-			zap.String("reason", reason),
-			zap.Int("attempts", rec.Attempts()),
-			zap.Duration("duration", time.Since(rec.Deadline.Add(-time.Duration(h.QueueTimeout)))), // since its request
-			zap.Error(rec.Err()))
+		h.logFailure(topic, final, out, start)
+	} else if len(send) > 0 {
+		metricsFor(topic).latency.Observe(time.Since(start).Seconds())
 	}
 }
 
@@ -134,12 +72,15 @@ func (h *Handler) onAsyncDone(rec *record) {
 // line at error level, about the first record that failed: its partition
 // if it was queued on one, and the produce requests that carried it (0 if
 // it failed before any did).
-func (h *Handler) logFailure(topic string, recs []*record, start time.Time) {
+func (h *Handler) logFailure(topic string, recs []*record, out outcomes, start time.Time) {
 	var first *record
+	var firstErr *publishError
 	failed := 0
-	for _, rec := range recs {
-		if rec.Answer != nil {
-			first = cmp.Or(first, rec)
+	for i, rec := range recs {
+		if f := out.of(i); f != nil {
+			if first == nil {
+				first, firstErr = rec, f
+			}
 			failed++
 		}
 	}
@@ -148,36 +89,72 @@ func (h *Handler) logFailure(topic string, recs []*record, start time.Time) {
 	}
 	fields := []zap.Field{
 		zap.String("topic", topic),
-		zap.String("kind", first.Answer.Outcome.String()),
+		zap.String("kind", firstErr.Outcome.String()),
 		zap.Int("records", len(recs)),
 		zap.Int("failed", failed),
 		zap.Duration("duration", time.Since(start)),
-		zap.Error(first.Answer),
+		zap.Error(firstErr),
 	}
-	attempts := 0
-	if first.Queued() {
-		var partition int
-		partition, attempts = first.Progress()
+	partition, attempts := first.Progress()
+	if partition >= 0 {
 		fields = append(fields, zap.Int("partition", partition))
 	}
 	fields = append(fields, zap.Int("attempts", attempts))
 	h.logger.Error("publish failed", fields...)
 }
 
-// checkPartitions rejects records that ask for a partition the topic does
-// not have.
-func checkPartitions(recs []*record, count int) *refusal {
+// outcomes are what a request's records are answered with, read once from
+// the producer when the request stops waiting (a record still in flight
+// may be acknowledged later; its answer stays "outcome unknown"): nil for
+// a record acknowledged, and a nil slice when every record was.
+type outcomes []*publishError
+
+// outcomesOf reads the outcome of each record.
+func outcomesOf(recs []*record) outcomes {
+	var out outcomes
 	for i, rec := range recs {
-		if rec.Partition >= count {
-			return restRefusal(badRequest(rejectRecords, "record %d: partition %d does not exist (the topic has %d)", i, rec.Partition, count),
-				http.StatusNotFound, codePartitionNotFound, "")
+		if f := rec.Outcome(); f != nil {
+			if out == nil {
+				out = make(outcomes, len(recs))
+			}
+			out[i] = f
 		}
 	}
-	return nil
+	return out
 }
 
-// placedPartition is the partition a record was queued on.
-func placedPartition(rec *record) int {
-	partition, _ := rec.Placed()
-	return partition
+// of is the outcome of the i-th record.
+func (o outcomes) of(i int) *publishError {
+	if o == nil {
+		return nil
+	}
+	return o[i]
 }
+
+// worst is the failure whose status tells the most: nil if every record
+// was acknowledged.
+func (o outcomes) worst() *publishError {
+	var worst *publishError
+	for _, f := range o {
+		if f != nil && (worst == nil || severity(f.Outcome) > severity(worst.Outcome)) {
+			worst = f
+		}
+	}
+	return worst
+}
+
+// provenNotWritten reports whether a record provably was not written and
+// never will be: it was never queued, or it completed without an
+// acknowledgement, and not as "outcome unknown".
+func provenNotWritten(rec *record) bool {
+	f := rec.Outcome()
+	return !queued(rec) || f != nil && f.Outcome != outcomeUnknown
+}
+
+// queued reports whether a record was queued on a partition, so that it
+// may have been written or its outcome is known.
+func queued(rec *record) bool {
+	partition, _ := rec.Progress()
+	return partition >= 0
+}
+

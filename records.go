@@ -11,7 +11,6 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/go-json-experiment/json/jsontext"
 	"github.com/queuepublish/caddy-queue-publish/internal/producer"
-	"github.com/segmentio/kafka-go"
 )
 
 // idempotencyHeader is the record header that carries a request's
@@ -21,7 +20,7 @@ const idempotencyHeader = "idempotency-key"
 // addKeyHeader stores a request's Idempotency-Key as a header of each of
 // its records, all sharing one copy of it.
 func addKeyHeader(recs []*record, key string) {
-	header := kafka.Header{Key: idempotencyHeader, Value: []byte(key)}
+	header := producer.Header{Key: idempotencyHeader, Value: []byte(key)}
 	for _, rec := range recs {
 		rec.Headers = append(rec.Headers, header)
 	}
@@ -60,7 +59,7 @@ func (h *Handler) bodyRecord(r *http.Request, body []byte, now time.Time) *recor
 	}
 	for _, name := range h.headerNames {
 		if v := repl.ReplaceAll(h.Headers[name], ""); v != "" {
-			rec.Headers = append(rec.Headers, kafka.Header{Key: name, Value: []byte(v)})
+			rec.Headers = append(rec.Headers, producer.Header{Key: name, Value: []byte(v)})
 		}
 	}
 	return rec
@@ -201,7 +200,7 @@ func (p *envelopeParser) record(i int, rec *record) *refusal {
 				if p.d.PeekKind() != '"' {
 					return p.fail("record %d: header %q is not a string", i, name)
 				}
-				rec.Headers = append(rec.Headers, kafka.Header{Key: name, Value: []byte(p.token().String())})
+				rec.Headers = append(rec.Headers, producer.Header{Key: name, Value: []byte(p.token().String())})
 			}
 			p.token() // }
 		default:

@@ -101,7 +101,7 @@ type Requests struct {
 	headerNames  []string // of Headers, sorted
 	traceHeaders bool
 	asyncPending *atomic.Int64 // records queued by delivery async, not yet done
-	asyncDone    func(*record)
+	asyncDone    func(*record, *publishError)
 }
 
 // Defaults of Requests.

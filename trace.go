@@ -1,11 +1,11 @@
 package queuepublish
 
 import (
+	"github.com/queuepublish/caddy-queue-publish/internal/producer"
 	"context"
 	"net/http"
 	"strings"
 
-	"github.com/segmentio/kafka-go"
 	"go.opentelemetry.io/otel/propagation"
 )
 
@@ -41,9 +41,9 @@ func addTraceHeaders(r *http.Request, recs []*record) {
 	if len(state) > maxTracestate {
 		state = "" // W3C lets a tracestate this long be left out
 	}
-	headers := []kafka.Header{{Key: headerTraceparent, Value: []byte(parent)}}
+	headers := []producer.Header{{Key: headerTraceparent, Value: []byte(parent)}}
 	if state != "" {
-		headers = append(headers, kafka.Header{Key: headerTracestate, Value: []byte(state)})
+		headers = append(headers, producer.Header{Key: headerTracestate, Value: []byte(state)})
 	}
 	for _, rec := range recs {
 		if !hasTraceContext(rec) {

@@ -112,14 +112,15 @@ func MakeRecord(value []byte, now time.Time, timeout time.Duration) Record {
 	}
 }
 
-// Replayed is a record acknowledged earlier, perhaps by another process,
-// at partition and offset at time t: what a shared idempotency store knows
-// of it, to answer a repeat of its request. Only its Placed, Time and
-// Outcome (nil) mean anything; it must not be sent.
-func Replayed(partition int, offset int64, t time.Time) *Record {
+// Replayed is a record settled earlier, perhaps by another process: what
+// a shared idempotency store knows of it, to answer a repeat of its
+// request: acknowledged (err nil) at partition and offset at time t, or
+// err. Only its Placed, Time and Outcome mean anything; it must not be
+// sent.
+func Replayed(partition int, offset int64, t time.Time, err *Error) *Record {
 	done := make(chan struct{})
 	close(done)
-	return &Record{Partition: partition, placed: partition, offset: offset, Time: t, state: stateCompleted, done: done}
+	return &Record{Partition: partition, placed: partition, offset: offset, Time: t, state: stateCompleted, done: done, err: err}
 }
 
 // Outcome is the record's outcome as known now: nil once it is
