@@ -123,8 +123,8 @@ func endUnread(rc *http.ResponseController, r *http.Request) {
 type streamItem struct {
 	rec     *record
 	shape   restShape
-	ref     *refusal // the record is refused, not sent
-	started bool     // the record was given to the producer
+	ref     *refusal      // the record is refused, not sent
+	started bool          // the record was given to the producer
 	outcome *publishError // once settled; nil: acknowledged
 	start   time.Time
 	size    int64 // the bytes of its JSON, held until it is answered

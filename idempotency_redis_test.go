@@ -487,7 +487,7 @@ func TestRedisSettleAfterWindowLeavesNoKey(t *testing.T) {
 	}
 	keys := s.keys("k")
 	waitFor(t, 5*time.Second, func() bool { return r.Client.Exists(t.Context(), keys[0]).Val() == 0 })
-	rec := producer.Replayed(0, 7, now) // an acknowledged record
+	rec := producer.Replayed(0, 7, now, nil) // an acknowledged record
 	claim.settle([]*record{rec})
 	if n := r.Client.Exists(t.Context(), keys...).Val(); n != 0 {
 		t.Errorf("after a settlement past the window, %d keys (TTL %v)", n, r.Client.PTTL(t.Context(), keys[0]).Val())

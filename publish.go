@@ -157,4 +157,3 @@ func queued(rec *record) bool {
 	partition, _ := rec.Progress()
 	return partition >= 0
 }
-

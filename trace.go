@@ -1,8 +1,8 @@
 package queuepublish
 
 import (
-	"github.com/queuepublish/caddy-queue-publish/internal/producer"
 	"context"
+	"github.com/queuepublish/caddy-queue-publish/internal/producer"
 	"net/http"
 	"strings"
 
