@@ -27,7 +27,6 @@ import (
 	"github.com/queuepublish/caddy-queue-publish/internal/producer"
 	"github.com/queuepublish/caddy-queue-publish/internal/redistest"
 	"github.com/redis/go-redis/v9"
-	"github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"go.uber.org/zap"
 )
