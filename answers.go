@@ -55,6 +55,9 @@ var errQueueFull = &publishError{Outcome: outcomeRetry, Reason: "queue full"}
 // bodyAccepted answers a request of delivery async, once queued.
 var bodyAccepted = []byte(`{"success":true}`)
 
+// Error makes a refusal an error, for the readers of the envelope.
+func (ref *refusal) Error() string { return ref.message }
+
 func refuse(reason string, status int, message string) *refusal {
 	return &refusal{reason: reason, status: status, body: errBody(message), message: message}
 }
