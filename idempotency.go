@@ -176,7 +176,7 @@ func (h *Handler) digestMode(x *exchange) string {
 	if x.api == nil {
 		return h.Mode
 	}
-	return fmt.Sprintf("%s v3=%t binary=%t partition=%d", h.Mode, x.api.v3, x.api.binary, x.api.partition)
+	return fmt.Sprintf("%s v3=%t binary=%t partition=%d", h.Mode, x.api.V3, x.api.Binary, x.api.Partition)
 }
 
 // idemDigest identifies a request for its Idempotency-Key: everything

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/queuepublish/caddy-queue-publish/internal/confluent"
 	"github.com/queuepublish/caddy-queue-publish/internal/producer"
 	"go.uber.org/zap"
 )
@@ -50,7 +51,7 @@ func (h *Handler) publish(x *exchange, r *http.Request, final, send []*record, s
 func (h *Handler) answerPublished(x *exchange, final []*record) error {
 	switch {
 	case x.api != nil:
-		return h.answerREST(x, final)
+		return h.answerConfluent(x, final)
 	case h.Mode == modeRecords:
 		return x.answerRecords(final)
 	}
@@ -181,8 +182,8 @@ func (h *Handler) logFailure(topic string, recs []*record, start time.Time) {
 func checkPartitions(recs []*record, count int) *refusal {
 	for i, rec := range recs {
 		if rec.Partition >= count {
-			return restRefusal(badRequest(rejectRecords, "record %d: partition %d does not exist (the topic has %d)", i, rec.Partition, count),
-				http.StatusNotFound, codePartitionNotFound, "")
+			return confluentRefusal(badRequest(rejectRecords, "record %d: partition %d does not exist (the topic has %d)", i, rec.Partition, count),
+				http.StatusNotFound, confluent.CodePartitionNotFound, "")
 		}
 	}
 	return nil

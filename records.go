@@ -34,7 +34,7 @@ func (h *Handler) toRecords(x *exchange, r *http.Request, body []byte, now time.
 	case modeRecords:
 		recs, ref = h.parseEnvelope(body, now)
 	case modeConfluent:
-		recs, ref = h.parseREST(x.api, body, now)
+		recs, ref = h.parseConfluent(x.api, body, now)
 	default:
 		recs = []*record{h.bodyRecord(r, body, now)}
 	}

@@ -124,7 +124,7 @@ func (h *Handler) admitCredentials(x *exchange, r *http.Request, signature *[sha
 // allowed.
 func (h *Handler) requestTopic(x *exchange, r *http.Request) (string, *refusal) {
 	if x.api != nil {
-		return h.restTopic(x.api)
+		return h.confluentTopic(x.api)
 	}
 	if topic, ok := h.topicFor(r); ok {
 		return topic, nil
