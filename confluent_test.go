@@ -692,3 +692,26 @@ func noPanicLogged(t *testing.T, logFile string) {
 		}
 	}
 }
+
+// The wire format's refusals count under the module's labels, and those
+// it shares with the other modes have their words.
+func TestConfluentRefusalsAreTheModules(t *testing.T) {
+	for _, pair := range [][2]string{
+		{confluent.ReasonRecords, rejectRecords}, {confluent.ReasonPath, rejectPath},
+		{confluent.ReasonContentType, rejectContentType}, {confluent.ReasonInvalidJSON, rejectInvalidJSON},
+		{confluent.ReasonTooLarge, rejectTooLarge}, {confluent.ReasonTopic, rejectTopic}, {confluent.ReasonMethod, rejectMethod},
+	} {
+		if pair[0] != pair[1] {
+			t.Errorf("label %q, the module's is %q", pair[0], pair[1])
+		}
+	}
+	for _, pair := range []struct {
+		err *confluent.Error
+		ref *refusal
+	}{{confluent.ErrInvalidJSON, refusedInvalidJSON}, {confluent.ErrBrokenJSON, refusedInvalidJSON}, {confluent.ErrRecordTooLarge, refusedTooLarge}} {
+		ref := refusalOf(pair.err)
+		if ref.reason != pair.ref.reason || ref.status != pair.ref.status || ref.message != pair.ref.message || string(ref.body) != string(pair.ref.body) {
+			t.Errorf("%+v answered as %+v, the module's %+v", pair.err, ref, pair.ref)
+		}
+	}
+}
