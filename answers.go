@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strconv"
 
+	"github.com/queuepublish/caddy-queue-publish/internal/confluent"
 	"github.com/queuepublish/caddy-queue-publish/internal/producer"
 )
 
@@ -29,8 +30,8 @@ type refusal struct {
 	// In mode confluent, the status, error_code and message that
 	// Confluent REST Proxy's clients know for this refusal; zero or
 	// empty: status, status and message.
-	restStatus, restCode int
-	restMessage          string
+	confluentStatus, confluentCode int
+	confluentMessage               string
 	// endsStream: a refusal of a record in a stream after which the
 	// stream cannot be read on (its JSON is broken, or too long).
 	endsStream bool
@@ -40,11 +41,11 @@ type refusal struct {
 var (
 	refusedMethod        = refuse(rejectMethod, http.StatusMethodNotAllowed, "method not allowed")
 	refusedOrigin        = refuse(rejectOrigin, http.StatusForbidden, "origin not allowed")
-	refusedAuth          = restRefusal(refuse(rejectAuth, http.StatusForbidden, "invalid auth token provided"), http.StatusUnauthorized, http.StatusUnauthorized, "Unauthorized")
+	refusedAuth          = confluentRefusal(refuse(rejectAuth, http.StatusForbidden, "invalid auth token provided"), http.StatusUnauthorized, http.StatusUnauthorized, "Unauthorized")
 	refusedKeyTooLong    = refuse(rejectIdempotency, http.StatusBadRequest, "Idempotency-Key longer than 255 bytes")
 	refusedTooLarge      = refuse(rejectTooLarge, http.StatusRequestEntityTooLarge, "payload too large")
 	refusedInvalidJSON   = refuse(rejectInvalidJSON, http.StatusBadRequest, "payload not valid JSON")
-	refusedTopic         = restRefusal(refuse(rejectTopic, http.StatusNotFound, "unknown topic"), http.StatusNotFound, codeTopicNotFound, "Topic not found.")
+	refusedTopic         = confluentRefusal(refuse(rejectTopic, http.StatusNotFound, "unknown topic"), http.StatusNotFound, confluent.CodeTopicNotFound, "Topic not found.")
 	refusedKeyReused     = refuse(rejectIdempotency, http.StatusUnprocessableEntity, "Idempotency-Key already used with another request")
 	refusedKeyInProgress = refuse(rejectIdempotency, http.StatusConflict, "a request with this Idempotency-Key is in progress")
 )
@@ -56,14 +57,17 @@ var errQueueFull = &publishError{Outcome: outcomeRetry, Reason: "queue full"}
 // bodyAccepted answers a request of delivery async, once queued.
 var bodyAccepted = []byte(`{"success":true}`)
 
+// Error makes a refusal an error, for the readers of the envelope.
+func (ref *refusal) Error() string { return ref.message }
+
 func refuse(reason string, status int, message string) *refusal {
 	return &refusal{reason: reason, status: status, body: errBody(message), message: message}
 }
 
-// restRefusal gives ref the status, error_code and message of mode
+// confluentRefusal gives ref the status, error_code and message of mode
 // confluent.
-func restRefusal(ref *refusal, status, code int, message string) *refusal {
-	ref.restStatus, ref.restCode, ref.restMessage = status, code, message
+func confluentRefusal(ref *refusal, status, code int, message string) *refusal {
+	ref.confluentStatus, ref.confluentCode, ref.confluentMessage = status, code, message
 	return ref
 }
 
@@ -95,7 +99,7 @@ type exchange struct {
 	admitted bool
 	mode     mode
 	// api: in mode confluent, what the path names and the answer's shape.
-	api         *restRoute
+	api         *confluent.Route
 	contentType string // of the answer; empty: application/json
 }
 

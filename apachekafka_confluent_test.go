@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/queuepublish/caddy-queue-publish/internal/confluent"
 	"github.com/queuepublish/caddy-queue-publish/test/apachekafka"
 )
 
@@ -42,7 +43,7 @@ func TestApacheKafkaConfluent(t *testing.T) {
 		where
 		PartitionID int32 `json:"partition_id"`
 	}
-	a := do(t, "POST", v3, jsonHeader(mediaV3), strings.NewReader(`{"partition_id":2,"headers":[{"name":"Header-1","value":"SGVhZGVyLTE="}],`+
+	a := do(t, "POST", v3, jsonHeader(confluent.MediaV3), strings.NewReader(`{"partition_id":2,"headers":[{"name":"Header-1","value":"SGVhZGVyLTE="}],`+
 		`"key":{"type":"BINARY","data":"Zm9vYmFy"},"value":{"type":"JSON","data":{"foo":"bar"}},"timestamp":"2021-02-05T19:14:42Z"}`))
 	if err := json.Unmarshal([]byte(a.body), &report); a.status != 200 || err != nil || report.Code != 200 || report.PartitionID != 2 {
 		t.Fatalf("v3: %d %s", a.status, a.body)
@@ -65,7 +66,7 @@ func TestApacheKafkaConfluent(t *testing.T) {
 		t.Errorf("stream: %d", status)
 	}
 
-	a = do(t, "POST", "/topics/"+topic+"/partitions/1", jsonHeader(mediaV2Bin), strings.NewReader(`{"records":[{"key":"a2V5","value":"Y29uZmx1ZW50"},{"value":"a2Fma2E="}]}`))
+	a = do(t, "POST", "/topics/"+topic+"/partitions/1", jsonHeader(confluent.MediaV2Binary), strings.NewReader(`{"records":[{"key":"a2V5","value":"Y29uZmx1ZW50"},{"value":"a2Fma2E="}]}`))
 	var v2 struct {
 		Offsets []struct {
 			where

@@ -39,7 +39,7 @@ func (h *Handler) publishAsync(x *exchange, ctx context.Context, recs []*record,
 		return x.answer(http.StatusAccepted, bodyAccepted)
 	}
 	h.asyncPending.Add(-int64(len(recs) - queued))
-	if ref := refusalOf(err); ref != nil {
+	if ref := partitionRefusal(err); ref != nil {
 		return x.refuse(ref)
 	}
 	f := recs[len(recs)-1].Outcome() // the topic could not be had, or the producer closed

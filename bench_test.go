@@ -2,6 +2,7 @@ package queuepublish
 
 import (
 	"fmt"
+	"github.com/queuepublish/caddy-queue-publish/internal/confluent"
 	"net/http/httptest"
 	"strconv"
 	"strings"
@@ -62,9 +63,9 @@ func BenchmarkHandler(b *testing.B) {
 	for _, bc := range []benchCase{
 		{name: "mode=body", mode: modeBody, path: "/", body: seedBody},
 		{name: "mode=records", mode: modeRecords, path: "/", body: recordsBody(100, func(int) string { return "" })},
-		{name: "mode=confluent/v3", mode: modeConfluent, path: "/v3/clusters/c/topics/bench/records", contentType: mediaV3,
+		{name: "mode=confluent/v3", mode: modeConfluent, path: "/v3/clusters/c/topics/bench/records", contentType: confluent.MediaV3,
 			body: `{"value":{"type":"JSON","data":` + seedBody + `}}`},
-		{name: "mode=confluent/v2", mode: modeConfluent, path: "/topics/bench", contentType: mediaV2JSON, body: v2Records},
+		{name: "mode=confluent/v2", mode: modeConfluent, path: "/topics/bench", contentType: confluent.MediaV2JSON, body: v2Records},
 	} {
 		for _, callers := range []int{1, 64} {
 			b.Run(bc.name+"/callers="+strconv.Itoa(callers), func(b *testing.B) {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/go-json-experiment/json/jsontext"
+	"github.com/queuepublish/caddy-queue-publish/internal/confluent"
 )
 
 // serveStream serves v3's streaming mode, a request of unknown length
@@ -32,7 +33,7 @@ func (h *Handler) serveStream(x *exchange, r *http.Request) error {
 	// (go.dev/issue/68560). serveConfluent checked the credentials.
 	if r.Header.Get("Idempotency-Key") != "" {
 		closeUnread(x.w, r)
-		return x.refuse(refusedRESTStream)
+		return x.refuse(refusedConfluentStream)
 	}
 	topic, ref := h.requestTopic(x, r)
 	x.topic = topic
@@ -57,7 +58,7 @@ func (h *Handler) serveStream(x *exchange, r *http.Request) error {
 	go h.readStream(ctx, x, r, items, window, &unread)
 
 	x.status = http.StatusOK
-	x.w.Header()["Content-Type"] = []string{mediaV3}
+	x.w.Header()["Content-Type"] = []string{confluent.MediaV3}
 	var werr error
 	// A client that sent Expect: 100-continue waits for a 100 before it
 	// sends the body, and net/http sends one when the body is first read;
@@ -84,7 +85,7 @@ func (h *Handler) serveStream(x *exchange, r *http.Request) error {
 		if werr != nil {
 			continue // the client is gone: wait until the reader stops
 		}
-		b = append(h.appendStreamReport(b[:0], x, item), v3Separator...)
+		b = append(h.appendStreamReport(b[:0], x, item), confluent.Separator...)
 		if _, werr = x.w.Write(b); werr == nil {
 			werr = rc.Flush()
 		}
@@ -122,7 +123,7 @@ func endUnread(rc *http.ResponseController, r *http.Request) {
 // A streamItem is one record of a stream on its way to its report.
 type streamItem struct {
 	rec     *record
-	shape   restShape
+	shape   confluent.Shape
 	ref     *refusal      // the record is refused, not sent
 	started bool          // the record was given to the producer
 	outcome *publishError // once settled; nil: acknowledged
@@ -162,13 +163,6 @@ func (b *recordBudget) Read(p []byte) (int, error) {
 	b.read += int64(n)
 	return n, err
 }
-
-// refusedStreamTooLarge answers a record of a stream over max_size.
-var refusedStreamTooLarge = func() *refusal {
-	ref := *refusedTooLarge
-	ref.endsStream = true
-	return &ref
-}()
 
 // byteWindow bounds the bytes of a stream's records in flight; one
 // record always goes, whatever its size.
@@ -224,17 +218,17 @@ func (h *Handler) readStream(ctx context.Context, x *exchange, r *http.Request,
 				*unread = false
 				return
 			}
-			item.ref = brokenJSON()
+			item.ref = confluentRefusalOf(confluent.ErrBrokenJSON)
 		} else {
 			// The record's time, and its deadline, start when it
 			// arrives, however long the client paused before it.
 			item.start = time.Now()
 			item.rec = newRecord(nil, item.start, time.Duration(h.Timeout))
-			item.ref = readV3Record(d, item.rec, &item.shape, h.MaxSize)
+			item.ref = confluentRefusalOf(confluent.ReadV3Record(d, item.rec, &item.shape, h.MaxSize))
 			item.size = d.InputOffset() - offset
 		}
 		if body.over {
-			item.ref = refusedStreamTooLarge
+			item.ref = confluentRefusalOf(confluent.ErrRecordTooLarge)
 		}
 		if item.ref == nil {
 			window.take(item.size)
@@ -264,7 +258,7 @@ func (h *Handler) startStreamRecord(x *exchange, r *http.Request, item *streamIt
 	}
 	item.rec.Topic = x.topic
 	err := x.producer.Start(r.Context(), recs)
-	if item.ref = refusalOf(err); item.ref != nil {
+	if item.ref = partitionRefusal(err); item.ref != nil {
 		return
 	}
 	item.started = true // a failed topic lookup is the record's outcome
@@ -291,8 +285,8 @@ func (h *Handler) settleStreamItem(ctx context.Context, x *exchange, item *strea
 // appendStreamReport appends the delivery report of a record of a stream.
 func (h *Handler) appendStreamReport(b []byte, x *exchange, item *streamItem) []byte {
 	if item.ref != nil {
-		_, code, message := restError(item.ref)
-		return appendRESTError(b, code, message)
+		_, code, message := confluentError(item.ref)
+		return confluent.AppendError(b, code, message)
 	}
 	return h.appendV3Report(b, x, item.rec, item.outcome, item.shape)
 }

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/queuepublish/caddy-queue-publish/internal/confluent"
 	"github.com/queuepublish/caddy-queue-publish/internal/kafkatest"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -40,7 +41,7 @@ func jsonHeader(ct string) map[string]string {
 }
 
 var (
-	v2Answer = map[string]string{"Content-Type": mediaV2}
+	v2Answer = map[string]string{"Content-Type": confluent.MediaV2}
 )
 
 // Confluent's own request and answer examples for v3 (its OpenAPI
@@ -51,7 +52,7 @@ func TestConfluentV3Examples(t *testing.T) {
 	t.Setenv("QP_TEST_SECRET", testSecret)
 	startCaddy(t, filepath.Join(t.TempDir(), "caddy.log"), confluentSite(c.ListenAddrs()[0], "cluster_id cluster-1\n\t\tmax_size 4KB"))
 
-	ok := jsonHeader(mediaV3)
+	ok := jsonHeader(confluent.MediaV3)
 	const binaryAndJSON = `{"partition_id":1,"headers":[{"name":"Header-1","value":"SGVhZGVyLTE="},{"name":"Header-2","value":"SGVhZGVyLTI="}],` +
 		`"key":{"type":"BINARY","data":"Zm9vYmFy"},"value":{"type":"JSON","data":{"foo":"bar"}},"timestamp":"2021-02-05T19:14:42Z"}`
 	report := func(partition, offset int, rest string) string {
@@ -68,7 +69,7 @@ func TestConfluentV3Examples(t *testing.T) {
 			report(0, 2, `"timestamp":"2021-02-05T19:14:42Z","key":{"type":"BINARY","size":-1},"value":{"type":"JSON","size":-1}`), nil, 0},
 		{"records concatenated", "POST", v3Path, ok, strings.NewReader(`{"partition_id":1,"timestamp":"2021-02-05T19:14:42Z"}` + "\n" + `{"partition_id":1,"timestamp":"2021-02-05T19:14:43Z"}`), 200,
 			report(1, 1, `"timestamp":"2021-02-05T19:14:42Z"`) + report(1, 2, `"timestamp":"2021-02-05T19:14:43Z"`), nil, 0},
-		{"Basic credentials, the secret as password", "POST", v3Path, map[string]string{"Authorization": basic("API_KEY:" + testSecret), "Content-Type": mediaV3},
+		{"Basic credentials, the secret as password", "POST", v3Path, map[string]string{"Authorization": basic("API_KEY:" + testSecret), "Content-Type": confluent.MediaV3},
 			strings.NewReader(`{"partition_id":0,"timestamp":"2021-02-05T19:14:42Z"}`), 200, report(0, 3, `"timestamp":"2021-02-05T19:14:42Z"`), nil, 0},
 
 		{"produce_record_bad_binary_data", "POST", v3Path, ok, strings.NewReader(`{"value":{"type":"BINARY","data":1}}`), 400,
@@ -80,9 +81,9 @@ func TestConfluentV3Examples(t *testing.T) {
 		{"unknown type", "POST", v3Path, ok, strings.NewReader(`{"value":{"type":"XML","data":"<a/>"}}`), 400,
 			`{"error_code":400,"message":"Bad Request: type=XML is not one of BINARY, JSON, STRING."}` + "\r\n", nil, 0},
 		{"data without a type needs a Schema Registry", "POST", v3Path, ok, strings.NewReader(`{"key":{"data":1000}}`), 422,
-			`{"error_code":42206,"message":` + string(quote(refusedSchemaRegistry.message)) + "}\r\n", nil, 0},
+			`{"error_code":42206,"message":` + string(quote(confluent.ErrSchemaRegistry.Message)) + "}\r\n", nil, 0},
 		{"AVRO", "POST", v3Path, ok, strings.NewReader(`{"value":{"type":"AVRO","subject":"topic-1-key","schema":"{\"type\":\"string\"}","data":"foobar"}}`), 422,
-			`{"error_code":42206,"message":` + string(quote(refusedSchemaRegistry.message)) + "}\r\n", nil, 0},
+			`{"error_code":42206,"message":` + string(quote(confluent.ErrSchemaRegistry.Message)) + "}\r\n", nil, 0},
 		{"negative partition", "POST", v3Path, ok, strings.NewReader(`{"partition_id":-1}`), 404,
 			`{"error_code":40402,"message":"Partition not found."}` + "\r\n", nil, 0},
 		{"partition beyond the topic's", "POST", v3Path, ok, strings.NewReader(`{"partition_id":2}`), 404,
@@ -96,9 +97,9 @@ func TestConfluentV3Examples(t *testing.T) {
 			`{"error_code":40401,"message":"Topic not found."}` + "\r\n", nil, 0},
 		{"another cluster", "POST", "/v3/clusters/other/topics/topic_1/records", ok, strings.NewReader(`{}`), 404,
 			`{"error_code":404,"message":"Cluster not found."}` + "\r\n", nil, 0},
-		{"no credentials", "POST", v3Path, map[string]string{"Content-Type": mediaV3}, strings.NewReader(`{}`), 401,
+		{"no credentials", "POST", v3Path, map[string]string{"Content-Type": confluent.MediaV3}, strings.NewReader(`{}`), 401,
 			`{"error_code":401,"message":"Unauthorized"}` + "\r\n", map[string]string{"Www-Authenticate": `Basic realm="queue_publish"`}, 0},
-		{"wrong password", "POST", v3Path, map[string]string{"Authorization": basic("API_KEY:nope"), "Content-Type": mediaV3}, strings.NewReader(`{}`), 401,
+		{"wrong password", "POST", v3Path, map[string]string{"Authorization": basic("API_KEY:nope"), "Content-Type": confluent.MediaV3}, strings.NewReader(`{}`), 401,
 			`{"error_code":401,"message":"Unauthorized"}` + "\r\n", nil, 0},
 		{"not application/json", "POST", v3Path, jsonHeader("text/plain"), strings.NewReader(`{}`), 415,
 			`{"error_code":415,"message":"HTTP 415 Unsupported Media Type"}` + "\r\n", nil, 0},
@@ -141,7 +142,7 @@ func TestConfluentV2Examples(t *testing.T) {
 	place := func(partition, offset int) string {
 		return fmt.Sprintf(`{"partition":%d,"offset":%d,"error_code":null,"error":null}`, partition, offset)
 	}
-	jsonV2, binV2 := jsonHeader(mediaV2JSON), jsonHeader(mediaV2Bin)
+	jsonV2, binV2 := jsonHeader(confluent.MediaV2JSON), jsonHeader(confluent.MediaV2Binary)
 	expectAnswers(t, []answerCase{
 		{"quick start", "POST", "/topics/jsontest", jsonV2, strings.NewReader(`{"records":[{"value":{"foo":"bar"}}]}`), 200, offsets(place(0, 0)), v2Answer, 0},
 		{"json, the reference's example", "POST", "/topics/topic_1", jsonV2,
@@ -151,11 +152,11 @@ func TestConfluentV2Examples(t *testing.T) {
 			strings.NewReader(`{"records":[{"key":"a2V5","value":"Y29uZmx1ZW50"},{"value":"a2Fma2E="}]}`), 200, offsets(place(1, 1), place(1, 2)), v2Answer, 0},
 		{"schemas of other formats are ignored", "POST", "/topics/jsontest", jsonV2, strings.NewReader(`{"value_schema_id":null,"records":[{"value":1}]}`), 200, offsets(place(0, 1)), v2Answer, 0},
 
-		{"avro needs a Schema Registry", "POST", "/topics/jsontest", jsonHeader(mediaV2Avro), strings.NewReader(`{"value_schema":"{\"type\":\"int\"}","records":[{"value":12}]}`), 415,
+		{"avro needs a Schema Registry", "POST", "/topics/jsontest", jsonHeader(confluent.MediaV2Avro), strings.NewReader(`{"value_schema":"{\"type\":\"int\"}","records":[{"value":12}]}`), 415,
 			`{"error_code":415,"message":"embedded format avro needs a Schema Registry, which this endpoint does not have: send application/vnd.kafka.json.v2+json or application/vnd.kafka.binary.v2+json"}`, v2Answer, 0},
-		{"protobuf", "POST", "/topics/jsontest", jsonHeader(mediaV2Proto), strings.NewReader(`{"records":[{"value":{}}]}`), 415,
+		{"protobuf", "POST", "/topics/jsontest", jsonHeader(confluent.MediaV2Protobuf), strings.NewReader(`{"records":[{"value":{}}]}`), 415,
 			`{"error_code":415,"message":"embedded format protobuf needs a Schema Registry, which this endpoint does not have: send application/vnd.kafka.json.v2+json or application/vnd.kafka.binary.v2+json"}`, v2Answer, 0},
-		{"jsonschema", "POST", "/topics/jsontest", jsonHeader(mediaV2JSch), strings.NewReader(`{"records":[{"value":{}}]}`), 415,
+		{"jsonschema", "POST", "/topics/jsontest", jsonHeader(confluent.MediaV2JSONSchema), strings.NewReader(`{"records":[{"value":{}}]}`), 415,
 			`{"error_code":415,"message":"embedded format jsonschema needs a Schema Registry, which this endpoint does not have: send application/vnd.kafka.json.v2+json or application/vnd.kafka.binary.v2+json"}`, v2Answer, 0},
 		{"generic JSON, as the REST Proxy since 6.0", "POST", "/topics/jsontest", jsonHeader("application/json"), strings.NewReader(`{"records":[{"value":{}}]}`), 415,
 			`{"error_code":415,"message":"HTTP 415 Unsupported Media Type"}`, v2Answer, 0},
@@ -171,7 +172,7 @@ func TestConfluentV2Examples(t *testing.T) {
 			`{"error_code":40402,"message":"record 0: partition 3 does not exist (the topic has 1)"}`, v2Answer, 0},
 		{"topic not allowed", "POST", "/topics/other", jsonV2, strings.NewReader(`{"records":[{"value":1}]}`), 404,
 			`{"error_code":40401,"message":"Topic not found."}`, v2Answer, 0},
-		{"no credentials", "POST", "/topics/jsontest", map[string]string{"Content-Type": mediaV2JSON}, strings.NewReader(`{"records":[{"value":1}]}`), 401,
+		{"no credentials", "POST", "/topics/jsontest", map[string]string{"Content-Type": confluent.MediaV2JSON}, strings.NewReader(`{"records":[{"value":1}]}`), 401,
 			`{"error_code":401,"message":"Unauthorized"}`, v2Answer, 0},
 	})
 
@@ -197,17 +198,17 @@ func TestConfluentNotWritten(t *testing.T) {
 	t.Setenv("QP_TEST_SECRET", testSecret)
 	startCaddy(t, filepath.Join(t.TempDir(), "caddy.log"), confluentSite(closedPort(t), "timeout 300ms"))
 
-	got := do(t, "POST", v3Path, jsonHeader(mediaV3), strings.NewReader(`{"value":{"type":"JSON","data":1}}`))
+	got := do(t, "POST", v3Path, jsonHeader(confluent.MediaV3), strings.NewReader(`{"value":{"type":"JSON","data":1}}`))
 	var report struct {
 		Code    int    `json:"error_code"`
 		Message string `json:"message"`
 	}
-	if err := json.Unmarshal([]byte(got.body), &report); got.status != 503 || err != nil || report.Code != codeNotWritten || report.Message == "" ||
+	if err := json.Unmarshal([]byte(got.body), &report); got.status != 503 || err != nil || report.Code != confluent.CodeNotWritten || report.Message == "" ||
 		!strings.HasSuffix(got.body, "}\r\n") || got.header.Get("Retry-After") == "" {
-		t.Errorf("v3: got %d %q, want 503 with error_code %d and Retry-After", got.status, got.body, codeNotWritten)
+		t.Errorf("v3: got %d %q, want 503 with error_code %d and Retry-After", got.status, got.body, confluent.CodeNotWritten)
 	}
 
-	got = do(t, "POST", "/topics/jsontest", jsonHeader(mediaV2JSON), strings.NewReader(`{"records":[{"value":1},{"value":2}]}`))
+	got = do(t, "POST", "/topics/jsontest", jsonHeader(confluent.MediaV2JSON), strings.NewReader(`{"records":[{"value":1},{"value":2}]}`))
 	var v2 struct {
 		Offsets []struct {
 			Partition *int   `json:"partition"`
@@ -220,8 +221,8 @@ func TestConfluentNotWritten(t *testing.T) {
 		t.Fatalf("v2: got %d %q, want 503 with two offsets", got.status, got.body)
 	}
 	for i, o := range v2.Offsets {
-		if o.Partition != nil || o.Offset != nil || o.Code != codeNotWritten || o.Error == "" {
-			t.Errorf("v2 offset %d = %+v, want null partition and offset, error_code %d and an error", i, o, codeNotWritten)
+		if o.Partition != nil || o.Offset != nil || o.Code != confluent.CodeNotWritten || o.Error == "" {
+			t.Errorf("v2 offset %d = %+v, want null partition and offset, error_code %d and an error", i, o, confluent.CodeNotWritten)
 		}
 	}
 }
@@ -300,7 +301,7 @@ func openStreamWith(t *testing.T, path string, header map[string]string) (send f
 	if err != nil {
 		t.Fatal(err)
 	}
-	req.Header.Set("Content-Type", mediaV3)
+	req.Header.Set("Content-Type", confluent.MediaV3)
 	req.Header.Set("Authorization", testSecret)
 	for k, v := range header {
 		req.Header.Set(k, v)
@@ -327,7 +328,7 @@ func openStreamWith(t *testing.T, path string, header map[string]string) (send f
 		t.FailNow()
 	}
 	t.Cleanup(func() { res.Body.Close() })
-	if ct := res.Header.Get("Content-Type"); ct != mediaV3 {
+	if ct := res.Header.Get("Content-Type"); ct != confluent.MediaV3 {
 		t.Errorf("stream Content-Type %q", ct)
 	}
 	return send, bufio.NewReader(res.Body), func() int {
@@ -352,8 +353,8 @@ func TestConfluentIdempotencyKey(t *testing.T) {
 		return h
 	}
 	for _, tt := range []struct{ name, path, ct, body string }{
-		{"v2", "/topics/jsontest", mediaV2JSON, `{"records":[{"value":1},{"value":2}]}`},
-		{"v3", v3Path, mediaV3, `{"value":{"type":"JSON","data":3}}{"value":{"type":"STRING","data":"4"}}`},
+		{"v2", "/topics/jsontest", confluent.MediaV2JSON, `{"records":[{"value":1},{"value":2}]}`},
+		{"v3", v3Path, confluent.MediaV3, `{"value":{"type":"JSON","data":3}}{"value":{"type":"STRING","data":"4"}}`},
 	} {
 		first := do(t, "POST", tt.path, keyed(tt.ct, "key-"+tt.name), strings.NewReader(tt.body))
 		again := do(t, "POST", tt.path, keyed(tt.ct, "key-"+tt.name), strings.NewReader(tt.body))
@@ -373,7 +374,7 @@ func TestConfluentIdempotencyKey(t *testing.T) {
 	pr, pw := io.Pipe()
 	defer pw.Close()
 	req, _ := http.NewRequest("POST", baseURL+v3Path, pr)
-	for k, v := range keyed(mediaV3, "stream-key") {
+	for k, v := range keyed(confluent.MediaV3, "stream-key") {
 		req.Header.Set(k, v)
 	}
 	res, err := testClient.Do(req)
@@ -399,7 +400,7 @@ func TestConfluentStreamExpectContinue(t *testing.T) {
 	defer cancel()
 	body := onlyBody{strings.NewReader(`{"partition_id":0}{"partition_id":1}`)}
 	req, _ := http.NewRequestWithContext(ctx, "POST", baseURL+v3Path, body)
-	for k, v := range jsonHeader(mediaV3) {
+	for k, v := range jsonHeader(confluent.MediaV3) {
 		req.Header.Set(k, v)
 	}
 	req.Header.Set("Expect", "100-continue")
@@ -463,7 +464,7 @@ func TestConfluentStreamRefusedUnread(t *testing.T) {
 		body               string
 	}{
 		{"Idempotency-Key", v3Path, "Idempotency-Key: stream-1\r\n", 400,
-			`{"error_code":400,"message":` + string(quote(refusedRESTStream.message)) + "}\r\n"},
+			`{"error_code":400,"message":` + string(quote(refusedConfluentStream.message)) + "}\r\n"},
 		{"topic not allowed", "/v3/clusters/cluster-1/topics/secret/records", "", 404,
 			`{"error_code":40401,"message":"Topic not found."}` + "\r\n"},
 		{"another cluster", "/v3/clusters/other/topics/topic_1/records", "", 404,
@@ -510,11 +511,11 @@ func TestConfluentCredentialsFirst(t *testing.T) {
 		want                            int
 		answer                          string // with credentials
 	}{
-		{"no produce API there", "/v3/clusters", "POST", mediaV3, 404, `{"error_code":404,"message":"HTTP 404 Not Found"}` + "\r\n"},
-		{"no v2 produce API there", "/topics", "POST", mediaV2JSON, 404, `{"error_code":404,"message":"HTTP 404 Not Found"}`},
-		{"another method", v3Path, "PUT", mediaV3, 405, `{"error_code":405,"message":"HTTP 405 Method Not Allowed"}` + "\r\n"},
+		{"no produce API there", "/v3/clusters", "POST", confluent.MediaV3, 404, `{"error_code":404,"message":"HTTP 404 Not Found"}` + "\r\n"},
+		{"no v2 produce API there", "/topics", "POST", confluent.MediaV2JSON, 404, `{"error_code":404,"message":"HTTP 404 Not Found"}`},
+		{"another method", v3Path, "PUT", confluent.MediaV3, 405, `{"error_code":405,"message":"HTTP 405 Method Not Allowed"}` + "\r\n"},
 		{"another Content-Type", v3Path, "POST", "text/plain", 415, `{"error_code":415,"message":"HTTP 415 Unsupported Media Type"}` + "\r\n"},
-		{"v2 and application/json", "/topics/jsontest", "POST", mediaV3, 415, `{"error_code":415,"message":"HTTP 415 Unsupported Media Type"}`},
+		{"v2 and application/json", "/topics/jsontest", "POST", confluent.MediaV3, 415, `{"error_code":415,"message":"HTTP 415 Unsupported Media Type"}`},
 	}
 	for _, tt := range wrong {
 		unauthorized := `{"error_code":401,"message":"Unauthorized"}`
@@ -558,7 +559,7 @@ func TestConfluentTimestampsAndPartitions(t *testing.T) {
 	t.Setenv("QP_TEST_SECRET", testSecret)
 	startCaddy(t, filepath.Join(t.TempDir(), "caddy.log"), confluentSite(c.ListenAddrs()[0], ""))
 
-	ok := jsonHeader(mediaV3)
+	ok := jsonHeader(confluent.MediaV3)
 	outside := func(timestamp string) string {
 		return `{"error_code":400,"message":"Bad Request: timestamp \"` + timestamp +
 			`\" is outside the times a Kafka record can carry, 1970-01-01T00:00:00Z to 9999-12-31T23:59:59.999Z"}` + "\r\n"
@@ -573,7 +574,7 @@ func TestConfluentTimestampsAndPartitions(t *testing.T) {
 			`{"error_code":400,"message":"Bad Request: timestamp must be a string, such as 2021-02-05T19:14:42Z"}` + "\r\n", nil, 0},
 		{"partition beyond an int32", "POST", v3Path, ok, strings.NewReader(`{"partition_id":2147483648}`), 404, notFound + "\r\n", nil, 0},
 		{"partition beyond an int64", "POST", v3Path, ok, strings.NewReader(`{"partition_id":9223372036854775808}`), 404, notFound + "\r\n", nil, 0},
-		{"v2 path's partition beyond an int32", "POST", "/topics/jsontest/partitions/2147483648", jsonHeader(mediaV2JSON),
+		{"v2 path's partition beyond an int32", "POST", "/topics/jsontest/partitions/2147483648", jsonHeader(confluent.MediaV2JSON),
 			strings.NewReader(`{"records":[{"value":1}]}`), 404, notFound, v2Answer, 0},
 	})
 	if n := len(stored(t, c, "topic_1")) + len(stored(t, c, "jsontest")); n != 0 {
@@ -594,13 +595,13 @@ func TestConfluentTimestampIsNotAClock(t *testing.T) {
 
 	stamps := []string{"2099-01-01T00:00:00Z", "9999-12-31T23:59:59.999Z", "1970-01-01T00:00:00Z"}
 	for i, ts := range stamps {
-		got := do(t, "POST", v3Path, jsonHeader(mediaV3),
+		got := do(t, "POST", v3Path, jsonHeader(confluent.MediaV3),
 			strings.NewReader(`{"partition_id":0,"timestamp":"`+ts+`","value":{"type":"JSON","data":`+strconv.Itoa(i)+`}}`))
 		if got.status != 200 || !strings.Contains(got.body, `"timestamp":"`+ts+`"`) {
 			t.Errorf("a record stamped %s: %d %q, want 200 with its timestamp", ts, got.status, got.body)
 		}
 		start := time.Now()
-		got = do(t, "POST", v3Path, jsonHeader(mediaV3), strings.NewReader(`{"partition_id":0,"value":{"type":"JSON","data":"next"}}`))
+		got = do(t, "POST", v3Path, jsonHeader(confluent.MediaV3), strings.NewReader(`{"partition_id":0,"value":{"type":"JSON","data":"next"}}`))
 		if got.status != 200 {
 			t.Errorf("the next record to the partition, %v after one stamped %s: %d %q, want 200", time.Since(start), ts, got.status, got.body)
 		}
@@ -688,6 +689,29 @@ func noPanicLogged(t *testing.T, logFile string) {
 	for line := range bytes.Lines(log) {
 		if bytes.Contains(line, []byte("panic")) || bytes.Contains(line, []byte("invalid concurrent Body.Read")) {
 			t.Errorf("Caddy logged: %.300s", line)
+		}
+	}
+}
+
+// The wire format's refusals count under the module's labels, and those
+// it shares with the other modes have their words.
+func TestConfluentRefusalsAreTheModules(t *testing.T) {
+	for _, pair := range [][2]string{
+		{confluent.ReasonRecords, rejectRecords}, {confluent.ReasonPath, rejectPath},
+		{confluent.ReasonContentType, rejectContentType}, {confluent.ReasonInvalidJSON, rejectInvalidJSON},
+		{confluent.ReasonTooLarge, rejectTooLarge}, {confluent.ReasonTopic, rejectTopic}, {confluent.ReasonMethod, rejectMethod},
+	} {
+		if pair[0] != pair[1] {
+			t.Errorf("label %q, the module's is %q", pair[0], pair[1])
+		}
+	}
+	for _, pair := range []struct {
+		err *confluent.Error
+		ref *refusal
+	}{{confluent.ErrInvalidJSON, refusedInvalidJSON}, {confluent.ErrBrokenJSON, refusedInvalidJSON}, {confluent.ErrRecordTooLarge, refusedTooLarge}} {
+		ref := confluentRefusalOf(pair.err)
+		if ref.reason != pair.ref.reason || ref.status != pair.ref.status || ref.message != pair.ref.message || string(ref.body) != string(pair.ref.body) {
+			t.Errorf("%+v answered as %+v, the module's %+v", pair.err, ref, pair.ref)
 		}
 	}
 }

@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/queuepublish/caddy-queue-publish/internal/confluent"
 )
 
 // A mode is how a request's body becomes records and what its answers
@@ -191,26 +193,26 @@ func (confluentMode) serve(h *Handler, x *exchange, r *http.Request) error {
 func (confluentMode) checkBody([]byte) *refusal { return nil }
 
 func (confluentMode) topic(h *Handler, x *exchange, _ *http.Request) (string, *refusal) {
-	return h.restTopic(x.api)
+	return h.confluentTopic(x.api)
 }
 
 func (confluentMode) records(h *Handler, x *exchange, _ *http.Request, body []byte, now time.Time) ([]*record, *refusal) {
-	return h.parseREST(x.api, body, now)
+	return h.parseConfluent(x.api, body, now)
 }
 
 func (confluentMode) valuePath(int) string { return "" }
 
 // digest covers the API and format the request named.
 func (confluentMode) digest(x *exchange, body []byte, _ []*record) [sha256.Size]byte {
-	return idemDigest(fmt.Sprintf("%s v3=%t binary=%t partition=%d", modeConfluent, x.api.v3, x.api.binary, x.api.partition), body, nil)
+	return idemDigest(fmt.Sprintf("%s v3=%t binary=%t partition=%d", modeConfluent, x.api.V3, x.api.Binary, x.api.Partition), body, nil)
 }
 
 func (confluentMode) answer(h *Handler, x *exchange, recs []*record, out outcomes) error {
-	return h.answerREST(x, recs, out)
+	return h.answerConfluent(x, recs, out)
 }
 
 func (confluentMode) fail(x *exchange, f *publishError) error {
-	return x.answerRESTError(statusOf(f.Outcome), restFailureCode(f.Outcome), f.Reason)
+	return x.answerConfluentError(statusOf(f.Outcome), confluent.FailureCode(f.Outcome), f.Reason)
 }
 
-func (confluentMode) refuse(x *exchange, ref *refusal) error { return x.answerRESTRefusal(ref) }
+func (confluentMode) refuse(x *exchange, ref *refusal) error { return x.answerConfluentRefusal(ref) }

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/queuepublish/caddy-queue-publish/internal/confluent"
 	"github.com/queuepublish/caddy-queue-publish/internal/producer"
 	"go.uber.org/zap"
 )
@@ -30,7 +31,7 @@ func (h *Handler) publish(x *exchange, r *http.Request, final, send []*record, s
 // request's timeout, and answers with final.
 func (h *Handler) publishSync(x *exchange, ctx context.Context, final, send []*record, start time.Time) error {
 	if len(send) > 0 {
-		if ref := refusalOf(x.producer.Produce(ctx, send)); ref != nil {
+		if ref := partitionRefusal(x.producer.Produce(ctx, send)); ref != nil {
 			return x.refuse(ref)
 		}
 	}
@@ -39,15 +40,15 @@ func (h *Handler) publishSync(x *exchange, ctx context.Context, final, send []*r
 	return h.mode.answer(h, x, final, out)
 }
 
-// refusalOf is the refusal of a call that queued nothing because a record
+// partitionRefusal is the refusal of a call that queued nothing because a record
 // asks for a partition the topic does not have; nil for any other
 // outcome, which the records' own outcomes tell.
-func refusalOf(err error) *refusal {
+func partitionRefusal(err error) *refusal {
 	var perr *producer.PartitionError
 	if !errors.As(err, &perr) {
 		return nil
 	}
-	return restRefusal(badRequest(rejectRecords, "%s", perr.Error()), http.StatusNotFound, codePartitionNotFound, "")
+	return confluentRefusal(badRequest(rejectRecords, "%s", perr.Error()), http.StatusNotFound, confluent.CodePartitionNotFound, "")
 }
 
 // countSent counts and logs the records of send, which final holds in

@@ -279,6 +279,7 @@ func FuzzParseEnvelope(f *testing.F) {
 		`{"records":[{"value":1,"partition":-1}]}`, `{"records":[{"value":1,"partition":1e3}]}`,
 		`{"records":[{"value":1}]}x`, `{"records":[{"value":1}`, `{"records":[{"value":"\u00e9\ud83d\ude00"}]}`,
 		`{"records":[{"value":1,"value":2}]}`, `{"records":[{"value":1}],"records":[{"value":2}]}`,
+		`[] {}`, `{"records":[]} {}`, `{"records":[{"key":1,"value":1}]} 1`,
 	} {
 		f.Add([]byte(s))
 	}
@@ -288,6 +289,11 @@ func FuzzParseEnvelope(f *testing.F) {
 		if cerr != nil {
 			if cerr.status != 400 || !json.Valid(cerr.body) {
 				t.Fatalf("%q: answer %d %s", body, cerr.status, cerr.body)
+			}
+			// A body that is not valid JSON is told so, whatever
+			// else is wrong with it.
+			if cerr != refusedInvalidJSON && !validJSON(body) {
+				t.Fatalf("%q is not valid JSON, answered %s", body, cerr.body)
 			}
 			return
 		}

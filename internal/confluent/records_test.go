@@ -1,23 +1,21 @@
-package queuepublish
+package confluent
 
 import (
 	"encoding/json"
 	"math"
 	"net/http"
-	"net/url"
 	"testing"
 	"time"
 	"unicode/utf8"
 
-	"github.com/caddyserver/caddy/v2"
 	"github.com/go-json-experiment/json/jsontext"
+	"github.com/queuepublish/caddy-queue-publish/internal/producer"
 )
 
-// Whatever the body, the parsers of mode confluent answer without
-// panicking; what they accept is well formed: v2 only valid JSON, v3
+// Whatever the body, ParseBody answers without panicking; what they accept is well formed: v2 only valid JSON, v3
 // records each with its shape, and JSON data stored as valid, compact
 // JSON.
-func FuzzParseREST(f *testing.F) {
+func FuzzParseBody(f *testing.F) {
 	for _, body := range []string{
 		`{"partition_id":1,"headers":[{"name":"Header-1","value":"SGVhZGVyLTE="}],"key":{"type":"BINARY","data":"Zm9vYmFy"},"value":{"type":"JSON","data":{"foo":"bar"}},"timestamp":"2021-02-05T19:14:42Z"}`,
 		`{"value":{"type":"STRING","data":"My message"}}`,
@@ -33,12 +31,12 @@ func FuzzParseREST(f *testing.F) {
 		f.Add(body, false, false)
 		f.Add(body, false, true)
 	}
-	h := &Handler{Requests: Requests{MaxRecords: 20, Timeout: 1}}
+	o := Options{MaxRecords: 20, Timeout: 1}
 	f.Fuzz(func(t *testing.T, body string, v3, binary bool) {
-		api := &restRoute{v3: v3, binary: binary, partition: -1}
-		recs, ref := h.parseREST(api, []byte(body), time.Now())
+		api := &Route{V3: v3, Binary: binary, Partition: -1}
+		recs, ref := ParseBody(api, []byte(body), time.Now(), o)
 		if ref != nil {
-			if recs != nil || ref.status < 400 || ref.message == "" {
+			if recs != nil || ref.Status < 400 || ref.Message == "" {
 				t.Fatalf("refusal %+v with %d records", ref, len(recs))
 			}
 			return
@@ -63,15 +61,15 @@ func FuzzParseREST(f *testing.F) {
 			}
 			return
 		}
-		if len(api.shapes) != len(recs) {
-			t.Fatalf("%d shapes for %d records", len(api.shapes), len(recs))
+		if len(api.Shapes) != len(recs) {
+			t.Fatalf("%d shapes for %d records", len(api.Shapes), len(recs))
 		}
 		for i, rec := range recs {
 			for _, d := range []struct {
 				typ  string
 				size int
 				b    []byte
-			}{{api.shapes[i].keyType, api.shapes[i].keySize, rec.Key}, {api.shapes[i].valueType, api.shapes[i].valueSize, rec.Value}} {
+			}{{api.Shapes[i].KeyType, api.Shapes[i].KeySize, rec.Key}, {api.Shapes[i].ValueType, api.Shapes[i].ValueSize, rec.Value}} {
 				if d.b == nil && d.size > 0 || d.b != nil && d.size != len(d.b) {
 					t.Fatalf("record %d: size %d for %q", i, d.size, d.b)
 				}
@@ -99,87 +97,88 @@ func TestAppendInstant(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got := string(appendInstant(nil, ts)); got != want {
-			t.Errorf("appendInstant(%s) = %s, want %s", in, got, want)
+		if got := string(AppendInstant(nil, ts)); got != want {
+			t.Errorf("AppendInstant(%s) = %s, want %s", in, got, want)
 		}
 	}
 }
 
-// From a request of mode confluent (its path, Content-Type and body) to
-// the producer's records, whatever the request: its route and media type
-// are read, its body turned into records as a request's is, and what
+// v3's path in the tests.
+const v3Path = "/v3/clusters/cluster-1/topics/topic_1/records"
+
+// From a request (its path, Content-Type and body) to the producer's
+// records, whatever the request: its route and media type are read, its
+// body turned into records as a request's is, and what
 // reaches the producer is what Kafka can carry. A partition is the path's,
 // a record's in an int32, or -1; a record's time is the request's or a
 // timestamp Kafka can carry, given back in the answer as the same RFC 3339
 // instant, and never moves its deadline; headers have UTF-8 names, and v2
 // records none; keys and values keep the sizes and JSON the answer gives.
 // A refusal is a client error with a message.
-func FuzzRESTRecords(f *testing.F) {
+func FuzzRequestRecords(f *testing.F) {
 	for _, tt := range []struct{ path, contentType, body string }{
-		{v3Path, mediaV3, `{"partition_id":1,"headers":[{"name":"Header-1","value":"SGVhZGVyLTE="}],"key":{"type":"BINARY","data":"Zm9vYmFy"},"value":{"type":"JSON","data":{"foo":"bar"}},"timestamp":"2021-02-05T19:14:42Z"}`},
+		{v3Path, MediaV3, `{"partition_id":1,"headers":[{"name":"Header-1","value":"SGVhZGVyLTE="}],"key":{"type":"BINARY","data":"Zm9vYmFy"},"value":{"type":"JSON","data":{"foo":"bar"}},"timestamp":"2021-02-05T19:14:42Z"}`},
 		// Timestamps Kafka can carry, and those it cannot.
-		{v3Path, mediaV3, `{"timestamp":"2099-01-01T00:00:00Z"}`},
-		{v3Path, mediaV3, `{"timestamp":"0001-01-01T00:00:00Z"}`},
-		{v3Path, mediaV3, `{"timestamp":"0000-01-01T00:00:00+01:00"}`},
-		{v3Path, mediaV3, `{"timestamp":"9999-12-31T23:59:59Z"}`},
-		{v3Path, mediaV3, `{"timestamp":"9999-12-31T23:59:59.999999999Z"}`},
-		{v3Path, mediaV3, `{"timestamp":"9999-12-31T23:59:59-23:59"}`},
-		{v3Path, mediaV3, `{"timestamp":"1970-01-01T00:00:00Z"}{"timestamp":"1969-12-31T23:59:59.9995Z"}`},
-		{v3Path, mediaV3, `{"timestamp":"1970-01-01T01:00:00+01:00"}`},
-		{v3Path, mediaV3, `{"timestamp":"2021-02-05T19:14:60Z"}`},
-		{v3Path, mediaV3, `{"timestamp":-1}`},
-		{v3Path, mediaV3, `{"timestamp":-62135596800000}`},
-		{v3Path, mediaV3, `{"timestamp":9223372036854775808}`},
-		{v3Path, mediaV3, `{"timestamp":1e400}`},
-		{v3Path, mediaV3, `{"timestamp":"-0001-01-01T00:00:00Z"}`},
-		{v3Path, mediaV3, `{"timestamp":"+10000-01-01T00:00:00Z"}`},
+		{v3Path, MediaV3, `{"timestamp":"2099-01-01T00:00:00Z"}`},
+		{v3Path, MediaV3, `{"timestamp":"0001-01-01T00:00:00Z"}`},
+		{v3Path, MediaV3, `{"timestamp":"0000-01-01T00:00:00+01:00"}`},
+		{v3Path, MediaV3, `{"timestamp":"9999-12-31T23:59:59Z"}`},
+		{v3Path, MediaV3, `{"timestamp":"9999-12-31T23:59:59.999999999Z"}`},
+		{v3Path, MediaV3, `{"timestamp":"9999-12-31T23:59:59-23:59"}`},
+		{v3Path, MediaV3, `{"timestamp":"1970-01-01T00:00:00Z"}{"timestamp":"1969-12-31T23:59:59.9995Z"}`},
+		{v3Path, MediaV3, `{"timestamp":"1970-01-01T01:00:00+01:00"}`},
+		{v3Path, MediaV3, `{"timestamp":"2021-02-05T19:14:60Z"}`},
+		{v3Path, MediaV3, `{"timestamp":-1}`},
+		{v3Path, MediaV3, `{"timestamp":-62135596800000}`},
+		{v3Path, MediaV3, `{"timestamp":9223372036854775808}`},
+		{v3Path, MediaV3, `{"timestamp":1e400}`},
+		{v3Path, MediaV3, `{"timestamp":"-0001-01-01T00:00:00Z"}`},
+		{v3Path, MediaV3, `{"timestamp":"+10000-01-01T00:00:00Z"}`},
 		// Partitions beyond an int32, and below 0.
-		{v3Path, mediaV3, `{"partition_id":2147483647}`},
-		{v3Path, mediaV3, `{"partition_id":2147483648}`},
-		{v3Path, mediaV3, `{"partition_id":-2}`},
-		{v3Path, mediaV3, `{"partition_id":9223372036854775808}`},
-		{v3Path, mediaV3, `{"partition_id":-9223372036854775809}`},
-		{v3Path, mediaV3, `{"partition_id":1.5}{"partition_id":1e2}{"partition_id":"1"}`},
-		{"/topics/jsontest/partitions/2147483648", mediaV2JSON, `{"records":[{"value":1}]}`},
-		{"/topics/jsontest/partitions/2147483647", mediaV2Bin, `{"records":[{"value":"AA==","partition":-2}]}`},
-		{"/topics/jsontest/partitions/-2", mediaV2JSON, `{"records":[{"value":1}]}`},
-		{"/topics/jsontest/partitions/01", mediaV2JSON, `{"records":[{"value":1,"partition":2147483648}]}`},
-		{"/kafka/v3/clusters/c/topics/t/records", mediaV3 + "; charset=utf-8", `{}`},
+		{v3Path, MediaV3, `{"partition_id":2147483647}`},
+		{v3Path, MediaV3, `{"partition_id":2147483648}`},
+		{v3Path, MediaV3, `{"partition_id":-2}`},
+		{v3Path, MediaV3, `{"partition_id":9223372036854775808}`},
+		{v3Path, MediaV3, `{"partition_id":-9223372036854775809}`},
+		{v3Path, MediaV3, `{"partition_id":1.5}{"partition_id":1e2}{"partition_id":"1"}`},
+		{"/topics/jsontest/partitions/2147483648", MediaV2JSON, `{"records":[{"value":1}]}`},
+		{"/topics/jsontest/partitions/2147483647", MediaV2Binary, `{"records":[{"value":"AA==","partition":-2}]}`},
+		{"/topics/jsontest/partitions/-2", MediaV2JSON, `{"records":[{"value":1}]}`},
+		{"/topics/jsontest/partitions/01", MediaV2JSON, `{"records":[{"value":1,"partition":2147483648}]}`},
+		{"/kafka/v3/clusters/c/topics/t/records", MediaV3 + "; charset=utf-8", `{}`},
 		// Odd headers.
-		{v3Path, mediaV3, `{"headers":[{"name":""},{"name":"a","value":null},{"name":"a","value":""},{"value":"AA==","name":"\u0000\u00e9\ud83d\ude00"}]}`},
-		{v3Path, mediaV3, `{"headers":[{"name":"a","name":"b","value":"AA=="}]}{"headers":null}{"headers":[]}`},
-		{v3Path, mediaV3, `{"headers":[{"name":null}]}{"headers":[{"value":"AA=="}]}{"headers":[{"name":"x","value":"!"}]}`},
-		{v3Path, mediaV3, `{"headers":[{"name":"x","other":1}]}{"headers":{"name":"x"}}{"headers":[1]}{"headers":[{"name":1}]}`},
-		{v3Path, mediaV3, `{"headers":[{"name":"x","value":"AA"}]}{"headers":[{"name":"x","value":[]}]}`},
-		{"/topics/jsontest", mediaV2JSON, `{"records":[{"value":1,"headers":[{"name":"a"}]}]}`},
+		{v3Path, MediaV3, `{"headers":[{"name":""},{"name":"a","value":null},{"name":"a","value":""},{"value":"AA==","name":"\u0000\u00e9\ud83d\ude00"}]}`},
+		{v3Path, MediaV3, `{"headers":[{"name":"a","name":"b","value":"AA=="}]}{"headers":null}{"headers":[]}`},
+		{v3Path, MediaV3, `{"headers":[{"name":null}]}{"headers":[{"value":"AA=="}]}{"headers":[{"name":"x","value":"!"}]}`},
+		{v3Path, MediaV3, `{"headers":[{"name":"x","other":1}]}{"headers":{"name":"x"}}{"headers":[1]}{"headers":[{"name":1}]}`},
+		{v3Path, MediaV3, `{"headers":[{"name":"x","value":"AA"}]}{"headers":[{"name":"x","value":[]}]}`},
+		{"/topics/jsontest", MediaV2JSON, `{"records":[{"value":1,"headers":[{"name":"a"}]}]}`},
 		{"/topics/jsontest", "text/plain", `{}`},
 	} {
 		f.Add(tt.path, tt.contentType, tt.body)
 	}
-	h := &Handler{Requests: Requests{Mode: modeConfluent, mode: confluentMode{}, MaxRecords: 20, MaxSize: 1 << 20, Timeout: caddy.Duration(time.Second)}}
+	o := Options{MaxRecords: 20, MaxSize: 1 << 20, Timeout: time.Second}
 	now := time.Date(2026, 1, 2, 3, 4, 5, 678_901_234, time.UTC)
 	// What a record's time may be: Kafka's milliseconds from 1970, and an
 	// RFC 3339 instant in the answer.
 	first, last := time.Unix(0, 0), time.Date(9999, 12, 31, 23, 59, 59, 999_999_999, time.UTC)
 	f.Fuzz(func(t *testing.T, path, contentType, body string) {
-		api, ref := parseRESTRoute(path)
+		api, ref := ParseRoute(path)
 		if api == nil {
 			t.Fatalf("no route for %q", path)
 		}
-		r := &http.Request{Method: http.MethodPost, URL: &url.URL{Path: path}, Header: http.Header{"Content-Type": {contentType}}}
 		if ref == nil {
-			ref = h.checkRESTMedia(api, r)
+			ref = api.CheckMedia(http.MethodPost, contentType)
 		}
-		x := &exchange{api: api}
-		var recs []*record
+		var recs []*producer.Record
 		if ref == nil {
-			recs, ref = h.toRecords(x, r, []byte(body), now)
+			recs, ref = ParseBody(api, []byte(body), now, o)
 		}
 		if ref != nil {
-			if recs != nil || ref.status < 400 || ref.status >= 500 || ref.message == "" {
+			if recs != nil || ref.Status < 400 || ref.Status >= 500 || ref.Message == "" {
 				t.Fatalf("refusal %+v with %d records", ref, len(recs))
 			}
-			status, code, message := restError(ref)
+			status, code, message := ref.Status, ref.Code, ref.Message
 			if status < 400 || status >= 500 || code < 400 || message == "" {
 				t.Fatalf("refusal answered %d, error_code %d, %q", status, code, message)
 			}
@@ -188,21 +187,21 @@ func FuzzRESTRecords(f *testing.F) {
 		if len(recs) == 0 {
 			t.Fatal("accepted without records")
 		}
-		if api.partition < -1 || api.partition > math.MaxInt32 {
-			t.Fatalf("path %q read as partition %d", path, api.partition)
+		if api.Partition < -1 || api.Partition > math.MaxInt32 {
+			t.Fatalf("path %q read as partition %d", path, api.Partition)
 		}
 		for i, rec := range recs {
 			if rec.Partition < -1 || rec.Partition > math.MaxInt32 {
 				t.Fatalf("record %d: partition %d", i, rec.Partition)
 			}
-			if !api.v3 && rec.Partition == -1 && api.partition != -1 {
-				t.Fatalf("record %d: the path's partition %d lost", i, api.partition)
+			if !api.V3 && rec.Partition == -1 && api.Partition != -1 {
+				t.Fatalf("record %d: the path's partition %d lost", i, api.Partition)
 			}
 			if want := now.Add(time.Second); !rec.Deadline.Equal(want) {
 				t.Fatalf("record %d: deadline %v, want %v whatever its timestamp", i, rec.Deadline, want)
 			}
 			if !rec.Time.Equal(now) {
-				if !api.v3 {
+				if !api.V3 {
 					t.Fatalf("v2 record %d: time %v, not the request's", i, rec.Time)
 				}
 				if ms := rec.Time.UnixMilli(); ms < 0 || rec.Time.Before(first) || rec.Time.After(last) {
@@ -210,12 +209,12 @@ func FuzzRESTRecords(f *testing.F) {
 				}
 			}
 			// The answer gives the time Kafka keeps, in milliseconds.
-			instant := string(appendInstant(nil, rec.Time))
+			instant := string(AppendInstant(nil, rec.Time))
 			back, err := time.Parse(time.RFC3339Nano, instant)
 			if err != nil || back.UnixMilli() != rec.Time.UnixMilli() {
 				t.Fatalf("record %d: time %v answered as %q (%v)", i, rec.Time, instant, err)
 			}
-			if !api.v3 && rec.Headers != nil {
+			if !api.V3 && rec.Headers != nil {
 				t.Fatalf("v2 record %d: headers %v", i, rec.Headers)
 			}
 			for _, hd := range rec.Headers {
@@ -230,15 +229,15 @@ func FuzzRESTRecords(f *testing.F) {
 				t.Fatalf("record %d: an outcome, %v, before it was sent", i, rec.Outcome())
 			}
 		}
-		if api.v3 {
-			if len(api.shapes) != len(recs) {
-				t.Fatalf("%d shapes for %d records", len(api.shapes), len(recs))
+		if api.V3 {
+			if len(api.Shapes) != len(recs) {
+				t.Fatalf("%d shapes for %d records", len(api.Shapes), len(recs))
 			}
 			for i, rec := range recs {
 				for _, d := range []struct {
 					size int
 					b    []byte
-				}{{api.shapes[i].keySize, rec.Key}, {api.shapes[i].valueSize, rec.Value}} {
+				}{{api.Shapes[i].KeySize, rec.Key}, {api.Shapes[i].ValueSize, rec.Value}} {
 					if d.b == nil && d.size > 0 || d.b != nil && d.size != len(d.b) {
 						t.Fatalf("record %d: size %d for %q", i, d.size, d.b)
 					}
