@@ -2,7 +2,6 @@ package queuepublish
 
 import (
 	"cmp"
-	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -90,10 +89,7 @@ type exchange struct {
 	status   int
 	topic    string
 	reason   string
-	// identity: who the request was authenticated as; signature: the
-	// webhook signature its header carried, checked once the body is in.
-	identity  identity
-	signature [sha256.Size]byte
+	req      request // what was read of the request
 	// admitted: the credentials were checked (mode confluent checks them
 	// before its path, method and Content-Type).
 	admitted bool

@@ -14,7 +14,8 @@ import (
 
 // publishAsync queues the records, reserved in queue_size, and answers 202
 // without waiting for the broker.
-func (h *Handler) publishAsync(x *exchange, ctx context.Context, recs []*record, start time.Time) error {
+func (h *Handler) publishAsync(x *exchange, recs []*record) error {
+	start := x.req.start
 	if len(recs) == 0 {
 		return x.answer(http.StatusAccepted, bodyAccepted)
 	}
@@ -32,7 +33,7 @@ func (h *Handler) publishAsync(x *exchange, ctx context.Context, recs []*record,
 		rec.Deadline = start.Add(time.Duration(h.QueueTimeout))
 	}
 	// The topic is looked up within the request's timeout.
-	ctx, cancel := context.WithDeadline(ctx, start.Add(time.Duration(h.Timeout)))
+	ctx, cancel := context.WithDeadline(x.req.ctx, start.Add(time.Duration(h.Timeout)))
 	defer cancel()
 	queued, err := x.producer.Enqueue(ctx, recs)
 	if err == nil {

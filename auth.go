@@ -48,7 +48,7 @@ type Authentication struct {
 
 	secrets  secrets       // resolved
 	scheme   authenticator // chosen at provision
-	topicFor func(*exchange, *http.Request) (string, *refusal)
+	topicFor func(*exchange) (string, *refusal)
 }
 
 // check checks the settings.
@@ -105,8 +105,8 @@ type identity struct {
 // An authenticator is one scheme of credentials.
 type authenticator interface {
 	// authenticate checks what the request's headers or query carry,
-	// before its body is read, and sets x.identity.
-	authenticate(x *exchange, r *http.Request) bool
+	// before its body is read, and sets the request's identity.
+	authenticate(x *exchange) bool
 	// verify checks the body, for a scheme that signs it.
 	verify(x *exchange, body []byte) bool
 }
@@ -114,9 +114,9 @@ type authenticator interface {
 // bearers take a secret in Authorization.
 type bearers struct{ secrets *secrets }
 
-func (b bearers) authenticate(x *exchange, r *http.Request) bool {
-	n, ok := b.secrets.authorized(r.Header.Get("Authorization"))
-	x.identity = identity{scheme: "secret", secret: n}
+func (b bearers) authenticate(x *exchange) bool {
+	n, ok := b.secrets.authorized(x.req.authorization)
+	x.req.identity = identity{scheme: "secret", secret: n}
 	return ok
 }
 
@@ -129,14 +129,14 @@ type signatures struct {
 	secrets *secrets
 }
 
-func (s signatures) authenticate(x *exchange, r *http.Request) bool {
-	x.identity = identity{scheme: "signature"}
-	return parseSignature(r.Header.Get(s.header), &x.signature)
+func (s signatures) authenticate(x *exchange) bool {
+	x.req.identity = identity{scheme: "signature"}
+	return parseSignature(x.req.signature, &x.req.signed)
 }
 
 func (s signatures) verify(x *exchange, body []byte) bool {
-	n, ok := s.secrets.signed(&x.signature, body)
-	x.identity.secret = n
+	n, ok := s.secrets.signed(&x.req.signed, body)
+	x.req.identity.secret = n
 	return ok
 }
 
@@ -144,11 +144,11 @@ func (s signatures) verify(x *exchange, body []byte) bool {
 // token in the query.
 type secretsOrTokens struct{ tokens tokens }
 
-func (st secretsOrTokens) authenticate(x *exchange, r *http.Request) bool {
-	if r.Header.Get("Authorization") != "" || !r.URL.Query().Has("token") {
-		return bearers{st.tokens.secrets}.authenticate(x, r)
+func (st secretsOrTokens) authenticate(x *exchange) bool {
+	if x.req.authorization != "" || !x.req.hasToken {
+		return bearers{st.tokens.secrets}.authenticate(x)
 	}
-	return st.tokens.authenticate(x, r)
+	return st.tokens.authenticate(x)
 }
 
 func (secretsOrTokens) verify(*exchange, []byte) bool { return true }

@@ -20,8 +20,8 @@ var refusedConfluentStream = refuse(rejectIdempotency, http.StatusBadRequest, "I
 // serveConfluent serves a request of mode confluent: its path and
 // Content-Type say which API it speaks, then it goes the steps of any
 // request, or, a v3 request of unknown length, is streamed.
-func (h *Handler) serveConfluent(x *exchange, r *http.Request) error {
-	api, err := confluent.ParseRoute(r.URL.Path)
+func (h *Handler) serveConfluent(x *exchange) error {
+	api, err := confluent.ParseRoute(x.req.path)
 	x.api = api
 	x.contentType = confluent.MediaV3
 	if !api.V3 {
@@ -31,11 +31,11 @@ func (h *Handler) serveConfluent(x *exchange, r *http.Request) error {
 	// checks them: a client without them learns nothing of the paths,
 	// methods and media types served here, and its body is not read.
 	// (The path is parsed before: a token is valid for its topic only.)
-	if ref := h.admitCredentials(x, r); ref != nil {
+	if ref := h.admitCredentials(x); ref != nil {
 		return x.refuse(ref)
 	}
 	if err == nil {
-		err = api.CheckMedia(r.Method, r.Header.Get("Content-Type"))
+		err = api.CheckMedia(x.req.method, x.req.contentType)
 	}
 	if err != nil {
 		if err == confluent.ErrMethod {
@@ -43,10 +43,10 @@ func (h *Handler) serveConfluent(x *exchange, r *http.Request) error {
 		}
 		return x.refuse(confluentRefusalOf(err))
 	}
-	if api.V3 && r.ContentLength < 0 && r.Method == http.MethodPost {
-		return h.serveStream(x, r)
+	if api.V3 && x.req.contentLength < 0 && x.req.method == http.MethodPost {
+		return h.serveStream(x)
 	}
-	return h.serve(x, r)
+	return h.serve(x)
 }
 
 // confluentRefusalOf is the module's refusal for one of the wire format's,

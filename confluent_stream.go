@@ -24,38 +24,38 @@ import (
 // holds no more memory than a request of known length. A record longer than
 // max_size, or JSON that is broken, is answered and ends the stream; any
 // other bad record is answered and the stream goes on.
-func (h *Handler) serveStream(x *exchange, r *http.Request) error {
+func (h *Handler) serveStream(x *exchange) error {
 	// A stream is refused before full duplex is on, and its connection
 	// closed: its body may go on for as long as the client likes, so it
 	// is not read to keep the connection; and in full duplex, net/http
 	// reads what a handler left of a body only after it stopped watching
 	// the connection, then reads the connection twice at once, and panics
 	// (go.dev/issue/68560). serveConfluent checked the credentials.
-	if r.Header.Get("Idempotency-Key") != "" {
-		closeUnread(x.w, r)
+	if x.req.key != "" {
+		x.closeUnread()
 		return x.refuse(refusedConfluentStream)
 	}
-	topic, ref := h.requestTopic(x, r)
+	topic, ref := h.requestTopic(x)
 	x.topic = topic
 	if ref != nil {
-		closeUnread(x.w, r)
+		x.closeUnread()
 		return x.refuse(ref)
 	}
 	// HTTP/1 answers while it reads only in full duplex (HTTP/2 always
 	// can); without, net/http would discard what is left of the body when
 	// the status goes: the body is then one request of known length.
 	rc := http.NewResponseController(x.w)
-	if err := rc.EnableFullDuplex(); err != nil && r.ProtoMajor == 1 {
-		return h.serve(x, r)
+	if err := rc.EnableFullDuplex(); err != nil && x.req.protoMajor == 1 {
+		return h.serve(x)
 	}
-	ctx, cancel := context.WithCancel(r.Context())
+	ctx, cancel := context.WithCancel(x.req.ctx)
 	defer cancel()
 	// In flight: the items queued, the one being answered, the one
 	// being read and given to the producer.
 	items := make(chan *streamItem, max(h.MaxRecords-2, 0))
 	window := newByteWindow(h.MaxSize)
 	var unread bool // the body did not end: written before items closes
-	go h.readStream(ctx, x, r, items, window, &unread)
+	go h.readStream(ctx, x, items, window, &unread)
 
 	x.status = http.StatusOK
 	x.w.Header()["Content-Type"] = []string{confluent.MediaV3}
@@ -72,7 +72,7 @@ func (h *Handler) serveStream(x *exchange, r *http.Request) error {
 			cancel() // no report can reach the client: read no more
 		}
 	}
-	if !strings.EqualFold(r.Header.Get("Expect"), "100-continue") {
+	if !strings.EqualFold(x.req.expect, "100-continue") {
 		sendHeader()
 	}
 	b := make([]byte, 0, 256)
@@ -96,8 +96,8 @@ func (h *Handler) serveStream(x *exchange, r *http.Request) error {
 	if !headerSent {
 		sendHeader() // an empty stream
 	}
-	if unread && r.ProtoMajor == 1 {
-		endUnread(rc, r)
+	if unread && x.req.protoMajor == 1 {
+		endUnread(rc, x.req.protoMinor)
 	}
 	return werr
 }
@@ -108,13 +108,13 @@ func (h *Handler) serveStream(x *exchange, r *http.Request) error {
 // and net/http, reading what full duplex left of a body, reads the
 // connection twice at once and panics (go.dev/issue/68560). The
 // connection is taken from net/http, and the chunked answer ended by hand.
-func endUnread(rc *http.ResponseController, r *http.Request) {
+func endUnread(rc *http.ResponseController, protoMinor int) {
 	conn, bufrw, err := rc.Hijack()
 	if err != nil {
 		return
 	}
 	defer conn.Close()
-	if r.ProtoMinor >= 1 {
+	if protoMinor >= 1 {
 		bufrw.WriteString("0\r\n\r\n") // the last chunk: the answer is whole
 		bufrw.Flush()
 	}
@@ -203,11 +203,11 @@ func (w *byteWindow) release(n int64) {
 // given to the producer is waited for and counted.
 // *unread says, once items is closed, whether the body was left before
 // its end.
-func (h *Handler) readStream(ctx context.Context, x *exchange, r *http.Request,
+func (h *Handler) readStream(ctx context.Context, x *exchange,
 	items chan<- *streamItem, window *byteWindow, unread *bool) {
 	defer close(items)
 	*unread = true
-	body := &recordBudget{r: r.Body, max: h.MaxSize}
+	body := &recordBudget{r: x.req.bodyReader, max: h.MaxSize}
 	d := jsontext.NewDecoder(body, jsontext.AllowDuplicateNames(true))
 	for ctx.Err() == nil {
 		offset := d.InputOffset()
@@ -232,7 +232,7 @@ func (h *Handler) readStream(ctx context.Context, x *exchange, r *http.Request,
 		}
 		if item.ref == nil {
 			window.take(item.size)
-			h.startStreamRecord(x, r, item)
+			h.startStreamRecord(x, item)
 		} else {
 			item.size = 0
 			metricRejections.WithLabelValues(item.ref.reason).Inc()
@@ -246,7 +246,7 @@ func (h *Handler) readStream(ctx context.Context, x *exchange, r *http.Request,
 
 // startStreamRecord checks a record of a stream and gives it to the
 // producer; item.ref says why it was not.
-func (h *Handler) startStreamRecord(x *exchange, r *http.Request, item *streamItem) {
+func (h *Handler) startStreamRecord(x *exchange, item *streamItem) {
 	recs := []*record{item.rec}
 	if h.schema != nil {
 		if item.ref = h.checkSchema(recs); item.ref != nil {
@@ -254,10 +254,10 @@ func (h *Handler) startStreamRecord(x *exchange, r *http.Request, item *streamIt
 		}
 	}
 	if h.traceHeaders {
-		addTraceHeaders(r, recs)
+		addTraceHeaders(&x.req, recs)
 	}
 	item.rec.Topic = x.topic
-	err := x.producer.Start(r.Context(), recs)
+	err := x.producer.Start(x.req.ctx, recs)
 	if item.ref = partitionRefusal(err); item.ref != nil {
 		return
 	}

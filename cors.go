@@ -55,8 +55,8 @@ func (c *CrossOrigin) provision(p *provisioning) error {
 func (c *CrossOrigin) cleanup() error { return nil }
 
 // corsOrigin is the request's Origin if cors lists it, else "".
-func (c *CrossOrigin) corsOrigin(r *http.Request) string {
-	origin := r.Header.Get("Origin")
+func (c *CrossOrigin) corsOrigin(req *request) string {
+	origin := req.origin
 	if origin == "" || !slices.Contains(c.CORS, origin) {
 		return ""
 	}
@@ -67,7 +67,8 @@ func (c *CrossOrigin) corsOrigin(r *http.Request) string {
 // origin's page gets no CORS header, so its browser hides the answer;
 // the request is still served (a browser sends a simple POST without
 // asking), and its secret decides.
-func (c *CrossOrigin) allowOrigin(w http.ResponseWriter, r *http.Request) {
+func (c *CrossOrigin) allowOrigin(x *exchange) {
+	w := x.w
 	if len(c.CORS) == 0 {
 		return
 	}
@@ -75,7 +76,7 @@ func (c *CrossOrigin) allowOrigin(w http.ResponseWriter, r *http.Request) {
 	if vary := w.Header()["Vary"]; !slices.Contains(vary, "Origin") {
 		w.Header()["Vary"] = append(vary[:len(vary):len(vary)], "Origin")
 	}
-	if origin := c.corsOrigin(r); origin != "" {
+	if origin := c.corsOrigin(&x.req); origin != "" {
 		w.Header()["Access-Control-Allow-Origin"] = []string{origin}
 		w.Header()["Access-Control-Expose-Headers"] = []string{corsExposeHeaders}
 	}
@@ -83,15 +84,15 @@ func (c *CrossOrigin) allowOrigin(w http.ResponseWriter, r *http.Request) {
 
 // isPreflight reports whether the request is a browser's CORS preflight,
 // which a handler with cors answers instead of refusing its method.
-func (c *CrossOrigin) isPreflight(r *http.Request) bool {
-	return len(c.CORS) > 0 && r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != ""
+func (c *CrossOrigin) isPreflight(x *exchange) bool {
+	return len(c.CORS) > 0 && x.req.method == http.MethodOptions && x.req.preflight != ""
 }
 
 // preflight answers a CORS preflight: 204 with what a listed origin may
 // send, 403 without any CORS header for another origin or a method other
 // than POST. The origin is named, never "*".
-func (c *CrossOrigin) preflight(x *exchange, r *http.Request) error {
-	if c.corsOrigin(r) == "" || r.Header.Get("Access-Control-Request-Method") != http.MethodPost {
+func (c *CrossOrigin) preflight(x *exchange) error {
+	if c.corsOrigin(&x.req) == "" || x.req.preflight != http.MethodPost {
 		x.w.Header().Del("Access-Control-Allow-Origin")
 		x.w.Header().Del("Access-Control-Expose-Headers")
 		return x.refuse(refusedOrigin)

@@ -377,3 +377,9 @@ func queueRoute(path, brokers, topic, extra string) string {
 	}
 `, path, brokers, topic, extra)
 }
+
+// readOf is what h reads of r, as ServeHTTP reads it.
+func readOf(h *Handler, r *http.Request) *request {
+	req := h.readRequest(r)
+	return &req
+}

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"net/http"
 	"slices"
 	"strings"
 	"time"
@@ -218,14 +217,15 @@ func boolByte(b bool) byte {
 // key goes in a header of each record and, with a store, a repeat within
 // the window is answered as the first attempt was, producing again only
 // the records that provably were not written.
-func (h *Handler) publishOnce(x *exchange, r *http.Request, key string, body []byte, recs []*record, start time.Time) error {
+func (h *Handler) publishOnce(x *exchange, recs []*record) error {
+	key, start := x.req.key, x.req.start
 	var digest [sha256.Size]byte
 	if h.store != nil {
-		digest = h.mode.digest(x, body, recs) // before the key joins the headers
+		digest = h.mode.digest(x, x.req.body, recs) // before the key joins the headers
 	}
 	addKeyHeader(recs, key)
 	if h.store == nil {
-		return h.publish(x, r, recs, recs, start)
+		return h.publish(x, recs, recs)
 	}
 	for _, rec := range recs {
 		rec.AckBy = rec.Deadline.Add(lateAckWait)
@@ -233,12 +233,12 @@ func (h *Handler) publishOnce(x *exchange, r *http.Request, key string, body []b
 	// The holders of a page's token get keys of their own: a visitor must
 	// not claim a key that a client with the secret will use.
 	scope := h.scope
-	if x.identity.scheme == "token" {
+	if x.req.identity.scheme == "token" {
 		scope += "token\x00"
 	}
-	claim, st, err := h.store.claim(r.Context(), x.topic, scope+x.topic+"\x00"+key, digest, start, recs[0].Deadline)
+	claim, st, err := h.store.claim(x.req.ctx, x.topic, scope+x.topic+"\x00"+key, digest, start, recs[0].Deadline)
 	if err != nil {
-		return h.storeFailed(x, r, recs, start, err)
+		return h.storeFailed(x, recs, err)
 	}
 	switch st {
 	case idemOtherBody:
@@ -254,7 +254,7 @@ func (h *Handler) publishOnce(x *exchange, r *http.Request, key string, body []b
 	}
 	final, send := recs, recs
 	if st == idemRepeat {
-		final, send = claim.reuse(r.Context(), recs, recs[0].Deadline, h.Delivery == deliverySync)
+		final, send = claim.reuse(x.req.ctx, recs, recs[0].Deadline, h.Delivery == deliverySync)
 		if len(send) == 0 {
 			x.w.Header()["Idempotent-Replayed"] = []string{"true"}
 			metricReplays.Inc()
@@ -262,7 +262,7 @@ func (h *Handler) publishOnce(x *exchange, r *http.Request, key string, body []b
 	}
 	var stored []*record
 	defer func() { claim.settle(stored) }()
-	err = h.publish(x, r, final, send, start)
+	err = h.publish(x, final, send)
 	if send == nil || slices.ContainsFunc(send, queued) {
 		stored = final // records were queued: they may be written
 	}

@@ -9,7 +9,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
@@ -411,15 +410,15 @@ func (s *redisStore) warn(msg string, err error) {
 // could not claim: on_store_error reject answers 503 (nothing was
 // produced; a retry is safe), produce publishes without the store's
 // guarantee.
-func (h *Handler) storeFailed(x *exchange, r *http.Request, recs []*record, start time.Time, err error) error {
+func (h *Handler) storeFailed(x *exchange, recs []*record, err error) error {
 	metricStoreErrors.WithLabelValues("claim").Inc()
 	if h.OnStoreError == storeErrorProduce {
 		h.store.warn("the idempotency store cannot be reached: requests with an Idempotency-Key are produced without it (on_store_error produce), and a repeat may be stored twice", err)
-		return h.publish(x, r, recs, recs, start)
+		return h.publish(x, recs, recs)
 	}
 	h.store.warn("the idempotency store cannot be reached: requests with an Idempotency-Key are answered 503 (on_store_error reject)", err)
 	x.reason = rejectStore
-	return x.answerFailure(errStoreUnavailable)
+	return x.fail(errStoreUnavailable)
 }
 
 // errStoreUnavailable answers a request whose Idempotency-Key could not

@@ -4,11 +4,9 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
-	"net/http"
 	"slices"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/queuepublish/caddy-queue-publish/internal/confluent"
 )
@@ -24,14 +22,14 @@ type mode interface {
 	validate(h *Handler) error
 	// serve serves a request: the handler's steps, or the mode's own
 	// routes around them.
-	serve(h *Handler, x *exchange, r *http.Request) error
+	serve(h *Handler, x *exchange) error
 	// checkBody checks a body before its topic is resolved.
 	checkBody(body []byte) *refusal
 	// topic resolves the request's topic; "" and why if it is not
 	// allowed.
-	topic(h *Handler, x *exchange, r *http.Request) (string, *refusal)
+	topic(h *Handler, x *exchange) (string, *refusal)
 	// records turns a body into records.
-	records(h *Handler, x *exchange, r *http.Request, body []byte, now time.Time) ([]*record, *refusal)
+	records(h *Handler, x *exchange) ([]*record, *refusal)
 	// valuePath is where the value of the i-th record is in the body,
 	// as a JSON pointer, for the issues a schema finds.
 	valuePath(i int) string
@@ -81,10 +79,10 @@ func (ownTopic) checkTopics(q *Requests) error {
 
 func (ownTopic) validate(*Handler) error { return nil }
 
-func (ownTopic) serve(h *Handler, x *exchange, r *http.Request) error { return h.serve(x, r) }
+func (ownTopic) serve(h *Handler, x *exchange) error { return h.serve(x) }
 
-func (ownTopic) topic(h *Handler, _ *exchange, r *http.Request) (string, *refusal) {
-	if topic, ok := h.topicFor(r); ok {
+func (ownTopic) topic(h *Handler, x *exchange) (string, *refusal) {
+	if topic, ok := h.topicFor(&x.req); ok {
 		return topic, nil
 	}
 	return "", refusedTopic
@@ -107,8 +105,8 @@ func (bodyMode) checkBody(body []byte) *refusal {
 	return nil
 }
 
-func (bodyMode) records(h *Handler, _ *exchange, r *http.Request, body []byte, now time.Time) ([]*record, *refusal) {
-	return []*record{h.bodyRecord(r, body, now)}, nil
+func (bodyMode) records(h *Handler, x *exchange) ([]*record, *refusal) {
+	return []*record{h.bodyRecord(&x.req)}, nil
 }
 
 func (bodyMode) valuePath(int) string { return "" }
@@ -142,8 +140,8 @@ func (m recordsMode) check(q *Requests) error {
 // checkBody: the envelope's JSON is checked as it is parsed.
 func (recordsMode) checkBody([]byte) *refusal { return nil }
 
-func (recordsMode) records(h *Handler, _ *exchange, _ *http.Request, body []byte, now time.Time) ([]*record, *refusal) {
-	return h.parseEnvelope(body, now)
+func (recordsMode) records(h *Handler, x *exchange) ([]*record, *refusal) {
+	return h.parseEnvelope(x.req.body, x.req.start)
 }
 
 func (recordsMode) valuePath(i int) string { return "/records/" + strconv.Itoa(i) + "/value" }
@@ -185,19 +183,19 @@ func (confluentMode) validate(h *Handler) error {
 	return nil
 }
 
-func (confluentMode) serve(h *Handler, x *exchange, r *http.Request) error {
-	return h.serveConfluent(x, r)
+func (confluentMode) serve(h *Handler, x *exchange) error {
+	return h.serveConfluent(x)
 }
 
 // checkBody: a body's JSON is checked as it is parsed.
 func (confluentMode) checkBody([]byte) *refusal { return nil }
 
-func (confluentMode) topic(h *Handler, x *exchange, _ *http.Request) (string, *refusal) {
+func (confluentMode) topic(h *Handler, x *exchange) (string, *refusal) {
 	return h.confluentTopic(x.api)
 }
 
-func (confluentMode) records(h *Handler, x *exchange, _ *http.Request, body []byte, now time.Time) ([]*record, *refusal) {
-	return h.parseConfluent(x.api, body, now)
+func (confluentMode) records(h *Handler, x *exchange) ([]*record, *refusal) {
+	return h.parseConfluent(x.api, x.req.body, x.req.start)
 }
 
 func (confluentMode) valuePath(int) string { return "" }

@@ -1,7 +1,6 @@
 package queuepublish
 
 import (
-	"context"
 	"errors"
 	"net/http"
 	"time"
@@ -14,29 +13,29 @@ import (
 // publish produces the records of send and answers with final, the
 // records that stand for the request: send and, for a repeated request,
 // those of the first attempt that stand. Delivery async only queues them.
-func (h *Handler) publish(x *exchange, r *http.Request, final, send []*record, start time.Time) error {
+func (h *Handler) publish(x *exchange, final, send []*record) error {
 	if len(send) > 0 && h.traceHeaders {
-		addTraceHeaders(r, send)
+		addTraceHeaders(&x.req, send)
 	}
 	for _, rec := range send {
 		rec.Topic = x.topic
 	}
 	if h.Delivery == deliveryAsync {
-		return h.publishAsync(x, r.Context(), send, start)
+		return h.publishAsync(x, send)
 	}
-	return h.publishSync(x, r.Context(), final, send, start)
+	return h.publishSync(x, final, send)
 }
 
 // publishSync produces the records of send, waits for them within the
 // request's timeout, and answers with final.
-func (h *Handler) publishSync(x *exchange, ctx context.Context, final, send []*record, start time.Time) error {
+func (h *Handler) publishSync(x *exchange, final, send []*record) error {
 	if len(send) > 0 {
-		if ref := partitionRefusal(x.producer.Produce(ctx, send)); ref != nil {
+		if ref := partitionRefusal(x.producer.Produce(x.req.ctx, send)); ref != nil {
 			return x.refuse(ref)
 		}
 	}
 	out := outcomesOf(final)
-	h.countSent(x.topic, final, send, out, start)
+	h.countSent(x.topic, final, send, out, x.req.start)
 	return h.mode.answer(h, x, final, out)
 }
 

@@ -2,7 +2,6 @@ package queuepublish
 
 import (
 	"math"
-	"net/http"
 	"strings"
 	"time"
 
@@ -27,8 +26,8 @@ func addKeyHeader(recs []*record, key string) {
 
 // toRecords turns a request's body into its records, and checks them
 // against the schema.
-func (h *Handler) toRecords(x *exchange, r *http.Request, body []byte, now time.Time) ([]*record, *refusal) {
-	recs, ref := h.mode.records(h, x, r, body, now)
+func (h *Handler) toRecords(x *exchange) ([]*record, *refusal) {
+	recs, ref := h.mode.records(h, x)
 	if ref != nil {
 		return nil, ref
 	}
@@ -42,12 +41,12 @@ func (h *Handler) toRecords(x *exchange, r *http.Request, body []byte, now time.
 
 // bodyRecord is the record of a request in body mode: the body unchanged,
 // with the key and headers the config takes from the request.
-func (h *Handler) bodyRecord(r *http.Request, body []byte, now time.Time) *record {
-	rec := newRecord(body, now, time.Duration(h.Timeout))
+func (h *Handler) bodyRecord(req *request) *record {
+	rec := newRecord(req.body, req.start, time.Duration(h.Timeout))
 	if h.Key == "" && len(h.headerNames) == 0 {
 		return rec
 	}
-	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	repl := req.repl
 	if repl == nil {
 		repl = caddy.NewReplacer()
 	}

@@ -2,9 +2,13 @@ package queuepublish
 
 import (
 	"cmp"
+	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
+	"net/http"
 	"slices"
 	"sync/atomic"
 	"time"
@@ -206,4 +210,68 @@ func (q *Requests) provision(p *provisioning) error {
 func (q *Requests) cleanup() error {
 	asyncQueues.remove(q)
 	return nil
+}
+
+// request is what the handler reads of an HTTP request, once, as it
+// arrives: the steps after ServeHTTP take it instead of the
+// *http.Request. What admission learns (who sent it, its body) joins it.
+type request struct {
+	ctx           context.Context // done when the client leaves
+	repl          *caddy.Replacer // the request's placeholders; nil outside Caddy
+	method        string
+	path          string
+	contentType   string
+	contentLength int64 // -1: unknown (chunked)
+	protoMajor    int
+	protoMinor    int
+	expect        string // Expect
+	origin        string // Origin
+	preflight     string // Access-Control-Request-Method
+	authorization string
+	token         string // ?token=, read only when tokens are taken
+	hasToken      bool
+	signature     string // signature_header's value
+	key           string // Idempotency-Key
+	traceparent   string
+	tracestate    string
+	bodyReader    io.Reader
+
+	start    time.Time // when the body was in: the records' time and deadline start
+	body     []byte
+	identity identity
+	// signed: the webhook signature signature carried, checked once the
+	// body is in.
+	signed [sha256.Size]byte
+}
+
+// readRequest reads what the handler needs of r.
+func (h *Handler) readRequest(r *http.Request) request {
+	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	req := request{
+		ctx:           r.Context(),
+		repl:          repl,
+		method:        r.Method,
+		path:          r.URL.Path,
+		contentType:   r.Header.Get("Content-Type"),
+		contentLength: r.ContentLength,
+		protoMajor:    r.ProtoMajor,
+		protoMinor:    r.ProtoMinor,
+		expect:        r.Header.Get("Expect"),
+		authorization: r.Header.Get("Authorization"),
+		key:           r.Header.Get("Idempotency-Key"),
+		traceparent:   r.Header.Get("Traceparent"),
+		tracestate:    r.Header.Get("Tracestate"),
+		bodyReader:    r.Body,
+	}
+	if len(h.CORS) > 0 {
+		req.origin, req.preflight = r.Header.Get("Origin"), r.Header.Get("Access-Control-Request-Method")
+	}
+	if h.SignatureHeader != "" {
+		req.signature = r.Header.Get(h.SignatureHeader)
+	}
+	if h.TokenMaxAge > 0 && req.authorization == "" {
+		q := r.URL.Query()
+		req.token, req.hasToken = q.Get("token"), q.Has("token")
+	}
+	return req
 }

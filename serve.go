@@ -6,16 +6,16 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/go-json-experiment/json/jsontext"
 )
 
 // ServeHTTP answers every request itself, always with a JSON body; it never
 // calls the next handler.
+// The request is read once, here; the steps after take what was read.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
 	// Until the topic is resolved, a topic from the request is unknown.
-	x := exchange{w: w, producer: h.producer, mode: h.mode}
+	x := exchange{w: w, producer: h.producer, mode: h.mode, req: h.readRequest(r)}
 	if h.use != nil {
 		x.producer = h.use.enter()
 		defer h.use.leave()
@@ -23,13 +23,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	if len(h.allowTopics) == 0 {
 		x.topic = h.Topic
 	}
-	h.allowOrigin(w, r)
+	h.allowOrigin(&x)
 	var err error
 	switch {
-	case h.isPreflight(r):
-		err = h.preflight(&x, r)
+	case h.isPreflight(&x):
+		err = h.preflight(&x)
 	default:
-		err = h.mode.serve(h, &x, r)
+		err = h.mode.serve(h, &x)
 	}
 	countRequest(x.topic, x.status)
 	if x.reason != "" {
@@ -40,74 +40,74 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 
 // serve takes a request through its steps: admitted, turned into
 // records, published (once, with an Idempotency-Key), answered.
-func (h *Handler) serve(x *exchange, r *http.Request) error {
-	body, ref := h.admit(x, r)
+func (h *Handler) serve(x *exchange) error {
+	if ref := h.admit(x); ref != nil {
+		return x.refuse(ref)
+	}
+	x.req.start = time.Now()
+	recs, ref := h.toRecords(x)
 	if ref != nil {
 		return x.refuse(ref)
 	}
-	start := time.Now()
-	recs, ref := h.toRecords(x, r, body, start)
-	if ref != nil {
-		return x.refuse(ref)
+	if x.req.key != "" {
+		return h.publishOnce(x, recs)
 	}
-	if key := r.Header.Get("Idempotency-Key"); key != "" {
-		return h.publishOnce(x, r, key, body, recs, start)
-	}
-	return h.publish(x, r, recs, recs, start)
+	return h.publish(x, recs, recs)
 }
 
 // admit checks a request before anything of it is produced: the method,
 // the secret or signature, the Idempotency-Key's length, the body's size
-// and JSON, and the topic. It returns the body, or why it is refused.
-func (h *Handler) admit(x *exchange, r *http.Request) ([]byte, *refusal) {
+// and JSON, and the topic. The body joins the request, unless it is
+// refused.
+func (h *Handler) admit(x *exchange) *refusal {
 	if !x.admitted {
-		if ref := h.admitHeaders(x, r); ref != nil {
-			return nil, ref
+		if ref := h.admitHeaders(x); ref != nil {
+			return ref
 		}
 	}
-	body, status := h.readBody(r)
+	body, status := h.readBody(&x.req)
 	switch status {
 	case http.StatusRequestEntityTooLarge:
-		closeUnread(x.w, r)
-		return nil, refusedTooLarge
+		x.closeUnread()
+		return refusedTooLarge
 	case http.StatusBadRequest:
-		return nil, refusedInvalidJSON
+		return refusedInvalidJSON
 	}
+	x.req.body = body
 	if !h.scheme.verify(x, body) {
-		return nil, refusedAuth
+		return refusedAuth
 	}
 	if ref := h.mode.checkBody(body); ref != nil {
-		return nil, ref
+		return ref
 	}
-	topic, ref := h.requestTopic(x, r)
+	topic, ref := h.requestTopic(x)
 	x.topic = topic
-	return body, ref
+	return ref
 }
 
 // admitHeaders is the part of admit that needs no body: the method, then
 // the credentials.
-func (h *Handler) admitHeaders(x *exchange, r *http.Request) *refusal {
-	if r.Method != http.MethodPost {
+func (h *Handler) admitHeaders(x *exchange) *refusal {
+	if x.req.method != http.MethodPost {
 		x.w.Header()["Allow"] = []string{"POST"}
-		closeUnread(x.w, r)
+		x.closeUnread()
 		return refusedMethod
 	}
-	return h.admitCredentials(x, r)
+	return h.admitCredentials(x)
 }
 
 // admitCredentials checks the secret, the token or the signature's form,
 // and the Idempotency-Key's length, and marks the request admitted. Its
 // refusals close the connection, the body unread.
-func (h *Handler) admitCredentials(x *exchange, r *http.Request) *refusal {
-	w := x.w
-	if !h.scheme.authenticate(x, r) {
+func (h *Handler) admitCredentials(x *exchange) *refusal {
+	if !h.scheme.authenticate(x) {
 		// A signed request whose header is missing or malformed is
 		// refused before its body costs any memory.
-		closeUnread(w, r)
+		x.closeUnread()
 		return refusedAuth
 	}
-	if len(r.Header.Get("Idempotency-Key")) > maxIdempotencyKey {
-		closeUnread(w, r)
+	if len(x.req.key) > maxIdempotencyKey {
+		x.closeUnread()
 		return refusedKeyTooLong
 	}
 	x.admitted = true
@@ -116,17 +116,17 @@ func (h *Handler) admitCredentials(x *exchange, r *http.Request) *refusal {
 
 // requestTopic resolves the request's topic; "" and why if it is not
 // allowed.
-func (h *Handler) requestTopic(x *exchange, r *http.Request) (string, *refusal) {
-	return h.mode.topic(h, x, r)
+func (h *Handler) requestTopic(x *exchange) (string, *refusal) {
+	return h.mode.topic(h, x)
 }
 
 // topicFor resolves the topic of the handler's topic setting for the
 // request; false if it is not allowed.
-func (h *Handler) topicFor(r *http.Request) (string, bool) {
+func (h *Handler) topicFor(req *request) (string, bool) {
 	if len(h.allowTopics) == 0 {
 		return h.Topic, true
 	}
-	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	repl := req.repl
 	if repl == nil {
 		return "", false
 	}
@@ -147,28 +147,28 @@ const minReadChunk = 512
 // A body of known length up to readStep is read into one buffer of its
 // size; a larger one, or one of unknown length, in chunks of at most
 // readStep, joined once it is all there.
-func (h *Handler) readBody(r *http.Request) ([]byte, int) {
-	if r.ContentLength > h.MaxSize {
+func (h *Handler) readBody(r *request) ([]byte, int) {
+	if r.contentLength > h.MaxSize {
 		return nil, http.StatusRequestEntityTooLarge
 	}
 	// net/http never gives more than a known length; of an unknown
 	// one, a byte past max_size tells that it is too large.
 	limit := h.MaxSize + 1
-	if r.ContentLength >= 0 {
-		limit = r.ContentLength
+	if r.contentLength >= 0 {
+		limit = r.contentLength
 	}
 	var first []byte  // the first chunk: usually the whole body
 	var more [][]byte // the chunks after it
 	total := int64(0)
 	for total < limit {
 		size := limit - total // a known length: the rest, up to readStep
-		if r.ContentLength < 0 {
+		if r.contentLength < 0 {
 			// An unknown length: chunks that start small and
 			// grow with the body.
 			size = min(size, max(total, minReadChunk))
 		}
 		chunk := make([]byte, min(size, readStep))
-		n, err := io.ReadFull(r.Body, chunk)
+		n, err := io.ReadFull(r.bodyReader, chunk)
 		total += int64(n)
 		if first == nil {
 			first = chunk[:n]
@@ -176,7 +176,7 @@ func (h *Handler) readBody(r *http.Request) ([]byte, int) {
 			more = append(more, chunk[:n])
 		}
 		if err == io.EOF || err == io.ErrUnexpectedEOF {
-			if r.ContentLength >= 0 {
+			if r.contentLength >= 0 {
 				return nil, http.StatusBadRequest // shorter than announced
 			}
 			break
@@ -201,9 +201,9 @@ func (h *Handler) readBody(r *http.Request) ([]byte, int) {
 // before the body was read, so that net/http does not read up to 256 KiB
 // of a body nobody wants to keep the connection alive. (HTTP/2 needs
 // nothing: the stream is reset, and the header would end the connection.)
-func closeUnread(w http.ResponseWriter, r *http.Request) {
-	if r.ProtoMajor == 1 && r.ContentLength != 0 {
-		w.Header()["Connection"] = []string{"close"}
+func (x *exchange) closeUnread() {
+	if x.req.protoMajor == 1 && x.req.contentLength != 0 {
+		x.w.Header()["Connection"] = []string{"close"}
 	}
 }
 

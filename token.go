@@ -4,7 +4,6 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
-	"net/http"
 	"strconv"
 	"strings"
 	"time"
@@ -44,17 +43,17 @@ func tokenMAC(secret []byte, topic, expiry string) [sha256.Size]byte {
 type tokens struct {
 	secrets  *secrets
 	maxAge   time.Duration
-	topicFor func(*exchange, *http.Request) (string, *refusal)
+	topicFor func(*exchange) (string, *refusal)
 }
 
-func (t tokens) authenticate(x *exchange, r *http.Request) bool {
-	x.identity = identity{scheme: "token"}
-	topic, ref := t.topicFor(x, r)
+func (t tokens) authenticate(x *exchange) bool {
+	x.req.identity = identity{scheme: "token"}
+	topic, ref := t.topicFor(x)
 	if ref != nil {
 		return false
 	}
-	n, ok := t.valid(r.URL.Query().Get("token"), topic, time.Now())
-	x.identity.secret = n
+	n, ok := t.valid(x.req.token, topic, time.Now())
+	x.req.identity.secret = n
 	return ok
 }
 

@@ -3,7 +3,6 @@ package queuepublish
 import (
 	"context"
 	"github.com/queuepublish/caddy-queue-publish/internal/producer"
-	"net/http"
 	"strings"
 
 	"go.opentelemetry.io/otel/propagation"
@@ -27,11 +26,11 @@ var traceContext = propagation.TraceContext{}
 // request's headers. The headers are added as the records are published,
 // not before: they differ between a request and its repeat, and are no
 // part of what an Idempotency-Key stands for.
-func addTraceHeaders(r *http.Request, recs []*record) {
-	if r.Header.Get("Traceparent") == "" { // canonical: no allocation
+func addTraceHeaders(req *request, recs []*record) {
+	if req.traceparent == "" {
 		return
 	}
-	ctx := traceContext.Extract(context.Background(), propagation.HeaderCarrier(r.Header))
+	ctx := traceContext.Extract(context.Background(), propagation.MapCarrier{headerTraceparent: req.traceparent, headerTracestate: req.tracestate})
 	carrier := propagation.MapCarrier{}
 	traceContext.Inject(ctx, carrier)
 	parent, state := carrier[headerTraceparent], carrier[headerTracestate]
