@@ -13,40 +13,40 @@ import (
 
 // Every answer is JSON, in one of three shapes, as the seed answers:
 //   - a success: {"success":true,...} with where the records went;
-//   - a refusal, a request that is wrong and of which nothing is produced:
+//   - a rejection, a request that is wrong and of which nothing is produced:
 //     {"err":"..."} (a schema mismatch adds "issues");
 //   - a failure to publish: {"error":"...","outcome":"not_written"|"unknown"},
 //     whose status says whether retrying is safe (503), the outcome is
 //     unknown (504) or it will never work (413, 500).
 
-// A refusal is the answer to a request that is wrong: nothing of it is
+// A rejection is the answer to a request that is wrong: nothing of it is
 // produced.
-type refusal struct {
+type rejection struct {
 	reason  string // the label of queue_publish_rejections_total
 	status  int
 	body    []byte
 	message string
 	// In mode confluent, the status, error_code and message that
-	// Confluent REST Proxy's clients know for this refusal; zero or
+	// Confluent REST Proxy's clients know for this rejection; zero or
 	// empty: status, status and message.
 	confluentStatus, confluentCode int
 	confluentMessage               string
-	// endsStream: a refusal of a record in a stream after which the
+	// endsStream: a rejection of a record in a stream after which the
 	// stream cannot be read on (its JSON is broken, or too long).
 	endsStream bool
 }
 
-// The refusals with a fixed body.
+// The rejections with a fixed body.
 var (
-	refusedMethod        = refuse(rejectMethod, http.StatusMethodNotAllowed, "method not allowed")
-	refusedOrigin        = refuse(rejectOrigin, http.StatusForbidden, "origin not allowed")
-	refusedAuth          = confluentRefusal(refuse(rejectAuth, http.StatusForbidden, "invalid auth token provided"), http.StatusUnauthorized, http.StatusUnauthorized, "Unauthorized")
-	refusedKeyTooLong    = refuse(rejectIdempotency, http.StatusBadRequest, "Idempotency-Key longer than 255 bytes")
-	refusedTooLarge      = refuse(rejectTooLarge, http.StatusRequestEntityTooLarge, "payload too large")
-	refusedInvalidJSON   = refuse(rejectInvalidJSON, http.StatusBadRequest, "payload not valid JSON")
-	refusedTopic         = confluentRefusal(refuse(rejectTopic, http.StatusNotFound, "unknown topic"), http.StatusNotFound, confluent.CodeTopicNotFound, "Topic not found.")
-	refusedKeyReused     = refuse(rejectIdempotency, http.StatusUnprocessableEntity, "Idempotency-Key already used with another request")
-	refusedKeyInProgress = refuse(rejectIdempotency, http.StatusConflict, "a request with this Idempotency-Key is in progress")
+	rejectedMethod        = reject(rejectMethod, http.StatusMethodNotAllowed, "method not allowed")
+	rejectedOrigin        = reject(rejectOrigin, http.StatusForbidden, "origin not allowed")
+	rejectedAuth          = confluentRejection(reject(rejectAuth, http.StatusForbidden, "invalid auth token provided"), http.StatusUnauthorized, http.StatusUnauthorized, "Unauthorized")
+	rejectedKeyTooLong    = reject(rejectIdempotency, http.StatusBadRequest, "Idempotency-Key longer than 255 bytes")
+	rejectedTooLarge      = reject(rejectTooLarge, http.StatusRequestEntityTooLarge, "payload too large")
+	rejectedInvalidJSON   = reject(rejectInvalidJSON, http.StatusBadRequest, "payload not valid JSON")
+	rejectedTopic         = confluentRejection(reject(rejectTopic, http.StatusNotFound, "unknown topic"), http.StatusNotFound, confluent.CodeTopicNotFound, "Topic not found.")
+	rejectedKeyReused     = reject(rejectIdempotency, http.StatusUnprocessableEntity, "Idempotency-Key already used with another request")
+	rejectedKeyInProgress = reject(rejectIdempotency, http.StatusConflict, "a request with this Idempotency-Key is in progress")
 )
 
 // errQueueFull is the failure of a request of delivery async that
@@ -56,33 +56,33 @@ var errQueueFull = &publishError{Outcome: outcomeRetry, Reason: "queue full"}
 // bodyAccepted answers a request of delivery async, once queued.
 var bodyAccepted = []byte(`{"success":true}`)
 
-// Error makes a refusal an error, for the readers of the envelope.
-func (ref *refusal) Error() string { return ref.message }
+// Error makes a rejection an error, for the readers of the envelope.
+func (ref *rejection) Error() string { return ref.message }
 
-func refuse(reason string, status int, message string) *refusal {
-	return &refusal{reason: reason, status: status, body: errBody(message), message: message}
+func reject(reason string, status int, message string) *rejection {
+	return &rejection{reason: reason, status: status, body: errBody(message), message: message}
 }
 
-// confluentRefusal gives ref the status, error_code and message of mode
+// confluentRejection gives ref the status, error_code and message of mode
 // confluent.
-func confluentRefusal(ref *refusal, status, code int, message string) *refusal {
+func confluentRejection(ref *rejection, status, code int, message string) *rejection {
 	ref.confluentStatus, ref.confluentCode, ref.confluentMessage = status, code, message
 	return ref
 }
 
-// badRequest is a 400 refusal whose message says what is wrong.
-func badRequest(reason, format string, args ...any) *refusal {
-	return refuse(reason, http.StatusBadRequest, fmt.Sprintf(format, args...))
+// badRequest is a 400 rejection whose message says what is wrong.
+func badRequest(reason, format string, args ...any) *rejection {
+	return reject(reason, http.StatusBadRequest, fmt.Sprintf(format, args...))
 }
 
-// errBody is the body of a refusal.
+// errBody is the body of a rejection.
 func errBody(message string) []byte {
 	b := append([]byte(`{"err":`), quote(message)...)
 	return append(b, '}')
 }
 
 // exchange is one request's answer as it is made: the status written,
-// the topic, and why the request was refused, for the metrics.
+// the topic, and why the request was rejected, for the metrics.
 type exchange struct {
 	w        http.ResponseWriter
 	producer *producer.Producer // nil if the handler has none any more
@@ -99,10 +99,10 @@ type exchange struct {
 	contentType string // of the answer; empty: application/json
 }
 
-// refuse answers a request that is wrong.
-func (x *exchange) refuse(ref *refusal) error {
+// reject answers a request that is wrong.
+func (x *exchange) reject(ref *rejection) error {
 	x.reason = ref.reason
-	return x.mode.refuse(x, ref)
+	return x.mode.reject(x, ref)
 }
 
 // fail answers a request none of whose records was published.

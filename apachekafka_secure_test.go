@@ -122,11 +122,11 @@ func TestApacheKafkaSASL(t *testing.T) {
 			t.Logf("Caddy's log:\n%s", log)
 		}
 	})
-	// Kafka's own refusal, per mechanism (PLAIN's does not name itself).
-	for _, refusal := range []string{"Invalid username or password", "mechanism SCRAM-SHA-256", "mechanism SCRAM-SHA-512"} {
-		if !hasLogLine(log, "error", "the Kafka brokers refuse the connection: Kafka authentication failed; check the settings", refusal) ||
-			!hasLogLine(log, "error", "publish failed", refusal) {
-			t.Errorf("Caddy's log does not say, at error level, that Kafka refused the credentials (%s)", refusal)
+	// Kafka's own rejection, per mechanism (PLAIN's does not name itself).
+	for _, rejection := range []string{"Invalid username or password", "mechanism SCRAM-SHA-256", "mechanism SCRAM-SHA-512"} {
+		if !hasLogLine(log, "error", "the Kafka brokers refuse the connection: Kafka authentication failed; check the settings", rejection) ||
+			!hasLogLine(log, "error", "publish failed", rejection) {
+			t.Errorf("Caddy's log does not say, at error level, that Kafka refused the credentials (%s)", rejection)
 		}
 	}
 	if strings.Contains(string(log), apachekafka.Password) {

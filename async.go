@@ -40,8 +40,8 @@ func (h *Handler) publishAsync(x *exchange, recs []*record) error {
 		return x.answer(http.StatusAccepted, bodyAccepted)
 	}
 	h.asyncPending.Add(-int64(len(recs) - queued))
-	if ref := partitionRefusal(err); ref != nil {
-		return x.refuse(ref)
+	if ref := partitionRejection(err); ref != nil {
+		return x.reject(ref)
 	}
 	f := recs[len(recs)-1].Outcome() // the topic could not be had, or the producer closed
 	if queued == 0 {

@@ -48,7 +48,7 @@ type Authentication struct {
 
 	secrets  secrets       // resolved
 	scheme   authenticator // chosen at provision
-	topicFor func(*exchange) (string, *refusal)
+	topicFor func(*exchange) (string, *rejection)
 }
 
 // check checks the settings.

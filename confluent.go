@@ -12,10 +12,10 @@ import (
 // v3's streaming included), whose wire format is internal/confluent's:
 // the routes, media types, bodies and answers. Here is what serves them:
 // the steps of a request, v3's streaming (confluent_stream.go), and the
-// package's refusals made the module's, answered and counted as any.
+// package's rejections made the module's, answered and counted as any.
 
-// refusedConfluentStream refuses an Idempotency-Key on a stream.
-var refusedConfluentStream = refuse(rejectIdempotency, http.StatusBadRequest, "Idempotency-Key applies to a request of known length; a streamed request's records are answered one by one")
+// rejectedConfluentStream refuses an Idempotency-Key on a stream.
+var rejectedConfluentStream = reject(rejectIdempotency, http.StatusBadRequest, "Idempotency-Key applies to a request of known length; a streamed request's records are answered one by one")
 
 // serveConfluent serves a request of mode confluent: its path and
 // Content-Type say which API it speaks, then it goes the steps of any
@@ -32,7 +32,7 @@ func (h *Handler) serveConfluent(x *exchange) error {
 	// methods and media types served here, and its body is not read.
 	// (The path is parsed before: a token is valid for its topic only.)
 	if ref := h.admitCredentials(x); ref != nil {
-		return x.refuse(ref)
+		return x.reject(ref)
 	}
 	if err == nil {
 		err = api.CheckMedia(x.req.method, x.req.contentType)
@@ -41,7 +41,7 @@ func (h *Handler) serveConfluent(x *exchange) error {
 		if err == confluent.ErrMethod {
 			x.w.Header()["Allow"] = []string{"POST"}
 		}
-		return x.refuse(confluentRefusalOf(err))
+		return x.reject(confluentRejectionOf(err))
 	}
 	if api.V3 && x.req.contentLength < 0 && x.req.method == http.MethodPost {
 		return h.serveStream(x)
@@ -49,13 +49,13 @@ func (h *Handler) serveConfluent(x *exchange) error {
 	return h.serve(x)
 }
 
-// confluentRefusalOf is the module's refusal for one of the wire format's,
+// confluentRejectionOf is the module's rejection for one of the wire format's,
 // nil for none.
-func confluentRefusalOf(err *confluent.Error) *refusal {
+func confluentRejectionOf(err *confluent.Error) *rejection {
 	if err == nil {
 		return nil
 	}
-	ref := confluentRefusal(refuse(err.Reason, err.Status, err.Message), err.Status, err.Code, err.Message)
+	ref := confluentRejection(reject(err.Reason, err.Status, err.Message), err.Status, err.Code, err.Message)
 	ref.endsStream = err.EndsStream
 	return ref
 }
@@ -67,40 +67,40 @@ func (h *Handler) confluentOptions() confluent.Options {
 
 // parseConfluent turns the body of a request of mode confluent of known
 // length into its records.
-func (h *Handler) parseConfluent(api *confluent.Route, body []byte, now time.Time) ([]*record, *refusal) {
+func (h *Handler) parseConfluent(api *confluent.Route, body []byte, now time.Time) ([]*record, *rejection) {
 	recs, err := confluent.ParseBody(api, body, now, h.confluentOptions())
 	if err != nil {
-		return nil, confluentRefusalOf(err)
+		return nil, confluentRejectionOf(err)
 	}
 	return recs, nil
 }
 
 // confluentTopic is the topic a request of mode confluent names, if
 // allowed.
-func (h *Handler) confluentTopic(api *confluent.Route) (string, *refusal) {
+func (h *Handler) confluentTopic(api *confluent.Route) (string, *rejection) {
 	if err := api.CheckCluster(h.ClusterID); err != nil {
-		return "", confluentRefusalOf(err)
+		return "", confluentRejectionOf(err)
 	}
 	if !h.allowTopics[api.Topic] {
-		return "", refusedTopic
+		return "", rejectedTopic
 	}
 	return api.Topic, nil
 }
 
-// answerConfluentRefusal answers a refusal in mode confluent: the REST
+// answerConfluentRejection answers a rejection in mode confluent: the REST
 // Proxy's {"error_code","message"}, with its status where its clients
 // expect one of their own (401 and a challenge for wrong credentials).
-func (x *exchange) answerConfluentRefusal(ref *refusal) error {
-	if ref == refusedAuth {
+func (x *exchange) answerConfluentRejection(ref *rejection) error {
+	if ref == rejectedAuth {
 		x.w.Header()["Www-Authenticate"] = []string{`Basic realm="queue_publish"`}
 	}
 	status, code, message := confluentError(ref)
 	return x.answerConfluentError(status, code, message)
 }
 
-// confluentError is the status, error_code and message of a refusal in
+// confluentError is the status, error_code and message of a rejection in
 // mode confluent.
-func confluentError(ref *refusal) (status, code int, message string) {
+func confluentError(ref *rejection) (status, code int, message string) {
 	return cmp.Or(ref.confluentStatus, ref.status), cmp.Or(ref.confluentCode, ref.status), cmp.Or(ref.confluentMessage, ref.message)
 }
 

@@ -33,13 +33,13 @@ func (h *Handler) serveStream(x *exchange) error {
 	// (go.dev/issue/68560). serveConfluent checked the credentials.
 	if x.req.key != "" {
 		x.closeUnread()
-		return x.refuse(refusedConfluentStream)
+		return x.reject(rejectedConfluentStream)
 	}
 	topic, ref := h.requestTopic(x)
 	x.topic = topic
 	if ref != nil {
 		x.closeUnread()
-		return x.refuse(ref)
+		return x.reject(ref)
 	}
 	// HTTP/1 answers while it reads only in full duplex (HTTP/2 always
 	// can); without, net/http would discard what is left of the body when
@@ -124,7 +124,7 @@ func endUnread(rc *http.ResponseController, protoMinor int) {
 type streamItem struct {
 	rec     *record
 	shape   confluent.Shape
-	ref     *refusal      // the record is refused, not sent
+	ref     *rejection    // the record is refused, not sent
 	started bool          // the record was given to the producer
 	outcome *publishError // once settled; nil: acknowledged
 	start   time.Time
@@ -218,17 +218,17 @@ func (h *Handler) readStream(ctx context.Context, x *exchange,
 				*unread = false
 				return
 			}
-			item.ref = confluentRefusalOf(confluent.ErrBrokenJSON)
+			item.ref = confluentRejectionOf(confluent.ErrBrokenJSON)
 		} else {
 			// The record's time, and its deadline, start when it
 			// arrives, however long the client paused before it.
 			item.start = time.Now()
 			item.rec = newRecord(nil, item.start, time.Duration(h.Timeout))
-			item.ref = confluentRefusalOf(confluent.ReadV3Record(d, item.rec, &item.shape, h.MaxSize))
+			item.ref = confluentRejectionOf(confluent.ReadV3Record(d, item.rec, &item.shape, h.MaxSize))
 			item.size = d.InputOffset() - offset
 		}
 		if body.over {
-			item.ref = confluentRefusalOf(confluent.ErrRecordTooLarge)
+			item.ref = confluentRejectionOf(confluent.ErrRecordTooLarge)
 		}
 		if item.ref == nil {
 			window.take(item.size)
@@ -258,7 +258,7 @@ func (h *Handler) startStreamRecord(x *exchange, item *streamItem) {
 	}
 	item.rec.Topic = x.topic
 	err := x.producer.Start(x.req.ctx, recs)
-	if item.ref = partitionRefusal(err); item.ref != nil {
+	if item.ref = partitionRejection(err); item.ref != nil {
 		return
 	}
 	item.started = true // a failed topic lookup is the record's outcome

@@ -45,7 +45,7 @@ var (
 )
 
 // Confluent's own request and answer examples for v3 (its OpenAPI
-// reference), and the refusals a REST Proxy client knows, through Caddy:
+// reference), and the rejections a REST Proxy client knows, through Caddy:
 // same paths, bodies and answers, byte for byte.
 func TestConfluentV3Examples(t *testing.T) {
 	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(2, "topic_1"), kfake.SeedTopics(1, "jsontest"))
@@ -464,7 +464,7 @@ func TestConfluentStreamRefusedUnread(t *testing.T) {
 		body               string
 	}{
 		{"Idempotency-Key", v3Path, "Idempotency-Key: stream-1\r\n", 400,
-			`{"error_code":400,"message":` + string(quote(refusedConfluentStream.message)) + "}\r\n"},
+			`{"error_code":400,"message":` + string(quote(rejectedConfluentStream.message)) + "}\r\n"},
 		{"topic not allowed", "/v3/clusters/cluster-1/topics/secret/records", "", 404,
 			`{"error_code":40401,"message":"Topic not found."}` + "\r\n"},
 		{"another cluster", "/v3/clusters/other/topics/topic_1/records", "", 404,
@@ -693,9 +693,9 @@ func noPanicLogged(t *testing.T, logFile string) {
 	}
 }
 
-// The wire format's refusals count under the module's labels, and those
+// The wire format's rejections count under the module's labels, and those
 // it shares with the other modes have their words.
-func TestConfluentRefusalsAreTheModules(t *testing.T) {
+func TestConfluentRejectionsAreTheModules(t *testing.T) {
 	for _, pair := range [][2]string{
 		{confluent.ReasonRecords, rejectRecords}, {confluent.ReasonPath, rejectPath},
 		{confluent.ReasonContentType, rejectContentType}, {confluent.ReasonInvalidJSON, rejectInvalidJSON},
@@ -707,9 +707,9 @@ func TestConfluentRefusalsAreTheModules(t *testing.T) {
 	}
 	for _, pair := range []struct {
 		err *confluent.Error
-		ref *refusal
-	}{{confluent.ErrInvalidJSON, refusedInvalidJSON}, {confluent.ErrBrokenJSON, refusedInvalidJSON}, {confluent.ErrRecordTooLarge, refusedTooLarge}} {
-		ref := confluentRefusalOf(pair.err)
+		ref *rejection
+	}{{confluent.ErrInvalidJSON, rejectedInvalidJSON}, {confluent.ErrBrokenJSON, rejectedInvalidJSON}, {confluent.ErrRecordTooLarge, rejectedTooLarge}} {
+		ref := confluentRejectionOf(pair.err)
 		if ref.reason != pair.ref.reason || ref.status != pair.ref.status || ref.message != pair.ref.message || string(ref.body) != string(pair.ref.body) {
 			t.Errorf("%+v answered as %+v, the module's %+v", pair.err, ref, pair.ref)
 		}

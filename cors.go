@@ -95,7 +95,7 @@ func (c *CrossOrigin) preflight(x *exchange) error {
 	if c.corsOrigin(&x.req) == "" || x.req.preflight != http.MethodPost {
 		x.w.Header().Del("Access-Control-Allow-Origin")
 		x.w.Header().Del("Access-Control-Expose-Headers")
-		return x.refuse(refusedOrigin)
+		return x.reject(rejectedOrigin)
 	}
 	header := x.w.Header()
 	header["Access-Control-Allow-Methods"] = []string{http.MethodPost}

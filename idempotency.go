@@ -242,15 +242,15 @@ func (h *Handler) publishOnce(x *exchange, recs []*record) error {
 	}
 	switch st {
 	case idemOtherBody:
-		return x.refuse(refusedKeyReused)
+		return x.reject(rejectedKeyReused)
 	case idemInProgress:
-		return x.refuse(refusedKeyInProgress)
+		return x.reject(rejectedKeyInProgress)
 	}
 	if st == idemRepeat && !claim.matches(len(recs)) {
 		// Not the same request after all (the digest covers the mode,
 		// so this needs a hash collision); never pair records wrongly.
 		claim.settle(nil)
-		return x.refuse(refusedKeyReused)
+		return x.reject(rejectedKeyReused)
 	}
 	final, send := recs, recs
 	if st == idemRepeat {

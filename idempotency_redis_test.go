@@ -633,7 +633,7 @@ func TestRedisStoreTLSVerifies(t *testing.T) {
 		name     string
 		settings map[string]string
 		verified bool
-		log      string // the reason, in the warning of a refusal
+		log      string // the reason, in the warning of a rejection
 	}{
 		{"the CA and a client certificate", client, true, ""},
 		{"the system's roots", nil, false, "certificate signed by unknown authority"},

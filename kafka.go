@@ -77,8 +77,8 @@ type Kafka struct {
 	// Whether the producer is idempotent: true or false. Unset, it is
 	// with acks "all" (as in Kafka's clients, idempotence needs it),
 	// unless the cluster refuses it (an ACL, an old version): then it
-	// warns and produces without. true makes a refusal a config error
-	// when a broker answers at load, and every record's refusal after.
+	// warns and produces without. true makes a rejection a config error
+	// when a broker answers at load, and every record's rejection after.
 	// Idempotence removes the duplicates the producer's own retries can
 	// store; a client's repeat of a request is what Idempotency-Key
 	// covers.

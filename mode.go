@@ -16,7 +16,7 @@ import (
 // Confluent REST Proxy's produce APIs. It is chosen once, from the mode
 // setting, when the config loads; nothing else asks which mode it is.
 type mode interface {
-	// check checks the settings the mode needs or refuses.
+	// check checks the settings the mode needs or rejects.
 	check(q *Requests) error
 	// validate checks the rules the mode sets for other concerns.
 	validate(h *Handler) error
@@ -24,12 +24,12 @@ type mode interface {
 	// routes around them.
 	serve(h *Handler, x *exchange) error
 	// checkBody checks a body before its topic is resolved.
-	checkBody(body []byte) *refusal
+	checkBody(body []byte) *rejection
 	// topic resolves the request's topic; "" and why if it is not
 	// allowed.
-	topic(h *Handler, x *exchange) (string, *refusal)
+	topic(h *Handler, x *exchange) (string, *rejection)
 	// records turns a body into records.
-	records(h *Handler, x *exchange) ([]*record, *refusal)
+	records(h *Handler, x *exchange) ([]*record, *rejection)
 	// valuePath is where the value of the i-th record is in the body,
 	// as a JSON pointer, for the issues a schema finds.
 	valuePath(i int) string
@@ -37,11 +37,11 @@ type mode interface {
 	// everything that shapes its records.
 	digest(x *exchange, body []byte, recs []*record) [sha256.Size]byte
 	// answer answers a request whose records were sent, in the mode's
-	// shape; fail answers one none of whose records was, and refuse one
+	// shape; fail answers one none of whose records was, and reject one
 	// that is wrong.
 	answer(h *Handler, x *exchange, recs []*record, out outcomes) error
 	fail(x *exchange, f *publishError) error
-	refuse(x *exchange, ref *refusal) error
+	reject(x *exchange, ref *rejection) error
 }
 
 // modeOf is the mode a setting names, checked.
@@ -81,16 +81,16 @@ func (ownTopic) validate(*Handler) error { return nil }
 
 func (ownTopic) serve(h *Handler, x *exchange) error { return h.serve(x) }
 
-func (ownTopic) topic(h *Handler, x *exchange) (string, *refusal) {
+func (ownTopic) topic(h *Handler, x *exchange) (string, *rejection) {
 	if topic, ok := h.topicFor(&x.req); ok {
 		return topic, nil
 	}
-	return "", refusedTopic
+	return "", rejectedTopic
 }
 
 func (ownTopic) fail(x *exchange, f *publishError) error { return x.answerFailure(f) }
 
-func (ownTopic) refuse(x *exchange, ref *refusal) error { return x.answer(ref.status, ref.body) }
+func (ownTopic) reject(x *exchange, ref *rejection) error { return x.answer(ref.status, ref.body) }
 
 // bodyMode: the whole body is one record, with the key and headers the
 // config takes from the request.
@@ -98,14 +98,14 @@ type bodyMode struct{ ownTopic }
 
 func (m bodyMode) check(q *Requests) error { return m.checkTopics(q) }
 
-func (bodyMode) checkBody(body []byte) *refusal {
+func (bodyMode) checkBody(body []byte) *rejection {
 	if !validJSON(body) {
-		return refusedInvalidJSON
+		return rejectedInvalidJSON
 	}
 	return nil
 }
 
-func (bodyMode) records(h *Handler, x *exchange) ([]*record, *refusal) {
+func (bodyMode) records(h *Handler, x *exchange) ([]*record, *rejection) {
 	return []*record{h.bodyRecord(&x.req)}, nil
 }
 
@@ -138,9 +138,9 @@ func (m recordsMode) check(q *Requests) error {
 }
 
 // checkBody: the envelope's JSON is checked as it is parsed.
-func (recordsMode) checkBody([]byte) *refusal { return nil }
+func (recordsMode) checkBody([]byte) *rejection { return nil }
 
-func (recordsMode) records(h *Handler, x *exchange) ([]*record, *refusal) {
+func (recordsMode) records(h *Handler, x *exchange) ([]*record, *rejection) {
 	return h.parseEnvelope(x.req.body, x.req.start)
 }
 
@@ -188,13 +188,13 @@ func (confluentMode) serve(h *Handler, x *exchange) error {
 }
 
 // checkBody: a body's JSON is checked as it is parsed.
-func (confluentMode) checkBody([]byte) *refusal { return nil }
+func (confluentMode) checkBody([]byte) *rejection { return nil }
 
-func (confluentMode) topic(h *Handler, x *exchange) (string, *refusal) {
+func (confluentMode) topic(h *Handler, x *exchange) (string, *rejection) {
 	return h.confluentTopic(x.api)
 }
 
-func (confluentMode) records(h *Handler, x *exchange) ([]*record, *refusal) {
+func (confluentMode) records(h *Handler, x *exchange) ([]*record, *rejection) {
 	return h.parseConfluent(x.api, x.req.body, x.req.start)
 }
 
@@ -213,4 +213,6 @@ func (confluentMode) fail(x *exchange, f *publishError) error {
 	return x.answerConfluentError(statusOf(f.Outcome), confluent.FailureCode(f.Outcome), f.Reason)
 }
 
-func (confluentMode) refuse(x *exchange, ref *refusal) error { return x.answerConfluentRefusal(ref) }
+func (confluentMode) reject(x *exchange, ref *rejection) error {
+	return x.answerConfluentRejection(ref)
+}

@@ -30,8 +30,8 @@ func (h *Handler) publish(x *exchange, final, send []*record) error {
 // request's timeout, and answers with final.
 func (h *Handler) publishSync(x *exchange, final, send []*record) error {
 	if len(send) > 0 {
-		if ref := partitionRefusal(x.producer.Produce(x.req.ctx, send)); ref != nil {
-			return x.refuse(ref)
+		if ref := partitionRejection(x.producer.Produce(x.req.ctx, send)); ref != nil {
+			return x.reject(ref)
 		}
 	}
 	out := outcomesOf(final)
@@ -39,15 +39,15 @@ func (h *Handler) publishSync(x *exchange, final, send []*record) error {
 	return h.mode.answer(h, x, final, out)
 }
 
-// partitionRefusal is the refusal of a call that queued nothing because a record
+// partitionRejection is the rejection of a call that queued nothing because a record
 // asks for a partition the topic does not have; nil for any other
 // outcome, which the records' own outcomes tell.
-func partitionRefusal(err error) *refusal {
+func partitionRejection(err error) *rejection {
 	var perr *producer.PartitionError
 	if !errors.As(err, &perr) {
 		return nil
 	}
-	return confluentRefusal(badRequest(rejectRecords, "%s", perr.Error()), http.StatusNotFound, confluent.CodePartitionNotFound, "")
+	return confluentRejection(badRequest(rejectRecords, "%s", perr.Error()), http.StatusNotFound, confluent.CodePartitionNotFound, "")
 }
 
 // countSent counts and logs the records of send, which final holds in

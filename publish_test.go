@@ -260,13 +260,13 @@ func TestAsyncRecordsWaitForTheBrokerWithinQueueTimeout(t *testing.T) {
 	}
 	// The broker still gets the record, refused, well past the request's
 	// timeout: the producer kept it.
-	refusedBefore := 0
+	rejectedBefore := 0
 	waitFor(t, 10*time.Second, func() bool {
 		if time.Since(accepted) < 3*timeout {
-			refusedBefore = down.Hits()
+			rejectedBefore = down.Hits()
 			return false
 		}
-		return down.Hits() > refusedBefore
+		return down.Hits() > rejectedBefore
 	})
 	down.Remove()
 	waitFor(t, 10*time.Second, func() bool { return c.PartitionInfo("kept", 0).HighWatermark == 1 })

@@ -26,7 +26,7 @@ func addKeyHeader(recs []*record, key string) {
 
 // toRecords turns a request's body into its records, and checks them
 // against the schema.
-func (h *Handler) toRecords(x *exchange) ([]*record, *refusal) {
+func (h *Handler) toRecords(x *exchange) ([]*record, *rejection) {
 	recs, ref := h.mode.records(h, x)
 	if ref != nil {
 		return nil, ref
@@ -68,7 +68,7 @@ func (h *Handler) bodyRecord(req *request) *record {
 // records. A value is kept as the exact JSON text the client sent: a slice
 // of the body. Any malformed record fails the whole request, naming what
 // is wrong; a body that is not JSON at all is reported as such.
-func (h *Handler) parseEnvelope(body []byte, now time.Time) ([]*record, *refusal) {
+func (h *Handler) parseEnvelope(body []byte, now time.Time) ([]*record, *rejection) {
 	recs, err := envelope.Parse(body, envelope.Options{MaxRecords: h.MaxRecords, Now: now, Timeout: time.Duration(h.Timeout)},
 		func(d *jsontext.Decoder, i int, rec *record) error {
 			return readEnvelopeRecord(d, body, i, rec)
@@ -85,9 +85,9 @@ func (h *Handler) parseEnvelope(body []byte, now time.Time) ([]*record, *refusal
 const envelopeShape = `body must be an object {"records":[...]}: `
 
 // envelopeRefusal words an error of the envelope for records mode.
-func envelopeRefusal(err error, maxRecords int) *refusal {
+func envelopeRefusal(err error, maxRecords int) *rejection {
 	switch err := err.(type) {
-	case *refusal:
+	case *rejection:
 		return err
 	case *envelope.ShapeError:
 		switch err.Problem {
@@ -105,7 +105,7 @@ func envelopeRefusal(err error, maxRecords int) *refusal {
 			return badRequest(rejectRecords, `"records" is empty`)
 		}
 	}
-	return refusedInvalidJSON
+	return rejectedInvalidJSON
 }
 
 // readEnvelopeRecord reads the i-th record of a records-mode body into

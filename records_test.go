@@ -292,7 +292,7 @@ func FuzzParseEnvelope(f *testing.F) {
 			}
 			// A body that is not valid JSON is told so, whatever
 			// else is wrong with it.
-			if cerr != refusedInvalidJSON && !validJSON(body) {
+			if cerr != rejectedInvalidJSON && !validJSON(body) {
 				t.Fatalf("%q is not valid JSON, answered %s", body, cerr.body)
 			}
 			return

@@ -37,7 +37,7 @@ type schemaIssue struct {
 // checkSchema validates the value of every record against the schema and
 // returns a 400 listing the issues if any value fails. In records mode the
 // paths point into the envelope.
-func (h *Handler) checkSchema(recs []*record) *refusal {
+func (h *Handler) checkSchema(recs []*record) *rejection {
 	var issues []schemaIssue
 	for i, rec := range recs {
 		prefix := h.mode.valuePath(i)
@@ -76,7 +76,7 @@ func (h *Handler) checkSchema(recs []*record) *refusal {
 	for _, is := range issues {
 		message += " " + cmp.Or(is.Path, "/") + ": " + is.Message + ";"
 	}
-	return &refusal{reason: rejectSchema, status: http.StatusBadRequest, body: b, message: strings.TrimSuffix(message, ";")}
+	return &rejection{reason: rejectSchema, status: http.StatusBadRequest, body: b, message: strings.TrimSuffix(message, ";")}
 }
 
 // The validator compares numbers exactly, as big.Rat, and turning a

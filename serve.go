@@ -42,12 +42,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 // records, published (once, with an Idempotency-Key), answered.
 func (h *Handler) serve(x *exchange) error {
 	if ref := h.admit(x); ref != nil {
-		return x.refuse(ref)
+		return x.reject(ref)
 	}
 	x.req.start = time.Now()
 	recs, ref := h.toRecords(x)
 	if ref != nil {
-		return x.refuse(ref)
+		return x.reject(ref)
 	}
 	if x.req.key != "" {
 		return h.publishOnce(x, recs)
@@ -59,7 +59,7 @@ func (h *Handler) serve(x *exchange) error {
 // the secret or signature, the Idempotency-Key's length, the body's size
 // and JSON, and the topic. The body joins the request, unless it is
 // refused.
-func (h *Handler) admit(x *exchange) *refusal {
+func (h *Handler) admit(x *exchange) *rejection {
 	if !x.admitted {
 		if ref := h.admitHeaders(x); ref != nil {
 			return ref
@@ -69,13 +69,13 @@ func (h *Handler) admit(x *exchange) *refusal {
 	switch status {
 	case http.StatusRequestEntityTooLarge:
 		x.closeUnread()
-		return refusedTooLarge
+		return rejectedTooLarge
 	case http.StatusBadRequest:
-		return refusedInvalidJSON
+		return rejectedInvalidJSON
 	}
 	x.req.body = body
 	if !h.scheme.verify(x, body) {
-		return refusedAuth
+		return rejectedAuth
 	}
 	if ref := h.mode.checkBody(body); ref != nil {
 		return ref
@@ -87,28 +87,28 @@ func (h *Handler) admit(x *exchange) *refusal {
 
 // admitHeaders is the part of admit that needs no body: the method, then
 // the credentials.
-func (h *Handler) admitHeaders(x *exchange) *refusal {
+func (h *Handler) admitHeaders(x *exchange) *rejection {
 	if x.req.method != http.MethodPost {
 		x.w.Header()["Allow"] = []string{"POST"}
 		x.closeUnread()
-		return refusedMethod
+		return rejectedMethod
 	}
 	return h.admitCredentials(x)
 }
 
 // admitCredentials checks the secret, the token or the signature's form,
 // and the Idempotency-Key's length, and marks the request admitted. Its
-// refusals close the connection, the body unread.
-func (h *Handler) admitCredentials(x *exchange) *refusal {
+// rejections close the connection, the body unread.
+func (h *Handler) admitCredentials(x *exchange) *rejection {
 	if !h.scheme.authenticate(x) {
 		// A signed request whose header is missing or malformed is
 		// refused before its body costs any memory.
 		x.closeUnread()
-		return refusedAuth
+		return rejectedAuth
 	}
 	if len(x.req.key) > maxIdempotencyKey {
 		x.closeUnread()
-		return refusedKeyTooLong
+		return rejectedKeyTooLong
 	}
 	x.admitted = true
 	return nil
@@ -116,7 +116,7 @@ func (h *Handler) admitCredentials(x *exchange) *refusal {
 
 // requestTopic resolves the request's topic; "" and why if it is not
 // allowed.
-func (h *Handler) requestTopic(x *exchange) (string, *refusal) {
+func (h *Handler) requestTopic(x *exchange) (string, *rejection) {
 	return h.mode.topic(h, x)
 }
 
@@ -197,7 +197,7 @@ func (h *Handler) readBody(r *request) ([]byte, int) {
 	return bytes.Join(append([][]byte{first}, more...), nil), http.StatusOK
 }
 
-// closeUnread makes an HTTP/1 connection close after a refusal answered
+// closeUnread makes an HTTP/1 connection close after a rejection answered
 // before the body was read, so that net/http does not read up to 256 KiB
 // of a body nobody wants to keep the connection alive. (HTTP/2 needs
 // nothing: the stream is reset, and the header would end the connection.)

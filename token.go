@@ -43,7 +43,7 @@ func tokenMAC(secret []byte, topic, expiry string) [sha256.Size]byte {
 type tokens struct {
 	secrets  *secrets
 	maxAge   time.Duration
-	topicFor func(*exchange) (string, *refusal)
+	topicFor func(*exchange) (string, *rejection)
 }
 
 func (t tokens) authenticate(x *exchange) bool {
