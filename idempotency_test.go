@@ -1,6 +1,7 @@
 package queuepublish
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/json"
@@ -215,10 +216,11 @@ func TestIdempotencyDigest(t *testing.T) {
 
 // idemServer runs queue_publish with an idempotency window on topic
 // "events" of c.
-func idemServer(t *testing.T, c *kfake.Cluster, extra string) {
+func idemServer(t *testing.T, c *kfake.Cluster, extra string) (logFile string) {
 	t.Helper()
 	t.Setenv("QP_TEST_SECRET", testSecret)
-	startCaddy(t, filepath.Join(t.TempDir(), "caddy.log"), fmt.Sprintf(`	handle /one {
+	logFile = filepath.Join(t.TempDir(), "caddy.log")
+	startCaddy(t, logFile, fmt.Sprintf(`	handle /one {
 		queue_publish {
 			brokers %[1]s
 			topic events
@@ -239,6 +241,7 @@ func idemServer(t *testing.T, c *kfake.Cluster, extra string) {
 			%[2]s
 		}
 	}`, c.ListenAddrs()[0], extra))
+	return logFile
 }
 
 func withKey(key string) map[string]string {
@@ -564,6 +567,30 @@ func TestIdempotentRetryAfterDroppedConnection(t *testing.T) {
 // timeout) that the broker then proves not written (NOT_ENOUGH_REPLICAS)
 // is produced by the next repeat with its key: the repeat neither waits
 // in vain nor answers 504 for the whole window.
+// A repeat's failure is logged of the records it sent, not of those of
+// the first attempt that stand for it.
+func TestRepeatLogsTheRecordsItSent(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(2, "events"))
+	logFile := idemServer(t, c, "")
+	c.Fault(kfake.Fault{Keys: []kmsg.Key{kmsg.Produce}, Topic: "events", Partitions: []int32{1}, Err: kerr.NotEnoughReplicas, Count: -1})
+	body := `{"records":[{"value":"a","partition":0},{"value":"b","partition":1}]}`
+	for _, attempt := range []string{"first", "repeat"} {
+		if got := do(t, "POST", "/many", withKey("half"), strings.NewReader(body)); got.status != 503 {
+			t.Fatalf("%s: %d %s, want 503 with b not written", attempt, got.status, got.body)
+		}
+	}
+	logs, _ := os.ReadFile(logFile)
+	var lines []string
+	for line := range bytes.Lines(logs) {
+		if bytes.Contains(line, []byte(`"msg":"publish failed"`)) {
+			lines = append(lines, string(line))
+		}
+	}
+	if len(lines) != 2 || !strings.Contains(lines[0], `"records":2,"failed":1`) || !strings.Contains(lines[1], `"records":1,"failed":1`) {
+		t.Errorf("publish failed lines %q, want the first of 2 records and 1 failed, the repeat of the 1 record it sent", lines)
+	}
+}
+
 func TestRepeatProducesWhatTheBrokerProvedNotWritten(t *testing.T) {
 	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "events"))
 	// Without idempotence: with it, the producer retries the held batch

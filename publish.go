@@ -51,18 +51,25 @@ func partitionRejection(err error) *rejection {
 }
 
 // countSent counts and logs the records of send, which final holds in
-// order, with the outcomes of final.
+// order, with the outcomes of final: the records of a first attempt that
+// stand for a repeat were counted by their own request.
 func (h *Handler) countSent(topic string, final, send []*record, out outcomes, start time.Time) {
-	failed, j := false, 0
+	var sent outcomes // of send, if one failed
+	j := 0
 	for i, rec := range final {
 		if j < len(send) && send[j] == rec {
-			j++
+			if f := out.of(i); f != nil {
+				if sent == nil {
+					sent = make(outcomes, len(send))
+				}
+				sent[j] = f
+			}
 			countRecord(topic, rec, out.of(i))
-			failed = failed || out.of(i) != nil
+			j++
 		}
 	}
-	if failed {
-		h.logFailure(topic, final, out, start)
+	if sent != nil {
+		h.logFailure(topic, send, sent, start)
 	} else if len(send) > 0 {
 		metricsFor(topic).latency.Observe(time.Since(start).Seconds())
 	}
