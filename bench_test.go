@@ -39,7 +39,8 @@ func BenchmarkReadBodyAndValidate(b *testing.B) {
 	for b.Loop() {
 		req.Body = bodyReader(body)
 		req.ContentLength = int64(len(body))
-		rq := h.readRequest(req)
+		var rq request
+		h.readRequest(req, &rq)
 		got, status := h.readBody(&rq)
 		if status != 200 || !validJSON(got) {
 			b.Fatal("rejected")

@@ -380,6 +380,7 @@ func queueRoute(path, brokers, topic, extra string) string {
 
 // readOf is what h reads of r, as ServeHTTP reads it.
 func readOf(h *Handler, r *http.Request) *request {
-	req := h.readRequest(r)
+	var req request
+	h.readRequest(r, &req)
 	return &req
 }

@@ -244,10 +244,10 @@ type request struct {
 	signed [sha256.Size]byte
 }
 
-// readRequest reads what the handler needs of r.
-func (h *Handler) readRequest(r *http.Request) request {
+// readRequest reads what the handler needs of r into req.
+func (h *Handler) readRequest(r *http.Request, req *request) {
 	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	req := request{
+	*req = request{
 		ctx:           r.Context(),
 		repl:          repl,
 		method:        r.Method,
@@ -273,5 +273,4 @@ func (h *Handler) readRequest(r *http.Request) request {
 		q := r.URL.Query()
 		req.token, req.hasToken = q.Get("token"), q.Has("token")
 	}
-	return req
 }

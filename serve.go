@@ -15,7 +15,11 @@ import (
 // The request is read once, here; the steps after take what was read.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
 	// Until the topic is resolved, a topic from the request is unknown.
-	x := exchange{w: w, producer: h.producer, mode: h.mode, req: h.readRequest(r)}
+	// On the heap, and the request read into it in place: a handler's
+	// goroutine (one a stream under HTTP/2) starts with a small stack,
+	// which a frame holding the exchange would make grow on every request.
+	x := &exchange{w: w, producer: h.producer, mode: h.mode}
+	h.readRequest(r, &x.req)
 	if h.use != nil {
 		x.producer = h.use.enter()
 		defer h.use.leave()
@@ -23,13 +27,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	if len(h.allowTopics) == 0 {
 		x.topic = h.Topic
 	}
-	h.allowOrigin(&x)
+	h.allowOrigin(x)
 	var err error
 	switch {
-	case h.isPreflight(&x):
-		err = h.preflight(&x)
+	case h.isPreflight(x):
+		err = h.preflight(x)
 	default:
-		err = h.mode.serve(h, &x)
+		err = h.mode.serve(h, x)
 	}
 	countRequest(x.topic, x.status)
 	if x.reason != "" {

@@ -2,8 +2,9 @@
 // producer (acks=all) publishing the same payload from the same number of
 // concurrent, synchronous callers as the HTTP load, for a fixed time:
 // kafka-go's Writer (-client kafka-go, the library this module is built
-// on) or franz-go's kgo (-client kgo, the fastest Go client; idempotent,
-// as this module's producer is by default). It prints one JSON line:
+// on), franz-go's kgo (-client kgo, the fastest Go client; idempotent,
+// as this module's producer is by default), or the module's own producer
+// without HTTP (-client producer), to hold it to kgo. It prints one JSON line:
 // records written, seconds, and the CPU time this process used.
 package main
 
@@ -18,6 +19,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/queuepublish/caddy-queue-publish/internal/producer"
 	"github.com/segmentio/kafka-go"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
@@ -25,7 +27,7 @@ import (
 func main() {
 	brokers := flag.String("brokers", "127.0.0.1:19092", "bootstrap broker")
 	topic := flag.String("topic", "bench", "topic")
-	client := flag.String("client", "kafka-go", "the producer: kafka-go (its Writer) or kgo (franz-go)")
+	client := flag.String("client", "kafka-go", "the producer: kafka-go (its Writer), kgo (franz-go) or producer (the module's)")
 	callers := flag.Int("callers", 64, "concurrent synchronous callers")
 	perCall := flag.Int("records-per-call", 1, "records in each call")
 	duration := flag.Duration("duration", 10*time.Second, "how long to run")
@@ -65,8 +67,37 @@ func main() {
 			}
 			return cl.ProduceSync(context.Background(), recs...).FirstErr()
 		}
+	case "producer":
+		p, err := producer.New(producer.Config{Brokers: []string{*brokers}, Acks: producer.AcksAll})
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "producer:", err)
+			os.Exit(1)
+		}
+		defer func() { <-p.Close() }()
+		value := []byte(*body)
+		send = func(n int) error {
+			// Records are the producer's until the call returns: a
+			// new block a call, as the handler makes one a request.
+			block := make([]producer.Record, n)
+			recs := make([]*producer.Record, n)
+			now := time.Now()
+			for i := range block {
+				block[i] = producer.MakeRecord(value, now, 10*time.Second)
+				block[i].Topic = *topic
+				recs[i] = &block[i]
+			}
+			if err := p.Produce(context.Background(), recs); err != nil {
+				return err
+			}
+			for _, rec := range recs {
+				if f := rec.Outcome(); f != nil {
+					return f
+				}
+			}
+			return nil
+		}
 	default:
-		fmt.Fprintf(os.Stderr, "-client %q: kafka-go or kgo\n", *client)
+		fmt.Fprintf(os.Stderr, "-client %q: kafka-go, kgo or producer\n", *client)
 		os.Exit(2)
 	}
 	// Warm up metadata and connections.
