@@ -32,6 +32,7 @@ func main() {
 	perCall := flag.Int("records-per-call", 1, "records in each call")
 	duration := flag.Duration("duration", 10*time.Second, "how long to run")
 	batchTimeout := flag.Duration("batch-timeout", time.Millisecond, "kafka.Writer BatchTimeout")
+	inFlight := flag.Int("max-in-flight", 1, "-client producer: produce requests in flight to a broker")
 	body := flag.String("body", `{"messages": [{"msg":"hello world"}]}`, "record value")
 	flag.Parse()
 
@@ -68,7 +69,7 @@ func main() {
 			return cl.ProduceSync(context.Background(), recs...).FirstErr()
 		}
 	case "producer":
-		p, err := producer.New(producer.Config{Brokers: []string{*brokers}, Acks: producer.AcksAll})
+		p, err := producer.New(producer.Config{Brokers: []string{*brokers}, Acks: producer.AcksAll, MaxInFlight: *inFlight})
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "producer:", err)
 			os.Exit(1)
