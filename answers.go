@@ -34,6 +34,9 @@ type rejection struct {
 	// endsStream: a rejection of a record in a stream after which the
 	// stream cannot be read on (its JSON is broken, or too long).
 	endsStream bool
+	// challenge: the WWW-Authenticate of a 401 (RFC 6750 for bearer
+	// tokens).
+	challenge string
 }
 
 // The rejections with a fixed body.
@@ -47,7 +50,27 @@ var (
 	rejectedTopic         = confluentRejection(reject(rejectTopic, http.StatusNotFound, "unknown topic"), http.StatusNotFound, confluent.CodeTopicNotFound, "Topic not found.")
 	rejectedKeyReused     = reject(rejectIdempotency, http.StatusUnprocessableEntity, "Idempotency-Key already used with another request")
 	rejectedKeyInProgress = reject(rejectIdempotency, http.StatusConflict, "a request with this Idempotency-Key is in progress")
+
+	// A handler that takes JWTs challenges a request without
+	// credentials, and one with a bad token, as RFC 6750 says; one that
+	// takes only shared secrets answers 403, as the Worker did.
+	rejectedNoCredentials = challenged(confluentRejection(reject(rejectAuth, http.StatusUnauthorized, "credentials required"), http.StatusUnauthorized, http.StatusUnauthorized, "Unauthorized"),
+		`Bearer realm="queue_publish"`)
+	rejectedInvalidToken = challenged(confluentRejection(reject(rejectAuth, http.StatusUnauthorized, "invalid bearer token"), http.StatusUnauthorized, http.StatusUnauthorized, "Unauthorized"),
+		`Bearer realm="queue_publish", error="invalid_token"`)
+	// The issuer's keys cannot be had: nothing was read or produced, a
+	// retry is safe.
+	rejectedIssuerUnavailable = confluentRejection(reject(rejectIssuer, http.StatusServiceUnavailable, "token issuer unavailable"), http.StatusServiceUnavailable, confluent.CodeNotWritten, "Token issuer unavailable.")
+	// A verified certificate without the name client_certificate takes.
+	rejectedCertificateName = confluentRejection(reject(rejectAuth, http.StatusForbidden, "client certificate names no identity"), http.StatusForbidden, confluent.CodeForbidden, "Forbidden")
+	rejectedPermission      = confluentRejection(reject(rejectPermission, http.StatusForbidden, "not allowed to publish to this topic"), http.StatusForbidden, confluent.CodeForbidden, "Not authorized to publish to this topic.")
 )
+
+// challenged gives ref a WWW-Authenticate challenge.
+func challenged(ref *rejection, challenge string) *rejection {
+	ref.challenge = challenge
+	return ref
+}
 
 // errQueueFull is the failure of a request of delivery async that
 // queue_size cannot hold.
@@ -102,6 +125,9 @@ type exchange struct {
 // reject answers a request that is wrong.
 func (x *exchange) reject(ref *rejection) error {
 	x.reason = ref.reason
+	if ref.challenge != "" {
+		x.w.Header()["Www-Authenticate"] = []string{ref.challenge}
+	}
 	return x.mode.reject(x, ref)
 }
 

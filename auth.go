@@ -9,7 +9,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 	"unsafe"
@@ -17,10 +19,12 @@ import (
 	"github.com/caddyserver/caddy/v2"
 )
 
-// Authentication is how a request proves that its sender may publish:
-// a shared secret in Authorization, a webhook's signature of the body, or
-// a page's token minted with a secret. The scheme is chosen once, when
-// the config loads.
+// Authentication is how a request proves that its sender may publish,
+// and who it is: a shared secret in Authorization (named or not), a
+// webhook's signature of the body, a page's token minted with a secret, a
+// JWT from an OAuth issuer, a verified client certificate, or the user an
+// earlier Caddy handler authenticated. A handler may take several; the
+// ways are chosen once, when the config loads.
 type Authentication struct {
 	// The shared secrets; a request with any of them is accepted, so
 	// that a secret can be rotated without downtime. Clients send one in
@@ -28,8 +32,15 @@ type Authentication struct {
 	// unless signature_header is set. Use placeholders, {env.NAME} or
 	// {file.PATH}, so that secrets stay out of the config; they are
 	// resolved once when the config loads, and a secret that resolves
-	// empty stops the config from loading. At least one is required.
+	// empty stops the config from loading. Their holders have no
+	// identity: give a secret a name (named_secrets) for that.
 	Secrets []string `json:"secrets,omitempty"`
+
+	// Shared secrets by name: a request with one of them is accepted,
+	// like one with any of secrets, and its identity is the name, so
+	// that permissions and quotas tell clients apart, and revoking one
+	// client is removing its line. Values as in secrets.
+	NamedSecrets map[string]string `json:"named_secrets,omitempty"`
 
 	// If set, requests are authenticated by this header instead of
 	// Authorization: it must hold "sha256=" and the hex HMAC-SHA256 of
@@ -46,18 +57,49 @@ type Authentication struct {
 	// refused.
 	TokenMaxAge caddy.Duration `json:"token_max_age,omitempty"`
 
-	secrets  secrets       // resolved
-	scheme   authenticator // chosen at provision
-	topicFor func(*exchange) (string, *rejection)
+	// JWT access tokens from an OAuth 2.0 / OpenID Connect issuer, sent
+	// as "Authorization: Bearer <jwt>" (jwt.go).
+	JWT *JWTAuth `json:"jwt,omitempty"`
+
+	// If set, a request over TLS whose client certificate Caddy verified
+	// (the server's tls client_auth, with a trust pool) is
+	// authenticated by it, its identity the certificate's name of this
+	// kind: "cn" (the subject's common name), "dns", "email" or "uri"
+	// (the first subject alternative name of that kind; "uri" for a
+	// SPIFFE ID). A certificate Caddy did not verify is no credential.
+	ClientCertificate string `json:"client_certificate,omitempty"`
+
+	// If true, a request an earlier handler authenticated (basic_auth,
+	// forward_auth with copy_headers, or any module that sets
+	// {http.auth.user.id}) is accepted as that user, its identity the
+	// user ID: any of Caddy's ways to authenticate works. The earlier
+	// handler must refuse the requests it does not authenticate, or
+	// leave them to the other ways set here.
+	CaddyAuth bool `json:"caddy_auth,omitempty"`
+
+	secrets        secrets        // resolved
+	scheme         authenticator  // chosen at provision
+	jwt            *jwtScheme     // nil: no JWTs taken
+	identityLabels identityLabels // nil: publishers have no names
+	topicFor       func(*exchange) (string, *rejection)
 }
 
 // check checks the settings.
 func (a *Authentication) check() error {
-	if len(a.Secrets) == 0 {
-		return errors.New("secret: required; use {env.NAME} or {file.PATH}")
+	withSecrets := len(a.Secrets) > 0 || len(a.NamedSecrets) > 0
+	if !withSecrets && a.JWT == nil && a.ClientCertificate == "" && !a.CaddyAuth {
+		return errNoIdentityKind
+	}
+	for name := range a.NamedSecrets {
+		if err := validIdentityName(name); err != nil {
+			return fmt.Errorf("named_secrets: %v", err)
+		}
 	}
 	if err := checkLimits(limit{"token_max_age", int64(a.TokenMaxAge), false}); err != nil {
 		return err
+	}
+	if (a.SignatureHeader != "" || a.TokenMaxAge > 0) && !withSecrets {
+		return errors.New("secret: required by signature_header and token_max_age, which are made with a secret")
 	}
 	if a.SignatureHeader != "" {
 		if err := validSignatureHeader(a.SignatureHeader); err != nil {
@@ -67,27 +109,100 @@ func (a *Authentication) check() error {
 			return errors.New("token_max_age: a handler with signature_header takes signed bodies only")
 		}
 	}
+	if a.ClientCertificate != "" {
+		if err := checkChoice("client_certificate", a.ClientCertificate, certificateNames); err != nil {
+			return err
+		}
+	}
+	if a.JWT != nil {
+		if err := a.JWT.check(); err != nil {
+			return fmt.Errorf("jwt: %v", err)
+		}
+	}
+	return nil
+}
+
+// validIdentityName checks a name given to an identity in the config.
+func validIdentityName(name string) error {
+	if name == "" {
+		return errors.New("a name must not be empty")
+	}
+	for _, c := range name {
+		if c < ' ' || c == 0x7f {
+			return fmt.Errorf("%q holds a control character", name)
+		}
+	}
 	return nil
 }
 
 // provision resolves the secrets and chooses the scheme.
 func (a *Authentication) provision(p *provisioning) error {
-	if err := a.secrets.resolve(p.repl, a.Secrets); err != nil {
+	if err := a.secrets.resolve(p.repl, a.Secrets, a.NamedSecrets); err != nil {
 		return err
 	}
 	a.topicFor = p.h.requestTopic
+	a.identityLabels = nil
+	if len(a.NamedSecrets) > 0 || a.JWT != nil || a.ClientCertificate != "" || a.CaddyAuth {
+		a.identityLabels = p.h.namedIdentities()
+	}
+	var secret authenticator
 	switch {
+	case len(a.secrets.values) == 0:
 	case a.SignatureHeader != "":
-		a.scheme = signatures{header: a.SignatureHeader, secrets: &a.secrets}
+		secret = signatures{header: a.SignatureHeader, secrets: &a.secrets}
 	case a.TokenMaxAge > 0:
-		a.scheme = secretsOrTokens{tokens: tokens{secrets: &a.secrets, maxAge: time.Duration(a.TokenMaxAge), topicFor: p.h.requestTopic}}
+		secret = secretsOrTokens{tokens: tokens{secrets: &a.secrets, maxAge: time.Duration(a.TokenMaxAge), topicFor: p.h.requestTopic}}
 	default:
-		a.scheme = bearers{&a.secrets}
+		secret = bearers{&a.secrets}
+	}
+	if a.JWT != nil {
+		s, err := a.JWT.provision(p)
+		if err != nil {
+			return fmt.Errorf("jwt: %v", err)
+		}
+		a.jwt = s
+	}
+	if secret != nil && a.jwt == nil && a.ClientCertificate == "" && !a.CaddyAuth {
+		a.scheme = secret // the usual case, without a detour
+		return nil
+	}
+	k := kinds{caddy: a.CaddyAuth, secret: secret, cert: a.ClientCertificate, missing: rejectedAuth}
+	if a.jwt != nil {
+		k.jwt = a.jwt
+		k.missing = rejectedNoCredentials
+	}
+	a.scheme = k
+	return nil
+}
+
+func (a *Authentication) cleanup() error {
+	if a.jwt != nil {
+		err := a.jwt.release()
+		a.jwt = nil
+		return err
 	}
 	return nil
 }
 
-func (a *Authentication) cleanup() error { return nil }
+// namedIdentities are the identities the config names: those of the
+// named secrets, and those allow and quota name exactly.
+func (h *Handler) namedIdentities() identityLabels {
+	l := identityLabels{}
+	for name := range h.NamedSecrets {
+		l[name] = true
+	}
+	for _, rule := range h.Allow {
+		if rule.Identity != "" && pattern(rule.Identity).literal() {
+			l[rule.Identity] = true
+		}
+	}
+	for _, q := range h.Quotas.Quotas {
+		if pattern(q.Identity).literal() {
+			l[q.Identity] = true
+		}
+	}
+	return l
+}
 
 // authorized reports whether an Authorization header holds a secret.
 func (a *Authentication) authorized(header string) bool {
@@ -95,18 +210,15 @@ func (a *Authentication) authorized(header string) bool {
 	return ok
 }
 
-// An identity is who a request was authenticated as: today, the holder
-// of one of the secrets, or of a token or a signature made with it.
-type identity struct {
-	scheme string // "secret", "token" or "signature"
-	secret int    // which secret, from 1; 0 before the body is verified
-}
-
-// An authenticator is one scheme of credentials.
+// An authenticator is one way to authenticate.
 type authenticator interface {
+	// presented reports whether the request carries credentials of
+	// this kind.
+	presented(req *request) bool
 	// authenticate checks what the request's headers or query carry,
-	// before its body is read, and sets the request's identity.
-	authenticate(x *exchange) bool
+	// before its body is read, and sets the request's identity; nil if
+	// they are good.
+	authenticate(x *exchange) *rejection
 	// verify checks the body, for a scheme that signs it.
 	verify(x *exchange, body []byte) bool
 }
@@ -114,10 +226,15 @@ type authenticator interface {
 // bearers take a secret in Authorization.
 type bearers struct{ secrets *secrets }
 
-func (b bearers) authenticate(x *exchange) bool {
+func (bearers) presented(req *request) bool { return req.authorization != "" }
+
+func (b bearers) authenticate(x *exchange) *rejection {
 	n, ok := b.secrets.authorized(x.req.authorization)
-	x.req.identity = identity{scheme: "secret", secret: n}
-	return ok
+	x.req.identity = identity{scheme: schemeSecret, secret: n, name: b.secrets.name(n)}
+	if !ok {
+		return rejectedAuth
+	}
+	return nil
 }
 
 func (bearers) verify(*exchange, []byte) bool { return true }
@@ -129,14 +246,19 @@ type signatures struct {
 	secrets *secrets
 }
 
-func (s signatures) authenticate(x *exchange) bool {
-	x.req.identity = identity{scheme: "signature"}
-	return parseSignature(x.req.signature, &x.req.signed)
+func (signatures) presented(req *request) bool { return req.signature != "" }
+
+func (s signatures) authenticate(x *exchange) *rejection {
+	x.req.identity = identity{scheme: schemeSignature}
+	if !parseSignature(x.req.signature, &x.req.signed) {
+		return rejectedAuth
+	}
+	return nil
 }
 
 func (s signatures) verify(x *exchange, body []byte) bool {
 	n, ok := s.secrets.signed(&x.req.signed, body)
-	x.req.identity.secret = n
+	x.req.identity.secret, x.req.identity.name = n, s.secrets.name(n)
 	return ok
 }
 
@@ -144,7 +266,11 @@ func (s signatures) verify(x *exchange, body []byte) bool {
 // token in the query.
 type secretsOrTokens struct{ tokens tokens }
 
-func (st secretsOrTokens) authenticate(x *exchange) bool {
+func (secretsOrTokens) presented(req *request) bool {
+	return req.authorization != "" || req.hasToken
+}
+
+func (st secretsOrTokens) authenticate(x *exchange) *rejection {
 	if x.req.authorization != "" || !x.req.hasToken {
 		return bearers{st.tokens.secrets}.authenticate(x)
 	}
@@ -153,11 +279,73 @@ func (st secretsOrTokens) authenticate(x *exchange) bool {
 
 func (secretsOrTokens) verify(*exchange, []byte) bool { return true }
 
+// kinds are the ways of a handler that takes more than secrets. A request
+// is authenticated by the first of them whose credentials it carries,
+// and refused if they are wrong, whatever else it carries:
+//  1. the user an earlier Caddy handler authenticated (with caddy_auth):
+//     that handler checked the request already, and may have left its
+//     own credentials in Authorization;
+//  2. a JWT in Authorization: a bearer credential that has the form of
+//     one (three dot-separated parts, the first a JSON object), which no
+//     shared secret has;
+//  3. a secret, a signature or a page's token;
+//  4. a client certificate Caddy verified.
+type kinds struct {
+	caddy   bool
+	jwt     authenticator // nil: none
+	secret  authenticator // nil: no secrets
+	cert    string        // the name a client certificate gives; "": none
+	missing *rejection    // the answer to a request without credentials
+}
+
+func (k kinds) presented(req *request) bool {
+	return k.caddy && req.caddyUser != "" ||
+		k.jwt != nil && k.jwt.presented(req) ||
+		k.secret != nil && k.secret.presented(req) ||
+		k.cert != "" && req.certificate != nil
+}
+
+func (k kinds) authenticate(x *exchange) *rejection {
+	switch req := &x.req; {
+	case k.caddy && req.caddyUser != "":
+		req.identity = identity{scheme: schemeCaddy, name: req.caddyUser}
+		return nil
+	case k.jwt != nil && k.jwt.presented(req):
+		return k.jwt.authenticate(x)
+	case k.secret != nil && k.secret.presented(req):
+		return k.secret.authenticate(x)
+	case k.cert != "" && req.certificate != nil:
+		name := certificateName(req.certificate, k.cert)
+		req.identity = identity{scheme: schemeCertificate, name: name}
+		if name == "" {
+			return rejectedCertificateName
+		}
+		return nil
+	}
+	return k.missing
+}
+
+func (k kinds) verify(x *exchange, body []byte) bool {
+	if x.req.identity.scheme != schemeSignature {
+		return true
+	}
+	return k.secret.verify(x, body)
+}
+
 // secrets are the shared secrets, resolved, and their digests for the
 // comparison of an Authorization header.
 type secrets struct {
 	values  [][]byte
 	digests [][sha256.Size]byte
+	names   []string // the identity each gives; "" for an unnamed secret
+}
+
+// name is the identity of the n-th secret, from 1; "" for none.
+func (s *secrets) name(n int) string {
+	if n < 1 || n > len(s.names) {
+		return ""
+	}
+	return s.names[n-1]
 }
 
 // authorized compares the Authorization header with every secret: whole,
@@ -292,15 +480,12 @@ func stringBytes(s string) []byte {
 	return unsafe.Slice(unsafe.StringData(s), len(s))
 }
 
-// resolve resolves each secret's placeholders and keeps it, and its
-// digest.
-func (s *secrets) resolve(repl *caddy.Replacer, configured []string) error {
-	s.values, s.digests = nil, nil
-	for i, v := range configured {
-		field := "secret"
-		if len(configured) > 1 {
-			field = fmt.Sprintf("secret %d", i+1)
-		}
+// resolve resolves each secret's placeholders and keeps it, its digest
+// and its name: the unnamed secrets in their order, then the named ones
+// by name.
+func (s *secrets) resolve(repl *caddy.Replacer, unnamed []string, named map[string]string) error {
+	s.values, s.digests, s.names = nil, nil, nil
+	add := func(field, name, v string) error {
 		secret, err := resolveSecret(repl, v)
 		if err != nil {
 			return fmt.Errorf("%s: %v", field, err)
@@ -310,6 +495,22 @@ func (s *secrets) resolve(repl *caddy.Replacer, configured []string) error {
 		}
 		s.values = append(s.values, []byte(secret))
 		s.digests = append(s.digests, sha256.Sum256([]byte(secret)))
+		s.names = append(s.names, name)
+		return nil
+	}
+	for i, v := range unnamed {
+		field := "secret"
+		if len(unnamed) > 1 {
+			field = fmt.Sprintf("secret %d", i+1)
+		}
+		if err := add(field, "", v); err != nil {
+			return err
+		}
+	}
+	for _, name := range slices.Sorted(maps.Keys(named)) {
+		if err := add(fmt.Sprintf("secret %q", name), name, named[name]); err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -2,6 +2,7 @@ package queuepublish
 
 import (
 	"fmt"
+	"math"
 	"strconv"
 
 	"github.com/caddyserver/caddy/v2"
@@ -30,7 +31,30 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		brokers  <host:port> [<host:port>...]
 //		topic    <name>
 //		allow_topics <name> [<name>...]
-//		secret   <value>
+//		secret   [<name>] <value>
+//		jwt      [<issuer>] {
+//			jwks_url         <url>
+//			audience         <audience> [<audience>...]
+//			algorithms       <alg> [<alg>...]
+//			identity_claim   <claim>
+//			leeway           <duration>
+//			refetch_interval <duration>
+//			refresh_interval <duration>
+//			cache_size       <count>
+//		}
+//		client_certificate cn|dns|email|uri
+//		caddy_auth
+//		allow       <identity> <topic> [<topic>...]
+//		allow_claim <claim> <value> <topic> [<topic>...]
+//		identity_header <name>
+//		quota [<identity>] {
+//			records <per second> [<burst>]
+//			bytes   <size per second> [<burst size>]
+//		}
+//		quota_store memory|redis <url>
+//		quota_store redis <url> {
+//			<the settings of tls, for a rediss:// url>
+//		}
 //		signature_header <name>
 //		cors     <origin> [<origin>...]
 //		token_max_age <duration>
@@ -74,9 +98,12 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		max_in_flight     <count>
 //	}
 //
-// brokers is required and may repeat; topic and secret are required (in
-// mode confluent, allow_topics instead of topic: the path names it), and
-// secret may repeat (any of the secrets is accepted). A secret should be a
+// brokers is required and may repeat; topic is required (in mode
+// confluent, allow_topics instead of topic: the path names it), and so is
+// a way to authenticate: secret, jwt, client_certificate or caddy_auth,
+// alone or together. secret may repeat (any of the secrets is accepted);
+// a secret with a name gives its holder that identity. allow, allow_claim
+// and quota may repeat. A secret should be a
 // placeholder, {env.NAME} or {file.PATH}, which is resolved when the config
 // loads; {$NAME} would be written into the adapted JSON config. topic may
 // hold request placeholders if allow_topics lists the topics allowed.
@@ -124,6 +151,77 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("sasl: %v", err)
 			}
 			h.SASL = &BrokerSASL{Mechanism: args[0], Username: args[1], Password: args[2]}
+			continue
+		case "secret":
+			args := d.RemainingArgs()
+			switch len(args) {
+			case 1:
+				h.Secrets = append(h.Secrets, args[0])
+			case 2:
+				if h.NamedSecrets == nil {
+					h.NamedSecrets = make(map[string]string)
+				}
+				if _, dup := h.NamedSecrets[args[0]]; dup {
+					return d.Errf("secret: %q is named twice", args[0])
+				}
+				h.NamedSecrets[args[0]] = args[1]
+			default:
+				return d.ArgErr()
+			}
+			continue
+		case "jwt":
+			j, err := parseJWT(d)
+			if err != nil {
+				return err
+			}
+			h.JWT = j
+			continue
+		case "caddy_auth":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			h.CaddyAuth = true
+			continue
+		case "allow", "allow_claim":
+			args := d.RemainingArgs()
+			rule := Permission{}
+			switch {
+			case name == "allow" && len(args) >= 2:
+				rule.Identity, rule.Topics = args[0], args[1:]
+			case name == "allow_claim" && len(args) >= 3:
+				rule.Claim, rule.Value, rule.Topics = args[0], args[1], args[2:]
+			default:
+				return d.ArgErr()
+			}
+			h.Allow = append(h.Allow, rule)
+			continue
+		case "quota":
+			q, err := parseQuota(d)
+			if err != nil {
+				return err
+			}
+			h.Quotas.Quotas = append(h.Quotas.Quotas, q)
+			continue
+		case "quota_store":
+			args := d.RemainingArgs()
+			switch {
+			case len(args) == 1 && args[0] == "memory":
+				h.QuotaRedis, h.QuotaRedisTLS = "", nil
+			case len(args) == 2 && args[0] == "redis":
+				h.QuotaRedis, h.QuotaRedisTLS = args[1], nil
+			default:
+				return d.Errf("quota_store: want memory, or redis <url>")
+			}
+			t, err := parseTLSBlock(d, "quota_store")
+			if err != nil {
+				return err
+			}
+			if *t != (BrokerTLS{}) {
+				if h.QuotaRedis == "" {
+					return d.Errf("quota_store memory: takes no block")
+				}
+				h.QuotaRedisTLS = t
+			}
 			continue
 		case "cors":
 			args := d.RemainingArgs()
@@ -175,8 +273,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		switch name {
 		case "topic":
 			h.Topic = val
-		case "secret":
-			h.Secrets = append(h.Secrets, val)
+		case "client_certificate":
+			h.ClientCertificate, err = val, certificateNames.check(val)
+		case "identity_header":
+			h.IdentityHeader = val
 		case "delivery":
 			h.Delivery, err = val, deliveries.check(val)
 		case "queue_size":
@@ -313,4 +413,114 @@ func parseTLSBlock(d *caddyfile.Dispenser, directive string) (*BrokerTLS, error)
 		}
 	}
 	return t, nil
+}
+
+// parseJWT parses jwt's line and block:
+//
+//	jwt [<issuer>] {
+//		jwks_url         <url>
+//		audience         <audience> [<audience>...]
+//		algorithms       <alg> [<alg>...]
+//		identity_claim   <claim>
+//		leeway           <duration>
+//		refetch_interval <duration>
+//		refresh_interval <duration>
+//		cache_size       <count>
+//	}
+func parseJWT(d *caddyfile.Dispenser) (*JWTAuth, error) {
+	j := new(JWTAuth)
+	args := d.RemainingArgs()
+	switch len(args) {
+	case 0:
+	case 1:
+		j.Issuer = args[0]
+	default:
+		return nil, d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		args := d.RemainingArgs()
+		if len(args) == 0 {
+			return nil, d.ArgErr()
+		}
+		if opt != "audience" && opt != "algorithms" && len(args) != 1 {
+			return nil, d.ArgErr()
+		}
+		var err error
+		switch opt {
+		case "jwks_url":
+			j.JWKSURL = args[0]
+		case "audience":
+			j.Audiences = append(j.Audiences, args...)
+		case "algorithms":
+			j.Algorithms = append(j.Algorithms, args...)
+		case "identity_claim":
+			j.IdentityClaim = args[0]
+		case "leeway":
+			j.Leeway, err = parseDuration(args[0], true)
+		case "refetch_interval":
+			j.RefetchInterval, err = parseDuration(args[0], false)
+		case "refresh_interval":
+			j.RefreshInterval, err = parseDuration(args[0], false)
+		case "cache_size":
+			j.CacheSize, err = parseCount(args[0])
+		default:
+			return nil, d.Errf("jwt: unrecognized option %q", opt)
+		}
+		if err != nil {
+			return nil, d.Errf("jwt: %s: %v", opt, err)
+		}
+	}
+	return j, nil
+}
+
+// parseQuota parses quota's line and block:
+//
+//	quota [<identity>] {
+//		records <per second> [<burst>]
+//		bytes   <size per second> [<burst size>]
+//	}
+func parseQuota(d *caddyfile.Dispenser) (Quota, error) {
+	var q Quota
+	args := d.RemainingArgs()
+	switch len(args) {
+	case 0:
+	case 1:
+		q.Identity = args[0]
+	default:
+		return q, d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		args := d.RemainingArgs()
+		if len(args) < 1 || len(args) > 2 {
+			return q, d.ArgErr()
+		}
+		var err error
+		switch opt {
+		case "records":
+			q.RecordsPerSecond, err = strconv.ParseFloat(args[0], 64)
+			if err != nil || q.RecordsPerSecond <= 0 || math.IsInf(q.RecordsPerSecond, 0) {
+				err = fmt.Errorf("%q is not a positive number", args[0])
+			} else if len(args) == 2 {
+				var n int
+				n, err = parseCount(args[1])
+				q.RecordsBurst = int64(n)
+			}
+		case "bytes":
+			q.BytesPerSecond, err = parseSize(args[0], 1<<40)
+			if err == nil && len(args) == 2 {
+				q.BytesBurst, err = parseSize(args[1], 1<<40)
+			}
+		default:
+			return q, d.Errf("quota: unrecognized option %q", opt)
+		}
+		if err != nil {
+			return q, d.Errf("quota: %s: %v", opt, err)
+		}
+	}
+	if q.RecordsPerSecond == 0 && q.BytesPerSecond == 0 {
+		return q, d.Errf("quota: needs records or bytes")
+	}
+	return q, nil
 }

@@ -91,7 +91,7 @@ func (h *Handler) confluentTopic(api *confluent.Route) (string, *rejection) {
 // Proxy's {"error_code","message"}, with its status where its clients
 // expect one of their own (401 and a challenge for wrong credentials).
 func (x *exchange) answerConfluentRejection(ref *rejection) error {
-	if ref == rejectedAuth {
+	if ref == rejectedAuth && ref.challenge == "" {
 		x.w.Header()["Www-Authenticate"] = []string{`Basic realm="queue_publish"`}
 	}
 	status, code, message := confluentError(ref)

@@ -253,6 +253,11 @@ func (h *Handler) startStreamRecord(x *exchange, item *streamItem) {
 			return
 		}
 	}
+	if ref := h.charge(x, 1, item.size); ref != nil {
+		item.ref = ref
+		return
+	}
+	h.stampIdentity(&x.req.identity, recs)
 	if h.traceHeaders {
 		addTraceHeaders(&x.req, recs)
 	}

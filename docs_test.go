@@ -199,7 +199,13 @@ func TestEveryOptionIsDocumentedAndAdapted(t *testing.T) {
 			}
 		}
 	}
-	check("queue_publish", options(Handler{}, map[string]string{"secrets": "secret", "headers": "header", "idempotency_redis": "idempotency_store", "idempotency_redis_tls": "idempotency_store"}), true)
+	check("queue_publish", options(Handler{}, map[string]string{"secrets": "secret", "named_secrets": "secret", "headers": "header",
+		"idempotency_redis": "idempotency_store", "idempotency_redis_tls": "idempotency_store",
+		"quotas": "quota", "quota_redis": "quota_store", "quota_redis_tls": "quota_store"}), true)
+	check("queue_publish jwt", options(JWTAuth{}, map[string]string{"issuer": "jwt", "audiences": "audience"}), true)
+	check("queue_publish allow", options(Permission{}, map[string]string{"identity": "allow", "topics": "allow", "claim": "allow_claim", "value": "allow_claim"}), true)
+	check("queue_publish quota", options(Quota{}, map[string]string{"identity": "quota", "records_per_second": "records", "records_burst": "records",
+		"bytes_per_second": "bytes", "bytes_burst": "bytes"}), true)
 	check("queue_publish tls", options(BrokerTLS{}, nil), true)
 	check("queue_publish sasl", options(BrokerSASL{}, nil), false) // positional in the Caddyfile
 	for _, o := range options(devbroker.App{}, map[string]string{"topics": "topic"}) {

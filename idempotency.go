@@ -233,8 +233,13 @@ func (h *Handler) publishOnce(x *exchange, recs []*record) error {
 	// The holders of a page's token get keys of their own: a visitor must
 	// not claim a key that a client with the secret will use.
 	scope := h.scope
-	if x.req.identity.scheme == "token" {
+	if x.req.identity.scheme == schemeToken {
 		scope += "token\x00"
+	}
+	// Each named publisher has keys of its own, as Stripe scopes keys
+	// by account: two clients may pick the same key.
+	if name := x.req.identity.name; name != "" {
+		scope += "identity\x00" + name + "\x00"
 	}
 	claim, st, err := h.store.claim(x.req.ctx, x.topic, scope+x.topic+"\x00"+key, digest, start, recs[0].Deadline)
 	if err != nil {

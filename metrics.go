@@ -71,6 +71,10 @@ var (
 		Name: "caddy_queue_publish_idempotency_store_errors_total",
 		Help: "Failures to reach the shared store of Idempotency-Keys, by operation: claim (the request was answered 503, or produced with on_store_error produce) or settle (an outcome not stored).",
 	}, []string{"op"})
+	metricIdentityRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "caddy_queue_publish_identity_requests_total",
+		Help: "Requests answered by handlers that tell publishers apart, by identity and status code. The identity is one the config names (a named secret, an identity in allow or quota); any other is \"other\", an unnamed secret's holder \"anonymous\", a request not authenticated \"none\".",
+	}, []string{"identity", "code"})
 	metricReplays = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "caddy_queue_publish_idempotent_replays_total",
 		Help: "Repeated requests answered from an earlier one by Idempotency-Key, without producing again.",
@@ -92,7 +96,36 @@ const (
 	rejectStore       = "idempotency_store" // the shared store could not be reached
 	rejectPath        = "path"              // mode confluent: no produce API there
 	rejectContentType = "content_type"      // mode confluent: a format it does not take
+	rejectIssuer      = "issuer"            // a JWT's issuer could not be reached
+	rejectPermission  = "permission"        // the publisher may not publish to the topic
+	rejectQuota       = "quota"             // the publisher's quota is spent
+	rejectQuotaStore  = "quota_store"       // the shared store of quotas could not be reached
 )
+
+// The identities of metricIdentityRequests that the config does not name.
+const (
+	identityOther     = "other"
+	identityAnonymous = "anonymous"
+	identityNone      = "none"
+)
+
+// identityLabels are the identities a config names, which the metrics
+// count apart: a bounded set, however many publishers a JWT issuer or a
+// certificate authority knows.
+type identityLabels map[string]bool
+
+// label is the metrics' label of an identity.
+func (l identityLabels) label(id *identity) string {
+	switch {
+	case id.scheme == "":
+		return identityNone
+	case id.name == "":
+		return identityAnonymous
+	case l[id.name]:
+		return id.name
+	}
+	return identityOther
+}
 
 // Reasons for metricAsyncDropped.
 const (
@@ -124,7 +157,7 @@ func registerMetrics(reg *prometheus.Registry) error {
 		return nil
 	}
 	for _, c := range []prometheus.Collector{metricRequests, metricRecords, metricBytes, metricLatency,
-		metricBatch, metricWaiting, metricProducerErrors, metricRejections, metricReplays, metricStoreErrors,
+		metricBatch, metricWaiting, metricProducerErrors, metricRejections, metricReplays, metricStoreErrors, metricIdentityRequests,
 		metricAsyncQueued, metricAsyncSize, metricAsyncFill, metricAsyncDropped} {
 		if err := reg.Register(c); err != nil {
 			var already prometheus.AlreadyRegisteredError

@@ -5,6 +5,7 @@ package queuepublish
 
 import (
 	"errors"
+	"fmt"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -29,8 +30,12 @@ type Handler struct {
 	// The topic, what a request may carry, how its body becomes
 	// records and how it is delivered (request.go).
 	Requests
-	// Who may publish (auth.go).
+	// Who may publish, and who each publisher is (auth.go).
 	Authentication
+	// What each publisher may publish to (permissions.go).
+	Permissions
+	// How much each publisher may publish (quota.go).
+	Quotas
 	// The browser pages that may publish (cors.go).
 	CrossOrigin
 	// The Idempotency-Keys of requests (idempotency.go).
@@ -72,7 +77,7 @@ type provisioning struct {
 // provisioned: the idempotency store last, as its keys' scope is the
 // brokers resolved.
 func (h *Handler) concerns() []concern {
-	return []concern{&h.Requests, &h.Authentication, &h.CrossOrigin, &h.Kafka, &h.Idempotency}
+	return []concern{&h.Requests, &h.Authentication, &h.Permissions, &h.Quotas, &h.CrossOrigin, &h.Kafka, &h.Idempotency}
 }
 
 // Provision checks and defaults every concern's settings, then
@@ -102,6 +107,11 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 func (h *Handler) Validate() error {
 	if err := h.mode.validate(h); err != nil {
 		return err
+	}
+	for i, rule := range h.Allow {
+		if rule.Claim != "" && h.JWT == nil {
+			return fmt.Errorf("allow %d: a claim's rule needs jwt, whose tokens carry claims", i+1)
+		}
 	}
 	if h.IdempotencyRedis != "" && h.Delivery == deliveryAsync {
 		return errors.New("idempotency_store redis: not with delivery async, whose requests are answered before the broker settles their records")

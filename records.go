@@ -36,6 +36,7 @@ func (h *Handler) toRecords(x *exchange) ([]*record, *rejection) {
 			return nil, ref
 		}
 	}
+	h.stampIdentity(&x.req.identity, recs)
 	return recs, nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"crypto/sha256"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -232,9 +233,13 @@ type request struct {
 	hasToken      bool
 	signature     string // signature_header's value
 	key           string // Idempotency-Key
-	traceparent   string
-	tracestate    string
-	bodyReader    io.Reader
+	caddyUser     string // {http.auth.user.id}, read only with caddy_auth
+	// certificate: the client's certificate, if Caddy verified it, read
+	// only with client_certificate.
+	certificate *x509.Certificate
+	traceparent string
+	tracestate  string
+	bodyReader  io.Reader
 
 	start    time.Time // when the body was in: the records' time and deadline start
 	body     []byte
@@ -268,6 +273,12 @@ func (h *Handler) readRequest(r *http.Request, req *request) {
 	}
 	if h.SignatureHeader != "" {
 		req.signature = r.Header.Get(h.SignatureHeader)
+	}
+	if h.CaddyAuth && repl != nil {
+		req.caddyUser, _ = repl.GetString(userIDPlaceholder)
+	}
+	if h.ClientCertificate != "" && r.TLS != nil && len(r.TLS.VerifiedChains) > 0 && len(r.TLS.VerifiedChains[0]) > 0 {
+		req.certificate = r.TLS.VerifiedChains[0][0]
 	}
 	if h.TokenMaxAge > 0 && req.authorization == "" {
 		q := r.URL.Query()

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"io"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -36,6 +37,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		err = h.mode.serve(h, x)
 	}
 	countRequest(x.topic, x.status)
+	if h.identityLabels != nil {
+		metricIdentityRequests.WithLabelValues(h.identityLabels.label(&x.req.identity), strconv.Itoa(x.status)).Inc()
+	}
 	if x.reason != "" {
 		metricRejections.WithLabelValues(x.reason).Inc()
 	}
@@ -51,6 +55,9 @@ func (h *Handler) serve(x *exchange) error {
 	x.req.start = time.Now()
 	recs, ref := h.toRecords(x)
 	if ref != nil {
+		return x.reject(ref)
+	}
+	if ref := h.charge(x, len(recs), int64(len(x.req.body))); ref != nil {
 		return x.reject(ref)
 	}
 	if x.req.key != "" {
@@ -81,12 +88,18 @@ func (h *Handler) admit(x *exchange) *rejection {
 	if !h.scheme.verify(x, body) {
 		return rejectedAuth
 	}
+	if x.req.identity.scheme == schemeSignature {
+		x.named() // known once the body is verified
+	}
 	if ref := h.mode.checkBody(body); ref != nil {
 		return ref
 	}
 	topic, ref := h.requestTopic(x)
 	x.topic = topic
-	return ref
+	if ref != nil {
+		return ref
+	}
+	return h.permit(x, topic)
 }
 
 // admitHeaders is the part of admit that needs no body: the method, then
@@ -104,15 +117,27 @@ func (h *Handler) admitHeaders(x *exchange) *rejection {
 // and the Idempotency-Key's length, and marks the request admitted. Its
 // rejections close the connection, the body unread.
 func (h *Handler) admitCredentials(x *exchange) *rejection {
-	if !h.scheme.authenticate(x) {
+	if ref := h.scheme.authenticate(x); ref != nil {
 		// A signed request whose header is missing or malformed is
 		// refused before its body costs any memory.
 		x.closeUnread()
-		return rejectedAuth
+		return ref
 	}
+	x.named()
 	if len(x.req.key) > maxIdempotencyKey {
 		x.closeUnread()
 		return rejectedKeyTooLong
+	}
+	// Where the topic is known from the path, a publisher refused it
+	// is refused before its body is read. (A signature's identity is
+	// known only with the body.)
+	if h.permissions != nil && x.req.identity.scheme != schemeSignature {
+		if topic, ref := h.requestTopic(x); ref == nil {
+			if ref := h.permit(x, topic); ref != nil {
+				x.closeUnread()
+				return ref
+			}
+		}
 	}
 	x.admitted = true
 	return nil

@@ -42,6 +42,14 @@ var (
 		{"scram-sha-256", "scram-sha-256"},
 		{"scram-sha-512", "scram-sha-512"},
 	}
+
+	// The name of a client certificate that is its identity.
+	certificateNames = choices[string]{
+		{certCommonName, certCommonName},
+		{certDNS, certDNS},
+		{certEmail, certEmail},
+		{certURI, certURI},
+	}
 )
 
 // Modes: how a request body becomes records.

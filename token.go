@@ -46,15 +46,20 @@ type tokens struct {
 	topicFor func(*exchange) (string, *rejection)
 }
 
-func (t tokens) authenticate(x *exchange) bool {
-	x.req.identity = identity{scheme: "token"}
+func (tokens) presented(req *request) bool { return req.hasToken }
+
+func (t tokens) authenticate(x *exchange) *rejection {
+	x.req.identity = identity{scheme: schemeToken}
 	topic, ref := t.topicFor(x)
 	if ref != nil {
-		return false
+		return rejectedAuth
 	}
 	n, ok := t.valid(x.req.token, topic, time.Now())
-	x.req.identity.secret = n
-	return ok
+	x.req.identity.secret, x.req.identity.name = n, t.secrets.name(n)
+	if !ok {
+		return rejectedAuth
+	}
+	return nil
 }
 
 func (tokens) verify(*exchange, []byte) bool { return true }

@@ -44,9 +44,11 @@ const Separator = "\r\n"
 // The error_code values of the REST Proxy that mode confluent answers
 // with, beyond a bare HTTP status.
 const (
+	CodeForbidden         = 40301 // not authorized for the topic
 	CodeTopicNotFound     = 40401
 	CodePartitionNotFound = 40402
 	CodeSchemaRegistry    = 42206 // a format that needs a Schema Registry
+	CodeTooManyRequests   = 429   // a rate limit, as the REST Proxy answers its own
 	CodeNotWritten        = 50301 // ours: not written, a retry is safe
 	CodeOutcomeUnknown    = 50401 // ours: the record may have been written
 	CodeKafkaError        = 50002 // the broker refused the record
