@@ -105,4 +105,3 @@ func redisURLError(err error) error {
 	}
 	return fmt.Errorf("the URL does not parse: %v", err)
 }
-
