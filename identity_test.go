@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
 	"github.com/twmb/franz-go/pkg/kfake"
 	"github.com/twmb/franz-go/pkg/kgo"
 	"golang.org/x/crypto/bcrypt"
@@ -346,4 +347,47 @@ func testClientCert(t *testing.T, ca *x509.Certificate, caKey *ecdsa.PrivateKey,
 		t.Fatal(err)
 	}
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+// Requests are counted by identity, for the identities the config names
+// only: any other is "other", so that a large issuer cannot make the
+// series grow without bound.
+func TestIdentityMetricsBounded(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "orders", "audit"))
+	identityServer(t, c, "")
+	count := func(identity, code string) float64 {
+		var m dto.Metric
+		if err := metricIdentityRequests.WithLabelValues(identity, code).Write(&m); err != nil {
+			t.Fatal(err)
+		}
+		return m.GetCounter().GetValue()
+	}
+	before := map[string]float64{
+		"client-a 200": count("client-a", "200"), "client-b 403": count("client-b", "403"),
+		"anonymous 403": count("anonymous", "403"), "none 403": count("none", "403"),
+	}
+	do(t, "POST", "/topics/orders", auth("secret-of-client-a"), strings.NewReader(`{}`))
+	do(t, "POST", "/topics/orders", auth("secret-of-client-b"), strings.NewReader(`{}`))
+	do(t, "POST", "/topics/orders", auth("secret-of-no-one"), strings.NewReader(`{}`))
+	do(t, "POST", "/topics/orders", auth("wrong"), strings.NewReader(`{}`))
+	for k, was := range before {
+		id, code, _ := strings.Cut(k, " ")
+		if got := count(id, code); got != was+1 {
+			t.Errorf("%s: counted %v more, want 1", k, got-was)
+		}
+	}
+	l := identityLabels{"client-a": true}
+	for _, tc := range []struct {
+		id   identity
+		want string
+	}{
+		{identity{scheme: schemeJWT, name: "client-a"}, "client-a"},
+		{identity{scheme: schemeJWT, name: "someone-the-issuer-knows"}, "other"},
+		{identity{scheme: schemeSecret}, "anonymous"},
+		{identity{}, "none"},
+	} {
+		if got := l.label(&tc.id); got != tc.want {
+			t.Errorf("%+v: %q, want %q", tc.id, got, tc.want)
+		}
+	}
 }

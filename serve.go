@@ -86,6 +86,7 @@ func (h *Handler) admit(x *exchange) *rejection {
 	}
 	x.req.body = body
 	if !h.scheme.verify(x, body) {
+		x.req.identity = identity{} // no one
 		return rejectedAuth
 	}
 	if x.req.identity.scheme == schemeSignature {
@@ -120,6 +121,7 @@ func (h *Handler) admitCredentials(x *exchange) *rejection {
 	if ref := h.scheme.authenticate(x); ref != nil {
 		// A signed request whose header is missing or malformed is
 		// refused before its body costs any memory.
+		x.req.identity = identity{} // no one
 		x.closeUnread()
 		return ref
 	}
