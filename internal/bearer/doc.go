@@ -10,11 +10,11 @@
 // compact JWS with the allowed algorithms given up front, so that "none",
 // HMAC and any algorithm not listed are refused before a key is looked
 // up; verifying the signature; reading JWKs; and checking exp, nbf, iat,
-// iss and any-of-several audiences with a leeway (jwt.Claims). Every Caddy
-// build already compiles it (Caddy's ACME server imports go-oidc, which
-// imports it), so it adds no module. golang-jwt/jwt/v5 would do as well
-// for this part but is in no Caddy build; go-jose is the one already
-// there.
+// iss and any-of-several audiences with a leeway (jwt.Claims). Caddy's
+// standard modules already compile it (its ACME server imports go-oidc,
+// which imports it), so it adds no module. golang-jwt/jwt/v5 would do as
+// well for this part, but none of this module's builds compiles it;
+// go-jose is already there.
 //
 // The key set (discovery, fetching, refreshing, refetching for an unknown
 // key ID) is written here, in keys.go, because the libraries checked do
