@@ -36,7 +36,9 @@ type Config struct {
 	// Algorithms allowed in a token's header; by default every asymmetric
 	// one (DefaultAlgorithms). "none" and the HMAC algorithms are refused:
 	// a verifier that holds only public keys must never accept a MAC,
-	// since a public key is no secret.
+	// since a public key is no secret. Whatever the algorithms, the key
+	// set's symmetric keys, keys for encryption and RSA keys under 2048
+	// bits are not used.
 	Algorithms []string
 
 	// Leeway for exp, nbf and iat, for clocks that differ: DefaultLeeway

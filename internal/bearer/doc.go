@@ -10,11 +10,11 @@
 // compact JWS with the allowed algorithms given up front, so that "none",
 // HMAC and any algorithm not listed are refused before a key is looked
 // up; verifying the signature; reading JWKs; and checking exp, nbf, iat,
-// iss and any-of-several audiences with a leeway (jwt.Claims). Every Caddy
-// build already compiles it (Caddy's ACME server imports go-oidc, which
-// imports it), so it adds no module. golang-jwt/jwt/v5 would do as well
-// for this part but is in no Caddy build; go-jose is the one already
-// there.
+// iss and any-of-several audiences with a leeway (jwt.Claims). Caddy's
+// standard modules already compile it (its ACME server imports go-oidc,
+// which imports it), so it adds no module. golang-jwt/jwt/v5 would do as
+// well for this part, but none of this module's builds compiles it;
+// go-jose is already there.
 //
 // The key set (discovery, fetching, refreshing, refetching for an unknown
 // key ID) is written here, in keys.go, because the libraries checked do
@@ -47,7 +47,22 @@
 // sooner after a failure or for a short max-age; a refresh that fails
 // keeps the keys held.
 //
-// The cache of verified tokens (cache.go) is ours too: it is a map behind
-// a lock per shard, keyed by SHA-256, with each entry's exp, which no
-// library of the module graph offers for less code than it takes.
+// The cache of verified tokens (cache.go) is ours too, a map behind a
+// lock per shard, after measuring the two caches of the module graph on
+// this project's 2-core machines, 64 entries read from one caller and
+// from two (ns per read, wall time):
+//
+//   - hashicorp/golang-lru/v2's expirable LRU: 71, then 79 from two
+//     callers. Every Get takes its one lock exclusively, to move the
+//     entry to the front: the global contention point to avoid.
+//   - dgraph-io/ristretto v0.2.0 (compiled into Caddy through badger):
+//     155, then 100. Its reads scale, but it keeps no key, only two 64-bit
+//     hashes of it, so a hit is a match of hashes rather than of the
+//     token's SHA-256; and its sets are applied later, through an
+//     admission policy that may drop them.
+//   - a map per shard (what cache.go does): 16, then 14.
+//
+// Verify's hit, SHA-256 of the token included, costs about 0.5 us of CPU
+// (BenchmarkVerify), against the 55-75 us of CPU that Caddy spends on a
+// request authenticated with a shared secret.
 package bearer

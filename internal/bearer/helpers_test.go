@@ -133,7 +133,7 @@ type issuer struct {
 	jwksFetches atomic.Int64
 }
 
-func newIssuer(t *testing.T, keys ...signer) *issuer {
+func newIssuer(t testing.TB, keys ...signer) *issuer {
 	is := &issuer{oidc: true}
 	for _, k := range keys {
 		is.keys = append(is.keys, k.public())
@@ -263,7 +263,7 @@ func (c *fakeClock) nextTimer(t *testing.T) time.Duration {
 
 // newVerifier returns a verifier of is's tokens for the audience "queue",
 // on clk, closed at the test's end.
-func newVerifier(t *testing.T, is *issuer, clk *fakeClock, change ...func(*Config)) *Verifier {
+func newVerifier(t testing.TB, is *issuer, clk *fakeClock, change ...func(*Config)) *Verifier {
 	t.Helper()
 	cfg := Config{
 		Issuer:     is.url(),

@@ -169,9 +169,10 @@ func (k *keys) startLocked() *attempt {
 }
 
 // refetch fetches the key set for a token whose key ID is unknown, or
-// joins the fetch in flight, and waits for it. Past the fetch that started
-// within the refetch interval it fetches nothing and returns what the last
-// attempt returned.
+// joins the fetch in flight, and waits for it. If it started one within
+// the refetch interval, it fetches nothing and returns the last fetch's
+// error: a key ID still unknown is then invalid if that fetch succeeded,
+// and cannot be judged if it failed.
 func (k *keys) refetch(ctx context.Context) error {
 	k.mu.Lock()
 	a := k.inflight

@@ -191,9 +191,7 @@ func (v *Verifier) keysFor(ctx context.Context, kid string, alg jose.SignatureAl
 		}
 	}
 	if set == nil {
-		// A refetch within the interval that found nothing to load and
-		// reported no error cannot happen: the first fetch either loads
-		// a set or fails.
+		// Not expected: a fetch that succeeds loads a set.
 		return nil, nil, fmt.Errorf("%w: no key set yet", ErrUnavailable)
 	}
 	if kid == "" {

@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 func TestVerifiesHydraToken(t *testing.T) {
@@ -628,5 +630,31 @@ func TestRefreshHonoursMaxAge(t *testing.T) {
 				t.Errorf("%d fetches once the refresh is due", n)
 			}
 		})
+	}
+}
+
+// What the verifier logs, fetches that fail included, holds no token.
+func TestLogsHoldNoToken(t *testing.T) {
+	core, logs := observer.New(zap.DebugLevel)
+	is := newIssuer(t, rsa1())
+	clk := newFakeClock()
+	v := newVerifier(t, is, clk, func(c *Config) { c.Logger = zap.New(core) })
+	raws := []string{sign(t, rsa1(), hydraClaims(is, clk.Now()))}
+	verify(t, v, raws[0])
+	is.set(func(is *issuer) { is.status = http.StatusInternalServerError })
+	raws = append(raws, sign(t, rsa2(), hydraClaims(is, clk.Now())))
+	expect(t, v, raws[1], ErrUnavailable)
+	if logs.FilterMessage("fetching the key set failed").Len() != 1 {
+		t.Errorf("the failed fetch is not logged: %v", logs.All())
+	}
+	for _, e := range logs.All() {
+		line := fmt.Sprint(e.Message, e.ContextMap())
+		for _, raw := range raws {
+			for _, part := range strings.Split(raw, ".") {
+				if strings.Contains(line, part) {
+					t.Errorf("logged a part of a token: %s", line)
+				}
+			}
+		}
 	}
 }
