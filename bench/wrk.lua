@@ -2,7 +2,7 @@
 -- and, when done, prints one JSON line with the figures the script needs.
 wrk.method = "POST"
 wrk.body = os.getenv("BENCH_BODY") or '{"messages": [{"msg":"hello world"}]}'
-wrk.headers["Authorization"] = os.getenv("QUEUE_AUTH_SECRET")
+wrk.headers["Authorization"] = os.getenv("BENCH_AUTHORIZATION") or os.getenv("QUEUE_AUTH_SECRET")
 
 function done(summary, latency, requests)
 	local e = summary.errors

@@ -41,6 +41,10 @@ const (
 	publishURL = "http://127.0.0.1:18081/"
 	recordsURL = "http://127.0.0.1:18082/"
 	keyedURL   = "http://127.0.0.1:18083/"
+	// jwtURL is publishURL's handler with a JWT in place of the secret.
+	jwtURL = "http://127.0.0.1:18084/"
+	// jwksAddr serves the key set that verifies the benchmark's JWT.
+	jwksAddr = "127.0.0.1:18099"
 	// The same as respondURL and publishURL over HTTPS with HTTP/2.
 	respondTLS = "https://localhost:18443/"
 	publishTLS = "https://localhost:18444/"
@@ -135,9 +139,15 @@ func run() error {
 		"XDG_DATA_HOME="+filepath.Join(tmp, "data"),
 		"XDG_CONFIG_HOME="+filepath.Join(tmp, "config"),
 	)
-	if err := harness.PortsFree("127.0.0.1:18080", "127.0.0.1:18081", "127.0.0.1:18082", "127.0.0.1:18083", "127.0.0.1:18443", "127.0.0.1:18444"); err != nil {
+	if err := harness.PortsFree("127.0.0.1:18080", "127.0.0.1:18081", "127.0.0.1:18082", "127.0.0.1:18083", "127.0.0.1:18084", "127.0.0.1:18443", "127.0.0.1:18444", jwksAddr); err != nil {
 		return err
 	}
+	token, stopIssuer, err := startIssuer()
+	if err != nil {
+		return err
+	}
+	defer stopIssuer()
+	env = append(env, "BENCH_JWKS_URL=http://"+jwksAddr+"/jwks")
 	var p procs
 	stopBroker, err := p.startBroker(bin, tmp, env)
 	if err != nil {
@@ -149,18 +159,24 @@ func run() error {
 	if p.caddy, err = harness.StartCaddy(bin, "bench/caddy.Caddyfile", filepath.Join(tmp, "caddy.log"), env); err != nil {
 		return err
 	}
-	for _, addr := range []string{"127.0.0.1:18080", "127.0.0.1:18081", "127.0.0.1:18082", "127.0.0.1:18083", "127.0.0.1:18443", "127.0.0.1:18444"} {
+	for _, addr := range []string{"127.0.0.1:18080", "127.0.0.1:18081", "127.0.0.1:18082", "127.0.0.1:18083", "127.0.0.1:18084", "127.0.0.1:18443", "127.0.0.1:18444"} {
 		if err := harness.WaitPort(addr); err != nil {
 			return err
 		}
 	}
 
 	recordsEnv := append(slices.Clone(env), "BENCH_BODY="+recordsBody())
+	jwtEnv := append(slices.Clone(env), "BENCH_AUTHORIZATION=Bearer "+token)
 	acked := int64(0)
 	measure := func(url string, c int, d time.Duration) (sample, error) {
 		if url == recordsURL {
 			s, err := p.measure(url, c, d, recordsEnv)
 			acked += perRequest * (s.Requests - s.Non2xx)
+			return s, err
+		}
+		if url == jwtURL {
+			s, err := p.measure(url, c, d, jwtEnv)
+			acked += s.Requests - s.Non2xx
 			return s, err
 		}
 		var s sample
@@ -176,7 +192,7 @@ func run() error {
 		return s, err
 	}
 	// Warm up the endpoints (connections, metadata).
-	for _, u := range []string{respondURL, publishURL, keyedURL, recordsURL, respondTLS, publishTLS} {
+	for _, u := range []string{respondURL, publishURL, keyedURL, jwtURL, recordsURL, respondTLS, publishTLS} {
 		if _, err := measure(u, *conns, 2*time.Second); err != nil {
 			return err
 		}
@@ -185,13 +201,13 @@ func run() error {
 	// kafka-go and kgo producers against the same broker process, so that
 	// each comparison is of runs on a broker in the same state: the
 	// in-memory broker slows as it fills.
-	var respond, publish, keyed, respond1, publish1, respondH2, publishH2 []sample
+	var respond, publish, keyed, jwt, respond1, publish1, respondH2, publishH2 []sample
 	var kg, kgo baselineResult
 	for range *rounds {
 		for _, run := range []struct {
 			url string
 			to  *[]sample
-		}{{respondURL, &respond}, {publishURL, &publish}, {keyedURL, &keyed}, {respondTLS, &respondH2}, {publishTLS, &publishH2}} {
+		}{{respondURL, &respond}, {publishURL, &publish}, {keyedURL, &keyed}, {jwtURL, &jwt}, {respondTLS, &respondH2}, {publishTLS, &publishH2}} {
 			s, err := measure(run.url, *conns, *duration)
 			if err != nil {
 				return err
@@ -247,14 +263,14 @@ func run() error {
 		return err
 	}
 
-	report := renderReport(runs{respond, publish, keyed, respond1, publish1, records, respondH2, publishH2, alone}, baselines{kg, kg100, kgo, kgo100}, expected, inTopic)
+	report := renderReport(runs{respond, publish, keyed, jwt, respond1, publish1, records, respondH2, publishH2, alone}, baselines{kg, kg100, kgo, kgo100}, expected, inTopic)
 	fmt.Print(report)
 	if *out != "" {
 		if err := os.WriteFile(*out, []byte(report), 0o644); err != nil {
 			return err
 		}
 	}
-	for _, s := range slices.Concat(publish, keyed, publish1, records, publishH2) {
+	for _, s := range slices.Concat(publish, keyed, jwt, publish1, records, publishH2) {
 		if s.Non2xx > 0 || s.SocketErrs > 0 {
 			return fmt.Errorf("queue_publish answered %d non-2xx, %d socket errors", s.Non2xx, s.SocketErrs)
 		}
@@ -520,7 +536,7 @@ func median(v []float64) float64 {
 
 // runs are the measured runs of each endpoint.
 type runs struct {
-	respond, publish, keyed, respond1, publish1, records, respondH2, publishH2 []sample
+	respond, publish, keyed, jwt, respond1, publish1, records, respondH2, publishH2 []sample
 	alone                                                                      sample
 }
 
@@ -563,7 +579,7 @@ const producerAloneRecords = 5500
 
 func renderReport(rs runs, bl baselines, expected, inTopic int64) string {
 	kg, kg100, kgo, kgo100 := bl.kg, bl.kg100, bl.kgo, bl.kgo100
-	r, q, k := summarize(rs.respond), summarize(rs.publish), summarize(rs.keyed)
+	r, q, k, j := summarize(rs.respond), summarize(rs.publish), summarize(rs.keyed), summarize(rs.jwt)
 	r1, q1 := summarize(rs.respond1), summarize(rs.publish1)
 	rm := summarize(rs.records)
 	rh, qh := summarize(rs.respondH2), summarize(rs.publishH2)
@@ -583,6 +599,7 @@ func renderReport(rs runs, bl baselines, expected, inTopic int64) string {
 	fmt.Fprintf(&b, "| Caddy `respond` | %.0f | %.2f ms | %.2f ms | %.1f us | - | %d |\n", r.reqPerSec, r.p50ms, r.p99ms, r.caddyUS, r.non2xx)
 	fmt.Fprintf(&b, "| `queue_publish` | %.0f | %.2f ms | %.2f ms | %.1f us | %.1f us | %d |\n", q.reqPerSec, q.p50ms, q.p99ms, q.caddyUS, q.brokerUS, q.non2xx)
 	fmt.Fprintf(&b, "| `queue_publish`, a distinct key per request | %.0f | %.2f ms | %.2f ms | %.1f us | %.1f us | %d |\n", k.reqPerSec, k.p50ms, k.p99ms, k.caddyUS, k.brokerUS, k.non2xx)
+	fmt.Fprintf(&b, "| `queue_publish`, a JWT (RS256, verified once, then from the cache) instead of the secret | %.0f | %.2f ms | %.2f ms | %.1f us | %.1f us | %d |\n", j.reqPerSec, j.p50ms, j.p99ms, j.caddyUS, j.brokerUS, j.non2xx)
 	fmt.Fprintf(&b, "| bare kafka-go `Writer`, %d callers, 1 record a call (msg/s) | %.0f | - | - | %.1f us (client) | %.1f us | %d failed |\n", *conns, kgRate, kg.CPUSeconds*1e6/float64(kg.Records), perRecord(kg.brokerCPU, kg.Records), kg.Failed)
 	fmt.Fprintf(&b, "| bare franz-go `kgo`, %d callers, 1 record a call (msg/s) | %.0f | - | - | %.1f us (client) | %.1f us | %d failed |\n\n", *conns, kgo.rate(), kgo.cpu(), kgo.broker(), kgo.Failed)
 	fmt.Fprintf(&b, "| %d records a request or call, %d connections or callers | records/s | p50 | p99 | client CPU/record | broker CPU/record | non-2xx |\n", perRequest, *conns)
@@ -598,6 +615,7 @@ func renderReport(rs runs, bl baselines, expected, inTopic int64) string {
 	fmt.Fprintf(&b, "| `queue_publish` | %.0f | %.3f ms | %.3f ms |\n", q1.reqPerSec, q1.p50ms, q1.p99ms)
 	fmt.Fprintf(&b, "| the producer alone, in the benchmark's process, no HTTP | %.0f | %.3f ms | %.3f ms |\n\n", float64(rs.alone.Requests)/(float64(rs.alone.DurationUS)/1e6), float64(rs.alone.P50US)/1000, float64(rs.alone.P99US)/1000)
 	fmt.Fprintf(&b, "Ratios at %d connections: throughput queue_publish/respond = %.2f; Caddy CPU per request queue_publish/respond = %.2f; p99 queue_publish - respond = %+.2f ms; throughput queue_publish/bare kafka-go = %.2f.\n", *conns, q.reqPerSec/r.reqPerSec, q.caddyUS/r.caddyUS, q.p99ms-r.p99ms, q.reqPerSec/kgRate)
+	fmt.Fprintf(&b, "A JWT instead of the secret: Caddy CPU per request jwt/secret = %.2f; throughput jwt/secret = %.2f.\n", j.caddyUS/q.caddyUS, j.reqPerSec/q.reqPerSec)
 	fmt.Fprintf(&b, "A distinct key per request: throughput queue_publish/respond = %.2f; Caddy CPU per request = %.2f.\n", k.reqPerSec/r.reqPerSec, k.caddyUS/r.caddyUS)
 	fmt.Fprintf(&b, "HTTPS, HTTP/2: throughput queue_publish/respond = %.2f; Caddy CPU per request queue_publish/respond = %.2f.\n", qh.reqPerSec/rh.reqPerSec, qh.caddyUS/rh.caddyUS)
 	fmt.Fprintf(&b, "Broker CPU per message: queue_publish %.1f us, bare kafka-go %.1f us.\n", q.brokerUS, perRecord(kg.brokerCPU, kg.Records))
