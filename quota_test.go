@@ -159,3 +159,37 @@ func TestMemoryLimiter(t *testing.T) {
 		t.Fatalf("%d pairs left after the sweep", n)
 	}
 }
+
+// In mode confluent, a stream's records are charged one by one: one
+// the quota cannot pay is answered 429 in its report and the stream goes
+// on; a v2 request is answered 429 in the REST Proxy's shape.
+func TestQuotaConfluent(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(2, "topic_1"), kfake.SeedTopics(1, "jsontest"))
+	t.Setenv("QP_TEST_SECRET", testSecret)
+	startCaddy(t, filepath.Join(t.TempDir(), "caddy.log"), confluentSite(c.ListenAddrs()[0], `quota {
+			records 0.01 2
+		}`))
+	send, reports, done := openStream(t, v3Path)
+	var got []string
+	for i := range 3 {
+		send(fmt.Sprintf(`{"partition_id":0,"value":{"type":"JSON","data":%d}}`, i))
+		line, err := reports.ReadString('\n')
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, line)
+	}
+	done()
+	for i, want := range []string{`{"error_code":200,`, `{"error_code":200,`, `{"error_code":429,"message":"Too many requests."}`} {
+		if !strings.HasPrefix(got[i], want) {
+			t.Errorf("report %d: %q, want %s...", i, got[i], want)
+		}
+	}
+	v2 := do(t, "POST", "/topics/topic_1", jsonHeader("application/vnd.kafka.json.v2+json"), strings.NewReader(`{"records":[{"value":1}]}`))
+	if v2.status != 429 || v2.body != `{"error_code":429,"message":"Too many requests."}` || v2.header.Get("Retry-After") != "100" {
+		t.Errorf("v2: %d %v %s", v2.status, v2.header, v2.body)
+	}
+	if n := len(stored(t, c, "topic_1")); n != 2 {
+		t.Errorf("%d records stored, want 2", n)
+	}
+}
