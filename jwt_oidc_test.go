@@ -24,9 +24,6 @@ import (
 
 const audience = "queue-publish"
 
-func bearerAuth(token string) map[string]string {
-	return map[string]string{"Authorization": "Bearer " + token}
-}
 
 func TestJWTFromHydra(t *testing.T) {
 	hydra := hydratest.Start(t)
