@@ -24,7 +24,6 @@ import (
 
 const audience = "queue-publish"
 
-
 func TestJWTFromHydra(t *testing.T) {
 	hydra := hydratest.Start(t)
 	hydra.CreateClient(t, "client-a", "client-a-secret", []string{audience, "another-service"})

@@ -537,7 +537,7 @@ func median(v []float64) float64 {
 // runs are the measured runs of each endpoint.
 type runs struct {
 	respond, publish, keyed, jwt, respond1, publish1, records, respondH2, publishH2 []sample
-	alone                                                                      sample
+	alone                                                                           sample
 }
 
 // producerAlone sends records one at a time with the module's producer,
