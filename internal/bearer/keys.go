@@ -70,6 +70,9 @@ func (s *keySet) match(kid string, alg jose.SignatureAlgorithm) (found []key, ki
 type attempt struct {
 	done    chan struct{}
 	started time.Time
+	// refetch: started for a token's unknown key ID, not the first
+	// fetch or a refresh.
+	refetch bool
 	err     error         // set before done is closed
 	maxAge  time.Duration // the key set's Cache-Control max-age, if any
 }
@@ -172,31 +175,36 @@ func (k *keys) startLocked() *attempt {
 // joins the fetch in flight, and waits for it. If it started one within
 // the refetch interval, it fetches nothing and returns the last fetch's
 // error: a key ID still unknown is then invalid if that fetch succeeded,
-// and cannot be judged if it failed.
-func (k *keys) refetch(ctx context.Context) error {
+// and cannot be judged if it failed. joined reports that the fetch waited
+// for was the first or a refresh, which may have started before the
+// token's key was published: a key ID it did not bring may still be had
+// by a refetch of its own.
+func (k *keys) refetch(ctx context.Context) (joined bool, err error) {
 	k.mu.Lock()
 	a := k.inflight
 	switch {
 	case a != nil:
 		// Joined, whoever started it: the first fetch, a refresh or
 		// another refetch.
+		joined = !a.refetch
 	case k.lastRefetch.IsZero() || k.s.clock.Now().Sub(k.lastRefetch) >= k.s.refetchInterval:
 		a = k.startLocked()
+		a.refetch = true
 		k.lastRefetch = a.started
 	default:
 		last := k.last
 		k.mu.Unlock()
 		if last != nil {
-			return last.err
+			return false, last.err
 		}
-		return nil
+		return false, nil
 	}
 	k.mu.Unlock()
 	select {
 	case <-a.done:
-		return a.err
+		return joined, a.err
 	case <-ctx.Done():
-		return fmt.Errorf("waiting for the key set: %w", ctx.Err())
+		return false, fmt.Errorf("waiting for the key set: %w", ctx.Err())
 	}
 }
 

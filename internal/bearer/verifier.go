@@ -83,6 +83,13 @@ func (v *Verifier) Close() {
 // exp is not verified again. ctx bounds the wait for the issuer's keys,
 // if they must be fetched.
 func (v *Verifier) Verify(ctx context.Context, raw string) (*Token, error) {
+	return v.VerifyWithin(ctx, raw, 0)
+}
+
+// VerifyWithin is Verify waiting at most wait (if positive) for the
+// issuer's keys. The deadline is made only when the token is not in the
+// cache: a request whose token was verified before pays no timer.
+func (v *Verifier) VerifyWithin(ctx context.Context, raw string, wait time.Duration) (*Token, error) {
 	if len(raw) > MaxTokenSize {
 		return nil, errTooLarge
 	}
@@ -96,6 +103,11 @@ func (v *Verifier) Verify(ctx context.Context, raw string) (*Token, error) {
 		if t, ok := v.cache.get(&d, now.Unix(), generation); ok {
 			return t, nil
 		}
+	}
+	if wait > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, wait)
+		defer cancel()
 	}
 	t, err := v.verify(ctx, raw, now)
 	if err != nil {
@@ -182,12 +194,18 @@ func (v *Verifier) keysFor(ctx context.Context, kid string, alg jose.SignatureAl
 			return nil, nil, fmt.Errorf("%w: algorithm %s does not fit key %s", ErrInvalid, alg, quote(kid))
 		}
 	}
-	if err := v.keys.refetch(ctx); err != nil {
-		return nil, nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
-	}
-	if set = v.keys.current.Load(); set != nil {
-		if found, _ := set.match(kid, alg); len(found) > 0 {
-			return found, set, nil
+	for range 2 { // a second time only after joining a fetch not made for this token
+		joined, err := v.keys.refetch(ctx)
+		if err != nil {
+			return nil, nil, fmt.Errorf("%w: %v", ErrUnavailable, err)
+		}
+		if set = v.keys.current.Load(); set != nil {
+			if found, _ := set.match(kid, alg); len(found) > 0 {
+				return found, set, nil
+			}
+		}
+		if !joined {
+			break
 		}
 	}
 	if set == nil {

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -656,5 +657,50 @@ func TestLogsHoldNoToken(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// A token whose key the issuer published while the first fetch was in
+// flight: the fetch it joined started before the key was there, so the
+// token gets a refetch of its own (the interval has not been spent by a
+// refetch), not a 401.
+func TestKeyPublishedDuringTheFirstFetch(t *testing.T) {
+	is := newIssuer(t, rsa1())
+	release := make(chan struct{})
+	is.set(func(is *issuer) { is.block = release })
+	clk := newFakeClock()
+	v := newVerifier(t, is, clk)
+	// The first fetch has its answer, without rsa-2, and waits.
+	waitUntil(t, func() bool { return is.fetches() == 1 })
+	is.set(func(is *issuer) { is.keys = append(is.keys, rsa2().public()); is.block = nil })
+	raw := sign(t, rsa2(), hydraClaims(is, clk.Now()))
+	verified := make(chan error, 1)
+	go func() {
+		_, err := v.Verify(context.Background(), raw)
+		verified <- err
+	}()
+	// Verify has joined the first fetch.
+	waitUntil(t, func() bool {
+		buf := make([]byte, 1<<20)
+		return strings.Contains(string(buf[:runtime.Stack(buf, true)]), "bearer.(*keys).refetch")
+	})
+	close(release)
+	if err := <-verified; err != nil {
+		t.Fatalf("a key published during the first fetch: %v", err)
+	}
+	if n := is.fetches(); n != 2 {
+		t.Errorf("%d fetches, want the first and one refetch", n)
+	}
+}
+
+// waitUntil polls cond until it holds, for up to 10 s.
+func waitUntil(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("timed out")
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
