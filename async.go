@@ -20,6 +20,7 @@ func (h *Handler) publishAsync(x *exchange, recs []*record) error {
 		return x.answer(http.StatusAccepted, bodyAccepted)
 	}
 	if !h.reserveQueue(len(recs)) {
+		h.refund(x, len(recs), int64(len(x.req.body)))
 		x.reason = rejectQueueFull
 		return x.fail(errQueueFull)
 	}
@@ -41,6 +42,7 @@ func (h *Handler) publishAsync(x *exchange, recs []*record) error {
 	}
 	h.asyncPending.Add(-int64(len(recs) - queued))
 	if ref := partitionRejection(err); ref != nil {
+		h.refund(x, len(recs), int64(len(x.req.body)))
 		return x.reject(ref)
 	}
 	f := recs[len(recs)-1].Outcome() // the topic could not be had, or the producer closed

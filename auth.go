@@ -70,9 +70,9 @@ type Authentication struct {
 	ClientCertificate string `json:"client_certificate,omitempty"`
 
 	// If true, a request an earlier handler authenticated (basic_auth,
-	// forward_auth with copy_headers, or any module that sets
-	// {http.auth.user.id}) is accepted as that user, its identity the
-	// user ID: any of Caddy's ways to authenticate works. The earlier
+	// or any module that sets {http.auth.user.id}, as Caddy's
+	// authentication handler does for its providers) is accepted as that
+	// user, its identity the user ID. The earlier
 	// handler must refuse the requests it does not authenticate, or
 	// leave them to the other ways set here.
 	CaddyAuth bool `json:"caddy_auth,omitempty"`
@@ -154,6 +154,9 @@ func (a *Authentication) provision(p *provisioning) error {
 		secret = secretsOrTokens{tokens: tokens{secrets: &a.secrets, maxAge: time.Duration(a.TokenMaxAge), topicFor: p.h.requestTopic}}
 	default:
 		secret = bearers{&a.secrets}
+	}
+	if err := a.secrets.distinct(a.JWT != nil); err != nil {
+		return err
 	}
 	if a.JWT != nil {
 		s, err := a.JWT.provision(p)
@@ -478,6 +481,32 @@ var compareDigests = subtle.ConstantTimeCompare
 // written to. The hash and hex functions only read it.
 func stringBytes(s string) []byte {
 	return unsafe.Slice(unsafe.StringData(s), len(s))
+}
+
+// distinct refuses two secrets of the same value, whose holders could not
+// be told apart (the identity would be whichever matched last), and, with
+// JWTs taken, a secret that has the form of a JWT, which would be checked
+// as one and never match.
+func (s *secrets) distinct(withJWT bool) error {
+	seen := make(map[[sha256.Size]byte]int, len(s.digests))
+	for i, d := range s.digests {
+		if j, ok := seen[d]; ok {
+			return fmt.Errorf("secret: %s and %s have the same value", s.field(j), s.field(i))
+		}
+		seen[d] = i
+		if withJWT && (&jwtScheme{}).presented(&request{authorization: "Bearer " + string(s.values[i])}) {
+			return fmt.Errorf("secret: %s has the form of a JWT, which jwt would check as one; use another secret", s.field(i))
+		}
+	}
+	return nil
+}
+
+// field names the i-th secret (from 0) in an error, never by its value.
+func (s *secrets) field(i int) string {
+	if s.names[i] != "" {
+		return fmt.Sprintf("%q", s.names[i])
+	}
+	return fmt.Sprintf("number %d", i+1)
 }
 
 // resolve resolves each secret's placeholders and keeps it, its digest

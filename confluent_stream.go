@@ -253,7 +253,9 @@ func (h *Handler) startStreamRecord(x *exchange, item *streamItem) {
 			return
 		}
 	}
-	if ref := h.charge(x, 1, item.size); ref != nil {
+	// The status and headers went before the stream's records: the
+	// quota's answer is the record's report alone.
+	if _, _, ref := h.take(x, 1, item.size); ref != nil {
 		item.ref = ref
 		return
 	}
@@ -264,6 +266,7 @@ func (h *Handler) startStreamRecord(x *exchange, item *streamItem) {
 	item.rec.Topic = x.topic
 	err := x.producer.Start(x.req.ctx, recs)
 	if item.ref = partitionRejection(err); item.ref != nil {
+		h.refund(x, 1, item.size)
 		return
 	}
 	item.started = true // a failed topic lookup is the record's outcome

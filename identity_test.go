@@ -2,6 +2,7 @@ package queuepublish
 
 import (
 	"bufio"
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -241,6 +242,7 @@ func headerOf(headers []kgo.RecordHeader, key string) string {
 // pool; its name of the configured kind is the identity.
 func TestClientCertificateIdentity(t *testing.T) {
 	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "orders"))
+	t.Setenv("QP_SECRET_A", "secret-of-client-a")
 	dir := t.TempDir()
 	ca, caKey := testCA(t, dir)
 	clientA := testClientCert(t, ca, caKey, "client-a", "spiffe://example.org/ns/shop/sa/client-a")
@@ -272,19 +274,51 @@ https://localhost:9443 {
 			identity_header producer-identity
 		}
 	}
+	handle /either {
+		queue_publish {
+			brokers %[2]s
+			topic orders
+			client_certificate cn
+			secret {env.QP_SECRET_A}
+		}
+	}
+}
+
+# Caddy asks for a certificate here but does not verify it.
+https://unverified.localhost:9443 {
+	tls internal {
+		client_auth {
+			mode request
+		}
+	}
+	queue_publish {
+		brokers %[2]s
+		topic orders
+		client_certificate cn
+	}
 }
 `, filepath.Join(dir, "ca.pem"), c.ListenAddrs()[0]))
-	post := func(cert tls.Certificate, path string) answerT {
-		cl := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{
-			InsecureSkipVerify: true, Certificates: []tls.Certificate{cert},
-		}}}
-		res, err := cl.Post("https://localhost:9443"+path, "application/json", strings.NewReader(`{}`))
+	postTo := func(host string, cert tls.Certificate, path string, header map[string]string) answerT {
+		cl := &http.Client{Transport: &http.Transport{
+			TLSClientConfig: &tls.Config{InsecureSkipVerify: true, Certificates: []tls.Certificate{cert}, ServerName: host},
+			DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+				return (&net.Dialer{}).DialContext(ctx, network, "127.0.0.1:9443")
+			},
+		}}
+		req, _ := http.NewRequest("POST", "https://"+host+":9443"+path, strings.NewReader(`{}`))
+		for k, v := range header {
+			req.Header.Set(k, v)
+		}
+		res, err := cl.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer res.Body.Close()
 		b, _ := io.ReadAll(res.Body)
 		return answerT{res.StatusCode, res.Header, string(b)}
+	}
+	post := func(cert tls.Certificate, path string) answerT {
+		return postTo("localhost", cert, path, nil)
 	}
 	if got := post(clientA, "/cn"); got.status != 200 {
 		t.Fatalf("client-a by cn: %d %s", got.status, got.body)
@@ -297,6 +331,21 @@ https://localhost:9443 {
 	}
 	if got := post(clientB, "/uri"); got.status != 403 {
 		t.Fatalf("client-b by uri: %d %s, want 403", got.status, got.body)
+	}
+	// Wrong credentials are refused whatever else the request carries: a
+	// wrong secret does not fall back on a good certificate.
+	if got := postTo("localhost", clientB, "/either", auth("wrong")); got.status != 403 {
+		t.Fatalf("a good certificate and a wrong secret: %d %s, want 403", got.status, got.body)
+	}
+	// A certificate Caddy did not verify is no credential (signed by
+	// the test CA or not, Caddy asked for it only).
+	other, otherKey := testCA(t, t.TempDir())
+	for name, cert := range map[string]tls.Certificate{
+		"the trusted CA's": clientA, "another CA's": testClientCert(t, other, otherKey, "client-a", "spiffe://example.org/x"),
+	} {
+		if got := postTo("unverified.localhost", cert, "/", nil); got.status != 403 || got.body != `{"err":"invalid auth token provided"}` {
+			t.Fatalf("an unverified certificate, %s: %d %s, want 403", name, got.status, got.body)
+		}
 	}
 	var ids []string
 	for _, r := range stored(t, c, "orders") {

@@ -3,6 +3,8 @@ package queuepublish
 import (
 	"context"
 	"errors"
+	"net"
+	"net/url"
 	"strings"
 	"time"
 
@@ -108,6 +110,12 @@ func (j *JWTAuth) provision(p *provisioning) (*jwtScheme, error) {
 	}
 	key := sharedKey("jwt", cfg)
 	logger := p.logger.Named("jwt")
+	for _, u := range []string{cfg.Issuer, cfg.JWKSURL} {
+		if insecureURL(u) {
+			// Keys fetched in the clear can be swapped on the way.
+			logger.Warn("the issuer's keys are fetched over plain HTTP; use https outside a test", zap.String("url", u))
+		}
+	}
 	v, _, err := loadShared(key, func() (*sharedVerifier, error) {
 		ctx, cancel := context.WithCancel(context.Background())
 		c := cfg
@@ -123,6 +131,21 @@ func (j *JWTAuth) provision(p *provisioning) (*jwtScheme, error) {
 		return nil, err
 	}
 	return &jwtScheme{v: v.v, claim: j.IdentityClaim, wait: time.Duration(p.h.Timeout) / 2, logger: logger, poolKey: key}, nil
+}
+
+// insecureURL reports whether u is plain HTTP to a host other than the
+// loopback.
+func insecureURL(u string) bool {
+	parsed, err := url.Parse(u)
+	if err != nil || parsed.Scheme != "http" {
+		return false
+	}
+	host := parsed.Hostname()
+	if host == "localhost" {
+		return false
+	}
+	ip := net.ParseIP(host)
+	return ip == nil || !ip.IsLoopback()
 }
 
 // sharedVerifier is a verifier in the pool.
@@ -167,9 +190,7 @@ func bearerCredential(header string) (string, bool) {
 
 func (s *jwtScheme) authenticate(x *exchange) *rejection {
 	raw, _ := bearerCredential(x.req.authorization)
-	ctx, cancel := context.WithTimeout(x.req.ctx, s.wait)
-	t, err := s.v.Verify(ctx, raw)
-	cancel()
+	t, err := s.v.VerifyWithin(x.req.ctx, raw, s.wait)
 	x.req.identity = identity{scheme: schemeJWT}
 	if err != nil {
 		// The error says what is wrong, never the token.

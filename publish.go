@@ -14,6 +14,13 @@ import (
 // records that stand for the request: send and, for a repeated request,
 // those of the first attempt that stand. Delivery async only queues them.
 func (h *Handler) publish(x *exchange, final, send []*record) error {
+	// The quota is charged here, past every other refusal and only for
+	// what is sent: a repeat answered from its first attempt is free.
+	if len(send) > 0 {
+		if ref := h.charge(x, len(send), int64(len(x.req.body))); ref != nil {
+			return x.reject(ref)
+		}
+	}
 	if len(send) > 0 && h.traceHeaders {
 		addTraceHeaders(&x.req, send)
 	}
@@ -31,6 +38,7 @@ func (h *Handler) publish(x *exchange, final, send []*record) error {
 func (h *Handler) publishSync(x *exchange, final, send []*record) error {
 	if len(send) > 0 {
 		if ref := partitionRejection(x.producer.Produce(x.req.ctx, send)); ref != nil {
+			h.refund(x, len(send), int64(len(x.req.body)))
 			return x.reject(ref)
 		}
 	}

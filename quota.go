@@ -45,9 +45,9 @@ type Quotas struct {
 
 // A Quota limits the identities it matches.
 type Quota struct {
-	// The identities: a name or a pattern (as in allow). Default: "*",
-	// every identity (the holders of an unnamed secret share one
-	// bucket).
+	// The identities: a name or a pattern (as in allow, where "*" does
+	// not cross a "/"). Unset: every identity, whatever its name (the
+	// holders of an unnamed secret share one pair of buckets).
 	Identity string `json:"identity,omitempty"`
 
 	// Records a second, on average; zero: not limited.
@@ -65,7 +65,11 @@ type Quota struct {
 // quota is a Quota resolved: its buckets, and the RateLimit-Policy it
 // answers.
 type quota struct {
-	index    int // in the configured list: part of its buckets' keys
+	// id names the quota's buckets: a digest of its definition, so that
+	// handlers with the same quota share its buckets (in memory and on
+	// Redis alike), and a changed quota starts afresh.
+	id       string
+	all      bool // no identity: every one, whatever its name holds
 	identity pattern
 	records  bucketRate
 	bytes    bucketRate
@@ -85,11 +89,11 @@ func (b bucketRate) limited() bool { return b.rate > 0 }
 func (q *Quotas) check() error {
 	for i := range q.Quotas {
 		quota := &q.Quotas[i]
-		if quota.Identity == "" {
-			quota.Identity = "*"
-		}
 		if err := pattern(quota.Identity).check(); err != nil {
 			return fmt.Errorf("quota %d: %v", i+1, err)
+		}
+		if quota.RecordsPerSecond < 0 || math.IsNaN(quota.RecordsPerSecond) || math.IsInf(quota.RecordsPerSecond, 0) {
+			return fmt.Errorf("quota %d: records_per_second: must be a positive number", i+1)
 		}
 		if err := checkLimits(
 			limit{"records_per_second", int64(math.Ceil(quota.RecordsPerSecond)), true},
@@ -98,9 +102,6 @@ func (q *Quotas) check() error {
 			limit{"bytes_burst", quota.BytesBurst, true},
 		); err != nil {
 			return fmt.Errorf("quota %d: %v", i+1, err)
-		}
-		if math.IsNaN(quota.RecordsPerSecond) || math.IsInf(quota.RecordsPerSecond, 0) {
-			return fmt.Errorf("quota %d: records_per_second: not a number", i+1)
 		}
 		if quota.RecordsPerSecond == 0 && quota.BytesPerSecond == 0 {
 			return fmt.Errorf("quota %d: limits neither records nor bytes", i+1)
@@ -127,9 +128,10 @@ func (q *Quotas) provision(p *provisioning) error {
 	if len(q.Quotas) == 0 {
 		return nil
 	}
-	for i, c := range q.Quotas {
+	for _, c := range q.Quotas {
 		r := quota{
-			index:    i,
+			id:       sharedKey("quota", c)[len("queue_publish.quota."):][:16],
+			all:      c.Identity == "",
 			identity: pattern(c.Identity),
 			records:  bucketRate{c.RecordsPerSecond, float64(c.RecordsBurst)},
 			bytes:    bucketRate{float64(c.BytesPerSecond), float64(c.BytesBurst)},
@@ -137,15 +139,17 @@ func (q *Quotas) provision(p *provisioning) error {
 		r.policy = []string{r.policyHeader()}
 		q.quotas = append(q.quotas, r)
 	}
+	var l limiter
 	var err error
 	if q.QuotaRedis == "" {
-		q.limiter, err = q.memoryLimiter()
+		l, err = memoryLimiterShared()
 	} else {
-		q.limiter, err = q.redisLimiter(p.repl, time.Duration(p.h.Timeout), p.logger)
+		l, err = q.redisLimiter(p.repl, time.Duration(p.h.Timeout), p.logger)
 	}
 	if err != nil {
 		return fmt.Errorf("quota_redis: %v", err)
 	}
+	q.limiter = l // only once taken: cleanup releases it
 	return nil
 }
 
@@ -161,7 +165,7 @@ func (q *Quotas) cleanup() error {
 // quotaOf is the quota of an identity; nil if none applies.
 func (q *Quotas) quotaOf(name string) *quota {
 	for i := range q.quotas {
-		if q.quotas[i].identity.matches(name) {
+		if q.quotas[i].all || q.quotas[i].identity.matches(name) {
 			return &q.quotas[i]
 		}
 	}
@@ -172,7 +176,9 @@ func (q *Quotas) quotaOf(name string) *quota {
 type limiter interface {
 	// take takes records and bytes from the buckets of the identity
 	// name under quota q, if both have them; otherwise it takes
-	// nothing and says how long until they would.
+	// nothing and says how long until they would. Negative amounts give
+	// back, up to the bursts. A store across the network bounds its wait
+	// itself.
 	take(ctx context.Context, q *quota, name string, records, bytes int64) (buckets, error)
 	// release ends a handler's use of the store.
 	release() error
@@ -195,34 +201,62 @@ var (
 
 // charge charges a request's records and bytes to its publisher's quota,
 // and says so in the RateLimit headers; a rejection if it cannot pay.
+// It is called once nothing else can refuse the request but the broker:
+// a request refused for another reason, or a repeat answered from the
+// first attempt, costs nothing.
 func (h *Handler) charge(x *exchange, records int, bytes int64) *rejection {
-	if h.limiter == nil {
-		return nil
-	}
-	q := h.quotaOf(x.req.identity.name)
+	q, b, ref := h.take(x, records, bytes)
 	if q == nil {
-		return nil
+		return ref
 	}
 	hdr := x.w.Header()
 	hdr["Ratelimit-Policy"] = q.policy
-	if q.records.limited() && float64(records) > q.records.burst || q.bytes.limited() && float64(bytes) > q.bytes.burst {
-		return rejectedOverBurst
-	}
-	// A shared store is waited for at most half the request's timeout,
-	// as the store of Idempotency-Keys: the rest is the broker's.
-	ctx, cancel := context.WithTimeout(x.req.ctx, time.Duration(h.Timeout)/2)
-	defer cancel()
-	b, err := h.limiter.take(ctx, q, x.req.identity.name, int64(records), bytes)
-	if err != nil {
-		h.logger.Warn("quota store unavailable; request answered 503", zap.Error(err))
-		return rejectedQuotaStore
+	if ref == rejectedOverBurst || ref == rejectedQuotaStore {
+		return ref
 	}
 	hdr["Ratelimit"] = []string{q.state(b)}
-	if !b.taken {
+	if ref != nil {
 		hdr["Retry-After"] = []string{strconv.FormatInt(int64(math.Ceil(b.wait.Seconds())), 10)}
-		return rejectedQuota
 	}
-	return nil
+	return ref
+}
+
+// take is charge without the headers, for a stream's records, whose
+// status went before them: the quota that applies (nil: none), what its
+// buckets hold, and a rejection if they cannot pay.
+func (h *Handler) take(x *exchange, records int, bytes int64) (*quota, buckets, *rejection) {
+	if h.limiter == nil {
+		return nil, buckets{}, nil
+	}
+	q := h.quotaOf(x.req.identity.name)
+	if q == nil {
+		return nil, buckets{}, nil
+	}
+	if q.records.limited() && float64(records) > q.records.burst || q.bytes.limited() && float64(bytes) > q.bytes.burst {
+		return q, buckets{}, rejectedOverBurst
+	}
+	b, err := h.limiter.take(x.req.ctx, q, x.req.identity.name, int64(records), bytes)
+	if err != nil {
+		h.logger.Warn("quota store unavailable; request answered 503", zap.Error(err))
+		return q, buckets{}, rejectedQuotaStore
+	}
+	if !b.taken {
+		return q, b, rejectedQuota
+	}
+	return q, b, nil
+}
+
+// refund gives back what charge took for a request the broker was never
+// asked to write (a partition it does not have, a full queue).
+func (h *Handler) refund(x *exchange, records int, bytes int64) {
+	if h.limiter == nil {
+		return
+	}
+	if q := h.quotaOf(x.req.identity.name); q != nil {
+		if _, err := h.limiter.take(x.req.ctx, q, x.req.identity.name, -int64(records), -bytes); err != nil {
+			h.logger.Warn("quota store unavailable; a refund is lost", zap.Error(err))
+		}
+	}
 }
 
 // policyHeader is the quota as RateLimit-Policy says it: for each
@@ -291,12 +325,4 @@ func (r bucketRate) wait(held, cost float64) time.Duration {
 		return 0
 	}
 	return time.Duration((cost - held) / r.rate * float64(time.Second))
-}
-
-// limitersKey identifies the buckets of a set of quotas across reloads.
-func (q *Quotas) limitersKey(kind string, extra any) string {
-	return sharedKey(kind, struct {
-		Quotas []Quota `json:"quotas"`
-		Extra  any     `json:"extra,omitempty"`
-	}{q.Quotas, extra})
 }

@@ -2,7 +2,6 @@ package queuepublish
 
 import (
 	"context"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -12,8 +11,9 @@ import (
 // one pair (records, bytes) for each identity under each quota, each pair
 // under its own lock, so that publishers never wait for one another;
 // only requests of the same identity serialize, for the few nanoseconds
-// of a take. Handlers with the same quotas share it across reloads, so
-// that a reload does not refill every bucket.
+// of a take. There is one, which every handler shares across reloads:
+// a reload does not refill the buckets, and handlers with the same quota
+// share its buckets, as they do on Redis.
 type memoryLimiter struct {
 	pairs   sync.Map     // quota index and identity -> *bucketPair
 	swept   atomic.Int64 // when the pairs were last swept, in Unix nanoseconds
@@ -35,12 +35,15 @@ type bucketPair struct {
 // published within a bucket's fill time, however many publish over time.
 const sweepEvery = time.Minute
 
-func (q *Quotas) memoryLimiter() (limiter, error) {
-	key := q.limitersKey("quota_memory", nil)
+func memoryLimiterShared() (limiter, error) {
+	key := sharedKey("quota_memory", nil)
 	l, _, err := loadShared(key, func() (*memoryLimiter, error) {
 		return &memoryLimiter{now: time.Now, poolKey: key}, nil
 	})
-	return l, err
+	if err != nil {
+		return nil, err // not a typed nil in the interface
+	}
+	return l, nil
 }
 
 func (l *memoryLimiter) take(_ context.Context, q *quota, name string, records, bytes int64) (buckets, error) {
@@ -48,7 +51,7 @@ func (l *memoryLimiter) take(_ context.Context, q *quota, name string, records, 
 	if last := l.swept.Load(); now.UnixNano()-last > int64(sweepEvery) && l.swept.CompareAndSwap(last, now.UnixNano()) {
 		go l.sweep(now)
 	}
-	key := strconv.Itoa(q.index) + "\x00" + name
+	key := q.id + "\x00" + name
 	p := l.pair(key, q, now)
 	defer p.mu.Unlock()
 	elapsed := now.Sub(p.at)
@@ -60,10 +63,10 @@ func (l *memoryLimiter) take(_ context.Context, q *quota, name string, records, 
 		return buckets{wait: wait, records: p.records, bytes: p.bytes}, nil
 	}
 	if q.records.limited() {
-		p.records -= float64(records)
+		p.records = min(q.records.burst, p.records-float64(records))
 	}
 	if q.bytes.limited() {
-		p.bytes -= float64(bytes)
+		p.bytes = min(q.bytes.burst, p.bytes-float64(bytes))
 	}
 	return buckets{taken: true, records: p.records, bytes: p.bytes}, nil
 }

@@ -20,12 +20,14 @@ import (
 type redisLimiter struct {
 	client  redis.UniversalClient
 	prefix  string
+	wait    time.Duration // the longest a take waits for Redis
 	poolKey string
 }
 
 // takeScript takes ARGV[5] records and ARGV[6] bytes from the buckets of
 // KEYS[1], whose rates and sizes are ARGV[1..4] (a zero rate: no
-// limit), if both hold them. It answers whether it took, the seconds to
+// limit), if both hold them; negative amounts give back, up to the
+// sizes. It answers whether it took, the seconds to
 // wait otherwise, and what the buckets hold, as strings (Redis would
 // truncate Lua's numbers to integers). The hash expires once both
 // buckets would be full again.
@@ -43,8 +45,8 @@ local wait = 0
 if rr > 0 and r < rc then wait = math.max(wait, (rc - r) / rr) end
 if br > 0 and b < bc then wait = math.max(wait, (bc - b) / br) end
 if wait == 0 then
-	if rr > 0 then r = r - rc end
-	if br > 0 then b = b - bc end
+	if rr > 0 then r = math.min(rb, r - rc) end
+	if br > 0 then b = math.min(bb, b - bc) end
 end
 redis.call('HSET', KEYS[1], 'r', string.format('%.17g', r), 'b', string.format('%.17g', b), 't', string.format('%.17g', now))
 local full = 0
@@ -58,7 +60,7 @@ return {'0', string.format('%.17g', wait), string.format('%.17g', r), string.for
 // redisLimiter connects to quota_redis, its placeholders resolved;
 // handlers with the same URL, TLS and quotas share one client, across
 // reloads.
-func (q *Quotas) redisLimiter(repl *caddy.Replacer, _ time.Duration, logger *zap.Logger) (limiter, error) {
+func (q *Quotas) redisLimiter(repl *caddy.Replacer, timeout time.Duration, logger *zap.Logger) (limiter, error) {
 	rawURL, err := resolveSecret(repl, q.QuotaRedis)
 	if err != nil {
 		return nil, err
@@ -71,23 +73,32 @@ func (q *Quotas) redisLimiter(repl *caddy.Replacer, _ time.Duration, logger *zap
 		}
 		tlsConfig, _ = material.config() // material built it once already
 	}
-	key := q.limitersKey("quota_redis", struct {
-		URL string       `json:"url"` // part of the digest of the key, never the key
-		TLS *tlsMaterial `json:"tls,omitempty"`
-	}{rawURL, material})
+	// A take waits for Redis at most half the request's timeout, as the
+	// store of Idempotency-Keys: the rest is the broker's.
+	wait := timeout / 2
+	key := sharedKey("quota_redis", struct {
+		URL  string        `json:"url"` // part of the digest of the key, never the key
+		TLS  *tlsMaterial  `json:"tls,omitempty"`
+		Wait time.Duration `json:"wait"`
+	}{rawURL, material, wait})
 	l, _, err := loadShared(key, func() (*redisLimiter, error) {
 		client, err := newRedisClient(rawURL, tlsConfig)
 		if err != nil {
 			return nil, err
 		}
 		useRedisLog(logger)
-		return &redisLimiter{client: client, prefix: defaultKeyPrefix + "quota:", poolKey: key}, nil
+		return &redisLimiter{client: client, prefix: defaultKeyPrefix + "quota:", wait: wait, poolKey: key}, nil
 	})
-	return l, err
+	if err != nil {
+		return nil, err // not a typed nil in the interface
+	}
+	return l, nil
 }
 
 func (l *redisLimiter) take(ctx context.Context, q *quota, name string, records, bytes int64) (buckets, error) {
-	key := l.prefix + strconv.Itoa(q.index) + ":" + name
+	key := l.prefix + q.id + ":" + name
+	ctx, cancel := context.WithTimeout(ctx, l.wait)
+	defer cancel()
 	res, err := takeScript.Run(ctx, l.client, []string{key},
 		q.records.rate, q.records.burst, q.bytes.rate, q.bytes.burst, records, bytes).StringSlice()
 	if err != nil {

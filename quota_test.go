@@ -9,7 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/twmb/franz-go/pkg/kfake"
+	"go.uber.org/zap"
 )
 
 // quotaServer runs a records-mode handler with named secrets and quotas
@@ -191,5 +193,80 @@ func TestQuotaConfluent(t *testing.T) {
 	}
 	if n := len(stored(t, c, "topic_1")); n != 2 {
 		t.Errorf("%d records stored, want 2", n)
+	}
+}
+
+// A quota without an identity is every identity's, whatever its name
+// holds: a SPIFFE ID or a URL-shaped subject has slashes, which a
+// pattern's "*" does not cross.
+func TestQuotaWithoutIdentityIsEveryones(t *testing.T) {
+	q := &Quotas{Quotas: []Quota{{RecordsPerSecond: 1}, {Identity: "never", RecordsPerSecond: 2}}}
+	if err := q.check(); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.provision(&provisioning{h: &Handler{}}); err != nil {
+		t.Fatal(err)
+	}
+	defer q.cleanup()
+	for _, name := range []string{"spiffe://example.org/ns/shop/sa/publisher", "https://issuer.example/users/42", "client-a", ""} {
+		if got := q.quotaOf(name); got == nil || got.records.rate != 1 {
+			t.Errorf("%q: quota %+v, want the first", name, got)
+		}
+	}
+}
+
+// A store that cannot be made leaves nothing for Cleanup to release:
+// Caddy calls Cleanup after a failed Provision.
+func TestQuotaFailedProvisionCleansUp(t *testing.T) {
+	q := &Quotas{Quotas: []Quota{{RecordsPerSecond: 1}}, QuotaRedis: "http://not-redis.example"}
+	if err := q.check(); err != nil {
+		t.Fatal(err)
+	}
+	err := q.provision(&provisioning{h: &Handler{}, repl: caddy.NewReplacer(), logger: zap.NewNop()})
+	if err == nil || !strings.Contains(err.Error(), "redis://") {
+		t.Fatalf("provision: %v, want the URL refused", err)
+	}
+	if q.limiter != nil {
+		t.Fatalf("limiter %#v after a failed provision", q.limiter)
+	}
+	if err := q.cleanup(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A repeat answered from its first attempt, and a request the
+// Idempotency-Key refuses, cost nothing.
+func TestQuotaSparesRepeatsAndRefusals(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(1, "orders"))
+	quotaServer(t, c, `idempotency_window 1m
+		quota client-a {
+			records 0.01 2
+		}`)
+	send := func(key, body string) answerT {
+		h := auth("secret-of-client-a")
+		if key != "" {
+			h["Idempotency-Key"] = key
+		}
+		return do(t, "POST", "/", h, strings.NewReader(body))
+	}
+	one := `{"records":[{"value":1}]}`
+	if got := send("k1", one); got.status != 200 || got.header.Get("RateLimit") != `"records";r=1;t=100` {
+		t.Fatalf("first: %d %v %s", got.status, got.header, got.body)
+	}
+	if got := send("k1", one); got.status != 200 || got.header.Get("Idempotent-Replayed") != "true" {
+		t.Fatalf("repeat: %d %v %s", got.status, got.header, got.body)
+	}
+	if got := send("k1", `{"records":[{"value":2}]}`); got.status != 422 {
+		t.Fatalf("the key with another body: %d %s", got.status, got.body)
+	}
+	if got := send("k2", one); got.status != 200 || got.header.Get("RateLimit") != `"records";r=0;t=200` {
+		t.Fatalf("second: %d %v %s, want the last record taken", got.status, got.header, got.body)
+	}
+	if got := send("k3", one); got.status != 429 {
+		t.Fatalf("third: %d %s, want 429", got.status, got.body)
+	}
+	// The key of the request refused 429 is free: it produced nothing.
+	if got := send("k3", one); got.status != 429 {
+		t.Fatalf("third again: %d %s, want 429 again, not 409", got.status, got.body)
 	}
 }

@@ -57,9 +57,6 @@ func (h *Handler) serve(x *exchange) error {
 	if ref != nil {
 		return x.reject(ref)
 	}
-	if ref := h.charge(x, len(recs), int64(len(x.req.body))); ref != nil {
-		return x.reject(ref)
-	}
 	if x.req.key != "" {
 		return h.publishOnce(x, recs)
 	}
