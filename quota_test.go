@@ -3,6 +3,8 @@ package queuepublish
 import (
 	"context"
 	"fmt"
+	"io"
+	"net"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -268,5 +270,32 @@ func TestQuotaSparesRepeatsAndRefusals(t *testing.T) {
 	// The key of the request refused 429 is free: it produced nothing.
 	if got := send("k3", one); got.status != 429 {
 		t.Fatalf("third again: %d %s, want 429 again, not 409", got.status, got.body)
+	}
+}
+
+// A stream whose first record comes with its headers: the record is
+// charged on the reading goroutine while the status is written, and must
+// not touch the answer's headers (a concurrent map write kills the
+// process; -race, as CI runs the tests, reports it at once).
+func TestQuotaStreamLeavesHeadersAlone(t *testing.T) {
+	c := newCluster(t, kfake.NumBrokers(1), kfake.SeedTopics(2, "topic_1"), kfake.SeedTopics(1, "jsontest"))
+	t.Setenv("QP_TEST_SECRET", testSecret)
+	startCaddy(t, filepath.Join(t.TempDir(), "caddy.log"), confluentSite(c.ListenAddrs()[0], `quota {
+			records 1000 1000
+		}`))
+	rec := `{"partition_id":0,"value":{"type":"JSON","data":1}}`
+	for range 50 {
+		conn, err := net.Dial("tcp", "127.0.0.1:9080")
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(conn, "POST %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nAuthorization: %s\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n",
+			v3Path, testSecret, len(rec), rec)
+		conn.SetDeadline(time.Now().Add(5 * time.Second))
+		b, _ := io.ReadAll(conn)
+		conn.Close()
+		if !strings.Contains(string(b), `"error_code":200`) {
+			t.Fatalf("answer: %s", b)
+		}
 	}
 }
