@@ -1,6 +1,7 @@
 package hydratest
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -29,47 +30,65 @@ var binaryMu sync.Mutex
 // fails the test: a suite that needs Hydra must not pass without it.
 func Binary(t testing.TB) string {
 	t.Helper()
-	if path := os.Getenv("QP_HYDRA"); path != "" {
-		if info, err := os.Stat(path); err != nil || info.IsDir() {
-			t.Fatalf("QP_HYDRA=%s is not a file: %v", path, err)
-		}
-		return path
-	}
-	binaryMu.Lock()
-	defer binaryMu.Unlock()
-	dir := filepath.Join(goEnv(t, "GOCACHE"), "queue-publish", "hydra-"+Version)
-	bin := filepath.Join(dir, "hydra")
-	if _, err := os.Stat(bin); err == nil {
-		return bin
-	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	lock, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	bin, err := FindBinary(t.Logf)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return bin
+}
+
+// FindBinary is Binary for a caller without a test (one whose Hydra
+// outlives a test); logf, if not nil, is told of a build.
+func FindBinary(logf func(format string, args ...any)) (string, error) {
+	if path := os.Getenv("QP_HYDRA"); path != "" {
+		if info, err := os.Stat(path); err != nil || info.IsDir() {
+			return "", fmt.Errorf("QP_HYDRA=%s is not a file: %v", path, err)
+		}
+		return path, nil
+	}
+	binaryMu.Lock()
+	defer binaryMu.Unlock()
+	cache, err := goEnv("GOCACHE")
+	if err != nil {
+		return "", err
+	}
+	dir := filepath.Join(cache, "queue-publish", "hydra-"+Version)
+	bin := filepath.Join(dir, "hydra")
+	if _, err := os.Stat(bin); err == nil {
+		return bin, nil
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return "", err
+	}
+	lock, err := os.OpenFile(filepath.Join(dir, "lock"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return "", err
+	}
 	defer lock.Close()
 	if err := syscall.Flock(int(lock.Fd()), syscall.LOCK_EX); err != nil {
-		t.Fatal(err)
+		return "", err
 	}
 	defer syscall.Flock(int(lock.Fd()), syscall.LOCK_UN)
 	// Another test binary may have built it while this one waited.
 	if _, err := os.Stat(bin); err == nil {
-		return bin
+		return bin, nil
 	}
-	build(t, bin)
-	return bin
+	if logf != nil {
+		logf("building Hydra %s into %s (a few minutes, once)", Version, bin)
+	}
+	return bin, build(bin)
 }
 
 // build builds Hydra into bin through a throwaway module: go install
 // refuses Hydra's module because its go.mod has replace directives. The
 // binary is written under a temporary name and renamed, so that a build
-// killed halfway never leaves a file that Binary would take for done.
-func build(t testing.TB, bin string) {
-	t.Helper()
-	t.Logf("building Hydra %s into %s (a few minutes, once)", Version, bin)
-	mod := t.TempDir()
+// killed halfway never leaves a file that FindBinary would take for done.
+func build(bin string) error {
+	mod, err := os.MkdirTemp("", "hydratool-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(mod)
 	tmp := bin + ".building"
 	steps := [][]string{
 		{"mod", "init", "example/hydratool"},
@@ -86,25 +105,22 @@ func build(t testing.TB, bin string) {
 		cmd.Env = append(os.Environ(), "GOWORK=off", "GOFLAGS=-buildvcs=false")
 		if out, err := cmd.CombinedOutput(); err != nil {
 			os.Remove(tmp)
-			t.Fatalf("building Hydra: go %s: %v\n%s", strings.Join(args, " "), err, out)
+			return fmt.Errorf("building Hydra: go %s: %v\n%s", strings.Join(args, " "), err, out)
 		}
 	}
-	if err := os.Rename(tmp, bin); err != nil {
-		t.Fatal(err)
-	}
+	return os.Rename(tmp, bin)
 }
 
-func goEnv(t testing.TB, name string) string {
-	t.Helper()
+func goEnv(name string) (string, error) {
 	out, err := exec.Command(goCommand(), "env", name).Output()
 	if err != nil {
-		t.Fatalf("go env %s: %v", name, err)
+		return "", fmt.Errorf("go env %s: %v", name, err)
 	}
 	value := strings.TrimSpace(string(out))
 	if value == "" || value == "off" {
-		t.Fatalf("go env %s is %q: no cache to build Hydra into (set QP_HYDRA to a hydra binary)", name, value)
+		return "", fmt.Errorf("go env %s is %q: no cache to build Hydra into (set QP_HYDRA to a hydra binary)", name, value)
 	}
-	return value
+	return value, nil
 }
 
 // goCommand is the go command of the toolchain that runs the tests, so

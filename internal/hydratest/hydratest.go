@@ -41,9 +41,11 @@ type Server struct {
 	// AdminURL is the root of the admin API, on its own port.
 	AdminURL string
 
-	cmd  *exec.Cmd
-	done chan struct{}
-	log  string
+	cmd      *exec.Cmd
+	dir      string
+	done     chan struct{}
+	stopOnce sync.Once
+	log      string
 
 	mu sync.Mutex
 	// basic holds the clients that authenticate with HTTP Basic
@@ -52,12 +54,40 @@ type Server struct {
 }
 
 // Start starts Hydra and returns once both its public and its admin API
-// answer ready.
+// answer ready; it is stopped when the test ends.
 func Start(t testing.TB) *Server {
 	t.Helper()
-	bin := Binary(t)
-	dir := t.TempDir()
-	public, admin := freePort(t), freePort(t)
+	s, err := launch(Binary(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Stop)
+	return s
+}
+
+// Launch is Start for a Hydra that outlives a test, such as one a suite's
+// shared Kafka cluster validates tokens with: the caller stops it.
+func Launch() (*Server, error) {
+	bin, err := FindBinary(func(format string, args ...any) { fmt.Fprintf(os.Stderr, format+"\n", args...) })
+	if err != nil {
+		return nil, err
+	}
+	return launch(bin)
+}
+
+func launch(bin string) (*Server, error) {
+	dir, err := os.MkdirTemp("", "hydra-")
+	if err != nil {
+		return nil, err
+	}
+	public, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	admin, err := freePort()
+	if err != nil {
+		return nil, err
+	}
 	base := "http://127.0.0.1:" + strconv.Itoa(public)
 	secret := make([]byte, 24)
 	rand.Read(secret)
@@ -82,53 +112,64 @@ log:
 `, public, admin, base, hex.EncodeToString(secret))
 	configFile := filepath.Join(dir, "hydra.yml")
 	if err := os.WriteFile(configFile, []byte(config), 0o600); err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	s := &Server{
 		JWKSURL:  base + "/.well-known/jwks.json",
 		TokenURL: base + "/oauth2/token",
 		AdminURL: "http://127.0.0.1:" + strconv.Itoa(admin),
+		dir:      dir,
 		done:     make(chan struct{}),
-		basic:    map[string]bool{},
 		log:      filepath.Join(dir, "hydra.log"),
+		basic:    map[string]bool{},
 	}
 	logFile, err := os.Create(s.log)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	defer logFile.Close()
 	s.cmd = exec.Command(bin, "serve", "all", "-c", configFile, "--dev", "--sqa-opt-out")
 	s.cmd.Dir = dir
 	s.cmd.Stdout, s.cmd.Stderr = logFile, logFile
+	// Killed with the process that started it: a test binary that
+	// panicked or timed out leaves no issuer behind.
+	s.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := s.cmd.Start(); err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	go func() {
 		s.cmd.Wait()
 		close(s.done)
 	}()
-	t.Cleanup(s.stop)
-	s.waitReady(t, base+"/health/ready", s.AdminURL+"/health/ready")
-	s.Issuer = s.discoveredIssuer(t, base)
-	return s
-}
-
-// stop ends Hydra as a service manager would, and kills it if it does not
-// end in time.
-func (s *Server) stop() {
-	s.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-s.done:
-	case <-time.After(10 * time.Second):
-		s.cmd.Process.Kill()
-		<-s.done
+	if err := s.waitReady(base+"/health/ready", s.AdminURL+"/health/ready"); err != nil {
+		s.Stop()
+		return nil, err
 	}
+	if s.Issuer, err = discoveredIssuer(base); err != nil {
+		s.Stop()
+		return nil, err
+	}
+	return s, nil
 }
 
-// waitReady polls the health endpoints until they answer 200, and fails
-// the test with Hydra's log if it exits or is not ready within a minute.
-func (s *Server) waitReady(t testing.TB, urls ...string) {
-	t.Helper()
+// Stop ends Hydra as a service manager would, and kills it if it does not
+// end in time; the tokens it issued stay valid where their keys are known.
+func (s *Server) Stop() {
+	s.stopOnce.Do(func() {
+		s.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-s.done:
+		case <-time.After(10 * time.Second):
+			s.cmd.Process.Kill()
+			<-s.done
+		}
+		os.RemoveAll(s.dir)
+	})
+}
+
+// waitReady polls the health endpoints until they answer 200; Hydra's log
+// is in the error if it exits or is not ready within a minute.
+func (s *Server) waitReady(urls ...string) error {
 	deadline := time.Now().Add(time.Minute)
 	for _, u := range urls {
 		for {
@@ -142,28 +183,32 @@ func (s *Server) waitReady(t testing.TB, urls ...string) {
 			}
 			select {
 			case <-s.done:
-				t.Fatalf("hydra exited before it was ready (%v):\n%s", s.cmd.ProcessState, s.Log())
+				return fmt.Errorf("hydra exited before it was ready (%v):\n%s", s.cmd.ProcessState, s.Log())
 			case <-time.After(20 * time.Millisecond):
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("hydra is not ready at %s: %v\n%s", u, err, s.Log())
+				return fmt.Errorf("hydra is not ready at %s: %v\n%s", u, err, s.Log())
 			}
 		}
 	}
+	return nil
 }
 
 // discoveredIssuer is the issuer the discovery document names, the one
 // Hydra puts in its tokens (the test beside this package checks that).
-func (s *Server) discoveredIssuer(t testing.TB, base string) string {
-	t.Helper()
+func discoveredIssuer(base string) (string, error) {
+	resp, err := http.Get(base + "/.well-known/openid-configuration")
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
 	var doc struct {
 		Issuer string `json:"issuer"`
 	}
-	s.call(t, http.MethodGet, base+"/.well-known/openid-configuration", nil, http.StatusOK, &doc)
-	if doc.Issuer == "" {
-		t.Fatal("hydra's discovery document names no issuer")
+	if err := json.NewDecoder(resp.Body).Decode(&doc); err != nil || doc.Issuer == "" {
+		return "", fmt.Errorf("hydra's discovery document (%s) names no issuer: %v", resp.Status, err)
 	}
-	return doc.Issuer
+	return doc.Issuer, nil
 }
 
 // Log is what Hydra has written so far.
@@ -321,12 +366,11 @@ func (s *Server) call(t testing.TB, method, u string, body any, want int, out an
 	}
 }
 
-func freePort(t testing.TB) int {
-	t.Helper()
+func freePort() (int, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatal(err)
+		return 0, err
 	}
 	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	return ln.Addr().(*net.TCPAddr).Port, nil
 }

@@ -10,6 +10,7 @@ import (
 	"encoding/binary"
 	"net"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -295,4 +296,103 @@ func ProducedBatches(c *kfake.Cluster) func() []BatchID {
 		}
 		return list
 	}
+}
+
+// SASLSessions is the broker's side of KIP-368 that kfake lacks: kfake
+// tells a client its SASL session's lifetime (connections.max.reauth.ms)
+// and takes a re-authentication, but never ends a session, while Kafka
+// closes a connection on which any request arrives after its session
+// ended (SocketServer's "Disconnecting expired channel"), with the
+// request lost. A session starts when the SaslAuthenticate request that
+// completes it arrives, a little earlier than Kafka counts it from, so
+// this is the stricter of the two.
+type SASLSessions struct {
+	lifetime time.Duration
+	// Expired counts the connections closed for a request after their
+	// session ended.
+	Expired atomic.Int32
+	// Reauthentications counts the handshakes on connections already
+	// authenticated.
+	Reauthentications atomic.Int32
+}
+
+// ExpireSASLSessions returns the options of a cluster whose SASL sessions
+// last lifetime: kfake's setting, and a listener that ends them.
+func ExpireSASLSessions(lifetime time.Duration) (*SASLSessions, []kfake.Opt) {
+	s := &SASLSessions{lifetime: lifetime}
+	return s, []kfake.Opt{
+		kfake.BrokerConfigs(map[string]string{"connections.max.reauth.ms": strconv.FormatInt(lifetime.Milliseconds(), 10)}),
+		kfake.ListenFn(func(network, address string) (net.Listener, error) {
+			ln, err := net.Listen(network, address)
+			if err != nil {
+				return nil, err
+			}
+			return &sessionListener{Listener: ln, s: s}, nil
+		}),
+	}
+}
+
+type sessionListener struct {
+	net.Listener
+	s *SASLSessions
+}
+
+func (l *sessionListener) Accept() (net.Conn, error) {
+	conn, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return &sessionConn{Conn: conn, s: l.s}, nil
+}
+
+// sessionConn reads a client's requests (each its size, 4 bytes, then its
+// API key, 2 bytes, then the rest) as kfake does, and closes the
+// connection at a request that arrives after the session ended.
+type sessionConn struct {
+	net.Conn
+	s        *SASLSessions
+	head     [6]byte
+	headN    int
+	left     int64
+	started  time.Time // the session's; zero before the first
+	finished bool
+}
+
+func (c *sessionConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if c.finished {
+		return 0, net.ErrClosed
+	}
+	for rest := b[:n]; len(rest) > 0; {
+		if c.left > 0 {
+			skip := min(int64(len(rest)), c.left)
+			c.left -= skip
+			rest = rest[skip:]
+			continue
+		}
+		k := copy(c.head[c.headN:], rest)
+		c.headN += k
+		rest = rest[k:]
+		if c.headN < len(c.head) {
+			continue
+		}
+		c.headN = 0
+		c.left = max(int64(binary.BigEndian.Uint32(c.head[:4]))-2, 0)
+		now := time.Now()
+		if !c.started.IsZero() && now.Sub(c.started) > c.s.lifetime {
+			c.s.Expired.Add(1)
+			c.finished = true
+			c.Conn.Close()
+			return 0, net.ErrClosed
+		}
+		switch kmsg.Key(binary.BigEndian.Uint16(c.head[4:6])) {
+		case kmsg.SASLHandshake:
+			if !c.started.IsZero() {
+				c.s.Reauthentications.Add(1)
+			}
+		case kmsg.SASLAuthenticate:
+			c.started = now
+		}
+	}
+	return n, err
 }

@@ -47,8 +47,8 @@ const probeStagger = 250 * time.Millisecond
 func (p *Producer) dialBootstrap(ctx context.Context) (net.Conn, error) {
 	brokers := append([]string(nil), p.cfg.Brokers...)
 	rand.Shuffle(len(brokers), func(i, j int) { brokers[i], brokers[j] = brokers[j], brokers[i] })
-	// The connection is dialled with the caller's context: the SASL
-	// tracking finds the connection by it (security.go).
+	// The connection is dialled, and authenticated, within the
+	// caller's context, not the probes' that ends with this call.
 	dialCtx := ctx
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel() // ends the probes still waiting

@@ -9,8 +9,7 @@ import (
 // dial opens broker connections for the transport: to the bootstrap
 // broker that answers first for bootstrapName (bootstrap.go), else to the
 // address; TLS, if set, as kafka-go would do it (server name from the
-// address unless given), then the SASL tracking above it, so that it sees
-// a broker closing a TLS connection too.
+// address unless given), then SASL above it.
 func (p *Producer) dial(ctx context.Context, network, address string) (net.Conn, error) {
 	if address == bootstrapName {
 		return p.dialBootstrap(ctx)
@@ -18,14 +17,18 @@ func (p *Producer) dial(ctx context.Context, network, address string) (net.Conn,
 	return p.dialBroker(ctx, network, address)
 }
 
-// dialBroker opens a connection to one broker, with TLS if set and the
-// SASL tracking.
+// dialBroker opens a connection to one broker, with TLS if set; with
+// SASL, authenticated (sasl.go) and keeping its session (saslconn.go), so
+// that kafka-go's transport takes it as it would a plain one.
 func (p *Producer) dialBroker(ctx context.Context, network, address string) (net.Conn, error) {
-	conn, err := p.dialTLS(ctx, network, address)
-	if err != nil || p.sasl == nil {
-		return conn, err
+	if p.sasl == nil {
+		return p.dialTLS(ctx, network, address)
 	}
-	return trackSASL(&p.saslConns, ctx, conn), nil
+	conn, lifetime, err := p.openSASL(ctx, network, address)
+	if err != nil {
+		return nil, err
+	}
+	return p.keepSession(conn, lifetime, network, address), nil
 }
 
 // dialTLS opens a TCP connection to address, with TLS if set (its

@@ -115,6 +115,9 @@ func classify(err error) *Error {
 		return &Error{Outcome: OutcomeRetry, Reason: "Kafka partition has no known leader", Err: err}
 	case errors.Is(err, errSASLDropped):
 		return &Error{Outcome: OutcomeRetry, Reason: "Kafka connection lost during authentication", Err: err}
+	case errors.As(err, new(*tokenError)):
+		// refusedConnection took the endpoint's refusals.
+		return &Error{Outcome: OutcomeRetry, Reason: "no OAuth token for Kafka: the token endpoint failed", Err: err}
 	case errors.Is(err, errAnswerWithoutPartition):
 		return &Error{Outcome: OutcomeUnknown, Reason: reasonUnknown, Err: err}
 	case isDialError(err):
@@ -127,10 +130,15 @@ func classify(err error) *Error {
 
 // refusedConnection recognises a connection the brokers refuse for a
 // reason retrying does not fix: the broker answered that SASL
-// authentication failed, or TLS failed. These are configuration errors,
-// not an unreachable broker. A connection lost during SASL authentication
-// is not among them: a broker restarting drops it too.
+// authentication failed, the OAuth token endpoint refused the client, or
+// TLS failed. These are configuration errors, not an unreachable broker.
+// A connection lost during SASL authentication is not among them: a
+// broker restarting drops it too.
 func refusedConnection(err error) *Error {
+	var terr *tokenError
+	if errors.As(err, &terr) && !terr.retriable {
+		return &Error{Outcome: OutcomeRejected, Reason: "Kafka authentication failed", Err: err}
+	}
 	var kerr kafka.Error
 	if errors.As(err, &kerr) {
 		switch kerr {
@@ -156,7 +164,7 @@ func connectError(err error) *Error {
 	if perr := refusedConnection(err); perr != nil {
 		return perr
 	}
-	if errors.Is(err, errSASLDropped) {
+	if errors.Is(err, errSASLDropped) || errors.As(err, new(*tokenError)) {
 		return classify(err)
 	}
 	return &Error{Outcome: OutcomeRetry, Reason: "no Kafka broker reachable", Err: err}
@@ -260,7 +268,7 @@ func mayBeWritten(err error, acks Acks) bool {
 	}
 	if errors.Is(err, protocol.ErrNoTopic) || errors.Is(err, protocol.ErrNoLeader) || errors.Is(err, protocol.ErrNoRecord) ||
 		errors.Is(err, protocol.ErrNoPartition) || errors.As(err, new(*rawproduce.Error)) ||
-		errors.Is(err, errSASLDropped) {
+		errors.Is(err, errSASLDropped) || errors.As(err, new(*tokenError)) {
 		return false // routing and connecting come before sending
 	}
 	return !isDialError(err)

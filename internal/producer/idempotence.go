@@ -3,18 +3,11 @@ package producer
 import (
 	"context"
 	"errors"
-	"fmt"
-	"net"
-	"strconv"
 	"time"
 
 	"github.com/segmentio/kafka-go"
 	"github.com/segmentio/kafka-go/protocol"
-	"github.com/segmentio/kafka-go/protocol/apiversions"
 	"github.com/segmentio/kafka-go/protocol/initproducerid"
-	"github.com/segmentio/kafka-go/protocol/saslauthenticate"
-	"github.com/segmentio/kafka-go/protocol/saslhandshake"
-	"github.com/segmentio/kafka-go/sasl"
 	"go.uber.org/zap"
 )
 
@@ -201,29 +194,14 @@ func (p *Producer) initProducerID(ctx context.Context) (*session, error) {
 	if deadline, ok := ctx.Deadline(); ok {
 		pc.SetDeadline(deadline)
 	}
-	msg, err := pc.RoundTrip(new(apiversions.Request))
+	versions, err := negotiate(pc)
 	if err != nil {
 		return nil, err
 	}
-	versions := msg.(*apiversions.Response)
-	if versions.ErrorCode != 0 {
-		return nil, kafka.Error(versions.ErrorCode)
-	}
-	selected := make(map[protocol.ApiKey]int16, len(versions.ApiKeys))
-	for _, k := range versions.ApiKeys {
-		key := protocol.ApiKey(k.ApiKey)
-		selected[key] = key.SelectVersion(k.MinVersion, k.MaxVersion)
-	}
-	if _, ok := selected[protocol.InitProducerId]; !ok {
+	if _, ok := versions[protocol.InitProducerId]; !ok {
 		return nil, errNoInitProducerID
 	}
-	pc.SetVersions(selected)
-	if p.sasl != nil {
-		if err := authenticate(ctx, pc, p.sasl, conn.RemoteAddr().String()); err != nil {
-			return nil, err
-		}
-	}
-	msg, err = pc.RoundTrip(&initproducerid.Request{ProducerID: -1, ProducerEpoch: -1})
+	msg, err := pc.RoundTrip(&initproducerid.Request{ProducerID: -1, ProducerEpoch: -1})
 	if err != nil {
 		return nil, err
 	}
@@ -238,47 +216,4 @@ func (p *Producer) initProducerID(ctx context.Context) (*session, error) {
 // brokers.
 func (p *Producer) bootstrapAddress() string {
 	return p.client.Addr.String()
-}
-
-// authenticate runs the SASL exchange on pc as kafka-go's transport does.
-func authenticate(ctx context.Context, pc *protocol.Conn, mechanism sasl.Mechanism, addr string) error {
-	msg, err := pc.RoundTrip(&saslhandshake.Request{Mechanism: mechanism.Name()})
-	if err != nil {
-		return err
-	}
-	if code := msg.(*saslhandshake.Response).ErrorCode; code != 0 {
-		return kafka.Error(code)
-	}
-	meta := &sasl.Metadata{}
-	if host, port, err := splitHostPort(addr); err == nil {
-		meta.Host, meta.Port = host, port
-	}
-	ctx = sasl.WithMetadata(ctx, meta)
-	sess, state, err := mechanism.Start(ctx)
-	if err != nil {
-		return err
-	}
-	for done := false; !done; {
-		msg, err := pc.RoundTrip(&saslauthenticate.Request{AuthBytes: state})
-		if err != nil {
-			return err
-		}
-		res := msg.(*saslauthenticate.Response)
-		if res.ErrorCode != 0 {
-			return fmt.Errorf("%w: %s", kafka.Error(res.ErrorCode), res.ErrorMessage)
-		}
-		if done, state, err = sess.Next(ctx, res.AuthBytes); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func splitHostPort(addr string) (string, int, error) {
-	host, port, err := net.SplitHostPort(addr)
-	if err != nil {
-		return "", 0, err
-	}
-	n, err := strconv.Atoi(port)
-	return host, n, err
 }

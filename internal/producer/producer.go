@@ -44,6 +44,7 @@ type Producer struct {
 	transport *kafka.Transport
 	client    *kafka.Client
 	sasl      sasl.Mechanism // built from cfg.SASL; nil: none
+	tokens    *tokenSource   // OAUTHBEARER's; nil for other mechanisms
 
 	topics sync.Map // topic name -> *topicState
 
@@ -73,8 +74,6 @@ type Producer struct {
 	// sessionAsking is closed when the identity asked for now is in;
 	// nil while none is asked for. Guarded by sessionMu.
 	sessionAsking chan struct{}
-
-	saslConns sync.Map // connections being opened, for trackedMechanism
 
 	lastRefresh    atomic.Int64 // UnixNano of the last forced metadata refresh
 	lastRebuildLog atomic.Int64 // UnixNano of the last warning about it
@@ -119,28 +118,34 @@ func newProducer(cfg Config) (*Producer, error) {
 		cfg.Dial = (&net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}).DialContext
 	}
 	p := &Producer{cfg: cfg, logger: cfg.Logger, sinkByID: map[int32]*sink{}, drained: make(chan struct{}), finished: make(chan struct{})}
-	if cfg.SASL != nil {
-		var err error
-		if p.sasl, err = cfg.SASL.mechanism(); err != nil {
-			return nil, err
-		}
-	}
 	// As in Kafka's clients, idempotence needs acks=all: with fewer acks
 	// a record the broker lost, or refused unanswered (acks=0), leaves a
 	// gap in the partition's sequence that refuses every later batch.
 	p.idempotent.Store(cfg.Idempotence != IdempotenceOff && cfg.Acks == AcksAll)
 	p.ctx, p.cancel = context.WithCancel(context.Background())
+	if cfg.SASL != nil {
+		if err := cfg.SASL.Check(); err != nil {
+			p.cancel()
+			return nil, err
+		}
+		if cfg.SASL.OAuth != nil {
+			p.tokens = newTokenSource(p.ctx, cfg.SASL.OAuth, p.logger)
+		}
+		var err error
+		if p.sasl, err = cfg.SASL.mechanism(p.tokens); err != nil {
+			p.cancel()
+			return nil, err
+		}
+	}
 	p.transport = &kafka.Transport{
 		Dial:        p.dial,
 		DialTimeout: dialTimeout,
 		MetadataTTL: metadataTTL,
 		ClientID:    cfg.ClientID,
-		// TLS is done by dial, below the SASL tracking.
+		// TLS and SASL are done by dial: kafka-go gets connections
+		// ready for requests.
 		// Ends the transport's background goroutines on close.
 		Context: p.ctx,
-	}
-	if p.sasl != nil {
-		p.transport.SASL = trackedMechanism{Mechanism: p.sasl, conns: &p.saslConns}
 	}
 	var bootstrap net.Addr = kafka.TCP(cfg.Brokers...)
 	if len(cfg.Brokers) > 1 {
@@ -159,6 +164,9 @@ func (p *Producer) start() {
 		zap.Bool("idempotent", p.idempotent.Load()),
 		zap.Bool("tls", p.cfg.TLS != nil),
 		zap.Bool("sasl", p.sasl != nil))
+	if p.tokens != nil {
+		p.tokens.start()
+	}
 	p.watch("no Kafka broker reachable at start; requests are answered 503 until one is")
 }
 
@@ -406,6 +414,9 @@ func (p *Producer) finish() {
 	p.sinks.Wait()
 	p.cancel()
 	p.watchers.Wait()
+	if p.tokens != nil {
+		p.tokens.close()
+	}
 	p.transport.CloseIdleConnections()
 	p.logger.Info("Kafka producer closed", zap.Strings("brokers", p.cfg.Brokers), zap.String("client_id", p.cfg.ClientID))
 }
