@@ -31,15 +31,34 @@ type BrokerTLS struct {
 	InsecureSkipVerify bool `json:"insecure_skip_verify,omitempty"`
 }
 
-// BrokerSASL is how the producer authenticates to the brokers.
+// BrokerSASL is how the producer authenticates to the brokers: with a
+// user name and password (plain, SCRAM), or with the access tokens an
+// OAuth 2.0 issuer grants a client (oauthbearer).
 type BrokerSASL struct {
-	// "plain", "scram-sha-256" or "scram-sha-512".
+	// "plain", "scram-sha-256", "scram-sha-512" or "oauthbearer".
 	Mechanism string `json:"mechanism,omitempty"`
-	// The user name; it may hold {env.*} or {file.*} placeholders.
+	// plain and SCRAM: the user name; it may hold {env.*} or {file.*}
+	// placeholders.
 	Username string `json:"username,omitempty"`
-	// The password; give it as {env.NAME} or {file.PATH}, resolved when
-	// the config loads.
+	// plain and SCRAM: the password; give it as {env.NAME} or
+	// {file.PATH}, resolved when the config loads.
 	Password string `json:"password,omitempty"`
+
+	// oauthbearer: the issuer's token endpoint, where the producer gets
+	// tokens with the client-credentials grant; https outside tests.
+	TokenURL string `json:"token_url,omitempty"`
+	// oauthbearer: the client's ID; it may hold {env.*} or {file.*}
+	// placeholders.
+	ClientID string `json:"client_id,omitempty"`
+	// oauthbearer: the client's secret; give it as {env.NAME} or
+	// {file.PATH}, resolved when the config loads.
+	ClientSecret string `json:"client_secret,omitempty"`
+	// oauthbearer: the scopes to ask for, separated by spaces.
+	Scope string `json:"scope,omitempty"`
+	// oauthbearer: the audience to ask for, which issuers such as Hydra,
+	// Auth0 and Okta put in the token's aud claim: the brokers'
+	// sasl.oauthbearer.expected.audience.
+	Audience string `json:"audience,omitempty"`
 }
 
 // tlsMaterial is BrokerTLS with its files read, part of a producer's
@@ -102,8 +121,33 @@ func (m *tlsMaterial) config() (*tls.Config, error) {
 	return cfg, nil
 }
 
+// check checks the mechanism and that its settings, and only its, are
+// given.
+func (s *BrokerSASL) check() error {
+	if err := saslMechanisms.check(s.Mechanism); err != nil {
+		return fmt.Errorf("sasl: %v", err)
+	}
+	oauth := s.TokenURL != "" || s.ClientID != "" || s.ClientSecret != "" || s.Scope != "" || s.Audience != ""
+	if s.Mechanism == "oauthbearer" {
+		if s.Username != "" || s.Password != "" {
+			return errors.New("sasl oauthbearer: takes token_url, client_id and client_secret, not a username and password")
+		}
+		if s.TokenURL == "" || s.ClientID == "" || s.ClientSecret == "" {
+			return errors.New("sasl oauthbearer: token_url, client_id and client_secret are required")
+		}
+		return nil
+	}
+	if oauth {
+		return fmt.Errorf("sasl %s: token_url, client_id, client_secret, scope and audience are oauthbearer's", s.Mechanism)
+	}
+	return nil
+}
+
 // credentials resolves the placeholders of the SASL settings.
 func (s *BrokerSASL) credentials(repl *caddy.Replacer) (*producer.SASL, error) {
+	if s.Mechanism == "oauthbearer" {
+		return s.oauth(repl)
+	}
 	user, err := repl.ReplaceOrErr(s.Username, true, true)
 	if err != nil {
 		return nil, fmt.Errorf("sasl username: %v", err)
@@ -116,5 +160,22 @@ func (s *BrokerSASL) credentials(repl *caddy.Replacer) (*producer.SASL, error) {
 		return nil, errors.New("sasl: username and password are required")
 	}
 	c := &producer.SASL{Mechanism: s.Mechanism, Username: user, Password: password}
+	return c, c.Check()
+}
+
+// oauth resolves the placeholders of oauthbearer's settings.
+func (s *BrokerSASL) oauth(repl *caddy.Replacer) (*producer.SASL, error) {
+	o := &producer.OAuth{Scope: s.Scope, Audience: s.Audience}
+	var err error
+	if o.TokenURL, err = repl.ReplaceOrErr(s.TokenURL, true, true); err != nil {
+		return nil, fmt.Errorf("sasl token_url: %v", err)
+	}
+	if o.ClientID, err = repl.ReplaceOrErr(s.ClientID, true, true); err != nil {
+		return nil, fmt.Errorf("sasl client_id: %v", err)
+	}
+	if o.ClientSecret, err = resolveSecret(repl, s.ClientSecret); err != nil {
+		return nil, fmt.Errorf("sasl client_secret: %v", err)
+	}
+	c := &producer.SASL{Mechanism: s.Mechanism, OAuth: o}
 	return c, c.Check()
 }

@@ -9,6 +9,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/base64"
 	"encoding/binary"
 	"encoding/pem"
 	"fmt"
@@ -16,6 +17,9 @@ import (
 	"maps"
 	"math/big"
 	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -554,4 +558,90 @@ func clientIDProxy(t *testing.T, target string) (string, <-chan string) {
 		}
 	})
 	return ln.Addr().String(), ids
+}
+
+// sasl oauthbearer through Caddy, toward a token endpoint that refuses
+// the client or fails, and echoes what it was sent in its answers: the
+// client ID and secret are resolved from the environment when the config
+// loads; a refusal is answered 500 at once, a failure 503, each logged
+// with the endpoint's status; the client secret is in no answer, no log
+// line and not in the running config. (The success path needs a broker
+// that validates tokens: the suite on Apache Kafka, with Hydra.)
+func TestOAuthBearerTokenEndpointThroughCaddy(t *testing.T) {
+	const clientSecret = "oauth-client-s3cret-value"
+	endpoint := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		echo := string(body) + " " + r.Header.Get("Authorization")
+		if r.URL.Path == "/refuses" {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusUnauthorized)
+			fmt.Fprintf(w, `{"error":"invalid_client","error_description":%q}`, echo)
+			return
+		}
+		w.WriteHeader(http.StatusBadGateway)
+		fmt.Fprint(w, echo)
+	}))
+	defer endpoint.Close()
+	c := saslCluster(t)
+	t.Setenv("QP_TEST_SECRET", testSecret)
+	t.Setenv("QP_OAUTH_CLIENT_ID", "producer")
+	t.Setenv("QP_OAUTH_CLIENT_SECRET", clientSecret)
+	logFile := filepath.Join(t.TempDir(), "caddy.log")
+	route := func(path string) string {
+		return fmt.Sprintf(`	handle %s {
+		queue_publish {
+			brokers %s
+			topic events
+			secret {env.QP_TEST_SECRET}
+			timeout 3s
+			sasl oauthbearer {
+				token_url %s%s
+				client_id {env.QP_OAUTH_CLIENT_ID}
+				client_secret {env.QP_OAUTH_CLIENT_SECRET}
+				scope produce
+				audience kafka
+			}
+		}
+	}
+`, path, c.ListenAddrs()[0], endpoint.URL, path)
+	}
+	startCaddy(t, logFile, route("/refuses")+route("/fails"))
+	for _, tt := range []struct {
+		path   string
+		status int
+		body   string
+		logged string
+	}{
+		{"/refuses", 500, `{"error":"Kafka authentication failed","outcome":"not_written"}`, "401 Unauthorized: invalid_client"},
+		{"/fails", 503, `{"error":"no OAuth token for Kafka: the token endpoint failed","outcome":"not_written"}`, "502 Bad Gateway"},
+	} {
+		start := time.Now()
+		got := do(t, "POST", tt.path, auth(testSecret), strings.NewReader(`{}`))
+		if got.status != tt.status || got.body != tt.body {
+			t.Errorf("%s: %d %s, want %d %s", tt.path, got.status, got.body, tt.status, tt.body)
+		}
+		if tt.status == 500 && time.Since(start) > 2*time.Second {
+			t.Errorf("%s: a refusal was answered after %v, retried toward the timeout", tt.path, time.Since(start))
+		}
+		if strings.Contains(got.body, clientSecret) {
+			t.Errorf("%s: the answer holds the client secret", tt.path)
+		}
+		logs, _ := os.ReadFile(logFile)
+		if !hasLogLine(logs, "error", "no OAuth token for Kafka: connections to the brokers fail until the token endpoint answers", tt.logged) {
+			t.Errorf("%s: no error line gives the token endpoint's answer %q", tt.path, tt.logged)
+		}
+	}
+	logs, _ := os.ReadFile(logFile)
+	for _, f := range []string{clientSecret, url.QueryEscape(clientSecret), base64.StdEncoding.EncodeToString([]byte("producer:" + clientSecret))} {
+		if strings.Contains(string(logs), f) {
+			t.Errorf("Caddy's log holds the client secret (%q)", f)
+		}
+	}
+	if strings.Contains(adminConfig(t), clientSecret) {
+		t.Error("the running config holds the client secret")
+	}
+	if c.PartitionInfo("events", 0).HighWatermark != 0 {
+		t.Error("a record reached the broker without a token")
+	}
+	unloadChecksLeaks(t)
 }

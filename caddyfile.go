@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"strconv"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -84,6 +85,13 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		compression       none|gzip|snappy|lz4|zstd
 //		client_id         <id>
 //		sasl              plain|scram-sha-256|scram-sha-512 <user> <password>
+//		sasl oauthbearer {
+//			token_url     <url>
+//			client_id     <id>
+//			client_secret <secret>
+//			scope         <scope> [<scope>...]
+//			audience      <audience>
+//		}
 //		tls
 //		tls {
 //			ca                   <file>
@@ -144,11 +152,22 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			continue
 		case "sasl":
 			args := d.RemainingArgs()
+			if len(args) == 1 && args[0] == "oauthbearer" {
+				s, err := parseOAuthBearerBlock(d)
+				if err != nil {
+					return err
+				}
+				h.SASL = s
+				continue
+			}
 			if len(args) != 3 {
 				return d.ArgErr()
 			}
 			if err := saslMechanisms.check(args[0]); err != nil {
 				return d.Errf("sasl: %v", err)
+			}
+			if args[0] == "oauthbearer" {
+				return d.Errf("sasl oauthbearer: takes its settings in a block")
 			}
 			h.SASL = &BrokerSASL{Mechanism: args[0], Username: args[1], Password: args[2]}
 			continue
@@ -523,4 +542,39 @@ func parseQuota(d *caddyfile.Dispenser) (Quota, error) {
 		return q, d.Errf("quota: needs records or bytes")
 	}
 	return q, nil
+}
+
+// parseOAuthBearerBlock parses the block of sasl oauthbearer:
+//
+//	{
+//		token_url     <url>
+//		client_id     <id>
+//		client_secret <secret>
+//		scope         <scope> [<scope>...]
+//		audience      <audience>
+//	}
+func parseOAuthBearerBlock(d *caddyfile.Dispenser) (*BrokerSASL, error) {
+	s := &BrokerSASL{Mechanism: "oauthbearer"}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		args := d.RemainingArgs()
+		if len(args) == 0 || (len(args) > 1 && opt != "scope") {
+			return nil, d.ArgErr()
+		}
+		switch opt {
+		case "token_url":
+			s.TokenURL = args[0]
+		case "client_id":
+			s.ClientID = args[0]
+		case "client_secret":
+			s.ClientSecret = args[0]
+		case "scope":
+			s.Scope = strings.Join(args, " ")
+		case "audience":
+			s.Audience = args[0]
+		default:
+			return nil, d.Errf("sasl oauthbearer: unrecognized option %q", opt)
+		}
+	}
+	return s, nil
 }

@@ -117,7 +117,25 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 		{name: "unknown redis tls option", input: "queue_publish {\nidempotency_store redis rediss://r:6380 {\nverify no\n}\n}", wantErr: `idempotency_store: unrecognized option "verify"`},
 		{name: "memory store with tls", input: "queue_publish {\nidempotency_store memory {\nca /ca.pem\n}\n}", wantErr: "idempotency_store memory: takes no block"},
 		{name: "sasl without password", input: block("sasl plain user"), wantErr: "wrong argument count"},
-		{name: "unknown sasl mechanism", input: block("sasl gssapi user pass"), wantErr: `sasl: "gssapi" is not plain, scram-sha-256 or scram-sha-512`},
+		{name: "unknown sasl mechanism", input: block("sasl gssapi user pass"), wantErr: `sasl: "gssapi" is not plain, scram-sha-256, scram-sha-512 or oauthbearer`},
+		{
+			name: "sasl oauthbearer",
+			input: `queue_publish {
+				sasl oauthbearer {
+					token_url https://issuer.example.com/oauth2/token
+					client_id {env.KAFKA_CLIENT_ID}
+					client_secret {file./etc/caddy/kafka_client_secret}
+					scope kafka:produce kafka:describe
+					audience kafka
+				}
+				client_id checkout
+			}`,
+			want: Handler{Kafka: Kafka{ClientID: "checkout", SASL: &BrokerSASL{Mechanism: "oauthbearer", TokenURL: "https://issuer.example.com/oauth2/token",
+				ClientID: "{env.KAFKA_CLIENT_ID}", ClientSecret: "{file./etc/caddy/kafka_client_secret}", Scope: "kafka:produce kafka:describe", Audience: "kafka"}}},
+		},
+		{name: "sasl oauthbearer on one line", input: block("sasl oauthbearer id secret"), wantErr: "sasl oauthbearer: takes its settings in a block"},
+		{name: "unknown sasl oauthbearer option", input: "queue_publish {\nsasl oauthbearer {\ngrant password\n}\n}", wantErr: `sasl oauthbearer: unrecognized option "grant"`},
+		{name: "sasl oauthbearer audience twice on a line", input: "queue_publish {\nsasl oauthbearer {\naudience a b\n}\n}", wantErr: "wrong argument count"},
 		{name: "header without value", input: block("header source"), wantErr: "wrong argument count"},
 		{name: "allow_topics without topic", input: block("allow_topics"), wantErr: "wrong argument count"},
 		{name: "bad mode", input: block("mode lines"), wantErr: `mode: "lines" is not body, records or confluent`},

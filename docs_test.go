@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -207,7 +208,14 @@ func TestEveryOptionIsDocumentedAndAdapted(t *testing.T) {
 	check("queue_publish quota", options(Quota{}, map[string]string{"identity": "quota", "records_per_second": "records", "records_burst": "records",
 		"bytes_per_second": "bytes", "bytes_burst": "bytes"}), true)
 	check("queue_publish tls", options(BrokerTLS{}, nil), true)
-	check("queue_publish sasl", options(BrokerSASL{}, nil), false) // positional in the Caddyfile
+	check("queue_publish sasl", options(BrokerSASL{}, nil), false) // plain and SCRAM's are positional in the Caddyfile
+	var oauthbearer []option
+	for _, o := range options(BrokerSASL{}, nil) {
+		if !slices.Contains([]string{"mechanism", "username", "password"}, o.json) {
+			oauthbearer = append(oauthbearer, o)
+		}
+	}
+	check("queue_publish sasl oauthbearer", oauthbearer, true)
 	for _, o := range options(devbroker.App{}, map[string]string{"topics": "topic"}) {
 		if !optionLine(o.caddyfile).MatchString(strings.Join(blocks(devSection, "caddyfile"), "")) ||
 			!strings.Contains(devSection, "| `"+o.caddyfile+"` |") || !strings.Contains(devSection, `"`+o.json+`"`) {

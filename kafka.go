@@ -130,8 +130,8 @@ func (k *Kafka) check() error {
 		return err
 	}
 	if k.SASL != nil {
-		if err := saslMechanisms.check(k.SASL.Mechanism); err != nil {
-			return fmt.Errorf("sasl: %v", err)
+		if err := k.SASL.check(); err != nil {
+			return err
 		}
 	}
 	return checkLimits(

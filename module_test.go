@@ -149,6 +149,21 @@ func TestProvisionErrors(t *testing.T) {
 		}, "schema: not in mode confluent, whose record values need not be JSON"},
 		{"async queue smaller than max_records", func(h *Handler) { h.Mode, h.Delivery, h.QueueSize, h.MaxRecords = "records", "async", 100, 101 },
 			"queue_size: 100 is less than max_records (101)"},
+		{"sasl oauthbearer without a secret", func(h *Handler) {
+			h.SASL = &BrokerSASL{Mechanism: "oauthbearer", TokenURL: "https://issuer/oauth2/token", ClientID: "producer"}
+		}, "sasl oauthbearer: token_url, client_id and client_secret are required"},
+		{"sasl oauthbearer with a password", func(h *Handler) {
+			h.SASL = &BrokerSASL{Mechanism: "oauthbearer", Password: "p", TokenURL: "https://issuer/oauth2/token", ClientID: "producer", ClientSecret: "s"}
+		}, "sasl oauthbearer: takes token_url, client_id and client_secret, not a username and password"},
+		{"sasl plain with OAuth settings", func(h *Handler) {
+			h.SASL = &BrokerSASL{Mechanism: "plain", Username: "u", Password: "p", Audience: "kafka"}
+		}, "sasl plain: token_url, client_id, client_secret, scope and audience are oauthbearer's"},
+		{"sasl oauthbearer token_url not a URL", func(h *Handler) {
+			h.SASL = &BrokerSASL{Mechanism: "oauthbearer", TokenURL: "issuer/oauth2/token", ClientID: "producer", ClientSecret: "s"}
+		}, "sasl oauthbearer: token_url is not an http or https URL"},
+		{"sasl oauthbearer secret unset", func(h *Handler) {
+			h.SASL = &BrokerSASL{Mechanism: "oauthbearer", TokenURL: "https://issuer/oauth2/token", ClientID: "producer", ClientSecret: "{env.QP_UNSET_SECRET}"}
+		}, "sasl client_secret: evaluated placeholder {env.QP_UNSET_SECRET} is empty"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

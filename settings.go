@@ -41,6 +41,7 @@ var (
 		{"plain", "plain"},
 		{"scram-sha-256", "scram-sha-256"},
 		{"scram-sha-512", "scram-sha-512"},
+		{"oauthbearer", "oauthbearer"},
 	}
 
 	// The name of a client certificate that is its identity.

@@ -143,13 +143,8 @@ func negotiate(pc *protocol.Conn) (map[protocol.ApiKey]int16, error) {
 // errSASLDropped (lost), or the mechanism's own (an OAuth token that
 // could not be had).
 func authenticate(ctx context.Context, pc *protocol.Conn, mechanism sasl.Mechanism, addr string) (time.Duration, error) {
-	msg, err := pc.RoundTrip(&saslhandshake.Request{Mechanism: mechanism.Name()})
-	if err != nil {
-		return 0, dropped(err)
-	}
-	if code := msg.(*saslhandshake.Response).ErrorCode; code != 0 {
-		return 0, kafka.Error(code)
-	}
+	// The first message before the handshake: an OAuth token that
+	// cannot be had fails the exchange before the broker is asked.
 	meta := &sasl.Metadata{}
 	if host, port, err := splitHostPort(addr); err == nil {
 		meta.Host, meta.Port = host, port
@@ -158,6 +153,13 @@ func authenticate(ctx context.Context, pc *protocol.Conn, mechanism sasl.Mechani
 	sess, state, err := mechanism.Start(ctx)
 	if err != nil {
 		return 0, err
+	}
+	msg, err := pc.RoundTrip(&saslhandshake.Request{Mechanism: mechanism.Name()})
+	if err != nil {
+		return 0, dropped(err)
+	}
+	if code := msg.(*saslhandshake.Response).ErrorCode; code != 0 {
+		return 0, kafka.Error(code)
 	}
 	for done := false; !done; {
 		msg, err := pc.RoundTrip(&saslauthenticate.Request{AuthBytes: state})
