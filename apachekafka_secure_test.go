@@ -16,6 +16,7 @@ import (
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/kmsg"
 	"github.com/twmb/franz-go/pkg/sasl/plain"
 )
 
@@ -161,6 +162,7 @@ func TestApacheKafkaTopicNotAuthorized(t *testing.T) {
 	}
 	waitDenied(t, ctx, c, describable)
 	waitDenied(t, ctx, c, hidden)
+	waitHidden(t, ctx, c, hidden)
 	logFile := filepath.Join(t.TempDir(), "caddy.log")
 	startCaddy(t, logFile, fmt.Sprintf(`queue_publish /topics/* {
 		brokers %s
@@ -218,6 +220,37 @@ func waitDenied(t *testing.T, ctx context.Context, c *apachekafka.Cluster, topic
 		}
 		if ctx.Err() != nil {
 			t.Fatalf("the ACL was not applied: %v", err)
+		}
+	}
+}
+
+// waitHidden waits until every node keeps topic out of User's metadata:
+// ACLs reach each broker from the controller in its own time, and the
+// producer asks whichever answers first.
+func waitHidden(t *testing.T, ctx context.Context, c *apachekafka.Cluster, topic string) {
+	t.Helper()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(c.Brokers(apachekafka.SASLPlaintext)...),
+		kgo.SASL(plain.Auth{User: apachekafka.User, Pass: apachekafka.Password}.AsMechanism()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	for _, n := range c.Nodes() {
+		for {
+			req := kmsg.NewPtrMetadataRequest()
+			rt := kmsg.NewMetadataRequestTopic()
+			rt.Topic = kmsg.StringPtr(topic)
+			req.Topics = append(req.Topics, rt)
+			resp, err := cl.Broker(n.ID).Request(ctx, req)
+			if err == nil {
+				if topics := resp.(*kmsg.MetadataResponse).Topics; len(topics) == 1 && topics[0].ErrorCode != 0 {
+					break
+				}
+			}
+			if ctx.Err() != nil {
+				t.Fatalf("node %d still shows %s to %s: %v", n.ID, topic, apachekafka.User, err)
+			}
+			time.Sleep(50 * time.Millisecond) // polls the node; nothing waits on this pace
 		}
 	}
 }

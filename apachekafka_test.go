@@ -4,8 +4,10 @@ package queuepublish
 
 // The tests named TestApacheKafka... run against real Apache Kafka: a
 // cluster of three combined broker+controller nodes (test/apachekafka)
-// that the first of them starts and TestMain stops, shared by all of them.
-// They need Java 17 and Maven, and are selected with the build tag:
+// that the first of them starts and TestMain stops, shared by all of them,
+// with a Hydra (internal/hydratest) started before it, whose tokens its
+// OAuth listener validates. They need Java 17 and Maven (and Hydra, built
+// once into Go's cache), and are selected with the build tag:
 //
 //	go test -tags kafka -run ApacheKafka -v .
 
@@ -19,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/queuepublish/caddy-queue-publish/internal/hydratest"
 	"github.com/queuepublish/caddy-queue-publish/test/apachekafka"
 	"github.com/twmb/franz-go/pkg/kgo"
 )
@@ -26,6 +29,7 @@ import (
 var (
 	kafkaOnce    sync.Once
 	kafkaCluster *apachekafka.Cluster
+	kafkaHydra   *hydratest.Server // the issuer of the OAuth listener
 	kafkaErr     error
 
 	topicRunsMu sync.Mutex
@@ -40,6 +44,9 @@ func TestMain(m *testing.M) {
 		}
 		kafkaCluster.Close(code != 0)
 	}
+	if kafkaHydra != nil {
+		kafkaHydra.Stop()
+	}
 	os.Exit(code)
 }
 
@@ -49,10 +56,23 @@ func TestMain(m *testing.M) {
 func realKafka(t *testing.T) *apachekafka.Cluster {
 	t.Helper()
 	kafkaOnce.Do(func() {
-		kafkaCluster, kafkaErr = apachekafka.Start(apachekafka.Options{Nodes: 3})
+		// The issuer first: the nodes' configuration names its keys.
+		if kafkaHydra, kafkaErr = hydratest.Launch(); kafkaErr != nil {
+			kafkaErr = fmt.Errorf("starting Hydra %s, the OAuth listener's issuer: %w", hydratest.Version, kafkaErr)
+			return
+		}
+		kafkaCluster, kafkaErr = apachekafka.Start(apachekafka.Options{Nodes: 3, OAuth: &apachekafka.OAuthIssuer{
+			JWKSURL:  kafkaHydra.JWKSURL,
+			Issuer:   kafkaHydra.Issuer,
+			Audience: kafkaAudience,
+			ReauthMs: kafkaReauthMs,
+		}})
+		if kafkaErr != nil {
+			kafkaErr = fmt.Errorf("starting Apache Kafka %s: %w", apachekafka.Version, kafkaErr)
+		}
 	})
 	if kafkaErr != nil {
-		t.Fatalf("starting Apache Kafka %s: %v", apachekafka.Version, kafkaErr)
+		t.Fatal(kafkaErr)
 	}
 	c := kafkaCluster
 	t.Cleanup(func() {

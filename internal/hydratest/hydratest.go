@@ -149,7 +149,30 @@ log:
 		s.Stop()
 		return nil, err
 	}
+	// Hydra makes its signing keys at the first request that needs them,
+	// and requests that come together each make their own: three Kafka
+	// nodes fetching the keys at once each saw a key set of their own,
+	// while tokens were signed with yet another key. So they are made
+	// now, before anyone else asks.
+	if err := getOK(s.JWKSURL); err != nil {
+		s.Stop()
+		return nil, err
+	}
 	return s, nil
+}
+
+// getOK gets u and fails unless it answers 200.
+func getOK(u string) error {
+	resp, err := http.Get(u)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	io.Copy(io.Discard, resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("GET %s: %s", u, resp.Status)
+	}
+	return nil
 }
 
 // Stop ends Hydra as a service manager would, and kills it if it does not

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -20,14 +21,27 @@ import (
 // client-credentials grant, for the asked audience and scope, issued by
 // Issuer exactly, signed by a key JWKSURL publishes, living as long as
 // SetTokenLifetime says; and that RotateKeys makes later tokens carry a
-// new kid while earlier ones still verify.
+// new kid while earlier ones still verify. Verifiers that fetch the keys
+// together as soon as Start returns (the nodes of a Kafka cluster) each
+// get the key that then signs the tokens.
 func TestHydra(t *testing.T) {
 	s := Start(t)
+	var wg sync.WaitGroup
+	sets := make([][]string, 3)
+	for i := range sets {
+		wg.Go(func() { sets[i] = kids(t, s) })
+	}
+	wg.Wait()
 	s.CreateClient(t, "producer", "producer-secret-0123456789", []string{"kafka"}, "produce", "other")
 	s.SetTokenLifetime(t, "producer", 17*time.Second)
 
 	first := s.Token(t, "producer", "producer-secret-0123456789", "kafka", "produce")
 	header, claims := verify(t, s, first)
+	for i, set := range sets {
+		if !slices.Contains(set, header.KID) {
+			t.Errorf("verifier %d fetched the keys %q, not the signing key %q", i, set, header.KID)
+		}
+	}
 	if claims.Issuer != s.Issuer {
 		t.Errorf("iss = %q, Issuer = %q", claims.Issuer, s.Issuer)
 	}
@@ -122,6 +136,25 @@ func verify(t *testing.T, s *Server, token string) (jwtHeader, jwtClaims) {
 	}
 	t.Fatalf("%s publishes no key %q", s.JWKSURL, header.KID)
 	return header, claims
+}
+
+// kids are the key IDs JWKSURL publishes.
+func kids(t *testing.T, s *Server) []string {
+	resp, err := http.Get(s.JWKSURL)
+	if err != nil {
+		t.Error(err)
+		return nil
+	}
+	defer resp.Body.Close()
+	var set struct{ Keys []struct{ KID string } }
+	if err := json.NewDecoder(resp.Body).Decode(&set); err != nil {
+		t.Error(err)
+	}
+	var ids []string
+	for _, k := range set.Keys {
+		ids = append(ids, k.KID)
+	}
+	return ids
 }
 
 func decodePart(t *testing.T, part string, v any) {

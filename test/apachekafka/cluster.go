@@ -37,6 +37,9 @@ const (
 	// MutualTLS is SSL that requires a client certificate signed by
 	// Certs.CA.
 	MutualTLS
+	// OAuth is SASL_PLAINTEXT taking OAUTHBEARER tokens of the issuer
+	// Options.OAuth names; only a cluster started with it has it.
+	OAuth
 	listeners
 )
 
@@ -50,6 +53,19 @@ type Options struct {
 	Dir string
 	// Heap is the JVM's -Xmx of each node; 512m if empty.
 	Heap string
+	// OAuth, if set, gives the nodes the OAuth listener.
+	OAuth *OAuthIssuer
+}
+
+// OAuthIssuer is what the OAuth listener validates tokens against: the
+// issuer's keys (a JWKS), and the issuer and audience a token must name.
+// Sessions there last at most ReauthMs (connections.max.reauth.ms; 0 for
+// Kafka's default, sessions that never end), and at most a token's life.
+type OAuthIssuer struct {
+	JWKSURL  string
+	Issuer   string
+	Audience string
+	ReauthMs int
 }
 
 // Cluster is a running Apache Kafka cluster.
@@ -62,6 +78,7 @@ type Cluster struct {
 	nodes  []*Node
 	lib    string
 	heap   string
+	oauth  *OAuthIssuer
 	admin  *kgo.Client
 	closed bool
 }
@@ -94,7 +111,7 @@ func Start(opts Options) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Cluster{Dir: opts.Dir, lib: lib, heap: opts.Heap}
+	c := &Cluster{Dir: opts.Dir, lib: lib, heap: opts.Heap, oauth: opts.OAuth}
 	if c.heap == "" {
 		c.heap = "512m"
 	}
@@ -217,7 +234,13 @@ func (c *Cluster) launch(n *Node) error {
 		return err
 	}
 	fmt.Fprintf(f, "=== node %d started by the harness at %s\n", n.ID, time.Now().Format(time.TimeOnly+".000"))
-	cmd := c.java(c.heap, "kafka.Kafka", filepath.Join(n.dir, "server.properties"))
+	var props []string
+	if c.oauth != nil {
+		// Since Kafka 4.0 a broker fetches no URL its JVM does not
+		// allow, and allows none by default.
+		props = append(props, "-Dorg.apache.kafka.sasl.oauthbearer.allowed.urls="+c.oauth.JWKSURL)
+	}
+	cmd := c.java(c.heap, append(props, "kafka.Kafka", filepath.Join(n.dir, "server.properties"))...)
 	cmd.Stdout, cmd.Stderr = f, f
 	if err := cmd.Start(); err != nil {
 		f.Close()

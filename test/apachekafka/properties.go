@@ -37,15 +37,20 @@ func (c *Cluster) properties(n *Node) string {
 	jaas := func(module, users string) string {
 		return fmt.Sprintf("org.apache.kafka.common.security.%s required%s;", module, users)
 	}
+	addrs := fmt.Sprintf("PLAINTEXT://127.0.0.1:%d,SASL_PLAINTEXT://127.0.0.1:%d,SSL://127.0.0.1:%d,MTLS://127.0.0.1:%d",
+		n.ports[Plaintext], n.ports[SASLPlaintext], n.ports[TLS], n.ports[MutualTLS])
+	protocols := "PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,SSL:SSL,MTLS:SSL,CONTROLLER:PLAINTEXT"
+	if c.oauth != nil {
+		addrs += fmt.Sprintf(",OAUTH://127.0.0.1:%d", n.ports[OAuth])
+		protocols += ",OAUTH:SASL_PLAINTEXT"
+	}
 	props := []string{
 		"process.roles=broker,controller",
 		fmt.Sprintf("node.id=%d", n.ID),
 		"controller.quorum.voters=" + strings.Join(voters, ","),
-		fmt.Sprintf("listeners=PLAINTEXT://127.0.0.1:%d,SASL_PLAINTEXT://127.0.0.1:%d,SSL://127.0.0.1:%d,MTLS://127.0.0.1:%d,CONTROLLER://127.0.0.1:%d",
-			n.ports[Plaintext], n.ports[SASLPlaintext], n.ports[TLS], n.ports[MutualTLS], n.controller),
-		fmt.Sprintf("advertised.listeners=PLAINTEXT://127.0.0.1:%d,SASL_PLAINTEXT://127.0.0.1:%d,SSL://127.0.0.1:%d,MTLS://127.0.0.1:%d",
-			n.ports[Plaintext], n.ports[SASLPlaintext], n.ports[TLS], n.ports[MutualTLS]),
-		"listener.security.protocol.map=PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,SSL:SSL,MTLS:SSL,CONTROLLER:PLAINTEXT",
+		fmt.Sprintf("listeners=%s,CONTROLLER://127.0.0.1:%d", addrs, n.controller),
+		"advertised.listeners=" + addrs,
+		"listener.security.protocol.map=" + protocols,
 		"inter.broker.listener.name=PLAINTEXT",
 		"controller.listener.names=CONTROLLER",
 		"log.dirs=" + n.dir + "/data",
@@ -79,6 +84,20 @@ func (c *Cluster) properties(n *Node) string {
 		fmt.Sprintf("broker.session.timeout.ms=%d", SessionTimeoutMs),
 		"broker.heartbeat.interval.ms=500",
 		fmt.Sprintf("replica.lag.time.max.ms=%d", ReplicaLagMs),
+	}
+	if o := c.oauth; o != nil {
+		const prefix = "listener.name.oauth.oauthbearer."
+		props = append(props,
+			"listener.name.oauth.sasl.enabled.mechanisms=OAUTHBEARER",
+			prefix+"sasl.jaas.config="+jaas("oauthbearer.OAuthBearerLoginModule", ""),
+			prefix+"sasl.server.callback.handler.class=org.apache.kafka.common.security.oauthbearer.OAuthBearerValidatorCallbackHandler",
+			prefix+"sasl.oauthbearer.jwks.endpoint.url="+o.JWKSURL,
+			prefix+"sasl.oauthbearer.expected.issuer="+o.Issuer,
+			prefix+"sasl.oauthbearer.expected.audience="+o.Audience,
+		)
+		if o.ReauthMs > 0 {
+			props = append(props, fmt.Sprintf("%sconnections.max.reauth.ms=%d", prefix, o.ReauthMs))
+		}
 	}
 	return strings.Join(props, "\n") + "\n"
 }
