@@ -21,7 +21,7 @@ import (
 // in the background at 80% of the current one's lifetime, so that a SASL
 // exchange takes the token at hand and never waits for the issuer while
 // a valid token is cached. A refresh that fails is retried, with a
-// growing pause, while the current token serves until it expires; only a
+// growing pause, while the current token serves until it expires; only an
 // exchange that finds no valid token waits for a fetch, and fails if that
 // fails.
 type tokenSource struct {

@@ -132,8 +132,18 @@ func (p *Producer) openSASL(ctx context.Context, network, address string) (net.C
 // broker's API versions unless versions are given (a re-authentication
 // knows them). It leaves conn's deadlines set: the caller resets them.
 func (p *Producer) exchange(ctx context.Context, conn net.Conn, address string, versions map[protocol.ApiKey]int16) (saslTerm, error) {
-	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
+	// ctx's end interrupts the exchange; once it returns, its caller's
+	// deadlines must not be overwritten by a late interruption.
+	fired := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		conn.SetDeadline(time.Unix(1, 0))
+		close(fired)
+	})
+	defer func() {
+		if !stop() {
+			<-fired
+		}
+	}()
 	if deadline, ok := ctx.Deadline(); ok {
 		conn.SetDeadline(deadline)
 	}
