@@ -194,7 +194,11 @@ func simulate(t *testing.T, seed uint64) {
 	w.probe(3 * time.Second)
 	w.callers.Wait()
 	w.checkPartitions()
-	w.p.Close()
+	// Close returns once the producer takes no more records; its
+	// channel closes once every record it holds is settled, which
+	// check holds it to (a record whose caller was answered may still
+	// be in flight until its deadline).
+	<-w.p.Close()
 	closed = true
 	w.check()
 	simTotals.seeds.Add(1)
