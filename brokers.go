@@ -59,6 +59,10 @@ type BrokerSASL struct {
 	// Auth0 and Okta put in the token's aud claim: the brokers'
 	// sasl.oauthbearer.expected.audience.
 	Audience string `json:"audience,omitempty"`
+	// oauthbearer: a PEM file of the CAs that sign the token endpoint's
+	// certificate, for an issuer under a private CA; unset, the system's
+	// roots. Read when the config loads.
+	TokenCA string `json:"token_ca,omitempty"`
 }
 
 // tlsMaterial is BrokerTLS with its files read, part of a producer's
@@ -127,7 +131,7 @@ func (s *BrokerSASL) check() error {
 	if err := saslMechanisms.check(s.Mechanism); err != nil {
 		return fmt.Errorf("sasl: %v", err)
 	}
-	oauth := s.TokenURL != "" || s.ClientID != "" || s.ClientSecret != "" || s.Scope != "" || s.Audience != ""
+	oauth := s.TokenURL != "" || s.ClientID != "" || s.ClientSecret != "" || s.Scope != "" || s.Audience != "" || s.TokenCA != ""
 	if s.Mechanism == "oauthbearer" {
 		if s.Username != "" || s.Password != "" {
 			return errors.New("sasl oauthbearer: takes token_url, client_id and client_secret, not a username and password")
@@ -138,7 +142,7 @@ func (s *BrokerSASL) check() error {
 		return nil
 	}
 	if oauth {
-		return fmt.Errorf("sasl %s: token_url, client_id, client_secret, scope and audience are oauthbearer's", s.Mechanism)
+		return fmt.Errorf("sasl %s: token_url, client_id, client_secret, scope, audience and token_ca are oauthbearer's", s.Mechanism)
 	}
 	return nil
 }
@@ -175,6 +179,13 @@ func (s *BrokerSASL) oauth(repl *caddy.Replacer) (*producer.SASL, error) {
 	}
 	if o.ClientSecret, err = resolveSecret(repl, s.ClientSecret); err != nil {
 		return nil, fmt.Errorf("sasl client_secret: %v", err)
+	}
+	if s.TokenCA != "" {
+		// Read once here: part of the producer's identity in the pool,
+		// so that a changed file makes a new producer.
+		if o.CA, err = os.ReadFile(s.TokenCA); err != nil {
+			return nil, fmt.Errorf("sasl token_ca: %v", err)
+		}
 	}
 	c := &producer.SASL{Mechanism: s.Mechanism, OAuth: o}
 	return c, c.Check()

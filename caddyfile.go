@@ -91,6 +91,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //			client_secret <secret>
 //			scope         <scope> [<scope>...]
 //			audience      <audience>
+//			token_ca      <file>
 //		}
 //		tls
 //		tls {
@@ -552,6 +553,7 @@ func parseQuota(d *caddyfile.Dispenser) (Quota, error) {
 //		client_secret <secret>
 //		scope         <scope> [<scope>...]
 //		audience      <audience>
+//		token_ca      <file>
 //	}
 func parseOAuthBearerBlock(d *caddyfile.Dispenser) (*BrokerSASL, error) {
 	s := &BrokerSASL{Mechanism: "oauthbearer"}
@@ -572,6 +574,8 @@ func parseOAuthBearerBlock(d *caddyfile.Dispenser) (*BrokerSASL, error) {
 			s.Scope = strings.Join(args, " ")
 		case "audience":
 			s.Audience = args[0]
+		case "token_ca":
+			s.TokenCA = args[0]
 		default:
 			return nil, d.Errf("sasl oauthbearer: unrecognized option %q", opt)
 		}

@@ -157,7 +157,13 @@ func TestProvisionErrors(t *testing.T) {
 		}, "sasl oauthbearer: takes token_url, client_id and client_secret, not a username and password"},
 		{"sasl plain with OAuth settings", func(h *Handler) {
 			h.SASL = &BrokerSASL{Mechanism: "plain", Username: "u", Password: "p", Audience: "kafka"}
-		}, "sasl plain: token_url, client_id, client_secret, scope and audience are oauthbearer's"},
+		}, "sasl plain: token_url, client_id, client_secret, scope, audience and token_ca are oauthbearer's"},
+		{"sasl oauthbearer token_ca missing", func(h *Handler) {
+			h.SASL = &BrokerSASL{Mechanism: "oauthbearer", TokenURL: "https://issuer/oauth2/token", ClientID: "producer", ClientSecret: "s", TokenCA: "/nonexistent/ca.pem"}
+		}, "sasl token_ca: open /nonexistent/ca.pem: no such file or directory"},
+		{"sasl oauthbearer token_ca without a certificate", func(h *Handler) {
+			h.SASL = &BrokerSASL{Mechanism: "oauthbearer", TokenURL: "https://issuer/oauth2/token", ClientID: "producer", ClientSecret: "s", TokenCA: "module_test.go"}
+		}, "sasl oauthbearer: token_ca holds no PEM certificate"},
 		{"sasl oauthbearer token_url not a URL", func(h *Handler) {
 			h.SASL = &BrokerSASL{Mechanism: "oauthbearer", TokenURL: "issuer/oauth2/token", ClientID: "producer", ClientSecret: "s"}
 		}, "sasl oauthbearer: token_url is not an http or https URL"},

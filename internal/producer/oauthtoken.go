@@ -2,6 +2,7 @@ package producer
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -81,7 +82,7 @@ func newTokenSource(ctx context.Context, o *OAuth, logger *zap.Logger) *tokenSou
 			Scopes:       strings.Fields(o.Scope),
 		},
 		// A transport of its own, whose connections close with it.
-		client: &http.Client{Timeout: tokenTimeout, Transport: http.DefaultTransport.(*http.Transport).Clone()},
+		client: &http.Client{Timeout: tokenTimeout, Transport: tokenTransport(o)},
 		logger: logger,
 		ctx:    ctx,
 	}
@@ -95,6 +96,16 @@ func newTokenSource(ctx context.Context, o *OAuth, logger *zap.Logger) *tokenSou
 		base64.StdEncoding.EncodeToString([]byte(o.ClientID + ":" + o.ClientSecret)),
 	}
 	return s
+}
+
+// tokenTransport is the token endpoint's transport: Go's default, with
+// the roots of o.CA if given (Check refused a CA without a certificate).
+func tokenTransport(o *OAuth) *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	if roots, _ := o.roots(); roots != nil {
+		t.TLSClientConfig = &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
+	}
+	return t
 }
 
 // start fetches the first token and keeps it fresh until the producer's

@@ -3,6 +3,7 @@ package producer
 import (
 	"context"
 	"encoding/base64"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"net/http"
@@ -14,6 +15,7 @@ import (
 	"time"
 
 	"github.com/queuepublish/caddy-queue-publish/internal/kafkatest"
+	"go.uber.org/zap"
 )
 
 // The client secret and the tokens never reach an error or the log, even
@@ -127,5 +129,49 @@ func TestOAuthBearerMessages(t *testing.T) {
 	}
 	if perr := refusedConnection(err); perr == nil || perr.Outcome != OutcomeRejected {
 		t.Errorf("a refused token is classified %v, want a rejection", perr)
+	}
+}
+
+// An issuer under a private CA: its token endpoint is trusted with the
+// CA's certificates, and without them refused (retriably: the
+// certificate's chain is not the token's fault).
+func TestTokenEndpointPrivateCA(t *testing.T) {
+	endpoint := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprint(w, `{"access_token":"from-the-private-issuer","token_type":"bearer","expires_in":3600}`)
+	}))
+	defer endpoint.Close()
+	ca := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: endpoint.Certificate().Raw})
+	for _, tt := range []struct {
+		name string
+		ca   []byte
+		ok   bool
+	}{{"with token_ca", ca, true}, {"with the system's roots", nil, false}} {
+		t.Run(tt.name, func(t *testing.T) {
+			kafkatest.NoLeaks(t)
+			o := &OAuth{TokenURL: endpoint.URL, ClientID: "producer", ClientSecret: "secret", CA: tt.ca}
+			if err := o.check(); err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			s := newTokenSource(ctx, o, zap.NewNop())
+			s.start()
+			defer func() {
+				cancel()
+				s.close()
+			}()
+			getCtx, stop := context.WithTimeout(ctx, 5*time.Second)
+			defer stop()
+			token, err := s.get(getCtx)
+			if tt.ok && (err != nil || token != "from-the-private-issuer") {
+				t.Fatalf("token %q, %v", token, err)
+			}
+			if !tt.ok && (err == nil || !strings.Contains(err.Error(), "certificate")) {
+				t.Fatalf("token %q, %v; want the endpoint's certificate refused", token, err)
+			}
+		})
+	}
+	if err := (&OAuth{TokenURL: endpoint.URL, ClientID: "p", ClientSecret: "s", CA: []byte("not PEM")}).check(); err == nil {
+		t.Error("a token_ca without a certificate was taken")
 	}
 }

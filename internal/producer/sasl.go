@@ -2,6 +2,7 @@ package producer
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -47,6 +48,9 @@ type OAuth struct {
 	// such as Hydra, Auth0 and Okta put in the token's aud claim (the
 	// brokers may require one: sasl.oauthbearer.expected.audience).
 	Audience string `json:",omitempty"`
+	// CA is PEM certificates that sign the token endpoint's, for an
+	// issuer under a private CA; empty: the system's roots.
+	CA []byte `json:",omitempty"`
 }
 
 // Check reports what New would refuse in s: a mechanism it does not know,
@@ -76,7 +80,24 @@ func (o *OAuth) check() error {
 		// Not the URL itself: it may hold credentials.
 		return errors.New("sasl oauthbearer: token_url is not an http or https URL")
 	}
+	if len(o.CA) > 0 {
+		if _, err := o.roots(); err != nil {
+			return err
+		}
+	}
 	return nil
+}
+
+// roots is the pool of CA's certificates; nil without CA (the system's).
+func (o *OAuth) roots() (*x509.CertPool, error) {
+	if len(o.CA) == 0 {
+		return nil, nil
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(o.CA) {
+		return nil, errors.New("sasl oauthbearer: token_ca holds no PEM certificate")
+	}
+	return pool, nil
 }
 
 // mechanism builds kafka-go's SASL mechanism; OAUTHBEARER's takes its
