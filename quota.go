@@ -74,6 +74,7 @@ type quota struct {
 	records  bucketRate
 	bytes    bucketRate
 	policy   []string // the RateLimit-Policy header
+	kinds    []bucketKind
 }
 
 // bucketRate is one token bucket's refill rate a second and size; a
@@ -136,6 +137,7 @@ func (q *Quotas) provision(p *provisioning) error {
 			records:  bucketRate{c.RecordsPerSecond, float64(c.RecordsBurst)},
 			bytes:    bucketRate{float64(c.BytesPerSecond), float64(c.BytesBurst)},
 		}
+		r.kinds = r.limitedKinds()
 		r.policy = []string{r.policyHeader()}
 		q.quotas = append(q.quotas, r)
 	}
@@ -264,25 +266,16 @@ func (h *Handler) refund(x *exchange, records int, bytes int64) {
 // not one of the draft's quota units; "records" names them as one.
 func (q *quota) policyHeader() string {
 	var b []byte
-	add := func(name string, r bucketRate, unit string) {
-		if !r.limited() {
-			return
-		}
-		if len(b) > 0 {
-			b = append(b, ", "...)
-		}
-		b = append(b, '"')
-		b = append(b, name...)
-		b = append(b, `";q=`...)
-		b = strconv.AppendInt(b, int64(r.burst), 10)
+	for _, k := range q.kinds {
+		b = appendItem(b, k.name)
+		b = append(b, ";q="...)
+		b = strconv.AppendInt(b, int64(k.rate.burst), 10)
 		b = append(b, ";w="...)
-		b = strconv.AppendInt(b, max(1, int64(math.Ceil(r.burst/r.rate))), 10)
+		b = strconv.AppendInt(b, max(1, int64(math.Ceil(k.rate.burst/k.rate.rate))), 10)
 		b = append(b, `;qu="`...)
-		b = append(b, unit...)
+		b = append(b, k.unit...)
 		b = append(b, '"')
 	}
-	add("records", q.records, "records")
-	add("bytes", q.bytes, "content-bytes")
 	return string(b)
 }
 
@@ -290,23 +283,48 @@ func (q *quota) policyHeader() string {
 // the seconds until it is full again (t).
 func (q *quota) state(bk buckets) string {
 	b := make([]byte, 0, 64)
-	add := func(name string, r bucketRate, held float64) {
-		if !r.limited() {
-			return
+	for _, k := range q.kinds {
+		held := bk.records
+		if k.name == "bytes" {
+			held = bk.bytes
 		}
-		if len(b) > 0 {
-			b = append(b, ", "...)
-		}
-		b = append(b, '"')
-		b = append(b, name...)
-		b = append(b, `";r=`...)
+		b = appendItem(b, k.name)
+		b = append(b, ";r="...)
 		b = strconv.AppendInt(b, int64(max(0, math.Floor(held))), 10)
 		b = append(b, ";t="...)
-		b = strconv.AppendInt(b, int64(math.Ceil(max(0, r.burst-held)/r.rate)), 10)
+		b = strconv.AppendInt(b, int64(math.Ceil(max(0, k.rate.burst-held)/k.rate.rate)), 10)
 	}
-	add("records", q.records, bk.records)
-	add("bytes", q.bytes, bk.bytes)
 	return string(b)
+}
+
+// bucketKind is one of a quota's buckets as the RateLimit headers name it.
+type bucketKind struct {
+	name, unit string
+	rate       bucketRate
+}
+
+// limitedKinds are the quota's limited buckets, records first: kept in
+// kinds at provision, not made on every request.
+func (q *quota) limitedKinds() []bucketKind {
+	kinds := make([]bucketKind, 0, 2)
+	if q.records.limited() {
+		kinds = append(kinds, bucketKind{"records", "records", q.records})
+	}
+	if q.bytes.limited() {
+		kinds = append(kinds, bucketKind{"bytes", "content-bytes", q.bytes})
+	}
+	return kinds
+}
+
+// appendItem starts a structured-field list item: a separator after the
+// first, and the quoted name.
+func appendItem(b []byte, name string) []byte {
+	if len(b) > 0 {
+		b = append(b, ", "...)
+	}
+	b = append(b, '"')
+	b = append(b, name...)
+	return append(b, '"')
 }
 
 // refill is a bucket holding held tokens after elapsed, and take takes
